@@ -1,0 +1,14 @@
+//! The canonical request and event model shared by every Hearth crate.
+//!
+//! Every HTTP surface (Cog, OpenAI, and later Anthropic and the run API) parses its own wire
+//! format into these types once, and every producer (a local engine, later an upstream provider)
+//! answers with the same events. This crate is pure data: it must never know about HTTP, candle,
+//! tokio or any other I/O.
+
+mod chat;
+mod events;
+mod sampling;
+
+pub use chat::{ChatMessage, Role};
+pub use events::{FinishReason, GenerationEvent, Usage};
+pub use sampling::{SamplingParams, ValidationError};
