@@ -1,1 +1,195 @@
-//! hearth-package
+//! Cog-style model packages: a directory that Cog itself would accept (`cog.yaml`, a predictor
+//! stub) holding a Hugging Face-format model (`config.json`, safetensors weights, `tokenizer.json`,
+//! `tokenizer_config.json`) and optional Hearth settings (`hearth.yaml`).
+//!
+//! [`Package::load`] validates all of it before any weight reaches a device, and says which file
+//! is wrong when something is. [`synth`] writes deterministic packages with random weights for
+//! tests and benchmarks.
+//!
+//! This crate must never know about devices, tensors-as-math (candle), HTTP or the scheduler:
+//! it hands the engine validated files and memory-mapped bytes, nothing more.
+
+mod cog;
+mod error;
+mod model_config;
+mod settings;
+pub mod synth;
+mod template;
+mod tokens;
+mod weights;
+
+#[cfg(test)]
+mod load_tests;
+
+use std::path::{Path, PathBuf};
+
+pub use cog::{
+    BuildCommand, BuildConfig, BuildMount, BuildStep, CogConfig, ConcurrencyConfig, WeightsEntry,
+    WeightsSource,
+};
+pub use error::{PackageError, TensorProblem};
+pub use model_config::{ModelConfig, SUPPORTED_ARCHITECTURES};
+pub use settings::{DType, PackageSettings};
+pub use template::ChatTemplate;
+pub use tokens::SpecialTokens;
+pub use weights::{TensorDtype, TensorInfo, Weights};
+
+use tokens::TokenizerConfig;
+
+/// Longest package name accepted; names end up in URLs, metrics labels and file names.
+const MAX_NAME_LEN: usize = 128;
+
+/// A validated model package.
+#[derive(Debug)]
+pub struct Package {
+    /// The name requests use: hearth.yaml `name`, else the last part of cog.yaml `model`, else
+    /// the directory name.
+    pub name: String,
+    pub dir: PathBuf,
+    pub cog: CogConfig,
+    pub settings: PackageSettings,
+    pub model: ModelConfig,
+    pub weights: Weights,
+    pub tokenizer: tokenizers::Tokenizer,
+    /// `None` when tokenizer_config.json has no `chat_template` (a base model).
+    pub chat_template: Option<ChatTemplate>,
+    pub special_tokens: SpecialTokens,
+}
+
+impl Package {
+    /// Reads and validates every file of the package in `dir`, and maps its weights.
+    pub fn load(dir: &Path) -> Result<Package, PackageError> {
+        if !dir.is_dir() {
+            return Err(PackageError::NotADirectory(dir.to_path_buf()));
+        }
+        if !dir.join(cog::COG_FILE).is_file() {
+            return Err(PackageError::MissingFile {
+                file: cog::COG_FILE.to_string(),
+                why: "a package is a directory with a cog.yaml",
+            });
+        }
+        let cog = CogConfig::load(dir)?;
+        let settings = PackageSettings::load(dir)?;
+        let name = package_name(dir, &cog, &settings)?;
+        let model = ModelConfig::load(dir)?;
+        check_context_length(&settings, &model)?;
+        let tokenizer = tokens::load_tokenizer(dir)?;
+        check_vocab(&tokenizer, &model)?;
+        let tokenizer_config = TokenizerConfig::load(dir)?;
+        let special_tokens = SpecialTokens::resolve(dir, &model, &tokenizer, &tokenizer_config)?;
+        let chat_template = compile_template(&tokenizer_config)?;
+        let weights = Weights::load(dir)?;
+        Ok(Package {
+            name,
+            dir: dir.to_path_buf(),
+            cog,
+            settings,
+            model,
+            weights,
+            tokenizer,
+            chat_template,
+            special_tokens,
+        })
+    }
+
+    /// The longest sequence (prompt plus output) this package serves.
+    pub fn context_length(&self) -> usize {
+        self.settings.context_length.unwrap_or(self.model.max_position_embeddings)
+    }
+}
+
+/// The package directories under `models_dir`: subdirectories holding a `cog.yaml`, sorted.
+/// Hidden directories are skipped.
+pub fn discover(models_dir: &Path) -> Result<Vec<PathBuf>, PackageError> {
+    let entries = std::fs::read_dir(models_dir).map_err(|e| PackageError::io(models_dir, e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| PackageError::io(models_dir, e))?.path();
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if !hidden && path.is_dir() && path.join(cog::COG_FILE).is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Reads a file the package cannot do without, naming it when it is absent.
+pub(crate) fn read_required(
+    path: &Path,
+    file: &str,
+    why: &'static str,
+) -> Result<String, PackageError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(PackageError::MissingFile { file: file.to_string(), why })
+        }
+        Err(e) => Err(PackageError::io(path, e)),
+    }
+}
+
+fn package_name(
+    dir: &Path,
+    cog: &CogConfig,
+    settings: &PackageSettings,
+) -> Result<String, PackageError> {
+    let (name, origin) = if let Some(name) = &settings.name {
+        (name.clone(), "hearth.yaml `name`")
+    } else if let Some(model) = &cog.model {
+        // `model` is an image reference such as `r8.im/owner/name`; requests use its last part.
+        (model.rsplit('/').next().unwrap_or(model).to_string(), "cog.yaml `model`")
+    } else {
+        let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        (dir_name.unwrap_or_default(), "the directory name")
+    };
+    if is_valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(PackageError::InvalidName { name, origin: origin.to_string() })
+    }
+}
+
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+fn check_context_length(
+    settings: &PackageSettings,
+    model: &ModelConfig,
+) -> Result<(), PackageError> {
+    match settings.context_length {
+        Some(length) if length > model.max_position_embeddings => Err(PackageError::invalid(
+            settings::SETTINGS_FILE,
+            "context_length",
+            format!(
+                "is {length}, more than config.json's max_position_embeddings ({})",
+                model.max_position_embeddings
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Every token the tokenizer can produce needs an embedding row. Checkpoints often pad the
+/// embedding beyond the tokenizer, so only the other direction is an error.
+fn check_vocab(tokenizer: &tokenizers::Tokenizer, model: &ModelConfig) -> Result<(), PackageError> {
+    let tokenizer_vocab = tokenizer.get_vocab_size(true);
+    if tokenizer_vocab > model.vocab_size {
+        return Err(PackageError::invalid(
+            model_config::CONFIG_FILE,
+            "vocab_size",
+            format!("is {}, but tokenizer.json has {tokenizer_vocab} tokens", model.vocab_size),
+        ));
+    }
+    Ok(())
+}
+
+fn compile_template(config: &TokenizerConfig) -> Result<Option<ChatTemplate>, PackageError> {
+    config
+        .chat_template()
+        .map(|source| ChatTemplate::new(source, config.bos_token(), config.eos_token()))
+        .transpose()
+}

@@ -1,0 +1,140 @@
+//! `hearth.yaml`: the Hearth-specific settings that cannot live in `cog.yaml` without making Cog
+//! reject the package. The file is optional; every setting has a default.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::PackageError;
+
+pub(crate) const SETTINGS_FILE: &str = "hearth.yaml";
+
+/// A floating-point type for weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// The name `config.json`'s `torch_dtype` uses.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::Bf16 => "bfloat16",
+        }
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+}
+
+/// The parsed `hearth.yaml`, or its defaults when the file is absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSettings {
+    /// Overrides the package name (otherwise cog.yaml `model`, then the directory name).
+    pub name: Option<String>,
+    /// Compute dtype; the engine picks one for the device when unset.
+    pub dtype: Option<DType>,
+    /// Longest sequence served; defaults to config.json's `max_position_embeddings`.
+    pub context_length: Option<usize>,
+    /// KV-cache budget in MiB; the engine sizes it from free memory when unset.
+    pub kv_cache_mb: Option<usize>,
+    /// Prices in currency units per million tokens, for the spend ledger.
+    pub input_price_per_mtok: Option<f64>,
+    pub output_price_per_mtok: Option<f64>,
+    /// Serve this package when a request names no model.
+    #[serde(default)]
+    pub default: bool,
+}
+
+impl PackageSettings {
+    /// Reads `hearth.yaml` in `dir`, or returns the defaults when there is none.
+    pub fn load(dir: &Path) -> Result<Self, PackageError> {
+        let path = dir.join(SETTINGS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(PackageError::io(&path, e)),
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, PackageError> {
+        // An empty file is a valid "all defaults" file, but YAML reads it as null.
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let settings: Self =
+            serde_yaml_ng::from_str(text).map_err(|e| PackageError::parse(SETTINGS_FILE, e))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), PackageError> {
+        let invalid =
+            |field: &str, message: &str| PackageError::invalid(SETTINGS_FILE, field, message);
+        if self.context_length == Some(0) {
+            return Err(invalid("context_length", "must be at least 1"));
+        }
+        if self.kv_cache_mb == Some(0) {
+            return Err(invalid("kv_cache_mb", "must be at least 1"));
+        }
+        let prices = [
+            ("input_price_per_mtok", self.input_price_per_mtok),
+            ("output_price_per_mtok", self.output_price_per_mtok),
+        ];
+        for (field, price) in prices {
+            if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
+                return Err(invalid(field, "must be a non-negative number"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_all_fields() {
+        let text = "name: my-model\ndtype: bf16\ncontext_length: 4096\nkv_cache_mb: 512\n\
+                    input_price_per_mtok: 0.1\noutput_price_per_mtok: 0.4\ndefault: true\n";
+        let settings = PackageSettings::parse(text).unwrap();
+        assert_eq!(settings.dtype, Some(DType::Bf16));
+        assert_eq!(settings.context_length, Some(4096));
+        assert!(settings.default);
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(PackageSettings::parse("\n").unwrap(), PackageSettings::default());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let unknown = PackageSettings::parse("dtyp: f32\n").unwrap_err().to_string();
+        assert!(unknown.starts_with("hearth.yaml: unknown field `dtyp`"), "{unknown}");
+        let dtype = PackageSettings::parse("dtype: f64\n").unwrap_err().to_string();
+        assert!(dtype.contains("unknown variant `f64`"), "{dtype}");
+        let zero = PackageSettings::parse("context_length: 0\n").unwrap_err().to_string();
+        assert_eq!(zero, "hearth.yaml: `context_length` must be at least 1");
+        assert!(PackageSettings::parse("input_price_per_mtok: -1\n").is_err());
+    }
+}
