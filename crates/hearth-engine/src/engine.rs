@@ -1,0 +1,370 @@
+//! The engine handle: how the rest of Hearth talks to one loaded model.
+//!
+//! [`Engine::start`] validates a package's weights, places them on a device and spawns the engine
+//! thread ([`crate::worker`]), which owns the model, the KV cache and the scheduler. Callers submit
+//! requests with [`Engine::submit`] and read events from the returned [`GenerationStream`];
+//! dropping the stream cancels the request and frees its KV memory at the next step.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use candle_core::{DType, Device};
+use hearth_package::{ChatTemplate, Package};
+use hearth_protocol::{ChatMessage, GenerationEvent, SamplingParams, ValidationError};
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+
+use crate::kv_cache::{KvCache, KvCacheConfig};
+use crate::loading::{var_builder, Progress};
+use crate::models::llama::{self, Llama, LlamaConfig};
+use crate::scheduler::SchedulerConfig;
+use crate::worker::{Command, Submission, Worker, WorkerParts};
+
+/// How an engine runs; the defaults suit a CPU.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub scheduler: SchedulerConfig,
+    /// Tokens per KV-cache block.
+    pub block_size: usize,
+    /// Memory given to the KV cache; it decides how many sequences fit at once.
+    pub kv_cache_bytes: usize,
+    /// Weight and activation precision (f32 on the CPU unless configured).
+    pub dtype: DType,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: SchedulerConfig::default(),
+            block_size: 16,
+            kv_cache_bytes: 512 << 20,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// What the engine tells about its model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub device: String,
+}
+
+/// A snapshot of the engine's load, refreshed after every step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_used: usize,
+    pub block_size: usize,
+}
+
+/// Input to generate from.
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Raw text, tokenized with the package's special-token rules (BOS where the model wants it).
+    Text(String),
+    /// Text already formatted by a chat template: its special tokens are in the text itself.
+    Templated(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("package `{package}`: {message}")]
+    Load { package: String, message: String },
+    #[error(transparent)]
+    Package(#[from] hearth_package::PackageError),
+    #[error("model has no chat template; use the completions endpoint or a package with one")]
+    NoChatTemplate,
+    #[error("chat template failed: {0}")]
+    Template(String),
+}
+
+/// Why a request was not accepted. Each variant maps to one HTTP status at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the model is overloaded: {num_waiting} requests are already waiting")]
+    Overloaded { num_waiting: usize, retry_after_secs: u64 },
+    #[error("the prompt has {prompt_tokens} tokens; this model's context holds {context_length}")]
+    PromptTooLong { prompt_tokens: usize, context_length: usize },
+    #[error(
+        "the request needs {needed_tokens} tokens of KV cache; this engine has {capacity_tokens}"
+    )]
+    TooLarge { needed_tokens: usize, capacity_tokens: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {token} is outside the vocabulary (size {vocab_size})")]
+    BadToken { token: u32, vocab_size: usize },
+    #[error("could not tokenize the prompt: {0}")]
+    Tokenize(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// The events of one request. Dropping it cancels the request.
+pub struct GenerationStream {
+    pub prompt_tokens: usize,
+    events: mpsc::UnboundedReceiver<GenerationEvent>,
+}
+
+impl GenerationStream {
+    /// The next event; `None` only after the terminal event has been read.
+    pub async fn recv(&mut self) -> Option<GenerationEvent> {
+        self.events.recv().await
+    }
+}
+
+/// State shared between handles and the worker thread.
+pub(crate) struct Shared {
+    pub stats: Mutex<EngineStats>,
+    /// Requests submitted but not yet given their first prefill chunk; bounds the queue.
+    pub num_queued: AtomicUsize,
+    pub shutting_down: AtomicBool,
+}
+
+/// A cheap, cloneable handle to one loaded model.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    info: ModelInfo,
+    tokenizer: Arc<Tokenizer>,
+    chat_template: Option<ChatTemplate>,
+    add_bos: bool,
+    bos_token_id: Option<u32>,
+    max_waiting: usize,
+    kv_capacity_tokens: usize,
+    submissions: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Validates the package's weights against the model's expected tensors, loads them onto
+    /// `device` and starts the engine thread. `progress(done, total)` reports tensors loaded.
+    pub fn start(
+        package: &Package,
+        config: EngineConfig,
+        device: &Device,
+        progress: Progress<'_>,
+    ) -> Result<Engine, EngineError> {
+        let load_err =
+            |message: String| EngineError::Load { package: package.name.clone(), message };
+        config.scheduler.validate().map_err(|e| load_err(format!("engine settings: {e}")))?;
+        if config.block_size == 0 {
+            return Err(load_err("engine settings: `block_size` must be at least 1".into()));
+        }
+        let model_cfg = LlamaConfig::from_value(&package.model.raw)
+            .map_err(|e| load_err(format!("config.json: {e}")))?;
+        package.weights.check(&llama::expected_tensors(&model_cfg))?;
+        let num_tensors = package.weights.names().count();
+        let vb = var_builder(package.weights.files(), num_tensors, config.dtype, device, progress)
+            .map_err(|e| load_err(format!("loading weights: {e}")))?;
+        let model =
+            Llama::new(&model_cfg, vb).map_err(|e| load_err(format!("building model: {e}")))?;
+
+        let kv_cfg = kv_cache_config(&model_cfg, &config);
+        let kv = KvCache::new(&kv_cfg, device)
+            .map_err(|e| load_err(format!("allocating KV cache: {e}")))?;
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(EngineStats {
+                kv_blocks_total: kv_cfg.num_blocks,
+                block_size: kv_cfg.block_size,
+                ..Default::default()
+            }),
+            num_queued: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+        });
+        let tokenizer = Arc::new(package.tokenizer.clone());
+        let (submissions, inbox) = mpsc::channel(config.scheduler.max_waiting.max(1));
+        let worker = Worker::new(WorkerParts {
+            model,
+            kv,
+            scheduler: config.scheduler.clone(),
+            num_blocks: kv_cfg.num_blocks,
+            block_size: kv_cfg.block_size,
+            tokenizer: tokenizer.clone(),
+            eos_token_ids: package.special_tokens.eos_token_ids.clone(),
+            device: device.clone(),
+            shared: shared.clone(),
+        });
+        let handle = std::thread::Builder::new()
+            .name(format!("engine-{}", package.name))
+            .spawn(move || worker.run(inbox))
+            .map_err(|e| load_err(format!("spawning engine thread: {e}")))?;
+
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                info: ModelInfo {
+                    name: package.name.clone(),
+                    architecture: package.model.architecture.clone(),
+                    context_length: package.context_length(),
+                    vocab_size: model_cfg.vocab_size,
+                    device: format!("{device:?}"),
+                },
+                tokenizer,
+                chat_template: package.chat_template.clone(),
+                add_bos: package.special_tokens.add_bos_token,
+                bos_token_id: package.special_tokens.bos_token_id,
+                max_waiting: config.scheduler.max_waiting,
+                kv_capacity_tokens: kv_cfg.num_blocks * kv_cfg.block_size,
+                submissions,
+                shared,
+                worker: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.inner.shared.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    pub fn has_chat_template(&self) -> bool {
+        self.inner.chat_template.is_some()
+    }
+
+    /// Formats a conversation with the package's chat template, ending with the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        let template = self.inner.chat_template.as_ref().ok_or(EngineError::NoChatTemplate)?;
+        template.render(messages, true).map_err(|e| EngineError::Template(e.to_string()))
+    }
+
+    /// Tokenizes `prompt` the way [`Engine::submit`] would.
+    pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, SubmitError> {
+        let (text, add_special) = match prompt {
+            Prompt::Tokens(ids) => return Ok(ids.clone()),
+            Prompt::Text(text) => (text, true),
+            Prompt::Templated(text) => (text, false),
+        };
+        let encoding = self
+            .inner
+            .tokenizer
+            .encode(text.as_str(), add_special)
+            .map_err(|e| SubmitError::Tokenize(e.to_string()))?;
+        let mut ids = encoding.get_ids().to_vec();
+        // Tokenizers whose post-processor does not add BOS still expect it when the package's
+        // tokenizer_config says `add_bos_token`; templated text carries its own.
+        if add_special && self.inner.add_bos {
+            if let Some(bos) = self.inner.bos_token_id {
+                if ids.first() != Some(&bos) {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Queues a request. The stream's first events arrive after the engine's next step.
+    pub fn submit(&self, request: GenerateRequest) -> Result<GenerationStream, SubmitError> {
+        let inner = &self.inner;
+        if inner.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        request.sampling.validate()?;
+        let prompt_ids = self.tokenize(&request.prompt)?;
+        let mut sampling = request.sampling;
+        self.check_fits(&prompt_ids, &mut sampling)?;
+
+        let num_waiting = inner.shared.num_queued.fetch_add(1, Ordering::AcqRel);
+        if num_waiting >= inner.max_waiting {
+            inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Overloaded { num_waiting, retry_after_secs: 1 });
+        }
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let prompt_tokens = prompt_ids.len();
+        let submission = Submission { prompt_ids, sampling, events: events_tx };
+        if let Err(err) = inner.submissions.try_send(Command::Submit(submission)) {
+            inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(match err {
+                mpsc::error::TrySendError::Full(_) => {
+                    SubmitError::Overloaded { num_waiting, retry_after_secs: 1 }
+                }
+                mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
+            });
+        }
+        Ok(GenerationStream { prompt_tokens, events })
+    }
+
+    /// Refuses prompts that cannot fit, and caps `max_tokens` at what the context has left (the
+    /// request then ends with `length`, as llama.cpp and Cog models do).
+    fn check_fits(
+        &self,
+        prompt_ids: &[u32],
+        sampling: &mut SamplingParams,
+    ) -> Result<(), SubmitError> {
+        let info = &self.inner.info;
+        if prompt_ids.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if let Some(&token) = prompt_ids.iter().find(|&&t| t as usize >= info.vocab_size) {
+            return Err(SubmitError::BadToken { token, vocab_size: info.vocab_size });
+        }
+        if prompt_ids.len() >= info.context_length {
+            return Err(SubmitError::PromptTooLong {
+                prompt_tokens: prompt_ids.len(),
+                context_length: info.context_length,
+            });
+        }
+        sampling.max_tokens = sampling.max_tokens.min(info.context_length - prompt_ids.len());
+        let needed_tokens = prompt_ids.len() + sampling.max_tokens;
+        if needed_tokens > self.inner.kv_capacity_tokens {
+            return Err(SubmitError::TooLarge {
+                needed_tokens,
+                capacity_tokens: self.inner.kv_capacity_tokens,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops taking requests, lets the worker finish what it has, and waits for it. In-flight
+    /// requests whose callers have gone are cancelled as usual.
+    pub fn shutdown(&self) {
+        self.inner.shared.shutting_down.store(true, Ordering::Release);
+        // A full inbox means the worker is busy and will see the flag after its next step.
+        let _ = self.inner.submissions.try_send(Command::Wake);
+        let handle = self.inner.worker.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!(model = %self.inner.info.name, "engine thread panicked during shutdown");
+            }
+        }
+    }
+}
+
+fn kv_cache_config(model: &LlamaConfig, config: &EngineConfig) -> KvCacheConfig {
+    let mut kv = KvCacheConfig {
+        num_blocks: 0,
+        block_size: config.block_size,
+        num_layers: model.num_hidden_layers,
+        num_kv_heads: model.num_key_value_heads(),
+        head_dim: model.head_dim(),
+        dtype: config.dtype,
+    };
+    // Never more blocks than every admitted sequence could use at full context.
+    let max_useful =
+        config.scheduler.max_num_seqs * model.max_position_embeddings.div_ceil(kv.block_size);
+    kv.num_blocks =
+        (config.kv_cache_bytes / KvCache::bytes_per_block(&kv)).clamp(1, max_useful.max(1));
+    kv
+}

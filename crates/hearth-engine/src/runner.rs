@@ -1,0 +1,39 @@
+//! The model runner: turns one step's scheduled sequences into a packed batch, runs the model and
+//! hands back the logits rows to sample from. It never sees a queue; the scheduler never sees a
+//! tensor.
+
+use candle_core::{Device, Result};
+
+use crate::kv_cache::{KvCache, PackedBatch, SeqInput, WantLogits};
+use crate::models::llama::Llama;
+use crate::scheduler::{ScheduledSeq, Scheduler};
+
+/// Runs one forward pass over `scheduled` and returns one logits row per sequence whose
+/// `samples` flag is set, in the order they appear in `scheduled`.
+pub fn run_step(
+    model: &Llama,
+    kv: &mut KvCache,
+    scheduler: &Scheduler,
+    scheduled: &[ScheduledSeq],
+    device: &Device,
+    block_size: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let mut inputs = Vec::with_capacity(scheduled.len());
+    for s in scheduled {
+        let seq = scheduler.get(s.seq_id).ok_or_else(|| {
+            candle_core::Error::Msg(format!("scheduled sequence {} is unknown", s.seq_id))
+        })?;
+        inputs.push(SeqInput {
+            tokens: &seq.token_ids[s.start..s.start + s.num_tokens],
+            start_pos: s.start,
+            block_table: &seq.block_table,
+            want_logits: if s.samples { WantLogits::Last } else { WantLogits::None },
+        });
+    }
+    let batch = PackedBatch::new(device, block_size, &inputs)?;
+    if batch.logits_rows.is_empty() {
+        model.forward(&batch, kv)?;
+        return Ok(Vec::new());
+    }
+    model.forward(&batch, kv)?.to_vec2::<f32>()
+}

@@ -1,0 +1,302 @@
+//! The engine thread: schedule → run → postprocess, one step at a time.
+//!
+//! The worker owns everything that touches the device (model, KV cache) and the scheduler. It
+//! never blocks on a caller: events go out through unbounded per-request channels, which stay
+//! bounded in practice because a request emits at most `max_tokens + 1` events.
+
+use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use candle_core::Device;
+use hearth_protocol::{FinishReason, GenerationEvent, SamplingParams, Usage};
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+
+use crate::detokenizer::{IncrementalDetokenizer, StopMatcher};
+use crate::engine::Shared;
+use crate::kv_cache::KvCache;
+use crate::models::llama::Llama;
+use crate::runner;
+use crate::sampler::Sampler;
+use crate::scheduler::{AdmitError, ScheduledSeq, Scheduler, SchedulerConfig};
+use crate::sequence::{SeqId, Sequence};
+
+/// What a handle sends to the worker.
+pub(crate) enum Command {
+    Submit(Submission),
+    /// Wakes an idle worker so it sees the shutdown flag.
+    Wake,
+}
+
+pub(crate) struct Submission {
+    pub prompt_ids: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub events: mpsc::UnboundedSender<GenerationEvent>,
+}
+
+/// Per-request state that is not the scheduler's business.
+struct Active {
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    sampler: Sampler,
+    detokenizer: IncrementalDetokenizer,
+    stop: StopMatcher,
+    sampling: SamplingParams,
+    /// Still counted in `Shared::num_queued` (no prefill chunk scheduled yet).
+    queued: bool,
+}
+
+/// Everything the worker needs, gathered by `Engine::start`.
+pub(crate) struct WorkerParts {
+    pub model: Llama,
+    pub kv: KvCache,
+    pub scheduler: SchedulerConfig,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub tokenizer: Arc<Tokenizer>,
+    pub eos_token_ids: Vec<u32>,
+    pub device: Device,
+    pub shared: Arc<Shared>,
+}
+
+pub(crate) struct Worker {
+    model: Llama,
+    kv: KvCache,
+    scheduler: Scheduler,
+    block_size: usize,
+    tokenizer: Arc<Tokenizer>,
+    eos_token_ids: Vec<u32>,
+    device: Device,
+    shared: Arc<Shared>,
+    active: HashMap<SeqId, Active>,
+    next_id: SeqId,
+    num_steps: u64,
+}
+
+impl Worker {
+    pub fn new(parts: WorkerParts) -> Self {
+        Self {
+            scheduler: Scheduler::new(parts.scheduler, parts.num_blocks, parts.block_size),
+            model: parts.model,
+            kv: parts.kv,
+            block_size: parts.block_size,
+            tokenizer: parts.tokenizer,
+            eos_token_ids: parts.eos_token_ids,
+            device: parts.device,
+            shared: parts.shared,
+            active: HashMap::new(),
+            next_id: 0,
+            num_steps: 0,
+        }
+    }
+
+    /// Runs until shutdown is requested and every admitted request has ended.
+    pub fn run(mut self, mut inbox: mpsc::Receiver<Command>) {
+        loop {
+            if self.active.is_empty() {
+                if self.shared.shutting_down.load(Ordering::Acquire) {
+                    break;
+                }
+                // Idle: sleep until something arrives.
+                match inbox.blocking_recv() {
+                    Some(command) => self.handle(command),
+                    None => break,
+                }
+            }
+            while let Ok(command) = inbox.try_recv() {
+                self.handle(command);
+            }
+            self.step_guarded();
+        }
+        tracing::info!(steps = self.num_steps, "engine stopped");
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(submission) => self.admit(submission),
+            Command::Wake => {}
+        }
+    }
+
+    fn admit(&mut self, submission: Submission) {
+        let Submission { prompt_ids, sampling, events } = submission;
+        let id = self.next_id;
+        self.next_id += 1;
+        let active = Active {
+            sampler: Sampler::new(&sampling, &prompt_ids),
+            detokenizer: IncrementalDetokenizer::new(self.tokenizer.clone(), &prompt_ids),
+            stop: StopMatcher::new(sampling.stop.clone()),
+            sampling,
+            events,
+            queued: true,
+        };
+        let seq = Sequence::new(id, prompt_ids, active.sampling.max_tokens, self.num_steps);
+        match self.scheduler.add(seq) {
+            Ok(()) => {
+                self.active.insert(id, active);
+            }
+            Err(err) => {
+                self.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
+                let message = match err {
+                    AdmitError::QueueFull { .. } => {
+                        "the model is overloaded; retry later".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                let _ = active.events.send(GenerationEvent::Failed { message });
+            }
+        }
+    }
+
+    /// A panic inside a step (a bug, or a device error that panics) must not leave callers
+    /// waiting forever: every in-flight request fails with an error and the worker goes on.
+    fn step_guarded(&mut self) {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.step()));
+        let message = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => format!("inference failed: {err}"),
+            Err(_) => "inference failed: the engine hit an internal error".to_string(),
+        };
+        tracing::error!(%message, "engine step failed; failing in-flight requests");
+        let ids: Vec<SeqId> = self.active.keys().copied().collect();
+        for id in ids {
+            self.end(id, GenerationEvent::Failed { message: message.clone() });
+        }
+    }
+
+    fn step(&mut self) -> candle_core::Result<()> {
+        self.reap_cancelled();
+        let scheduled = self.scheduler.schedule();
+        if scheduled.is_empty() {
+            self.publish_stats();
+            return Ok(());
+        }
+        self.num_steps += 1;
+        self.mark_started(&scheduled);
+        let logits = runner::run_step(
+            &self.model,
+            &mut self.kv,
+            &self.scheduler,
+            &scheduled,
+            &self.device,
+            self.block_size,
+        )?;
+        self.scheduler.on_step_done(&scheduled);
+        let sampled = scheduled.iter().filter(|s| s.samples);
+        for (s, row) in sampled.zip(logits.iter()) {
+            self.on_logits(s.seq_id, row);
+        }
+        self.publish_stats();
+        Ok(())
+    }
+
+    /// A caller that dropped its stream has cancelled; free its KV memory now.
+    fn reap_cancelled(&mut self) {
+        let gone: Vec<SeqId> =
+            self.active.iter().filter(|(_, a)| a.events.is_closed()).map(|(&id, _)| id).collect();
+        if gone.is_empty() {
+            return;
+        }
+        for &id in &gone {
+            self.end(
+                id,
+                GenerationEvent::Finished {
+                    reason: FinishReason::Cancelled,
+                    usage: Usage::default(),
+                },
+            );
+        }
+        // Publish before logging, so whoever sees the log also sees the memory freed.
+        self.publish_stats();
+        for id in gone {
+            tracing::info!(seq = id, "request cancelled by its caller");
+        }
+    }
+
+    fn mark_started(&mut self, scheduled: &[ScheduledSeq]) {
+        for s in scheduled {
+            if let Some(active) = self.active.get_mut(&s.seq_id) {
+                if active.queued {
+                    active.queued = false;
+                    self.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    fn on_logits(&mut self, id: SeqId, logits: &[f32]) {
+        let (Some(seq), Some(active)) = (self.scheduler.get(id), self.active.get_mut(&id)) else {
+            return;
+        };
+        let token = active.sampler.sample(logits, &seq.token_ids[seq.num_prompt_tokens..]);
+        self.scheduler.append_token(id, token);
+        let Some(seq) = self.scheduler.get(id) else { return };
+        let num_generated = seq.num_generated();
+        let usage = Usage {
+            prompt_tokens: seq.num_prompt_tokens,
+            completion_tokens: num_generated,
+            cached_tokens: 0,
+        };
+
+        let is_eos = !active.sampling.ignore_eos && self.eos_token_ids.contains(&token);
+        let mut finish = if is_eos {
+            Some(FinishReason::Stop)
+        } else if num_generated >= active.sampling.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        let mut text = String::new();
+        if !is_eos {
+            match active.detokenizer.push(token) {
+                Ok(piece) => text = piece,
+                Err(err) => {
+                    let message = format!("could not decode token {token}: {err}");
+                    self.end(id, GenerationEvent::Failed { message });
+                    return;
+                }
+            }
+        }
+        if finish.is_some() {
+            text.push_str(&active.detokenizer.flush());
+        }
+        let outcome = active.stop.push(&text);
+        let mut emit = outcome.emit;
+        if outcome.stopped {
+            finish = Some(FinishReason::Stop);
+        } else if finish.is_some() {
+            emit.push_str(&active.stop.flush());
+        }
+        if !emit.is_empty() {
+            // A failed send means the caller has gone; the next step's reap cancels it.
+            let _ = active
+                .events
+                .send(GenerationEvent::Text { text: emit, completion_tokens: num_generated });
+        }
+        if let Some(reason) = finish {
+            self.end(id, GenerationEvent::Finished { reason, usage });
+        }
+    }
+
+    /// Ends a request: sends its terminal event and frees its sequence at once.
+    fn end(&mut self, id: SeqId, terminal: GenerationEvent) {
+        self.scheduler.finish(id);
+        if let Some(active) = self.active.remove(&id) {
+            if active.queued {
+                self.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            let _ = active.events.send(terminal);
+        }
+    }
+
+    fn publish_stats(&self) {
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            let blocks = self.scheduler.block_manager();
+            stats.num_running = self.scheduler.num_running();
+            stats.num_waiting = self.scheduler.num_waiting();
+            stats.kv_blocks_used = blocks.num_used_blocks();
+            stats.kv_blocks_total = blocks.num_total_blocks();
+        }
+    }
+}
