@@ -1,1 +1,29 @@
-//! hearth-gateway
+//! Hearth's routing front: the catalog of model ids and their routes, provider adapters that
+//! speak each upstream's wire format, failover with retries and cooldowns, resumable run
+//! buffers, and the spend ledger.
+//!
+//! The HTTP layer parses a request into a [`hearth_protocol::CanonicalRequest`], calls
+//! [`Gateway::start_run`], and encodes the run's canonical events in its own wire format.
+//!
+//! This crate must never know about axum or any HTTP server type.
+
+mod catalog;
+pub mod config;
+mod gateway;
+pub mod ledger;
+mod pricing;
+mod producer;
+pub mod providers;
+mod router;
+pub mod runs;
+
+pub use catalog::{
+    Catalog, CatalogEntry, CatalogError, LocalModel, ModelListing, ResolvedModel, Route, RouteKind,
+};
+pub use config::{
+    ConfigError, GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, ProviderKind,
+};
+pub use gateway::{Caller, Gateway, StartError, StartedRun};
+pub use ledger::{GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery};
+pub use pricing::Prices;
+pub use runs::{RunError, RunEvent, RunInfo, RunStatus, RunStore, Subscription};

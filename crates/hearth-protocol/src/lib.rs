@@ -5,10 +5,17 @@
 //! answers with the same events. This crate is pure data: it must never know about HTTP, candle,
 //! tokio or any other I/O.
 
+pub mod canonical;
 mod chat;
 mod events;
 mod sampling;
+pub mod wire;
 
+pub use canonical::{
+    CanonicalEvent, CanonicalRequest, CanonicalResponse, ContentBlock, ErrorKind, Message,
+    MessageRole, ResponseAssembler, SamplingOptions, StopReason, StreamError, TokenUsage,
+    ToolChoice, ToolDefinition,
+};
 pub use chat::{ChatMessage, Role};
 pub use events::{FinishReason, GenerationEvent, Usage};
 pub use sampling::{SamplingParams, ValidationError};

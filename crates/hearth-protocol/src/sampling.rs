@@ -129,7 +129,10 @@ mod tests {
             (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
             (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
             (SamplingParams { min_p: 2.0, ..Default::default() }, "min_p"),
-            (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+            (
+                SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+                "repetition_penalty",
+            ),
             (SamplingParams { presence_penalty: 3.0, ..Default::default() }, "presence_penalty"),
             (SamplingParams { frequency_penalty: -3.0, ..Default::default() }, "frequency_penalty"),
             (SamplingParams { max_tokens: 0, ..Default::default() }, "max_tokens"),

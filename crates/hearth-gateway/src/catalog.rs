@@ -1,0 +1,467 @@
+//! The catalog: every model id this daemon answers for, and the ordered routes behind each.
+//! Local packages are listed under their own name; `[[models]]` entries add ids whose routes
+//! are upstream providers, local packages, or both; `provider/model` reaches a configured
+//! provider directly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hearth_engine::Engine;
+use hearth_package::{CogConfig, PackageSettings};
+use serde::Serialize;
+
+use crate::config::{ConfigError, GatewayConfig, ModelConfig, LOCAL_PROVIDER};
+use crate::pricing::Prices;
+use crate::providers::{build_providers, LocalProvider, Provider};
+use crate::router::Target;
+
+/// A package that loaded and is being served.
+#[derive(Clone)]
+pub struct LocalModel {
+    pub engine: Engine,
+    pub cog: CogConfig,
+    pub settings: PackageSettings,
+}
+
+/// What the catalog knows about one model id.
+// Entries are few and live as long as the daemon; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum CatalogEntry {
+    Ready(LocalModel),
+    /// The package was refused; the reason says what is wrong with it.
+    Failed {
+        reason: String,
+    },
+}
+
+/// Every model id this daemon answers for.
+#[derive(Clone, Default)]
+pub struct Catalog {
+    entries: BTreeMap<String, CatalogEntry>,
+    default_model: Option<String>,
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    models: BTreeMap<String, ModelEntry>,
+}
+
+/// A `[[models]]` entry: routes as `(provider, model)` pairs, in order.
+#[derive(Debug, Clone)]
+struct ModelEntry {
+    routes: Vec<(String, String)>,
+    prices: Prices,
+    context_length: Option<u64>,
+}
+
+/// One way to serve a model.
+// Short-lived and few per request; the local variant is mostly cheap handles.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum Route {
+    Local(LocalModel),
+    Upstream { provider: String, model: String },
+}
+
+impl Route {
+    /// How the route is named in config, logs and the ledger: `provider/model`.
+    pub fn label(&self) -> String {
+        match self {
+            Route::Local(model) => format!("{LOCAL_PROVIDER}/{}", model.engine.info().name),
+            Route::Upstream { provider, model } => format!("{provider}/{model}"),
+        }
+    }
+
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            Route::Local(_) => RouteKind::Local,
+            Route::Upstream { .. } => RouteKind::Upstream,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    Local,
+    Upstream,
+}
+
+/// A model id resolved: its routes in the order to try them, and its prices.
+#[derive(Clone)]
+pub struct ResolvedModel {
+    pub id: String,
+    pub routes: Vec<Route>,
+    pub prices: Prices,
+}
+
+/// One row of the model list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelListing {
+    pub id: String,
+    /// The kind of the first route, the one normally serving.
+    pub kind: RouteKind,
+    /// Providers in route order (`local` for local packages).
+    pub providers: Vec<String>,
+    /// `chat`, or `completion` for a local base model without a chat template.
+    pub modality: &'static str,
+    pub context_length: Option<u64>,
+    pub prices: Prices,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("model `{0}` does not exist")]
+    NotFound(String),
+    #[error("model `{model}` is unavailable: {reason}")]
+    Unavailable { model: String, reason: String },
+}
+
+impl CatalogError {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            CatalogError::NotFound(_) => 404,
+            CatalogError::Unavailable { .. } => 503,
+        }
+    }
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert_ready(&mut self, name: String, model: LocalModel) {
+        self.entries.insert(name, CatalogEntry::Ready(model));
+    }
+
+    pub fn insert_failed(&mut self, name: String, reason: String) {
+        self.entries.insert(name, CatalogEntry::Failed { reason });
+    }
+
+    /// Chooses the model served at the Cog root routes: the one named, else the only ready
+    /// model, else the one whose package settings say `default: true`.
+    pub fn set_default(&mut self, name: Option<String>) {
+        self.default_model = name.or_else(|| {
+            let ready: Vec<(&String, &LocalModel)> = self.ready().collect();
+            match ready.as_slice() {
+                [(name, _)] => Some((*name).clone()),
+                _ => ready.iter().find(|(_, m)| m.settings.default).map(|(n, _)| (*n).clone()),
+            }
+        });
+    }
+
+    pub fn entry(&self, id: &str) -> Option<&CatalogEntry> {
+        self.entries.get(id)
+    }
+
+    /// The ready model called `id`, if any.
+    pub fn get(&self, id: &str) -> Option<&LocalModel> {
+        match self.entries.get(id) {
+            Some(CatalogEntry::Ready(model)) => Some(model),
+            _ => None,
+        }
+    }
+
+    pub fn default_model(&self) -> Option<(&str, &LocalModel)> {
+        let name = self.default_model.as_deref()?;
+        self.get(name).map(|m| (name, m))
+    }
+
+    pub fn ready(&self) -> impl Iterator<Item = (&String, &LocalModel)> {
+        self.entries.iter().filter_map(|(name, e)| match e {
+            CatalogEntry::Ready(m) => Some((name, m)),
+            CatalogEntry::Failed { .. } => None,
+        })
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &CatalogEntry)> {
+        self.entries.iter()
+    }
+
+    /// Adds `[[providers]]` and `[[models]]` from a validated config, reading API keys from
+    /// the environment variables the providers name.
+    pub fn configure(&mut self, config: &GatewayConfig) -> Result<(), ConfigError> {
+        self.configure_with_env(config, |var| std::env::var(var).ok())
+    }
+
+    /// As [`Catalog::configure`], with API keys looked up through `env`.
+    pub fn configure_with_env(
+        &mut self,
+        config: &GatewayConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        config.validate()?;
+        for provider in build_providers(config, &env)? {
+            self.insert_provider(provider);
+        }
+        for model in &config.models {
+            self.insert_model(model);
+        }
+        Ok(())
+    }
+
+    /// Adds (or replaces) a provider under its own name.
+    pub fn insert_provider(&mut self, provider: Arc<dyn Provider>) {
+        self.providers.insert(provider.name().to_string(), provider);
+    }
+
+    /// Adds (or replaces) a model entry; its routes should name known providers.
+    pub fn insert_model(&mut self, config: &ModelConfig) {
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| r.split_once('/'))
+            .map(|(p, m)| (p.to_string(), m.to_string()))
+            .collect();
+        let entry = ModelEntry {
+            routes,
+            prices: Prices::from_model(config),
+            context_length: config.context_length,
+        };
+        self.models.insert(config.id.clone(), entry);
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(name)
+    }
+
+    /// The routes serving `id`, in order: a `[[models]]` entry, else a local package of that
+    /// name, else `provider/model` for a configured provider.
+    pub fn resolve(&self, id: &str) -> Result<ResolvedModel, CatalogError> {
+        if let Some(entry) = self.models.get(id) {
+            return self.resolve_entry(id, entry);
+        }
+        match self.entries.get(id) {
+            Some(CatalogEntry::Ready(model)) => {
+                let prices = Prices::from_floats(
+                    model.settings.input_price_per_mtok,
+                    model.settings.output_price_per_mtok,
+                );
+                return Ok(ResolvedModel {
+                    id: id.into(),
+                    routes: vec![Route::Local(model.clone())],
+                    prices,
+                });
+            }
+            Some(CatalogEntry::Failed { reason }) => {
+                return Err(CatalogError::Unavailable { model: id.into(), reason: reason.clone() });
+            }
+            None => {}
+        }
+        match id.split_once('/') {
+            Some((provider, model))
+                if !model.is_empty() && self.providers.contains_key(provider) =>
+            {
+                let route = Route::Upstream { provider: provider.into(), model: model.into() };
+                Ok(ResolvedModel { id: id.into(), routes: vec![route], prices: Prices::default() })
+            }
+            _ => Err(CatalogError::NotFound(id.into())),
+        }
+    }
+
+    /// Shorthand for `resolve(id)?.routes`.
+    pub fn routes(&self, id: &str) -> Result<Vec<Route>, CatalogError> {
+        Ok(self.resolve(id)?.routes)
+    }
+
+    /// Local routes whose package is not ready are left out; a model with no route left is
+    /// unavailable, and the reason says why each was left out.
+    fn resolve_entry(&self, id: &str, entry: &ModelEntry) -> Result<ResolvedModel, CatalogError> {
+        let mut routes = Vec::new();
+        let mut missing = Vec::new();
+        for (provider, model) in &entry.routes {
+            if provider != LOCAL_PROVIDER {
+                routes.push(Route::Upstream { provider: provider.clone(), model: model.clone() });
+                continue;
+            }
+            match self.entries.get(model) {
+                Some(CatalogEntry::Ready(local)) => routes.push(Route::Local(local.clone())),
+                Some(CatalogEntry::Failed { reason }) => {
+                    missing.push(format!("local/{model}: {reason}"))
+                }
+                None => missing.push(format!("local/{model}: no such package is loaded")),
+            }
+        }
+        if routes.is_empty() {
+            return Err(CatalogError::Unavailable { model: id.into(), reason: missing.join("; ") });
+        }
+        Ok(ResolvedModel { id: id.into(), routes, prices: entry.prices })
+    }
+
+    /// What the router calls for each route; routes naming an unknown provider are skipped.
+    pub(crate) fn targets(&self, routes: &[Route]) -> Vec<Target> {
+        routes
+            .iter()
+            .filter_map(|route| {
+                let label = route.label();
+                match route {
+                    Route::Local(local) => {
+                        let provider: Arc<dyn Provider> =
+                            Arc::new(LocalProvider::new(local.engine.clone()));
+                        Some(Target { label, provider, model: local.engine.info().name.clone() })
+                    }
+                    Route::Upstream { provider, model } => {
+                        let provider = self.providers.get(provider)?.clone();
+                        Some(Target { label, provider, model: model.clone() })
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Every model a caller can name (besides direct `provider/model` ids), sorted by id.
+    pub fn list_models(&self) -> Vec<ModelListing> {
+        let mut out: Vec<ModelListing> =
+            self.models.iter().map(|(id, entry)| self.entry_listing(id, entry)).collect();
+        for (name, model) in self.ready() {
+            if !self.models.contains_key(name) {
+                out.push(local_listing(name, model));
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    fn entry_listing(&self, id: &str, entry: &ModelEntry) -> ModelListing {
+        let mut providers: Vec<String> = Vec::new();
+        for (provider, _) in &entry.routes {
+            if !providers.contains(provider) {
+                providers.push(provider.clone());
+            }
+        }
+        let first_local = entry
+            .routes
+            .first()
+            .filter(|(p, _)| p == LOCAL_PROVIDER)
+            .and_then(|(_, name)| self.get(name));
+        ModelListing {
+            id: id.into(),
+            kind: if first_local.is_some() { RouteKind::Local } else { RouteKind::Upstream },
+            providers,
+            modality: first_local.map_or("chat", local_modality),
+            context_length: entry
+                .context_length
+                .or_else(|| first_local.map(|m| m.engine.info().context_length as u64)),
+            prices: entry.prices,
+        }
+    }
+
+    /// Stops every engine, letting each finish what it has in flight.
+    pub fn shutdown(&self) {
+        for (_, model) in self.ready() {
+            model.engine.shutdown();
+        }
+    }
+}
+
+fn local_modality(model: &LocalModel) -> &'static str {
+    if model.engine.has_chat_template() {
+        "chat"
+    } else {
+        "completion"
+    }
+}
+
+fn local_listing(name: &str, model: &LocalModel) -> ModelListing {
+    ModelListing {
+        id: name.into(),
+        kind: RouteKind::Local,
+        providers: vec![LOCAL_PROVIDER.into()],
+        modality: local_modality(model),
+        context_length: Some(model.engine.info().context_length as u64),
+        prices: Prices::from_floats(
+            model.settings.input_price_per_mtok,
+            model.settings.output_price_per_mtok,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[providers]]
+name = "openai"
+kind = "openai"
+api_key_env = "OPENAI_KEY"
+
+[[providers]]
+name = "claude"
+kind = "anthropic"
+
+[[models]]
+id = "chat"
+routes = ["openai/gpt-4o-mini", "claude/claude-haiku", "openai/gpt-4o"]
+input_price_per_mtok = 0.15
+output_price_per_mtok = 0.6
+context_length = 128000
+
+[[models]]
+id = "only-local"
+routes = ["local/missing"]
+"#;
+
+    fn catalog() -> Catalog {
+        let config = GatewayConfig::parse(CONFIG).unwrap();
+        let mut catalog = Catalog::new();
+        catalog.configure_with_env(&config, |_| Some("sk-x".into())).unwrap();
+        catalog.insert_failed("broken".into(), "config.json: missing `hidden_size`".into());
+        catalog
+    }
+
+    fn labels(routes: &[Route]) -> Vec<String> {
+        routes.iter().map(Route::label).collect()
+    }
+
+    #[test]
+    fn model_entries_resolve_to_their_routes_in_order() {
+        let resolved = catalog().resolve("chat").unwrap();
+        assert_eq!(
+            labels(&resolved.routes),
+            ["openai/gpt-4o-mini", "claude/claude-haiku", "openai/gpt-4o"]
+        );
+        assert_eq!(resolved.prices.input_per_mtok, Some("0.15".parse().unwrap()));
+        assert_eq!(catalog().targets(&resolved.routes).len(), 3);
+    }
+
+    #[test]
+    fn provider_prefixed_ids_route_straight_to_the_provider() {
+        let routes = catalog().routes("claude/claude-opus").unwrap();
+        assert_eq!(labels(&routes), ["claude/claude-opus"]);
+        assert_eq!(catalog().resolve("claude/claude-opus").unwrap().prices, Prices::default());
+        let nope = catalog().resolve("nope/model").err();
+        assert_eq!(nope, Some(CatalogError::NotFound("nope/model".into())));
+    }
+
+    #[test]
+    fn unusable_models_say_why() {
+        let c = catalog();
+        let broken = c.resolve("broken").err().unwrap();
+        assert_eq!(
+            broken.to_string(),
+            "model `broken` is unavailable: config.json: missing `hidden_size`"
+        );
+        assert_eq!(broken.http_status(), 503);
+        let local = c.resolve("only-local").err().unwrap();
+        assert!(local.to_string().contains("local/missing: no such package is loaded"), "{local}");
+        assert_eq!(c.resolve("ghost").err().map(|e| e.http_status()), Some(404));
+    }
+
+    #[test]
+    fn a_missing_api_key_variable_is_a_config_error() {
+        let config = GatewayConfig::parse(CONFIG).unwrap();
+        let err = Catalog::new().configure_with_env(&config, |_| None).unwrap_err();
+        assert_eq!(err.path, "providers[0].api_key_env");
+        assert!(err.message.contains("OPENAI_KEY"));
+    }
+
+    #[test]
+    fn upstream_models_are_listed_with_providers_and_prices() {
+        let listed = catalog().list_models();
+        let chat = listed.iter().find(|m| m.id == "chat").unwrap();
+        assert_eq!(chat.kind, RouteKind::Upstream);
+        assert_eq!(chat.providers, ["openai", "claude"]);
+        assert_eq!((chat.modality, chat.context_length), ("chat", Some(128_000)));
+        assert!(listed.iter().all(|m| m.id != "broken"));
+    }
+}

@@ -1,0 +1,198 @@
+//! The gateway: what the HTTP layer calls. It resolves a model id to routes, opens a run,
+//! detaches a producer task that drives the chosen route into the run buffer, and hands the
+//! caller a subscription to that buffer.
+
+use std::sync::Arc;
+
+use hearth_protocol::{CanonicalRequest, ErrorKind, StreamError, ValidationError};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::GatewaySettings;
+use crate::ledger::{
+    CallerMetadata, Ledger, LedgerError, MetadataError, SqliteLedger, UsageGroup, UsageQuery,
+};
+use crate::producer::{self, RunJob};
+use crate::router::{RetryPolicy, RouteHealth};
+use crate::runs::{InMemoryRunStore, RunError, RunInfo, RunStore, Subscription};
+
+/// Who is calling, as the edge authenticated it.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The id (never the secret) of the key the caller used.
+    pub api_key_id: Option<String>,
+    /// Caller metadata (e.g. from a header), validated here. When `None`, the request's own
+    /// `metadata` is used.
+    pub metadata: Option<Value>,
+}
+
+/// A run whose route has committed: its first content event is in the buffer.
+pub struct StartedRun {
+    pub run_id: String,
+    /// The route serving it: `provider/model` or `local/<package>`.
+    pub route: String,
+    /// The run's events from the first one (seq 0).
+    pub events: Subscription,
+}
+
+/// Why a run did not start. Each variant maps to one HTTP status, see [`StartError::http_status`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Model(#[from] CatalogError),
+    #[error(transparent)]
+    Runs(#[from] RunError),
+    /// Every route failed before the first content event, or the request was refused
+    /// upstream. The run exists (status `failed`) and has its ledger record.
+    #[error("{error}")]
+    Failed { run_id: String, error: StreamError },
+}
+
+impl StartError {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            StartError::Invalid(_) | StartError::Metadata(_) => 400,
+            StartError::Model(e) => e.http_status(),
+            StartError::Runs(e) => e.http_status(),
+            StartError::Failed { error, .. } => error.kind.http_status(),
+        }
+    }
+
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            StartError::Failed { run_id, .. } => Some(run_id),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub catalog: Catalog,
+    pub policy: RetryPolicy,
+    pub health: RouteHealth,
+    pub runs: Arc<dyn RunStore>,
+    pub ledger: Arc<dyn Ledger>,
+    tasks: TaskTracker,
+}
+
+impl Gateway {
+    /// The default wiring: in-memory run buffers and the SQLite ledger at `ledger_path`.
+    pub async fn open(
+        catalog: Catalog,
+        settings: &GatewaySettings,
+    ) -> Result<Gateway, LedgerError> {
+        let ledger = SqliteLedger::open(&settings.ledger_path).await?;
+        let runs = InMemoryRunStore::from_settings(settings);
+        Ok(Self::new(catalog, settings, Arc::new(runs), Arc::new(ledger)))
+    }
+
+    pub fn new(
+        catalog: Catalog,
+        settings: &GatewaySettings,
+        runs: Arc<dyn RunStore>,
+        ledger: Arc<dyn Ledger>,
+    ) -> Gateway {
+        let inner = Inner {
+            catalog,
+            policy: RetryPolicy::from_settings(settings),
+            health: RouteHealth::default(),
+            runs,
+            ledger,
+            tasks: TaskTracker::new(),
+        };
+        Gateway { inner: Arc::new(inner) }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.inner.ledger
+    }
+
+    /// Validates the request and metadata, resolves the model, opens a run and starts its
+    /// producer; returns once a route has committed (its first content event is buffered) or
+    /// every route has failed. The producer is detached: dropping the returned subscription,
+    /// or this future, does not stop generation. Must run inside a tokio runtime.
+    pub async fn start_run(
+        &self,
+        request: CanonicalRequest,
+        caller: Caller,
+    ) -> Result<StartedRun, StartError> {
+        request.validate()?;
+        let metadata = match caller.metadata.as_ref() {
+            Some(value) => CallerMetadata::from_json(value)?,
+            None => match &request.metadata {
+                Some(map) => CallerMetadata::from_json(&Value::Object(map.clone()))?,
+                None => CallerMetadata::default(),
+            },
+        };
+        let resolved = self.inner.catalog.resolve(&request.model)?;
+        let targets = self.inner.catalog.targets(&resolved.routes);
+        let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
+        let cancel = self.inner.runs.create(&run_id, &request.model).await?;
+        // Subscribed before the producer starts, so the run is never seen without a reader.
+        let events = self.inner.runs.subscribe(&run_id, 0).await?;
+        let (commit, committed) = oneshot::channel();
+        let job = RunJob {
+            run_id: run_id.clone(),
+            request,
+            targets,
+            prices: resolved.prices,
+            metadata,
+            api_key_id: caller.api_key_id,
+            cancel,
+        };
+        self.inner.tasks.spawn(producer::drive(self.inner.clone(), job, commit));
+        match committed.await {
+            Ok(Ok(route)) => Ok(StartedRun { run_id, route, events }),
+            Ok(Err(error)) => Err(StartError::Failed { run_id, error }),
+            Err(_) => Err(StartError::Failed {
+                run_id,
+                error: StreamError::new(
+                    ErrorKind::Internal,
+                    "the run's producer stopped unexpectedly",
+                ),
+            }),
+        }
+    }
+
+    /// The run's events from sequence number `from` on, then its live tail.
+    pub async fn subscribe(&self, run_id: &str, from: u64) -> Result<Subscription, RunError> {
+        self.inner.runs.subscribe(run_id, from).await
+    }
+
+    pub async fn status(&self, run_id: &str) -> Result<RunInfo, RunError> {
+        self.inner.runs.status(run_id).await
+    }
+
+    /// Asks the run's producer to stop. It ends the run with a `cancelled` error event shortly
+    /// after; the returned status may still say `running`.
+    pub async fn cancel(&self, run_id: &str) -> Result<RunInfo, RunError> {
+        self.inner.runs.cancel(run_id).await
+    }
+
+    pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
+        self.inner.ledger.usage(query).await
+    }
+
+    /// Waits until every producer started so far has ended and written its ledger record
+    /// (graceful shutdown, and tests).
+    pub async fn wait_idle(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.tasks.reopen();
+    }
+}

@@ -1,0 +1,152 @@
+//! The spend ledger: one record per run, written when the run ends however it ends, and usage
+//! queries grouped by model, route or a caller metadata key.
+
+mod metadata;
+mod sqlite;
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+pub use metadata::{CallerMetadata, MetadataError, MAX_METADATA_ENTRIES};
+pub use sqlite::SqliteLedger;
+
+/// How a run ended, as billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerStatus {
+    /// The answer finished and a caller was there to read it.
+    Finished,
+    /// No route answered, or the answer broke off with an error.
+    Failed,
+    Cancelled,
+    /// The answer finished, but its caller had gone (and had not come back) by then.
+    Abandoned,
+}
+
+impl LedgerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+impl FromStr for LedgerStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "finished" => Self::Finished,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            "abandoned" => Self::Abandoned,
+            other => return Err(format!("unknown ledger status `{other}`")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRecord {
+    pub run_id: String,
+    /// The model id the caller asked for.
+    pub model: String,
+    /// The route that served it; `None` when no route committed.
+    pub route: Option<String>,
+    pub status: LedgerStatus,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    /// `None` when the model has no prices in the catalog.
+    pub cost: Option<Decimal>,
+    /// Time to the first content event.
+    pub ttft_ms: Option<u64>,
+    pub latency_ms: u64,
+    pub metadata: CallerMetadata,
+    pub api_key_id: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    /// What went wrong, for failed and cancelled runs.
+    pub error: Option<String>,
+}
+
+/// What usage is grouped by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    Model,
+    Route,
+    /// A caller metadata key; runs without it form the group whose key is `None`.
+    Metadata(String),
+}
+
+impl FromStr for GroupBy {
+    type Err = String;
+
+    /// `model`, `route` or `metadata.<key>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "model" => Ok(Self::Model),
+            "route" => Ok(Self::Route),
+            _ => match s.strip_prefix("metadata.") {
+                Some(key) if !key.is_empty() => Ok(Self::Metadata(key.to_string())),
+                _ => Err(format!("`{s}` is not one of `model`, `route`, `metadata.<key>`")),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub group_by: GroupBy,
+    /// Runs started at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Runs started before this instant.
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageGroup {
+    /// The group's value (a model id, a route, a metadata value); `None` for "not set".
+    pub key: Option<String>,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    /// The sum of the known costs in the group.
+    pub cost: Decimal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("ledger record `{run_id}` is unreadable: {message}")]
+    Corrupt { run_id: String, message: String },
+}
+
+#[async_trait::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Stores one run's record; a second record for the same run is an error.
+    async fn record(&self, record: &LedgerRecord) -> Result<(), LedgerError>;
+    async fn get(&self, run_id: &str) -> Result<Option<LedgerRecord>, LedgerError>;
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_by_parses_its_three_forms() {
+        assert_eq!("model".parse(), Ok(GroupBy::Model));
+        assert_eq!("route".parse(), Ok(GroupBy::Route));
+        assert_eq!("metadata.team".parse(), Ok(GroupBy::Metadata("team".into())));
+        assert!("metadata.".parse::<GroupBy>().is_err());
+        assert!("cost".parse::<GroupBy>().is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! The detached producer of one run: it opens a route (with failover), appends every event to
+//! the run buffer, ends the run, and writes the ledger record. It never depends on a consumer
+//! being there, so abandoned streams are read to the end and billed exactly.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use futures::StreamExt;
+use hearth_protocol::{CanonicalEvent, CanonicalRequest, ErrorKind, StreamError, TokenUsage};
+use tokio::sync::oneshot;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::Inner;
+use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
+use crate::pricing::Prices;
+use crate::providers::EventStream;
+use crate::router::{self, Committed, Target};
+use crate::runs::{RunInfo, RunStatus};
+
+pub(crate) struct RunJob {
+    pub run_id: String,
+    pub request: CanonicalRequest,
+    pub targets: Vec<Target>,
+    pub prices: Prices,
+    pub metadata: CallerMetadata,
+    pub api_key_id: Option<String>,
+    pub cancel: CancellationToken,
+}
+
+/// Told the route once one commits, or the error when none does.
+pub(crate) type CommitSender = oneshot::Sender<Result<String, StreamError>>;
+
+/// What the run has seen, for its ledger record.
+struct Tally {
+    started: Instant,
+    route: Option<String>,
+    usage: TokenUsage,
+    ttft_ms: Option<u64>,
+    error: Option<StreamError>,
+    terminal: bool,
+}
+
+impl Tally {
+    fn observe(&mut self, event: &CanonicalEvent) {
+        match event {
+            CanonicalEvent::Usage { usage } => self.usage = *usage,
+            CanonicalEvent::Error { error } => self.error = Some(error.clone()),
+            _ => {}
+        }
+        if event.is_content() && self.ttft_ms.is_none() {
+            self.ttft_ms = Some(elapsed_ms(self.started));
+        }
+        self.terminal |= event.is_terminal();
+    }
+
+    fn run_status(&self) -> RunStatus {
+        match &self.error {
+            None => RunStatus::Finished,
+            Some(e) if e.kind == ErrorKind::Cancelled => RunStatus::Cancelled,
+            Some(_) => RunStatus::Failed,
+        }
+    }
+}
+
+pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) {
+    let started_at = Utc::now();
+    let mut tally = Tally {
+        started: Instant::now(),
+        route: None,
+        usage: TokenUsage::default(),
+        ttft_ms: None,
+        error: None,
+        terminal: false,
+    };
+    let opened =
+        router::open(&job.targets, &job.request, &inner.policy, &inner.health, &job.cancel).await;
+    match opened {
+        Ok(committed) => {
+            let route = committed.route.clone();
+            let rest = buffer_prefix(&inner, &job.run_id, committed, &mut tally).await;
+            let _ = commit.send(Ok(route.clone()));
+            if !tally.terminal {
+                stream_rest(&inner, &job, &route, rest, &mut tally).await;
+            }
+        }
+        Err(failure) => {
+            let event = CanonicalEvent::Error { error: failure.error.clone() };
+            append(&inner, &job.run_id, event, &mut tally).await;
+            let _ = commit.send(Err(failure.error));
+        }
+    }
+    let info = inner.runs.finish(&job.run_id, tally.run_status()).await;
+    let record = ledger_record(&job, &tally, info.ok(), started_at);
+    if let Err(e) = inner.ledger.record(&record).await {
+        tracing::error!(run_id = %job.run_id, error = %e, "could not write the ledger record");
+    }
+}
+
+async fn buffer_prefix(
+    inner: &Inner,
+    run_id: &str,
+    committed: Committed,
+    tally: &mut Tally,
+) -> EventStream {
+    if let Err(e) = inner.runs.set_route(run_id, &committed.route).await {
+        tracing::warn!(run_id, error = %e, "could not record the run's route");
+    }
+    tally.route = Some(committed.route);
+    for event in committed.prefix {
+        append(inner, run_id, event, tally).await;
+    }
+    committed.rest
+}
+
+/// Reads the committed route to its end. A stall, a cut, a broken event or a cancel becomes
+/// an explicit error event: a caller never mistakes a truncated answer for a finished one.
+async fn stream_rest(
+    inner: &Inner,
+    job: &RunJob,
+    route: &str,
+    mut rest: EventStream,
+    tally: &mut Tally,
+) {
+    let limit = inner.policy.between_token_timeout;
+    while !tally.terminal {
+        let next = tokio::select! {
+            biased;
+            () = job.cancel.cancelled() => {
+                let event = CanonicalEvent::error(ErrorKind::Cancelled, "the run was cancelled");
+                append(inner, &job.run_id, event, tally).await;
+                return;
+            }
+            next = timeout(limit, rest.next()) => next,
+        };
+        let event = match next {
+            Err(_) => CanonicalEvent::error(
+                ErrorKind::Timeout,
+                format!("{route} sent nothing for {} ms", limit.as_millis()),
+            ),
+            Ok(None) => CanonicalEvent::error(
+                ErrorKind::Upstream,
+                format!("{route} ended the stream without finishing"),
+            ),
+            Ok(Some(Err(e))) => CanonicalEvent::Error { error: e.to_stream_error() },
+            Ok(Some(Ok(event))) => event,
+        };
+        append(inner, &job.run_id, event, tally).await;
+    }
+}
+
+async fn append(inner: &Inner, run_id: &str, event: CanonicalEvent, tally: &mut Tally) {
+    tally.observe(&event);
+    if let Err(e) = inner.runs.append(run_id, event).await {
+        tracing::warn!(run_id, error = %e, "could not buffer an event");
+    }
+}
+
+fn ledger_record(
+    job: &RunJob,
+    tally: &Tally,
+    info: Option<RunInfo>,
+    started_at: chrono::DateTime<Utc>,
+) -> LedgerRecord {
+    let status = match tally.run_status() {
+        RunStatus::Cancelled => LedgerStatus::Cancelled,
+        RunStatus::Failed => LedgerStatus::Failed,
+        _ => match info {
+            // Nobody attached and nobody read the end: the caller left and did not come back.
+            Some(info) if info.num_subscribers == 0 && !info.delivered => LedgerStatus::Abandoned,
+            _ => LedgerStatus::Finished,
+        },
+    };
+    LedgerRecord {
+        run_id: job.run_id.clone(),
+        model: job.request.model.clone(),
+        route: tally.route.clone(),
+        status,
+        input_tokens: tally.usage.input_tokens,
+        output_tokens: tally.usage.output_tokens,
+        cached_input_tokens: tally.usage.cached_input_tokens,
+        cost: job.prices.cost(&tally.usage),
+        ttft_ms: tally.ttft_ms,
+        latency_ms: elapsed_ms(tally.started),
+        metadata: job.metadata.clone(),
+        api_key_id: job.api_key_id.clone(),
+        started_at,
+        ended_at: Utc::now(),
+        error: tally.error.as_ref().map(|e| e.message.clone()),
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

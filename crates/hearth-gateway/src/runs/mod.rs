@@ -1,0 +1,94 @@
+//! Resumable runs: every request's events are appended to a run buffer with sequence numbers,
+//! and callers read the buffer, never the producer. A caller that disconnects can come back
+//! with `subscribe(run_id, from)` and get the events from `from` on, then the live tail; the
+//! producer goes on regardless, so usage is exact even for abandoned streams.
+
+mod memory;
+
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use hearth_protocol::CanonicalEvent;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use memory::InMemoryRunStore;
+
+/// One buffered event and its sequence number (0 for a run's first event).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunEvent {
+    pub seq: u64,
+    pub event: CanonicalEvent,
+}
+
+/// The events of a run from some sequence number on; it ends after the terminal event.
+pub type Subscription = BoxStream<'static, RunEvent>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Finished,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    /// The model id the caller asked for.
+    pub model: String,
+    /// The route serving it, once one has committed.
+    pub route: Option<String>,
+    pub status: RunStatus,
+    pub num_events: u64,
+    /// Subscriptions reading the run right now.
+    pub num_subscribers: usize,
+    /// Whether some subscriber has read the terminal event.
+    pub delivered: bool,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("run `{0}` does not exist or has expired")]
+    NotFound(String),
+    #[error("run `{0}` already exists")]
+    AlreadyExists(String),
+    #[error("run `{0}` has ended and takes no more events")]
+    Ended(String),
+    #[error("run `{run_id}` has {num_events} events; cannot resume from event {from}")]
+    BadCursor { run_id: String, from: u64, num_events: u64 },
+    #[error("run buffers are full: running requests hold {used_bytes} of {max_bytes} bytes; retry shortly")]
+    Full { used_bytes: usize, max_bytes: usize },
+}
+
+impl RunError {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            RunError::NotFound(_) => 404,
+            RunError::AlreadyExists(_) | RunError::Ended(_) => 409,
+            RunError::BadCursor { .. } => 416,
+            RunError::Full { .. } => 503,
+        }
+    }
+}
+
+/// Where run buffers live. The in-memory store is the default; a shared store (Redis) lets
+/// another replica serve a resume.
+#[async_trait::async_trait]
+pub trait RunStore: Send + Sync {
+    /// Opens a run. The returned token is cancelled when someone calls [`RunStore::cancel`];
+    /// the producer watches it.
+    async fn create(&self, run_id: &str, model: &str) -> Result<CancellationToken, RunError>;
+    async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError>;
+    /// Appends one event and returns its sequence number.
+    async fn append(&self, run_id: &str, event: CanonicalEvent) -> Result<u64, RunError>;
+    /// Marks the run ended; its TTL starts now.
+    async fn finish(&self, run_id: &str, status: RunStatus) -> Result<RunInfo, RunError>;
+    /// Events from `from` on, then the live tail until the terminal event.
+    async fn subscribe(&self, run_id: &str, from: u64) -> Result<Subscription, RunError>;
+    async fn status(&self, run_id: &str) -> Result<RunInfo, RunError>;
+    /// Asks the producer to stop; a run that has already ended is left as it is.
+    async fn cancel(&self, run_id: &str) -> Result<RunInfo, RunError>;
+}

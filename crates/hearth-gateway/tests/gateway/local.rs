@@ -1,0 +1,76 @@
+//! The local route: a package served by this process's engine, behind the same router, run
+//! buffers and ledger as the upstreams.
+
+use std::path::Path;
+
+use candle_core::Device;
+use hearth_engine::{Engine, EngineConfig};
+use hearth_gateway::{Catalog, LedgerStatus, LocalModel, RouteKind, StartError};
+use hearth_package::Package;
+use hearth_protocol::{CanonicalEvent, ErrorKind, ToolDefinition};
+use serde_json::json;
+
+use crate::fake::{Answer, FakeProvider, Wire};
+use crate::support::{events, harness_with, hello, test_settings, text_of, upstream};
+
+const PACKAGE: &str = "tiny-llama";
+
+fn catalog_with_tiny_llama() -> Catalog {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-llama"));
+    let package = Package::load(dir).expect("models/tiny-llama is a valid package");
+    let engine = Engine::start(&package, EngineConfig::default(), &Device::Cpu, &|_, _| {})
+        .expect("the engine starts");
+    let mut catalog = Catalog::new();
+    let model = LocalModel { engine, cog: package.cog.clone(), settings: package.settings.clone() };
+    catalog.insert_ready(PACKAGE.into(), model);
+    catalog
+}
+
+fn with_tool(model: &str) -> hearth_protocol::CanonicalRequest {
+    let mut request = hello(model);
+    request.tools = vec![ToolDefinition {
+        name: "get_weather".into(),
+        description: None,
+        parameters: json!({"type": "object"}),
+    }];
+    request
+}
+
+#[tokio::test]
+async fn local_packages_serve_text_and_send_tools_elsewhere() {
+    let fake = FakeProvider::start(Wire::OpenAi, Answer::Text).await;
+    let h = harness_with(
+        &[upstream("up", Wire::OpenAi, fake.base_url())],
+        &["local/tiny-llama", "up/gpt"],
+        test_settings(),
+        catalog_with_tiny_llama(),
+    )
+    .await;
+    let listed = h.gateway.catalog().list_models();
+    let local = listed.iter().find(|m| m.id == PACKAGE).expect("the package is listed");
+    assert_eq!(
+        (local.kind, local.modality, local.providers.clone()),
+        (RouteKind::Local, "chat", vec!["local".to_string()])
+    );
+    assert_eq!(listed.iter().find(|m| m.id == "m").map(|m| m.providers.len()), Some(2));
+
+    let mut request = hello(PACKAGE);
+    request.max_tokens = Some(4);
+    let run = h.start(request).await.unwrap();
+    assert_eq!(run.route, "local/tiny-llama");
+    let events = events(run.events).await;
+    assert!(matches!(events.last(), Some(CanonicalEvent::Finish { .. })), "{events:?}");
+    assert!(!text_of(&events).is_empty());
+    h.gateway.wait_idle().await;
+    let record = h.gateway.ledger().get(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(record.status, LedgerStatus::Finished);
+    assert!(record.input_tokens > 0 && (1..=4).contains(&record.output_tokens), "{record:?}");
+
+    let run = h.start(with_tool("m")).await.unwrap();
+    assert_eq!(run.route, "up/gpt", "tools fail over from the local route");
+    let Err(StartError::Failed { error, .. }) = h.start(with_tool(PACKAGE)).await else {
+        panic!("a tool request for a local-only model is refused");
+    };
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert!(error.message.contains("does not support tools"), "{}", error.message);
+}

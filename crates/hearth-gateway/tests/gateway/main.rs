@@ -1,0 +1,8 @@
+//! The gateway against fake providers on 127.0.0.1 speaking each real wire format.
+
+mod failover;
+mod fake;
+mod local;
+mod resume;
+mod support;
+mod translation;

@@ -1,0 +1,235 @@
+//! The canonical chat request: what every entry surface parses into and every provider adapter
+//! translates from. It carries only what all three wire formats (OpenAI, Anthropic, Gemini) can
+//! express, so a request never silently loses meaning on its way through.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ValidationError;
+
+/// One chat request, independent of any wire format.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanonicalRequest {
+    /// The model id the caller asked for (a catalog id, or `provider/model`).
+    pub model: String,
+    /// The system prompt. OpenAI's system and developer messages are joined into it, because
+    /// Anthropic and Gemini take exactly one system prompt outside the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDefinition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    #[serde(default)]
+    pub sampling: SamplingOptions,
+    /// Upper bound on generated tokens; `None` leaves the provider's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Whether the caller wants a stream. Upstream calls always stream; this only decides how
+    /// the entry surface answers.
+    #[serde(default)]
+    pub stream: bool,
+    /// Caller metadata for the spend ledger; the gateway validates its shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// Who wrote a message. System prompts live in [`CanonicalRequest::system`]; tool results are
+/// user content, as in Anthropic's model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: MessageRole,
+    pub content: Vec<ContentBlock>,
+}
+
+impl Message {
+    pub fn text(role: MessageRole, text: impl Into<String>) -> Self {
+        Self { role, content: vec![ContentBlock::Text { text: text.into() }] }
+    }
+
+    /// The message's text blocks joined, ignoring tool blocks.
+    pub fn joined_text(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(|b| match b {
+                ContentBlock::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// One piece of a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    Text {
+        text: String,
+    },
+    /// The assistant asks for a tool call. `input` is the parsed arguments object.
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// The caller answers a tool call.
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+        #[serde(default)]
+        is_error: bool,
+    },
+}
+
+/// A tool the model may call; `parameters` is a JSON schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// No tool calls.
+    None,
+    /// At least one tool call, any tool.
+    Required,
+    /// A call to this tool.
+    Tool { name: String },
+}
+
+/// Sampling knobs that the providers share. `None` leaves each provider's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+}
+
+impl CanonicalRequest {
+    /// Checks what every provider would refuse, so the caller gets one clear 4xx at the edge
+    /// instead of a provider's error after failover. Field names are canonical.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.model.is_empty() {
+            return Err(ValidationError::new("model", "must not be empty"));
+        }
+        if self.messages.is_empty() {
+            return Err(ValidationError::new("messages", "must hold at least one message"));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(ValidationError::new("max_tokens", "must be at least 1"));
+        }
+        self.validate_sampling()?;
+        self.validate_tools()?;
+        if self.stop.iter().any(String::is_empty) {
+            return Err(ValidationError::new("stop", "must not contain empty strings"));
+        }
+        Ok(())
+    }
+
+    fn validate_sampling(&self) -> Result<(), ValidationError> {
+        let s = &self.sampling;
+        let check = |field: &str, v: Option<f32>, lo: f32, hi: f32| match v {
+            Some(v) if !(v.is_finite() && v >= lo && v <= hi) => {
+                Err(ValidationError::new(field, format!("must be between {lo} and {hi}, got {v}")))
+            }
+            _ => Ok(()),
+        };
+        check("temperature", s.temperature, 0.0, 2.0)?;
+        check("top_p", s.top_p, 0.0, 1.0)?;
+        check("presence_penalty", s.presence_penalty, -2.0, 2.0)?;
+        check("frequency_penalty", s.frequency_penalty, -2.0, 2.0)
+    }
+
+    fn validate_tools(&self) -> Result<(), ValidationError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, tool) in self.tools.iter().enumerate() {
+            if tool.name.is_empty() {
+                return Err(ValidationError::new(format!("tools[{i}].name"), "must not be empty"));
+            }
+            if !seen.insert(tool.name.as_str()) {
+                return Err(ValidationError::new(
+                    format!("tools[{i}].name"),
+                    format!("`{}` is declared twice", tool.name),
+                ));
+            }
+        }
+        if let Some(ToolChoice::Tool { name }) = &self.tool_choice {
+            if !seen.contains(name.as_str()) {
+                return Err(ValidationError::new(
+                    "tool_choice",
+                    format!("names `{name}`, which is not among `tools`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the request uses tools anywhere: declared tools or tool blocks in history.
+    pub fn uses_tools(&self) -> bool {
+        !self.tools.is_empty()
+            || self.messages.iter().flat_map(|m| &m.content).any(|b| {
+                matches!(b, ContentBlock::ToolUse { .. } | ContentBlock::ToolResult { .. })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> CanonicalRequest {
+        CanonicalRequest {
+            model: "m".into(),
+            messages: vec![Message::text(MessageRole::User, "hi")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_plain_request_is_valid() {
+        assert!(request().validate().is_ok());
+        assert!(!request().uses_tools());
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let mut r = request();
+        r.messages.clear();
+        assert_eq!(r.validate().unwrap_err().field, "messages");
+        let mut r = request();
+        r.sampling.temperature = Some(3.0);
+        assert_eq!(r.validate().unwrap_err().field, "temperature");
+        let mut r = request();
+        let tool = ToolDefinition { name: "t".into(), description: None, parameters: Value::Null };
+        r.tools = vec![tool.clone(), tool];
+        assert_eq!(r.validate().unwrap_err().field, "tools[1].name");
+        let mut r = request();
+        r.tool_choice = Some(ToolChoice::Tool { name: "x".into() });
+        assert_eq!(r.validate().unwrap_err().field, "tool_choice");
+    }
+}
