@@ -1,0 +1,60 @@
+//! Reading JSON request bodies without axum's plain-text rejections.
+//!
+//! Both surfaces read the body as bytes, parse it here, and turn a [`BodyError`] or
+//! [`FieldError`] into their own error shape, so a client always gets JSON that says what is
+//! wrong and where.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    Unreadable(String),
+    #[error("the request body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("the request body must be a JSON object")]
+    NotAnObject,
+}
+
+/// Reads the whole body (bounded by the router's body limit) as a JSON object.
+pub(crate) async fn read_object<S: Send + Sync>(
+    req: Request,
+    state: &S,
+    limit: usize,
+) -> Result<Map<String, Value>, BodyError> {
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            BodyError::TooLarge { limit }
+        } else {
+            BodyError::Unreadable(rejection.body_text())
+        }
+    })?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(BodyError::NotAnObject),
+        Err(err) => Err(BodyError::Malformed(err.to_string())),
+    }
+}
+
+/// A field whose value has the wrong type or shape. `path` is the field's JSON path, such as
+/// `messages[0].content`; it is `None` for a problem with the whole object (a missing field).
+#[derive(Debug)]
+pub(crate) struct FieldError {
+    pub path: Option<String>,
+    pub message: String,
+}
+
+/// Deserializes `value` into `T`, keeping the path of the field that failed.
+pub(crate) fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.inner().to_string();
+        FieldError { path: (path != ".").then_some(path), message }
+    })
+}

@@ -1,0 +1,116 @@
+//! Every way a Cog request can fail, and the one place each maps to a status and a body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hearth_engine::SubmitError;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::body::BodyError;
+
+/// One entry of a 422 answer, in the shape FastAPI/pydantic (and so Cog) uses.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Detail {
+    pub loc: Vec<String>,
+    pub msg: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+impl Detail {
+    /// A problem with one input field: `loc` is `["body", "input", field]`.
+    pub(crate) fn input(field: &str, msg: impl Into<String>) -> Self {
+        Self::at(&["body", "input", field], msg)
+    }
+
+    pub(crate) fn at(loc: &[&str], msg: impl Into<String>) -> Self {
+        Self {
+            loc: loc.iter().map(|s| (*s).to_owned()).collect(),
+            msg: msg.into(),
+            kind: "value_error",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CogError {
+    #[error("invalid request")]
+    Invalid(Vec<Detail>),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("At capacity - all prediction slots busy")]
+    AtCapacity,
+    #[error("no such prediction")]
+    UnknownPrediction,
+    #[error("{message}")]
+    UnknownModel { message: String, models: Vec<String> },
+    #[error("model `{model}` failed to load: {reason}")]
+    ModelFailed { model: String, reason: String },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("shutdown over HTTP is disabled in this server's configuration")]
+    ShutdownDisabled,
+}
+
+impl CogError {
+    pub(crate) fn input(field: &str, msg: impl Into<String>) -> Self {
+        Self::Invalid(vec![Detail::input(field, msg)])
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            CogError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CogError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            CogError::Body(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CogError::AtCapacity => StatusCode::CONFLICT,
+            CogError::UnknownPrediction | CogError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            CogError::ModelFailed { .. } | CogError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            CogError::ShutdownDisabled => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+impl IntoResponse for CogError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            CogError::Invalid(details) => json!({ "detail": details }),
+            CogError::Body(err) => json!({ "detail": [Detail::at(&["body"], err.to_string())] }),
+            // Cog answers an unknown prediction id with an empty object.
+            CogError::UnknownPrediction => json!({}),
+            CogError::UnknownModel { models, .. } => {
+                json!({ "error": self.to_string(), "models": models })
+            }
+            _ => json!({ "error": self.to_string(), "status": "failed" }),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<SubmitError> for CogError {
+    fn from(err: SubmitError) -> Self {
+        match err {
+            SubmitError::Overloaded { .. } => CogError::AtCapacity,
+            SubmitError::ShuttingDown => CogError::ShuttingDown,
+            SubmitError::Invalid(invalid) => {
+                CogError::input(cog_field(&invalid.field), invalid.message)
+            }
+            SubmitError::TooLarge { .. } => CogError::input("max_tokens", err.to_string()),
+            SubmitError::PromptTooLong { .. }
+            | SubmitError::EmptyPrompt
+            | SubmitError::BadToken { .. }
+            | SubmitError::Tokenize(_) => CogError::input("prompt", err.to_string()),
+        }
+    }
+}
+
+/// The Cog input name of a canonical sampling field.
+pub(crate) fn cog_field(canonical: &str) -> &str {
+    match canonical {
+        "stop" => "stop_sequences",
+        other => other,
+    }
+}

@@ -1,0 +1,33 @@
+//! The Cog container API, for one model: at `/cog/{model}/…`, and at the root for the catalog's
+//! default model.
+
+mod error;
+mod fields;
+mod handlers;
+mod input;
+mod predict;
+mod prediction;
+pub(crate) mod registry;
+mod request;
+mod run;
+mod schema;
+mod sse;
+mod target;
+mod webhook;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+
+use crate::state::AppState;
+
+/// The routes of one model's Cog API, relative to where they are mounted.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(handlers::index))
+        .route("/health-check", get(handlers::health_check))
+        .route("/openapi.json", get(handlers::openapi))
+        .route("/shutdown", post(handlers::shutdown))
+        .route("/predictions", post(predict::create))
+        .route("/predictions/{id}", put(predict::create_idempotent))
+        .route("/predictions/{id}/cancel", post(predict::cancel))
+}

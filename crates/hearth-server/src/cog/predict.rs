@@ -1,0 +1,159 @@
+//! `POST /predictions`, `PUT /predictions/{id}` and `POST /predictions/{id}/cancel`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hearth_engine::GenerationStream;
+use serde_json::json;
+
+use super::error::{CogError, Detail};
+use super::input::CogInput;
+use super::prediction::Prediction;
+use super::registry::{Claim, PredictionEntry};
+use super::request::{Mode, PredictionRequest};
+use super::run::{Run, Update};
+use super::sse;
+use super::target::{path_param, CogModel};
+use super::webhook::{WebhookSender, WebhookTarget};
+use crate::state::AppState;
+
+/// The `{id}` of `/predictions/{id}/…`.
+pub(crate) struct PredictionId(String);
+
+impl FromRequestParts<AppState> for PredictionId {
+    type Rejection = CogError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, CogError> {
+        // The routes that use this extractor all have `{id}`; a miss means a routing bug.
+        path_param(parts, state, "id").await.map(PredictionId).ok_or(CogError::UnknownPrediction)
+    }
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    target: CogModel,
+    headers: HeaderMap,
+    request: PredictionRequest,
+) -> Result<Response, CogError> {
+    predict(state, target, Mode::from_headers(&headers), request).await
+}
+
+/// Idempotent create: the same id again answers with that prediction instead of a new one.
+pub(crate) async fn create_idempotent(
+    State(state): State<AppState>,
+    target: CogModel,
+    PredictionId(id): PredictionId,
+    headers: HeaderMap,
+    mut request: PredictionRequest,
+) -> Result<Response, CogError> {
+    if request.id.as_ref().is_some_and(|body_id| *body_id != id) {
+        let msg = format!("prediction ID must match the ID supplied in the URL (`{id}`)");
+        return Err(CogError::Invalid(vec![Detail::at(&["body", "id"], msg)]));
+    }
+    request.id = Some(id);
+    predict(state, target, Mode::from_headers(&headers), request).await
+}
+
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    target: CogModel,
+    PredictionId(id): PredictionId,
+) -> Result<Json<serde_json::Value>, CogError> {
+    let entry = state.predictions().get(&target.name, &id).ok_or(CogError::UnknownPrediction)?;
+    entry.cancel_token().cancel();
+    Ok(Json(json!({})))
+}
+
+async fn predict(
+    state: AppState,
+    target: CogModel,
+    mode: Mode,
+    request: PredictionRequest,
+) -> Result<Response, CogError> {
+    let engine = &target.model.engine;
+    let input = CogInput::parse(request.input.as_ref(), engine.info().context_length)?;
+    let generate = input.to_request(engine)?;
+    let id = request.id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let prediction = Prediction::new(id.clone(), request.input.unwrap_or_default());
+    let cancel = state.cancel_all().child_token();
+    let entry = match state.predictions().claim(&target.name, prediction, cancel) {
+        Claim::Existing(entry) => return Ok(existing(&state, entry, mode)),
+        Claim::New(entry) => entry,
+    };
+    let stream = engine.submit(generate).map_err(|err| {
+        state.predictions().forget(&target.name, &id);
+        CogError::from(err)
+    })?;
+    Ok(match mode {
+        Mode::Sync => run_to_end(Run::start(entry, stream)).await.into_response(),
+        Mode::Stream => {
+            sse::respond(sse::live(Run::start(entry, stream)), state.config().sse_keep_alive)
+        }
+        Mode::Async => {
+            let accepted = entry.snapshot();
+            spawn_async(&state, entry, stream, request.webhook);
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
+    })
+}
+
+/// A prediction with this id already exists: report it rather than run it twice.
+fn existing(state: &AppState, entry: Arc<PredictionEntry>, mode: Mode) -> Response {
+    if mode == Mode::Stream {
+        return sse::respond(sse::follow(entry), state.config().sse_keep_alive);
+    }
+    let prediction = entry.snapshot();
+    let status =
+        if prediction.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    (status, Json(prediction)).into_response()
+}
+
+async fn run_to_end(mut run: Run) -> Json<Prediction> {
+    while let Some(update) = run.next().await {
+        if let Update::Done(prediction) = update {
+            return Json(prediction);
+        }
+    }
+    Json(run.entry().snapshot())
+}
+
+/// Runs an async prediction in the background, sending webhooks as it goes. The task owns the
+/// run, so cancelling the prediction or the shutdown deadline ends it.
+fn spawn_async(
+    state: &AppState,
+    entry: Arc<PredictionEntry>,
+    stream: GenerationStream,
+    webhook: Option<WebhookTarget>,
+) {
+    let mut webhooks = webhook.map(|target| {
+        let stop = state.cancel_all().clone();
+        WebhookSender::spawn(
+            state.webhooks().clone(),
+            target,
+            state.config().webhook.clone(),
+            state.tasks(),
+            stop,
+        )
+    });
+    state.tasks().spawn(async move {
+        let mut run = Run::start(entry, stream);
+        if let Some(hooks) = webhooks.as_mut() {
+            hooks.start(run.entry().snapshot());
+        }
+        while let Some(update) = run.next().await {
+            let Some(hooks) = webhooks.as_mut() else { continue };
+            match update {
+                Update::Output { .. } => hooks.output(|| run.entry().snapshot()),
+                Update::Done(prediction) => {
+                    if let Some(hooks) = webhooks.take() {
+                        hooks.completed(prediction).await;
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,77 @@
+//! The prediction object Cog returns and sends in webhooks and SSE `completed` events.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Status {
+    Starting,
+    Processing,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl Status {
+    pub(crate) fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Canceled)
+    }
+}
+
+/// What a prediction cost, in Replicate's metric names; times are seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Metrics {
+    pub predict_time: f64,
+    pub input_token_count: usize,
+    pub output_token_count: usize,
+    pub time_to_first_token: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Prediction {
+    pub id: String,
+    pub status: Status,
+    pub input: Value,
+    /// The token stream so far, one chunk per engine text event (Cog's iterator output).
+    pub output: Option<Vec<String>>,
+    pub logs: String,
+    pub error: Option<String>,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "timestamp")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "timestamp")]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+}
+
+impl Prediction {
+    pub(crate) fn new(id: String, input: Value) -> Self {
+        Self {
+            id,
+            status: Status::Starting,
+            input,
+            output: None,
+            logs: String::new(),
+            error: None,
+            created_at: Some(Utc::now()),
+            started_at: None,
+            completed_at: None,
+            metrics: None,
+        }
+    }
+}
+
+/// RFC 3339 with microseconds, as Cog writes them.
+fn timestamp<S: Serializer>(
+    value: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(t) => serializer.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        None => serializer.serialize_none(),
+    }
+}

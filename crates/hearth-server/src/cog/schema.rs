@@ -1,0 +1,203 @@
+//! `GET /openapi.json`: the OpenAPI document Cog serves, with the component names Cog's tools
+//! read (`Input`, `Output`, `PredictionRequest`, `PredictionResponse`, `Status`,
+//! `HTTPValidationError`). The `Input` schema comes from the same table that validates input.
+
+use serde_json::{json, Map, Value};
+
+use super::fields::{DefaultValue, Field, FIELDS};
+
+/// The document for one model whose routes live under `prefix` ("" at the root).
+pub(crate) fn openapi(model: &str, prefix: &str, context_length: usize) -> Value {
+    json!({
+        "openapi": "3.0.2",
+        "info": { "title": format!("Cog: {model}"), "version": "0.1.0" },
+        "paths": paths(prefix),
+        "components": { "schemas": schemas(context_length) },
+    })
+}
+
+fn input_property(field: &Field, order: usize, context_length: usize) -> Value {
+    let mut p = Map::new();
+    p.insert("type".into(), json!(field.kind.as_str()));
+    p.insert("title".into(), json!(field.title));
+    p.insert("description".into(), json!(field.description));
+    p.insert("x-order".into(), json!(order));
+    let default = match field.default {
+        DefaultValue::Str(s) => Some(json!(s)),
+        DefaultValue::Int(i) => Some(json!(i)),
+        DefaultValue::Num(n) => Some(json!(n)),
+        // Cog writes no default for optional inputs, nor for required ones.
+        DefaultValue::Null | DefaultValue::Required => None,
+    };
+    if let Some(default) = default {
+        p.insert("default".into(), default);
+    }
+    if let Some(min) = field.minimum {
+        p.insert("minimum".into(), json!(min));
+        if field.exclusive_minimum {
+            p.insert("exclusiveMinimum".into(), json!(true));
+        }
+    }
+    if let Some(max) = field.maximum.resolve(context_length) {
+        p.insert("maximum".into(), json!(max));
+    }
+    Value::Object(p)
+}
+
+fn schemas(context_length: usize) -> Value {
+    let properties: Map<String, Value> = FIELDS
+        .iter()
+        .enumerate()
+        .map(|(order, field)| (field.name.to_owned(), input_property(field, order, context_length)))
+        .collect();
+    let required: Vec<&str> = FIELDS
+        .iter()
+        .filter(|f| matches!(f.default, DefaultValue::Required))
+        .map(|f| f.name)
+        .collect();
+    json!({
+        "Input": { "title": "Input", "type": "object", "required": required, "properties": properties },
+        "Output": {
+            "title": "Output",
+            "type": "array",
+            "items": { "type": "string" },
+            "x-cog-array-type": "iterator",
+            "x-cog-array-display": "concatenate",
+        },
+        "Status": {
+            "title": "Status",
+            "description": "An enumeration.",
+            "type": "string",
+            "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
+        },
+        "WebhookEvent": {
+            "title": "WebhookEvent",
+            "description": "An enumeration.",
+            "type": "string",
+            "enum": ["start", "output", "logs", "completed"],
+        },
+        "PredictionRequest": {
+            "title": "PredictionRequest",
+            "type": "object",
+            "properties": {
+                "id": { "title": "Id", "type": "string" },
+                "created_at": { "title": "Created At", "type": "string", "format": "date-time" },
+                "input": { "$ref": "#/components/schemas/Input" },
+                "webhook": { "title": "Webhook", "type": "string", "format": "uri", "minLength": 1 },
+                "webhook_events_filter": {
+                    "type": "array",
+                    "items": { "$ref": "#/components/schemas/WebhookEvent" },
+                    "default": ["start", "output", "logs", "completed"],
+                },
+            },
+        },
+        "PredictionResponse": {
+            "title": "PredictionResponse",
+            "type": "object",
+            "properties": {
+                "id": { "title": "Id", "type": "string" },
+                "input": { "$ref": "#/components/schemas/Input" },
+                "output": { "$ref": "#/components/schemas/Output" },
+                "status": { "$ref": "#/components/schemas/Status" },
+                "logs": { "title": "Logs", "type": "string", "default": "" },
+                "error": { "title": "Error", "type": "string" },
+                "created_at": { "title": "Created At", "type": "string", "format": "date-time" },
+                "started_at": { "title": "Started At", "type": "string", "format": "date-time" },
+                "completed_at": { "title": "Completed At", "type": "string", "format": "date-time" },
+                "metrics": { "title": "Metrics", "type": "object" },
+            },
+        },
+        "HTTPValidationError": {
+            "title": "HTTPValidationError",
+            "type": "object",
+            "properties": {
+                "detail": {
+                    "title": "Detail",
+                    "type": "array",
+                    "items": { "$ref": "#/components/schemas/ValidationError" },
+                },
+            },
+        },
+        "ValidationError": {
+            "title": "ValidationError",
+            "type": "object",
+            "required": ["loc", "msg", "type"],
+            "properties": {
+                "loc": {
+                    "title": "Location",
+                    "type": "array",
+                    "items": { "anyOf": [{ "type": "string" }, { "type": "integer" }] },
+                },
+                "msg": { "title": "Message", "type": "string" },
+                "type": { "title": "Error Type", "type": "string" },
+            },
+        },
+    })
+}
+
+fn json_response(schema: &str, description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } },
+    })
+}
+
+fn paths(prefix: &str) -> Value {
+    let any_json = json!({ "description": "Successful Response", "content": { "application/json": { "schema": {} } } });
+    let predict = |operation_id: &str, path_param: bool| {
+        let mut parameters = vec![json!({
+            "in": "header", "name": "prefer", "required": false,
+            "schema": { "title": "Prefer", "type": "string" },
+        })];
+        if path_param {
+            parameters.push(json!({
+                "in": "path", "name": "prediction_id", "required": true,
+                "schema": { "title": "Prediction ID", "type": "string" },
+            }));
+        }
+        json!({
+            "summary": "Predict",
+            "operationId": operation_id,
+            "parameters": parameters,
+            "requestBody": {
+                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/PredictionRequest" } } },
+            },
+            "responses": {
+                "200": json_response("PredictionResponse", "Successful Response"),
+                "422": json_response("HTTPValidationError", "Validation Error"),
+            },
+        })
+    };
+    let mut paths = Map::new();
+    let mut add = |path: &str, item: Value| paths.insert(format!("{prefix}{path}"), item);
+    add(
+        "/",
+        json!({ "get": { "summary": "Root", "operationId": "root__get", "responses": { "200": any_json } } }),
+    );
+    add(
+        "/health-check",
+        json!({ "get": { "summary": "Healthcheck", "operationId": "healthcheck_health_check_get",
+                         "responses": { "200": any_json } } }),
+    );
+    add("/predictions", json!({ "post": predict("predict_predictions_post", false) }));
+    add(
+        "/predictions/{prediction_id}",
+        json!({ "put": predict("predict_idempotent_predictions__prediction_id__put", true) }),
+    );
+    add(
+        "/predictions/{prediction_id}/cancel",
+        json!({ "post": {
+            "summary": "Cancel",
+            "operationId": "cancel_predictions__prediction_id__cancel_post",
+            "parameters": [{ "in": "path", "name": "prediction_id", "required": true,
+                             "schema": { "title": "Prediction ID", "type": "string" } }],
+            "responses": { "200": any_json, "404": any_json },
+        } }),
+    );
+    add(
+        "/shutdown",
+        json!({ "post": { "summary": "Start Shutdown", "operationId": "start_shutdown_shutdown_post",
+                          "responses": { "200": any_json } } }),
+    );
+    Value::Object(paths)
+}

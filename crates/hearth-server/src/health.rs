@@ -1,0 +1,60 @@
+//! `GET /health`: the daemon's own view of every model, for operators and tests.
+//!
+//! It always answers 200 while the daemon serves; each model reports whether it loaded and, when
+//! it did, its engine's load and KV-cache use (tests read `kv_blocks_used` to see a cancelled
+//! request's memory come back).
+
+use axum::extract::State;
+use axum::Json;
+use hearth_gateway::CatalogEntry;
+use serde::Serialize;
+use serde_json::Map;
+
+use crate::state::AppState;
+
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ModelState {
+    Ready,
+    Failed,
+}
+
+#[derive(Serialize)]
+struct ModelHealth {
+    state: ModelState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    running: usize,
+    waiting: usize,
+    kv_blocks_used: usize,
+    kv_blocks_total: usize,
+}
+
+pub(crate) async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut models = Map::new();
+    for (name, entry) in state.catalog().entries() {
+        let health = match entry {
+            CatalogEntry::Ready(model) => {
+                let stats = model.engine.stats();
+                ModelHealth {
+                    state: ModelState::Ready,
+                    reason: None,
+                    running: stats.num_running,
+                    waiting: stats.num_waiting,
+                    kv_blocks_used: stats.kv_blocks_used,
+                    kv_blocks_total: stats.kv_blocks_total,
+                }
+            }
+            CatalogEntry::Failed { reason } => ModelHealth {
+                state: ModelState::Failed,
+                reason: Some(reason.clone()),
+                running: 0,
+                waiting: 0,
+                kv_blocks_used: 0,
+                kv_blocks_total: 0,
+            },
+        };
+        models.insert(name.clone(), serde_json::json!(health));
+    }
+    Json(serde_json::json!({ "status": "ok", "models": models }))
+}

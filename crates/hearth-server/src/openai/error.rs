@@ -1,0 +1,128 @@
+//! Every way an OpenAI-compatible request can fail, and the one place each maps to a status and
+//! OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hearth_engine::SubmitError;
+use serde_json::{json, Value};
+
+use crate::body::{BodyError, FieldError};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenAiError {
+    #[error("{message}")]
+    InvalidRequest { message: String, param: Option<String> },
+    #[error(
+        "This model's maximum context length is {context_length} tokens. However, your {param} \
+         resulted in {prompt_tokens} tokens. Please reduce the length of the {param}."
+    )]
+    ContextLengthExceeded { context_length: usize, prompt_tokens: usize, param: &'static str },
+    #[error("The model `{0}` does not exist")]
+    ModelNotFound(String),
+    #[error("The model `{model}` failed to load: {reason}")]
+    ModelUnavailable { model: String, reason: String },
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    #[error("The model is overloaded: {num_waiting} requests are already waiting. Retry after {retry_after_secs} s.")]
+    Overloaded { num_waiting: usize, retry_after_secs: u64 },
+    #[error("The server is shutting down")]
+    ShuttingDown,
+    #[error("Generation failed: {0}")]
+    Generation(String),
+}
+
+impl OpenAiError {
+    pub(crate) fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self::InvalidRequest { message: message.into(), param: Some(param.to_owned()) }
+    }
+
+    /// Maps an engine refusal; `prompt_param` is the field that held the prompt.
+    pub(crate) fn from_submit(err: SubmitError, prompt_param: &'static str) -> Self {
+        match err {
+            SubmitError::Overloaded { num_waiting, retry_after_secs } => {
+                Self::Overloaded { num_waiting, retry_after_secs }
+            }
+            SubmitError::PromptTooLong { prompt_tokens, context_length } => {
+                Self::ContextLengthExceeded { context_length, prompt_tokens, param: prompt_param }
+            }
+            SubmitError::Invalid(invalid) => Self::invalid(&invalid.field, invalid.to_string()),
+            SubmitError::TooLarge { .. } => Self::invalid("max_tokens", err.to_string()),
+            SubmitError::EmptyPrompt | SubmitError::BadToken { .. } | SubmitError::Tokenize(_) => {
+                Self::invalid(prompt_param, err.to_string())
+            }
+            SubmitError::ShuttingDown => Self::ShuttingDown,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { .. } | Self::ContextLengthExceeded { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelUnavailable { .. } | Self::Overloaded { .. } | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// `(type, param, code)` of the error body.
+    fn parts(&self) -> (&'static str, Option<&str>, Option<&'static str>) {
+        match self {
+            Self::InvalidRequest { param, .. } => ("invalid_request_error", param.as_deref(), None),
+            Self::ContextLengthExceeded { param, .. } => {
+                ("invalid_request_error", Some(param), Some("context_length_exceeded"))
+            }
+            Self::ModelNotFound(_) => {
+                ("invalid_request_error", Some("model"), Some("model_not_found"))
+            }
+            Self::ModelUnavailable { .. } => {
+                ("server_error", Some("model"), Some("model_unavailable"))
+            }
+            Self::Body(BodyError::TooLarge { .. }) => {
+                ("invalid_request_error", None, Some("request_too_large"))
+            }
+            Self::Body(_) => ("invalid_request_error", None, Some("invalid_json")),
+            Self::Overloaded { .. } => ("server_error", None, Some("overloaded")),
+            Self::ShuttingDown => ("server_error", None, Some("shutting_down")),
+            Self::Generation(_) => ("server_error", None, None),
+        }
+    }
+
+    /// The error object, also sent as the last chunk of a stream that failed.
+    pub(crate) fn body(&self) -> Value {
+        let (kind, param, code) = self.parts();
+        json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } })
+    }
+}
+
+impl From<FieldError> for OpenAiError {
+    fn from(err: FieldError) -> Self {
+        // serde names a missing field only in its message ("missing field `model`").
+        let param = err.path.or_else(|| {
+            let rest = err.message.strip_prefix("missing field `")?;
+            rest.split('`').next().map(str::to_owned)
+        });
+        let message = match &param {
+            Some(param) => format!("Invalid value for `{param}`: {}", err.message),
+            None => format!("Invalid request: {}", err.message),
+        };
+        Self::InvalidRequest { message, param }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let Self::Overloaded { retry_after_secs, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        }
+        response
+    }
+}

@@ -1,0 +1,61 @@
+//! The whole application: every surface's routes, the body limit, and JSON answers for the
+//! requests no route takes.
+
+use std::any::Any;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::state::AppState;
+use crate::{cog, health, openai};
+
+/// Builds the router over `state`.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config().max_body_bytes;
+    Router::new()
+        .route("/health", get(health::health))
+        .merge(openai::routes())
+        .nest("/cog/{model}", cog::routes())
+        .merge(cog::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path();
+    let message = format!("no route for {} {path}", request.method());
+    // OpenAI clients read `error.message`; everyone else gets the plain shape Cog uses.
+    let body = if path.starts_with("/v1/") {
+        json!({ "error": { "message": message, "type": "invalid_request_error", "param": null, "code": "unknown_url" } })
+    } else {
+        json!({ "error": message })
+    };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let message = format!("{} is not allowed on {}", request.method(), request.uri().path());
+    (StatusCode::METHOD_NOT_ALLOWED, Json(json!({ "error": message }))).into_response()
+}
+
+/// A handler panic is a bug; answer 500 JSON and keep serving instead of dropping the connection.
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "request handler panicked");
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "internal server error" })))
+        .into_response()
+}

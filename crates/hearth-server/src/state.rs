@@ -1,0 +1,97 @@
+//! The state every handler shares.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use hearth_gateway::Catalog;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cog::registry::Registry;
+use crate::config::ServerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("could not build the webhook HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Catalog,
+    config: ServerConfig,
+    webhooks: reqwest::Client,
+    predictions: Registry,
+    setup_started_at: DateTime<Utc>,
+    setup_completed_at: DateTime<Utc>,
+    /// Fired when the shutdown grace period runs out: every generation still running stops.
+    cancel_all: CancellationToken,
+    /// Fired by Cog's `POST /shutdown`; [`crate::serve`] treats it like its own shutdown signal.
+    shutdown_requested: CancellationToken,
+    /// Background work that outlives its request (async predictions and their webhooks), so that
+    /// shutdown can wait for it.
+    tasks: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(catalog: Catalog, config: ServerConfig) -> Result<Self, StateError> {
+        let webhooks =
+            reqwest::Client::builder().timeout(config.webhook.request_timeout).build()?;
+        let now = Utc::now();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                predictions: Registry::new(config.max_retained_predictions),
+                setup_started_at: config.setup_started_at.unwrap_or(now),
+                setup_completed_at: now,
+                catalog,
+                config,
+                webhooks,
+                cancel_all: CancellationToken::new(),
+                shutdown_requested: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn webhooks(&self) -> &reqwest::Client {
+        &self.inner.webhooks
+    }
+
+    pub(crate) fn predictions(&self) -> &Registry {
+        &self.inner.predictions
+    }
+
+    pub(crate) fn setup_started_at(&self) -> DateTime<Utc> {
+        self.inner.setup_started_at
+    }
+
+    pub(crate) fn setup_completed_at(&self) -> DateTime<Utc> {
+        self.inner.setup_completed_at
+    }
+
+    /// A token that fires when the server gives up waiting for in-flight work.
+    pub(crate) fn cancel_all(&self) -> &CancellationToken {
+        &self.inner.cancel_all
+    }
+
+    pub(crate) fn shutdown_requested(&self) -> &CancellationToken {
+        &self.inner.shutdown_requested
+    }
+
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+}

@@ -1,0 +1,228 @@
+//! The OpenAI-compatible API against the tiny model.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::*;
+use serde_json::{json, Value};
+
+fn chat_body() -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [
+            { "role": "system", "content": "You are terse." },
+            { "role": "user", "content": [{ "type": "text", "text": "Hello" }] },
+        ],
+        "max_tokens": 6,
+        "temperature": 0,
+    })
+}
+
+/// `data:` payloads of an OpenAI stream, parsed; `[DONE]` stays a string.
+fn stream_payloads(text: &str) -> Vec<Value> {
+    sse_events(text)
+        .into_iter()
+        .map(|(_, data)| serde_json::from_str(&data).unwrap_or(Value::String(data)))
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_completion_with_usage() {
+    let reply = post(&app(), "/v1/chat/completions", chat_body()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], MODEL);
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let choice = &body["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(choice["message"]["content"].is_string());
+    assert!(["stop", "length"].contains(&choice["finish_reason"].as_str().unwrap()));
+    let usage = &body["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(usage["completion_tokens"].as_u64().unwrap() <= 6);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(usage["prompt_tokens_details"]["cached_tokens"].is_u64());
+}
+
+#[tokio::test]
+async fn chat_stream_framing() {
+    let mut body = chat_body();
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({ "include_usage": true });
+    let reply = post(&app(), "/v1/chat/completions", body).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let payloads = stream_payloads(&reply.text());
+    let n = payloads.len();
+    assert!(n >= 4, "{payloads:?}");
+    assert_eq!(payloads[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(payloads[0]["object"], "chat.completion.chunk");
+    assert_eq!(payloads[n - 1], json!("[DONE]"));
+    let usage_chunk = &payloads[n - 2];
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert!(usage_chunk["usage"]["completion_tokens"].is_u64());
+    let finish = &payloads[n - 3];
+    assert!(finish["choices"][0]["finish_reason"].is_string());
+    for chunk in &payloads[1..n - 3] {
+        assert!(chunk["choices"][0]["delta"]["content"].is_string(), "{chunk}");
+        assert_eq!(chunk["choices"][0]["finish_reason"], Value::Null);
+    }
+}
+
+#[tokio::test]
+async fn completions_whole_and_streamed() {
+    let app = app();
+    let body =
+        json!({ "model": MODEL, "prompt": ["Once upon"], "max_tokens": 5, "temperature": 0 });
+    let reply = post(&app, "/v1/completions", body.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let whole = reply.json();
+    assert_eq!(whole["object"], "text_completion");
+    assert!(whole["choices"][0]["text"].is_string());
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let payloads = stream_payloads(&post(&app, "/v1/completions", streamed).await.text());
+    assert_eq!(payloads.last(), Some(&json!("[DONE]")));
+    let text: String = payloads.iter().filter_map(|p| p["choices"][0]["text"].as_str()).collect();
+    // Greedy decoding of the same prompt gives the same text, streamed or not.
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn completions_take_token_ids() {
+    let body = json!({ "model": MODEL, "prompt": [1, 72, 101], "max_tokens": 3 });
+    let reply = post(&app(), "/v1/completions", body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["usage"]["prompt_tokens"], 3);
+}
+
+#[tokio::test]
+async fn models_are_listed() {
+    let app = app();
+    let list = get(&app, "/v1/models").await.json();
+    assert_eq!(list["object"], "list");
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "failed packages are not listed");
+    assert_eq!(data[0]["id"], MODEL);
+    assert_eq!(data[0]["object"], "model");
+    assert_eq!(data[0]["owned_by"], "hearth");
+    assert_eq!(data[0]["context_length"], CONTEXT_LENGTH);
+    assert_eq!(get(&app, "/v1/models/tiny-llama").await.json()["id"], MODEL);
+    assert_eq!(get(&app, "/v1/models/nope").await.status, StatusCode::NOT_FOUND);
+}
+
+fn assert_openai_error(reply: &Reply, status: StatusCode, param: Option<&str>, code: Option<&str>) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    let body = reply.json();
+    let error = &body["error"];
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    if let Some(param) = param {
+        assert_eq!(error["param"], param, "{body}");
+    }
+    if let Some(code) = code {
+        assert_eq!(error["code"], code, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn bad_chat_requests_are_400_naming_the_field() {
+    let app = app();
+    let with = |field: &str, value: Value| {
+        let mut body = chat_body();
+        body[field] = value;
+        body
+    };
+    let cases = [
+        (with("temperature", json!("hot")), "temperature"),
+        (with("temperature", json!(500)), "temperature"),
+        (with("top_p", json!(0)), "top_p"),
+        (with("max_tokens", json!(-1)), "max_tokens"),
+        (with("max_tokens", json!(0)), "max_tokens"),
+        (with("n", json!(2)), "n"),
+        (with("logprobs", json!(true)), "logprobs"),
+        (with("stop", json!(5)), "stop"),
+        (with("messages", json!([])), "messages"),
+        (with("messages", json!([{ "role": "wizard", "content": "hi" }])), "messages[0].role"),
+        (
+            with("messages", json!([{ "role": "user", "content": [{ "type": "image_url" }] }])),
+            "messages[0].content[0].type",
+        ),
+        (with("messages", json!("hello")), "messages"),
+    ];
+    for (body, param) in cases {
+        let reply = post(&app, "/v1/chat/completions", body).await;
+        assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some(param), None);
+    }
+    let mut missing = chat_body();
+    missing.as_object_mut().unwrap().remove("model");
+    assert_openai_error(
+        &post(&app, "/v1/chat/completions", missing).await,
+        StatusCode::BAD_REQUEST,
+        Some("model"),
+        None,
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_openai_shape() {
+    let app = app();
+    for body in ["{oops", "", "42"] {
+        let reply = send(&app, request(Method::POST, "/v1/chat/completions", &[], body)).await;
+        assert_openai_error(&reply, StatusCode::BAD_REQUEST, None, None);
+        assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    }
+}
+
+#[tokio::test]
+async fn unknown_model_is_404() {
+    let mut body = chat_body();
+    body["model"] = json!("gpt-17");
+    let reply = post(&app(), "/v1/chat/completions", body).await;
+    assert_openai_error(&reply, StatusCode::NOT_FOUND, Some("model"), Some("model_not_found"));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("gpt-17"));
+}
+
+#[tokio::test]
+async fn prompt_longer_than_context_is_context_length_exceeded() {
+    let app = app();
+    let long = "word ".repeat(CONTEXT_LENGTH * 2);
+    let reply =
+        post(&app, "/v1/completions", json!({ "model": MODEL, "prompt": long, "max_tokens": 1 }))
+            .await;
+    assert_openai_error(
+        &reply,
+        StatusCode::BAD_REQUEST,
+        Some("prompt"),
+        Some("context_length_exceeded"),
+    );
+    let chat = json!({ "model": MODEL, "messages": [{ "role": "user", "content": long }] });
+    let reply = post(&app, "/v1/chat/completions", chat).await;
+    assert_openai_error(
+        &reply,
+        StatusCode::BAD_REQUEST,
+        Some("messages"),
+        Some("context_length_exceeded"),
+    );
+}
+
+#[tokio::test]
+async fn bad_completion_prompts_are_400() {
+    let app = app();
+    let cases = [json!(["a", "b"]), json!([]), json!({ "text": "hi" }), json!([-1]), json!(null)];
+    for prompt in cases {
+        let reply =
+            post(&app, "/v1/completions", json!({ "model": MODEL, "prompt": prompt })).await;
+        assert_openai_error(&reply, StatusCode::BAD_REQUEST, Some("prompt"), None);
+    }
+}
+
+#[tokio::test]
+async fn unknown_v1_route_is_openai_shaped_404() {
+    let reply = get(&app(), "/v1/embeddings-nope").await;
+    assert_openai_error(&reply, StatusCode::NOT_FOUND, None, Some("unknown_url"));
+}
