@@ -1,1 +1,55 @@
-fn main() {}
+//! The `hearth` command: serve model packages over HTTP, and write synthetic test packages.
+//!
+//! This is the binary's edge: errors become `anyhow` here and nowhere deeper.
+
+mod config;
+mod device;
+mod load;
+mod serve;
+mod synth;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hearth",
+    version,
+    about = "Serve Cog-style model packages with continuous batching"
+)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every package under a models directory (default: ./models) on 127.0.0.1:8080.
+    Serve(serve::ServeArgs),
+    /// Write a Llama-family package with seeded random weights (for tests and benchmarks).
+    Synth(synth::SynthArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Synth(args) => synth::run(args),
+    }
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HEARTH_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,139 @@
+//! `hearth serve`: load packages, then serve them until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use hearth_engine::EngineConfig;
+use hearth_gateway::Catalog;
+use hearth_server::{AppState, ServerConfig};
+
+use crate::config::Config;
+use crate::load::load_all;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Directory whose subdirectories are packages (default: ./models).
+    #[arg(long, conflicts_with = "model")]
+    models: Option<PathBuf>,
+    /// Serve this one package directory instead of a models directory (repeatable).
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// Address to listen on (default: 127.0.0.1:8080).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Settings file (default: ./hearth.toml when present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Device: auto (GPU when the package asks and one is present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Model served at the Cog root routes when several are loaded.
+    #[arg(long)]
+    default_model: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    let package_dirs = package_dirs(&args, &config)?;
+    let engine_config = engine_config(&config);
+    let mut catalog = Catalog::new();
+    load_all(&package_dirs, &engine_config, &args.device, &mut catalog);
+    catalog.set_default(args.default_model.or(config.server.default_model));
+    if catalog.ready().next().is_none() {
+        tracing::warn!("no model loaded; the daemon serves only health and error responses");
+    }
+
+    let addr = args.addr.or(config.server.addr).unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    let server_config = ServerConfig {
+        shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs.unwrap_or(30)),
+        ..ServerConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "listening");
+        let state = AppState::new(catalog, server_config)?;
+        hearth_server::serve(listener, state, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn package_dirs(args: &ServeArgs, config: &Config) -> anyhow::Result<Vec<PathBuf>> {
+    if !args.model.is_empty() {
+        return Ok(args.model.clone());
+    }
+    let dir = args
+        .models
+        .clone()
+        .or(config.server.models.clone())
+        .unwrap_or_else(|| PathBuf::from("models"));
+    if !dir.is_dir() {
+        bail!(
+            "models directory {} does not exist (use --models DIR or --model DIR)",
+            dir.display()
+        );
+    }
+    Ok(hearth_package::discover(&dir)?)
+}
+
+fn engine_config(config: &Config) -> EngineConfig {
+    let mut engine = EngineConfig::default();
+    let e = &config.engine;
+    let s = &mut engine.scheduler;
+    if let Some(v) = e.max_num_seqs {
+        s.max_num_seqs = v;
+    }
+    if let Some(v) = e.max_batch_tokens {
+        s.max_batch_tokens = v;
+    }
+    if let Some(v) = e.max_prefill_chunk {
+        s.max_prefill_chunk = v;
+    }
+    if let Some(v) = e.max_prefill_wait_steps {
+        s.max_prefill_wait_steps = v;
+    }
+    if let Some(v) = e.max_waiting {
+        s.max_waiting = v;
+    }
+    if let Some(v) = e.block_size {
+        engine.block_size = v;
+    }
+    if let Some(mb) = e.kv_cache_mb {
+        engine.kv_cache_bytes = mb << 20;
+    }
+    engine
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: every Rust test (unit, parity, end-to-end against the real binary), then
+# the official client libraries against a running daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace
+
+# Client-library tests need Python packages; they go into a project-local virtualenv.
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
+HEARTH_BIN="$PWD/target/debug/hearth" .venv/bin/python -m pytest tests/clients -q

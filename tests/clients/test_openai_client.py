@@ -1,0 +1,56 @@
+"""The official `openai` Python client, unchanged, against Hearth's OpenAI-compatible surface."""
+
+import openai
+import pytest
+
+
+@pytest.fixture()
+def client(hearth_url):
+    return openai.OpenAI(base_url=f"{hearth_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_models_list(client):
+    ids = [m.id for m in client.models.list()]
+    assert "tiny-llama" in ids
+
+
+def test_chat_completion(client):
+    resp = client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "Hello"}], max_tokens=8, temperature=0,
+    )
+    assert resp.choices[0].message.role == "assistant"
+    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert resp.usage.completion_tokens >= 1
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_streamed_chat_matches_non_streamed(client):
+    kwargs = dict(model="tiny-llama", messages=[{"role": "user", "content": "Stream please"}],
+                  max_tokens=16, temperature=0)
+    whole = client.chat.completions.create(**kwargs)
+    stream = client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs)
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert text == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_completions_stream(client):
+    stream = client.completions.create(model="tiny-llama", prompt="Once", max_tokens=6, temperature=0, stream=True)
+    pieces = [c.choices[0].text for c in stream if c.choices]
+    whole = client.completions.create(model="tiny-llama", prompt="Once", max_tokens=6, temperature=0)
+    assert "".join(pieces) == whole.choices[0].text
+
+
+def test_errors_surface_as_client_exceptions(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}], temperature=-3)
+    assert "temperature" in str(info.value)

@@ -1,0 +1,131 @@
+//! Starting the real `hearth` binary for end-to-end tests.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+/// The `hearth` binary cargo built next to this test executable.
+pub fn hearth_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let bin = dir.join(format!("hearth{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p hearth-cli` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny_llama() -> PathBuf {
+    repo_root().join("models/tiny-llama")
+}
+
+/// A running daemon, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+    logs: Mutex<mpsc::Receiver<String>>,
+}
+
+impl Daemon {
+    /// Starts `hearth serve` with `args` on a free port and waits until it listens.
+    pub fn start(args: &[&str]) -> Daemon {
+        let mut child = Command::new(hearth_bin())
+            .arg("--log-format")
+            .arg("json")
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0", "--device", "cpu"])
+            .args(args)
+            .env("HEARTH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hearth");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Daemon { child, base: String::new(), logs: Mutex::new(logs) };
+        let addr = daemon.wait_for_log("listening", Duration::from_secs(120));
+        let addr = addr["fields"]["addr"].as_str().expect("addr field").to_string();
+        daemon.base = format!("http://{addr}");
+        daemon
+    }
+
+    /// Waits for a JSON log line whose message contains `needle`, and returns it.
+    pub fn wait_for_log(&mut self, needle: &str, limit: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let received = self.logs.lock().expect("log receiver").recv_timeout(left);
+            let line = match received {
+                Ok(line) => line,
+                Err(_) => {
+                    panic!("hearth never logged `{needle}` (exit: {:?})", self.child.try_wait())
+                }
+            };
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if value["fields"]["message"].as_str().is_some_and(|m| m.contains(needle)) {
+                return value;
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, returning its status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "hearth did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Splits an SSE body into (event, data) pairs.
+pub fn parse_sse(body: &str) -> Vec<(String, String)> {
+    let mut events = Vec::new();
+    for block in body.split("\n\n") {
+        let mut event = String::from("message");
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+            }
+        }
+        if !data.is_empty() {
+            events.push((event, data.join("\n")));
+        }
+    }
+    events
+}
