@@ -11,6 +11,7 @@ use crate::error::PackageError;
 const TEMPLATE_NAME: &str = "chat";
 
 /// A chat template compiled once at load time.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
