@@ -1,14 +1,22 @@
-"""Starts the real `hearth` binary for the client-library tests."""
+"""Starts the real `hearth` binary for the client-library tests, with the tiny local model and
+two upstream providers (OpenAI and Anthropic wire formats) pointed at a fake on loopback."""
 
 import json
 import os
 import pathlib
 import subprocess
+import sys
 import threading
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import fake_provider  # noqa: E402 (needs the path above)
+
+# Handed to the daemon for the fake providers; it must never come back out.
+UPSTREAM_KEY = "sk-client-tests-secret"
 
 
 def hearth_bin() -> str:
@@ -18,12 +26,45 @@ def hearth_bin() -> str:
     return path
 
 
+def write_config(directory: pathlib.Path, upstream: str) -> pathlib.Path:
+    config = directory / "hearth.toml"
+    config.write_text(f"""
+[gateway]
+ledger_path = "{directory / 'ledger.sqlite'}"
+
+[[providers]]
+name = "up-openai"
+kind = "openai"
+base_url = "{upstream}/v1"
+api_key_env = "HEARTH_CLIENT_TEST_KEY"
+
+[[providers]]
+name = "up-anthropic"
+kind = "anthropic"
+base_url = "{upstream}"
+api_key_env = "HEARTH_CLIENT_TEST_KEY"
+
+[[models]]
+id = "upstream-gpt"
+routes = ["up-openai/gpt-fake"]
+
+[[models]]
+id = "upstream-claude"
+routes = ["up-anthropic/claude-fake"]
+""")
+    return config
+
+
 @pytest.fixture(scope="session")
-def hearth_url():
+def hearth_url(tmp_path_factory):
+    upstream = fake_provider.start()
+    directory = tmp_path_factory.mktemp("hearth")
+    config = write_config(directory, f"http://127.0.0.1:{upstream.server_address[1]}")
     proc = subprocess.Popen(
         [hearth_bin(), "--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--device", "cpu",
-         "--model", str(ROOT / "models" / "tiny-llama")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+         "--model", str(ROOT / "models" / "tiny-llama"), "--config", str(config)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=directory,
+        env={**os.environ, "HEARTH_CLIENT_TEST_KEY": UPSTREAM_KEY},
     )
     addr = None
     for line in proc.stderr:
@@ -43,3 +84,4 @@ def hearth_url():
     yield f"http://{addr}"
     proc.terminate()
     proc.wait(timeout=60)
+    upstream.shutdown()

@@ -54,3 +54,22 @@ def test_errors_surface_as_client_exceptions(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}], temperature=-3)
     assert "temperature" in str(info.value)
+
+
+def test_upstream_model_through_the_gateway(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="upstream-gpt", messages=[{"role": "user", "content": "Hi"}])
+    assert raw.headers["x-hearth-route"] == "up-openai/gpt-fake"
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "Hello from upstream"
+    assert resp.usage.prompt_tokens == 11 and resp.usage.completion_tokens == 7
+    stream = client.chat.completions.create(model="upstream-claude", stream=True,
+                                            messages=[{"role": "user", "content": "Hi"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Hello from upstream"
+
+
+def test_models_list_upstream_models(client):
+    models = {m.id: m for m in client.models.list()}
+    assert {"tiny-llama", "upstream-gpt", "upstream-claude"} <= set(models)
+    assert models["upstream-gpt"].model_extra["kind"] == "upstream"
+    assert models["tiny-llama"].model_extra["providers"] == ["local"]

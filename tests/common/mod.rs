@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// The `hearth` binary cargo built next to this test executable.
@@ -28,37 +28,57 @@ pub fn tiny_llama() -> PathBuf {
     repo_root().join("models/tiny-llama")
 }
 
-/// A running daemon, killed when dropped.
+/// A running daemon, killed when dropped. It runs in a scratch directory of its own, so files
+/// it writes by default (the spend ledger) never land in the repository.
 pub struct Daemon {
     pub child: Child,
     pub base: String,
     logs: Mutex<mpsc::Receiver<String>>,
+    all_logs: Arc<Mutex<Vec<String>>>,
+    _scratch: tempfile::TempDir,
 }
 
 impl Daemon {
     /// Starts `hearth serve` with `args` on a free port and waits until it listens.
     pub fn start(args: &[&str]) -> Daemon {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables (provider API keys).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let scratch = tempfile::tempdir().expect("scratch directory");
         let mut child = Command::new(hearth_bin())
             .arg("--log-format")
             .arg("json")
             .arg("serve")
             .args(["--addr", "127.0.0.1:0", "--device", "cpu"])
             .args(args)
+            .current_dir(scratch.path())
             .env("HEARTH_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn hearth");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, logs) = mpsc::channel();
+        let all_logs = Arc::new(Mutex::new(Vec::new()));
+        let keep = all_logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                keep.lock().expect("log store").push(line.clone());
                 if tx.send(line).is_err() {
                     break;
                 }
             }
         });
-        let mut daemon = Daemon { child, base: String::new(), logs: Mutex::new(logs) };
+        let mut daemon = Daemon {
+            child,
+            base: String::new(),
+            logs: Mutex::new(logs),
+            all_logs,
+            _scratch: scratch,
+        };
         let addr = daemon.wait_for_log("listening", Duration::from_secs(120));
         let addr = addr["fields"]["addr"].as_str().expect("addr field").to_string();
         daemon.base = format!("http://{addr}");
@@ -84,12 +104,22 @@ impl Daemon {
         }
     }
 
+    /// Every log line the daemon has written so far.
+    pub fn all_logs(&self) -> Vec<String> {
+        self.all_logs.lock().expect("log store").clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
     /// Sends SIGTERM and waits for the process to exit, returning its status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.stop()
+    }
+
+    /// As [`Daemon::terminate`], keeping the daemon's logs readable afterwards.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -1,9 +1,13 @@
-//! `hearth.toml`: the daemon's settings. Unknown keys are refused and errors quote the key's path,
-//! so a typo never silently falls back to a default.
+//! `hearth.toml`: the daemon's settings. Unknown keys are refused and errors quote the key's path
+//! (`models[1].routes`), so a typo never silently falls back to a default.
+//!
+//! `[gateway]`, `[[providers]]` and `[[models]]` are the gateway's own config types, embedded
+//! here and validated by the gateway, so each rule lives in one place.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use hearth_gateway::{GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -13,6 +17,18 @@ pub struct Config {
     pub server: ServerSection,
     #[serde(default)]
     pub engine: EngineSection,
+    /// Retries, timeouts, run buffers and the ledger's path.
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    /// Upstream providers; API keys come from the environment variables they name.
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// Model ids and their ordered routes (`provider/model` or `local/<package>`), with prices.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// The admin API (`hearth push`): its token and upload limits.
+    #[serde(default)]
+    pub admin: crate::serve_admin::AdminSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,8 +71,22 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        // toml's error message names the offending key and shows its line.
-        Ok(toml::from_str(text)?)
+        let de = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("{path}: {}", e.into_inner().message())
+        })?;
+        config.gateway_config().validate()?;
+        Ok(config)
+    }
+
+    /// The gateway's part of the file.
+    pub fn gateway_config(&self) -> GatewayConfig {
+        GatewayConfig {
+            gateway: self.gateway.clone(),
+            providers: self.providers.clone(),
+            models: self.models.clone(),
+        }
     }
 }
 
@@ -69,6 +99,35 @@ mod tests {
         let err = Config::parse("[engine]\nkv_cache_mib = 3\n").unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("kv_cache_mib"), "{msg}");
+    }
+
+    #[test]
+    fn gateway_sections_parse_and_errors_quote_the_key_path() {
+        let text = r#"
+[gateway]
+ledger_path = "spend.sqlite"
+
+[[providers]]
+name = "up"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:9/v1"
+
+[[models]]
+id = "chat"
+routes = ["up/gpt", "local/tiny-llama"]
+input_price_per_mtok = 0.5
+output_price_per_mtok = 1.5
+"#;
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.gateway.ledger_path, PathBuf::from("spend.sqlite"));
+        assert_eq!(cfg.gateway_config().models[0].routes.len(), 2);
+
+        let typo = text.replace("routes = [", "route = [");
+        let msg = format!("{:#}", Config::parse(&typo).unwrap_err());
+        assert!(msg.starts_with("models[0]"), "{msg}");
+        let undeclared = text.replace("\"up/gpt\"", "\"nope/gpt\"");
+        let msg = format!("{:#}", Config::parse(&undeclared).unwrap_err());
+        assert!(msg.starts_with("models[0].routes[0]: provider `nope`"), "{msg}");
     }
 
     #[test]

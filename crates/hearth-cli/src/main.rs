@@ -5,8 +5,12 @@
 mod config;
 mod device;
 mod load;
+mod models_cmd;
+mod push;
 mod serve;
+mod serve_admin;
 mod synth;
+mod weights;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +34,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Write a Llama-family package with seeded random weights (for tests and benchmarks).
     Synth(synth::SynthArgs),
+    /// Upload a package directory to a running daemon, which validates, installs and serves it.
+    Push(push::PushArgs),
+    /// List a running daemon's models with their state; `models rm NAME` removes one.
+    Models(models_cmd::ModelsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +46,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Synth(args) => synth::run(args),
+        Command::Push(args) => push::run(args),
+        Command::Models(args) => models_cmd::run(args),
     }
 }
 

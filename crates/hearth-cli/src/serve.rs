@@ -1,4 +1,5 @@
-//! `hearth serve`: load packages, then serve them until SIGINT/SIGTERM.
+//! `hearth serve`: load packages, add the configured providers and models to the catalog, open
+//! the gateway (with its ledger), then serve until SIGINT/SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,11 +7,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use hearth_engine::EngineConfig;
-use hearth_gateway::Catalog;
+use hearth_gateway::{Catalog, Gateway};
 use hearth_server::{AppState, ServerConfig};
 
 use crate::config::Config;
 use crate::load::load_all;
+use crate::serve_admin::AdminWiring;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -36,13 +38,17 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
+    let models_dir = models_dir(&args, &config);
+    crate::serve_admin::clean(models_dir.as_deref())?;
     let package_dirs = package_dirs(&args, &config)?;
     let engine_config = engine_config(&config);
     let mut catalog = Catalog::new();
     load_all(&package_dirs, &engine_config, &args.device, &mut catalog);
-    catalog.set_default(args.default_model.or(config.server.default_model));
-    if catalog.ready().next().is_none() {
-        tracing::warn!("no model loaded; the daemon serves only health and error responses");
+    catalog.set_default(args.default_model.or(config.server.default_model.clone()));
+    let gateway_config = config.gateway_config();
+    catalog.configure(&gateway_config).context("in the gateway configuration")?;
+    if catalog.list_models().is_empty() {
+        tracing::warn!("no model loaded or configured; the daemon serves only health and errors");
     }
 
     let addr = args.addr.or(config.server.addr).unwrap_or_else(|| "127.0.0.1:8080".to_string());
@@ -50,14 +56,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs.unwrap_or(30)),
         ..ServerConfig::default()
     };
+    let admin = AdminWiring {
+        section: config.admin,
+        models_dir,
+        engine: engine_config.clone(),
+        device: args.device.clone(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let settings = &gateway_config.gateway;
+        let gateway = Gateway::open(catalog, settings)
+            .await
+            .with_context(|| format!("opening the ledger {}", settings.ledger_path.display()))?;
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
-        tracing::info!(addr = %local, "listening");
-        let state = AppState::new(catalog, server_config)?;
+        tracing::info!(addr = %local, ledger = %settings.ledger_path.display(), "listening");
+        let state = AppState::new(gateway, server_config)?;
+        admin.enable(&state);
         hearth_server::serve(listener, state, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
@@ -68,11 +85,7 @@ fn package_dirs(args: &ServeArgs, config: &Config) -> anyhow::Result<Vec<PathBuf
     if !args.model.is_empty() {
         return Ok(args.model.clone());
     }
-    let dir = args
-        .models
-        .clone()
-        .or(config.server.models.clone())
-        .unwrap_or_else(|| PathBuf::from("models"));
+    let dir = models_dir(args, config).unwrap_or_else(|| PathBuf::from("models"));
     if !dir.is_dir() {
         bail!(
             "models directory {} does not exist (use --models DIR or --model DIR)",
@@ -80,6 +93,12 @@ fn package_dirs(args: &ServeArgs, config: &Config) -> anyhow::Result<Vec<PathBuf
         );
     }
     Ok(hearth_package::discover(&dir)?)
+}
+
+/// The models directory (where pushed packages go too); `None` when serving `--model` dirs.
+fn models_dir(args: &ServeArgs, config: &Config) -> Option<PathBuf> {
+    let dir = args.models.clone().or(config.server.models.clone());
+    args.model.is_empty().then(|| dir.unwrap_or_else(|| PathBuf::from("models")))
 }
 
 fn engine_config(config: &Config) -> EngineConfig {

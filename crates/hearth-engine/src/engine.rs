@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 
 use crate::kv_cache::{KvCache, KvCacheConfig};
 use crate::loading::{var_builder, Progress};
+use crate::metrics::{EngineMetrics, MetricsSnapshot};
+use crate::models::linear::Quantization;
 use crate::models::llama::{self, Llama, LlamaConfig};
+use crate::models::quantized::{gguf_name, GgufWeights, WeightSource};
 use crate::scheduler::SchedulerConfig;
 use crate::worker::{Command, Submission, Worker, WorkerParts};
 
@@ -31,6 +34,9 @@ pub struct EngineConfig {
     pub kv_cache_bytes: usize,
     /// Weight and activation precision (f32 on the CPU unless configured).
     pub dtype: DType,
+    /// Reuse the KV of earlier prompts' full blocks (a conversation's history, a shared system
+    /// prompt) instead of computing it again.
+    pub prefix_caching: bool,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +46,7 @@ impl Default for EngineConfig {
             block_size: 16,
             kv_cache_bytes: 512 << 20,
             dtype: DType::F32,
+            prefix_caching: true,
         }
     }
 }
@@ -54,14 +61,29 @@ pub struct ModelInfo {
     pub device: String,
 }
 
-/// A snapshot of the engine's load, refreshed after every step.
+/// A snapshot of the engine's load, refreshed after every step. The `u64` counts run from the
+/// engine's start.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub num_running: usize,
     pub num_waiting: usize,
     pub kv_blocks_total: usize,
+    /// Blocks held by sequences; the rest are free (cached or not).
     pub kv_blocks_used: usize,
+    /// Blocks in the prefix cache, held or free.
+    pub kv_blocks_cached: usize,
     pub block_size: usize,
+    /// Tokens of admitted sequences looked up in the prefix cache (re-admissions after a
+    /// preemption included).
+    pub num_prefix_queried_tokens: u64,
+    /// Of those, tokens whose KV came from the cache.
+    pub num_prefix_hit_tokens: u64,
+    /// Running sequences whose KV was dropped to make room, to be recomputed.
+    pub num_preemptions: u64,
+    /// Prompt tokens of accepted requests.
+    pub num_prompt_tokens: u64,
+    /// Tokens generated.
+    pub num_generated_tokens: u64,
 }
 
 /// Input to generate from.
@@ -135,6 +157,8 @@ pub(crate) struct Shared {
     /// Requests submitted but not yet given their first prefill chunk; bounds the queue.
     pub num_queued: AtomicUsize,
     pub shutting_down: AtomicBool,
+    /// Latency histograms and request outcomes, recorded by the worker.
+    pub metrics: EngineMetrics,
 }
 
 /// A cheap, cloneable handle to one loaded model.
@@ -173,12 +197,7 @@ impl Engine {
         }
         let model_cfg = LlamaConfig::from_value(&package.model.raw)
             .map_err(|e| load_err(format!("config.json: {e}")))?;
-        package.weights.check(&llama::expected_tensors(&model_cfg))?;
-        let num_tensors = package.weights.names().count();
-        let vb = var_builder(package.weights.files(), num_tensors, config.dtype, device, progress)
-            .map_err(|e| load_err(format!("loading weights: {e}")))?;
-        let model =
-            Llama::new(&model_cfg, vb).map_err(|e| load_err(format!("building model: {e}")))?;
+        let model = load_llama(package, &model_cfg, &config, device, progress)?;
 
         let kv_cfg = kv_cache_config(&model_cfg, &config);
         let kv = KvCache::new(&kv_cfg, device)
@@ -191,6 +210,7 @@ impl Engine {
             }),
             num_queued: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            metrics: EngineMetrics::default(),
         });
         let tokenizer = Arc::new(package.tokenizer.clone());
         let (submissions, inbox) = mpsc::channel(config.scheduler.max_waiting.max(1));
@@ -200,6 +220,7 @@ impl Engine {
             scheduler: config.scheduler.clone(),
             num_blocks: kv_cfg.num_blocks,
             block_size: kv_cfg.block_size,
+            prefix_caching: config.prefix_caching,
             tokenizer: tokenizer.clone(),
             eos_token_ids: package.special_tokens.eos_token_ids.clone(),
             device: device.clone(),
@@ -240,6 +261,11 @@ impl Engine {
         self.inner.shared.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
+    /// Request latencies and outcomes since the engine started (see [`crate::metrics`]).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.shared.metrics.snapshot()
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.inner.chat_template.is_some()
     }
@@ -278,6 +304,8 @@ impl Engine {
     /// Queues a request. The stream's first events arrive after the engine's next step.
     pub fn submit(&self, request: GenerateRequest) -> Result<GenerationStream, SubmitError> {
         let inner = &self.inner;
+        // Latencies count from here: tokenizing is part of the caller's wait.
+        let submitted_at = std::time::Instant::now();
         if inner.shared.shutting_down.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -293,7 +321,7 @@ impl Engine {
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let prompt_tokens = prompt_ids.len();
-        let submission = Submission { prompt_ids, sampling, events: events_tx };
+        let submission = Submission { prompt_ids, sampling, events: events_tx, submitted_at };
         if let Err(err) = inner.submissions.try_send(Command::Submit(submission)) {
             inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
             return Err(match err {
@@ -307,7 +335,8 @@ impl Engine {
     }
 
     /// Refuses prompts that cannot fit, and caps `max_tokens` at what the context has left (the
-    /// request then ends with `length`, as llama.cpp and Cog models do).
+    /// request then ends with `length`, as llama.cpp and Cog models do). A request must fit the
+    /// KV cache alone: that is what lets preemption always make progress.
     fn check_fits(
         &self,
         prompt_ids: &[u32],
@@ -349,6 +378,87 @@ impl Engine {
                 tracing::error!(model = %self.inner.info.name, "engine thread panicked during shutdown");
             }
         }
+    }
+}
+
+/// The model over the package's weights: safetensors (quantized on load when hearth.yaml
+/// `quantize` asks) or GGUF (kept as quantized as it is stored).
+fn load_llama(
+    package: &Package,
+    model_cfg: &LlamaConfig,
+    config: &EngineConfig,
+    device: &Device,
+    progress: Progress<'_>,
+) -> Result<Llama, EngineError> {
+    let load_err = |message: String| EngineError::Load { package: package.name.clone(), message };
+    let expected = llama::expected_tensors(model_cfg);
+    let source = if let Some(gguf) = package.weights.gguf() {
+        check_gguf_tensors(gguf, &expected, model_cfg.tie_word_embeddings)?;
+        if let Some(q) = package.settings.quantize {
+            tracing::warn!(
+                quantize = q.as_str(),
+                "hearth.yaml `quantize` ignored: GGUF weights are stored quantized"
+            );
+        }
+        let weights = GgufWeights::open(&gguf.path, model_cfg, config.dtype, device)
+            .map_err(|e| load_err(format!("loading GGUF weights: {e}")))?;
+        WeightSource::gguf(weights)
+    } else {
+        package.weights.check(&expected)?;
+        let num_tensors = package.weights.names().count();
+        let vb = var_builder(package.weights.files(), num_tensors, config.dtype, device, progress)
+            .map_err(|e| load_err(format!("loading weights: {e}")))?;
+        let quantize = package.settings.quantize.map(|q| match q {
+            hearth_package::Quantize::Q8_0 => Quantization::Q8_0,
+            hearth_package::Quantize::Q4K => Quantization::Q4K,
+        });
+        WeightSource::var_builder(vb, quantize)
+    };
+    let model =
+        Llama::load(model_cfg, source).map_err(|e| load_err(format!("building model: {e}")))?;
+    if let Some(gguf) = package.weights.gguf() {
+        progress(gguf.tensors.len(), gguf.tensors.len());
+    }
+    Ok(model)
+}
+
+/// A GGUF must hold the model's tensors under llama.cpp's names with the expected shapes; a
+/// tied model may omit `output.weight`, and llama3-scaled RoPE may add `rope_freqs.weight`
+/// (the frequencies are computed from config.json instead).
+fn check_gguf_tensors(
+    gguf: &hearth_package::GgufFile,
+    expected: &[(String, Vec<usize>)],
+    tied: bool,
+) -> Result<(), EngineError> {
+    use hearth_package::{PackageError, TensorProblem};
+    let mut problems = Vec::new();
+    let mut wanted = std::collections::BTreeSet::new();
+    for (hf, shape) in expected {
+        let Some(name) = gguf_name(hf) else { continue };
+        match gguf.tensors.get(&name) {
+            None if tied && name == "output.weight" => {}
+            None => problems.push(TensorProblem::Missing { name: name.clone() }),
+            Some(t) if &t.shape != shape => problems.push(TensorProblem::Shape {
+                name: name.clone(),
+                actual: t.shape.clone(),
+                expected: shape.clone(),
+            }),
+            Some(_) => {}
+        }
+        wanted.insert(name);
+    }
+    if tied {
+        wanted.insert("output.weight".to_string());
+    }
+    for name in gguf.tensors.keys() {
+        if !wanted.contains(name) && name != "rope_freqs.weight" {
+            problems.push(TensorProblem::Unexpected { name: name.clone() });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PackageError::TensorMismatch { problems }.into())
     }
 }
 

@@ -1,5 +1,6 @@
 //! candle execution for Hearth: Llama-family models over packed batches, a paged KV cache, the
-//! continuous-batching scheduler, the sampler and the incremental detokenizer.
+//! continuous-batching scheduler, the sampler and the incremental detokenizer; and the
+//! [`Embedder`], which runs BERT-family encoders for embeddings.
 //!
 //! One engine thread per loaded model owns that model's device state; requests reach it through a
 //! bounded channel and events leave through per-request channels. This crate must never know about
@@ -7,9 +8,11 @@
 
 pub mod block_manager;
 pub mod detokenizer;
+mod embedder;
 mod engine;
 pub mod kv_cache;
 mod loading;
+pub mod metrics;
 pub mod models;
 mod runner;
 pub mod sampler;
@@ -17,8 +20,12 @@ pub mod scheduler;
 pub mod sequence;
 mod worker;
 
+pub use embedder::{
+    EmbedError, EmbedInput, EmbedTicket, Embedder, EmbedderConfig, EmbedderInfo, Embeddings,
+};
 pub use engine::{
     Engine, EngineConfig, EngineError, EngineStats, GenerateRequest, GenerationStream, ModelInfo,
     Prompt, SubmitError,
 };
 pub use loading::Progress;
+pub use metrics::MetricsSnapshot;

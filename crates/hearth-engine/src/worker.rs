@@ -8,15 +8,18 @@ use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::Device;
 use hearth_protocol::{FinishReason, GenerationEvent, SamplingParams, Usage};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
+use crate::block_manager::BlockManager;
 use crate::detokenizer::{IncrementalDetokenizer, StopMatcher};
 use crate::engine::Shared;
 use crate::kv_cache::KvCache;
+use crate::metrics::RequestTimer;
 use crate::models::llama::Llama;
 use crate::runner;
 use crate::sampler::Sampler;
@@ -34,6 +37,8 @@ pub(crate) struct Submission {
     pub prompt_ids: Vec<u32>,
     pub sampling: SamplingParams,
     pub events: mpsc::UnboundedSender<GenerationEvent>,
+    /// When `Engine::submit` was called: the start of the request's latencies.
+    pub submitted_at: Instant,
 }
 
 /// Per-request state that is not the scheduler's business.
@@ -45,6 +50,8 @@ struct Active {
     sampling: SamplingParams,
     /// Still counted in `Shared::num_queued` (no prefill chunk scheduled yet).
     queued: bool,
+    /// Metrics: TTFT, inter-token and end-to-end latency.
+    timer: RequestTimer,
 }
 
 /// Everything the worker needs, gathered by `Engine::start`.
@@ -54,6 +61,7 @@ pub(crate) struct WorkerParts {
     pub scheduler: SchedulerConfig,
     pub num_blocks: usize,
     pub block_size: usize,
+    pub prefix_caching: bool,
     pub tokenizer: Arc<Tokenizer>,
     pub eos_token_ids: Vec<u32>,
     pub device: Device,
@@ -70,6 +78,8 @@ pub(crate) struct Worker {
     device: Device,
     shared: Arc<Shared>,
     active: HashMap<SeqId, Active>,
+    /// The current step's plan; kept between steps so its buffer is reused.
+    scheduled: Vec<ScheduledSeq>,
     next_id: SeqId,
     num_steps: u64,
 }
@@ -77,7 +87,10 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn new(parts: WorkerParts) -> Self {
         Self {
-            scheduler: Scheduler::new(parts.scheduler, parts.num_blocks, parts.block_size),
+            scheduler: Scheduler::new(
+                parts.scheduler,
+                BlockManager::new(parts.num_blocks, parts.block_size, parts.prefix_caching),
+            ),
             model: parts.model,
             kv: parts.kv,
             block_size: parts.block_size,
@@ -86,6 +99,7 @@ impl Worker {
             device: parts.device,
             shared: parts.shared,
             active: HashMap::new(),
+            scheduled: Vec::new(),
             next_id: 0,
             num_steps: 0,
         }
@@ -120,7 +134,7 @@ impl Worker {
     }
 
     fn admit(&mut self, submission: Submission) {
-        let Submission { prompt_ids, sampling, events } = submission;
+        let Submission { prompt_ids, sampling, events, submitted_at } = submission;
         let id = self.next_id;
         self.next_id += 1;
         let active = Active {
@@ -130,6 +144,7 @@ impl Worker {
             sampling,
             events,
             queued: true,
+            timer: RequestTimer::new(submitted_at),
         };
         let seq = Sequence::new(id, prompt_ids, active.sampling.max_tokens, self.num_steps);
         match self.scheduler.add(seq) {
@@ -144,7 +159,9 @@ impl Worker {
                     }
                     other => other.to_string(),
                 };
-                let _ = active.events.send(GenerationEvent::Failed { message });
+                let failed = GenerationEvent::Failed { message };
+                active.timer.on_end(&self.shared.metrics, &failed); // metrics
+                let _ = active.events.send(failed);
             }
         }
     }
@@ -167,27 +184,34 @@ impl Worker {
 
     fn step(&mut self) -> candle_core::Result<()> {
         self.reap_cancelled();
-        let scheduled = self.scheduler.schedule();
+        // Taken out of `self` for the step so that `on_logits` can borrow `self` mutably.
+        let mut scheduled = std::mem::take(&mut self.scheduled);
+        let outcome = self.run_scheduled(&mut scheduled);
+        self.scheduled = scheduled;
+        self.publish_stats();
+        outcome
+    }
+
+    fn run_scheduled(&mut self, scheduled: &mut Vec<ScheduledSeq>) -> candle_core::Result<()> {
+        self.scheduler.schedule_into(scheduled);
         if scheduled.is_empty() {
-            self.publish_stats();
             return Ok(());
         }
         self.num_steps += 1;
-        self.mark_started(&scheduled);
+        self.mark_started(scheduled);
         let logits = runner::run_step(
             &self.model,
             &mut self.kv,
             &self.scheduler,
-            &scheduled,
+            scheduled,
             &self.device,
             self.block_size,
         )?;
-        self.scheduler.on_step_done(&scheduled);
+        self.scheduler.on_step_done(scheduled);
         let sampled = scheduled.iter().filter(|s| s.samples);
         for (s, row) in sampled.zip(logits.iter()) {
             self.on_logits(s.seq_id, row);
         }
-        self.publish_stats();
         Ok(())
     }
 
@@ -236,7 +260,7 @@ impl Worker {
         let usage = Usage {
             prompt_tokens: seq.num_prompt_tokens,
             completion_tokens: num_generated,
-            cached_tokens: 0,
+            cached_tokens: seq.num_cached_prompt_tokens,
         };
 
         let is_eos = !active.sampling.ignore_eos && self.eos_token_ids.contains(&token);
@@ -269,6 +293,8 @@ impl Worker {
             emit.push_str(&active.stop.flush());
         }
         if !emit.is_empty() {
+            // Metrics: the request's TTFT or an inter-token gap.
+            active.timer.on_text(&self.shared.metrics);
             // A failed send means the caller has gone; the next step's reap cancels it.
             let _ = active
                 .events
@@ -286,6 +312,7 @@ impl Worker {
             if active.queued {
                 self.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
             }
+            active.timer.on_end(&self.shared.metrics, &terminal); // metrics
             let _ = active.events.send(terminal);
         }
     }
@@ -293,10 +320,18 @@ impl Worker {
     fn publish_stats(&self) {
         if let Ok(mut stats) = self.shared.stats.lock() {
             let blocks = self.scheduler.block_manager();
+            let prefix_cache = blocks.stats();
+            let counts = self.scheduler.stats();
             stats.num_running = self.scheduler.num_running();
             stats.num_waiting = self.scheduler.num_waiting();
             stats.kv_blocks_used = blocks.num_used_blocks();
             stats.kv_blocks_total = blocks.num_total_blocks();
+            stats.kv_blocks_cached = blocks.num_cached_blocks();
+            stats.num_prefix_queried_tokens = prefix_cache.num_queried_tokens;
+            stats.num_prefix_hit_tokens = prefix_cache.num_hit_tokens;
+            stats.num_preemptions = counts.num_preemptions;
+            stats.num_prompt_tokens = counts.num_prompt_tokens;
+            stats.num_generated_tokens = counts.num_generated_tokens;
         }
     }
 }

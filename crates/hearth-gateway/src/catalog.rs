@@ -1,12 +1,13 @@
 //! The catalog: every model id this daemon answers for, and the ordered routes behind each.
 //! Local packages are listed under their own name; `[[models]]` entries add ids whose routes
 //! are upstream providers, local packages, or both; `provider/model` reaches a configured
-//! provider directly.
+//! provider directly. Local embedding packages are kept apart from the generative ones: they are
+//! served only by the embedding surfaces, never routed to for generation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use hearth_engine::Engine;
+use hearth_engine::{Embedder, Engine};
 use hearth_package::{CogConfig, PackageSettings};
 use serde::Serialize;
 
@@ -19,6 +20,14 @@ use crate::router::Target;
 #[derive(Clone)]
 pub struct LocalModel {
     pub engine: Engine,
+    pub cog: CogConfig,
+    pub settings: PackageSettings,
+}
+
+/// An embedding package that loaded and is being served.
+#[derive(Clone)]
+pub struct EmbeddingModel {
+    pub embedder: Embedder,
     pub cog: CogConfig,
     pub settings: PackageSettings,
 }
@@ -39,6 +48,7 @@ pub enum CatalogEntry {
 #[derive(Clone, Default)]
 pub struct Catalog {
     entries: BTreeMap<String, CatalogEntry>,
+    embedders: BTreeMap<String, EmbeddingModel>,
     default_model: Option<String>,
     providers: BTreeMap<String, Arc<dyn Provider>>,
     models: BTreeMap<String, ModelEntry>,
@@ -101,7 +111,7 @@ pub struct ModelListing {
     pub kind: RouteKind,
     /// Providers in route order (`local` for local packages).
     pub providers: Vec<String>,
-    /// `chat`, or `completion` for a local base model without a chat template.
+    /// `chat`, `completion` for a local base model without a chat template, or `embedding`.
     pub modality: &'static str,
     pub context_length: Option<u64>,
     pub prices: Prices,
@@ -113,6 +123,8 @@ pub enum CatalogError {
     NotFound(String),
     #[error("model `{model}` is unavailable: {reason}")]
     Unavailable { model: String, reason: String },
+    #[error("model `{0}` is an embedding model; it serves embeddings, not text generation")]
+    EmbeddingOnly(String),
 }
 
 impl CatalogError {
@@ -120,6 +132,7 @@ impl CatalogError {
         match self {
             CatalogError::NotFound(_) => 404,
             CatalogError::Unavailable { .. } => 503,
+            CatalogError::EmbeddingOnly(_) => 400,
         }
     }
 }
@@ -134,17 +147,53 @@ impl Catalog {
     }
 
     pub fn insert_failed(&mut self, name: String, reason: String) {
+        self.embedders.remove(&name);
         self.entries.insert(name, CatalogEntry::Failed { reason });
     }
 
+    /// Drops whatever is served as `name` (ready, failed or embedding); true if anything was.
+    /// Engines are not stopped here: each stops once its last handle, and so its last
+    /// in-flight request, is gone.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let entry = self.entries.remove(name).is_some();
+        let embedder = self.embedders.remove(name).is_some();
+        entry || embedder
+    }
+
+    /// Adds a loaded embedding package under `name`.
+    pub fn insert_embedder(&mut self, name: String, model: EmbeddingModel) {
+        self.entries.remove(&name);
+        self.embedders.insert(name, model);
+    }
+
+    /// The embedding model called `id`, if one is loaded.
+    pub fn embedder(&self, id: &str) -> Option<&EmbeddingModel> {
+        self.embedders.get(id)
+    }
+
+    /// Every loaded embedding model, sorted by name.
+    pub fn embedders(&self) -> impl Iterator<Item = (&String, &EmbeddingModel)> {
+        self.embedders.iter()
+    }
+
+    /// The embedding model served at the Cog root routes, when the default model is one.
+    pub fn default_embedder(&self) -> Option<(&str, &EmbeddingModel)> {
+        let name = self.default_model.as_deref()?;
+        self.embedder(name).map(|m| (name, m))
+    }
+
     /// Chooses the model served at the Cog root routes: the one named, else the only ready
-    /// model, else the one whose package settings say `default: true`.
+    /// model (generative or embedding), else the one whose package settings say `default: true`.
     pub fn set_default(&mut self, name: Option<String>) {
         self.default_model = name.or_else(|| {
-            let ready: Vec<(&String, &LocalModel)> = self.ready().collect();
+            let ready: Vec<(&String, bool)> = self
+                .ready()
+                .map(|(n, m)| (n, m.settings.default))
+                .chain(self.embedders.iter().map(|(n, m)| (n, m.settings.default)))
+                .collect();
             match ready.as_slice() {
                 [(name, _)] => Some((*name).clone()),
-                _ => ready.iter().find(|(_, m)| m.settings.default).map(|(n, _)| (*n).clone()),
+                _ => ready.iter().find(|(_, default)| *default).map(|(n, _)| (*n).clone()),
             }
         });
     }
@@ -245,6 +294,9 @@ impl Catalog {
             Some(CatalogEntry::Failed { reason }) => {
                 return Err(CatalogError::Unavailable { model: id.into(), reason: reason.clone() });
             }
+            None if self.embedders.contains_key(id) => {
+                return Err(CatalogError::EmbeddingOnly(id.into()));
+            }
             None => {}
         }
         match id.split_once('/') {
@@ -277,6 +329,9 @@ impl Catalog {
                 Some(CatalogEntry::Ready(local)) => routes.push(Route::Local(local.clone())),
                 Some(CatalogEntry::Failed { reason }) => {
                     missing.push(format!("local/{model}: {reason}"))
+                }
+                None if self.embedders.contains_key(model) => {
+                    missing.push(format!("local/{model}: an embedding model cannot generate"))
                 }
                 None => missing.push(format!("local/{model}: no such package is loaded")),
             }
@@ -317,6 +372,11 @@ impl Catalog {
                 out.push(local_listing(name, model));
             }
         }
+        for (name, model) in &self.embedders {
+            if !self.models.contains_key(name) {
+                out.push(embedding_listing(name, model));
+            }
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -345,10 +405,13 @@ impl Catalog {
         }
     }
 
-    /// Stops every engine, letting each finish what it has in flight.
+    /// Stops every engine and embedder, letting each finish what it has in flight.
     pub fn shutdown(&self) {
         for (_, model) in self.ready() {
             model.engine.shutdown();
+        }
+        for model in self.embedders.values() {
+            model.embedder.shutdown();
         }
     }
 }
@@ -372,6 +435,17 @@ fn local_listing(name: &str, model: &LocalModel) -> ModelListing {
             model.settings.input_price_per_mtok,
             model.settings.output_price_per_mtok,
         ),
+    }
+}
+
+fn embedding_listing(name: &str, model: &EmbeddingModel) -> ModelListing {
+    ModelListing {
+        id: name.into(),
+        kind: RouteKind::Local,
+        providers: vec![LOCAL_PROVIDER.into()],
+        modality: "embedding",
+        context_length: Some(model.embedder.info().max_input_tokens as u64),
+        prices: Prices::from_floats(model.settings.input_price_per_mtok, None),
     }
 }
 

@@ -2,8 +2,9 @@
 //! detaches a producer task that drives the chosen route into the run buffer, and hands the
 //! caller a subscription to that buffer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use hearth_protocol::{CanonicalRequest, ErrorKind, StreamError, ValidationError};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -12,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::GatewaySettings;
 use crate::ledger::{
-    CallerMetadata, Ledger, LedgerError, MetadataError, SqliteLedger, UsageGroup, UsageQuery,
+    BatchedLedger, CallerMetadata, Ledger, LedgerError, MetadataError, SqliteLedger, UsageGroup,
+    UsageQuery,
 };
 use crate::producer::{self, RunJob};
 use crate::router::{RetryPolicy, RouteHealth};
@@ -78,7 +80,11 @@ pub struct Gateway {
 }
 
 pub(crate) struct Inner {
-    pub catalog: Catalog,
+    /// Swapped whole when a package is pushed or removed at run time; a request resolves
+    /// against the snapshot it loaded, so a swap never changes a model under it.
+    pub catalog: ArcSwap<Catalog>,
+    /// Serialises catalog updates, so two concurrent updates cannot lose one another.
+    catalog_writer: Mutex<()>,
     pub policy: RetryPolicy,
     pub health: RouteHealth,
     pub runs: Arc<dyn RunStore>,
@@ -87,12 +93,14 @@ pub(crate) struct Inner {
 }
 
 impl Gateway {
-    /// The default wiring: in-memory run buffers and the SQLite ledger at `ledger_path`.
+    /// The default wiring: in-memory run buffers and the SQLite ledger at `ledger_path`, written
+    /// in batches by a background task (call [`Gateway::wait_idle`] before exiting).
     pub async fn open(
         catalog: Catalog,
         settings: &GatewaySettings,
     ) -> Result<Gateway, LedgerError> {
-        let ledger = SqliteLedger::open(&settings.ledger_path).await?;
+        let sqlite = SqliteLedger::open(&settings.ledger_path).await?;
+        let ledger = BatchedLedger::new(Arc::new(sqlite));
         let runs = InMemoryRunStore::from_settings(settings);
         Ok(Self::new(catalog, settings, Arc::new(runs), Arc::new(ledger)))
     }
@@ -104,7 +112,8 @@ impl Gateway {
         ledger: Arc<dyn Ledger>,
     ) -> Gateway {
         let inner = Inner {
-            catalog,
+            catalog: ArcSwap::from_pointee(catalog),
+            catalog_writer: Mutex::new(()),
             policy: RetryPolicy::from_settings(settings),
             health: RouteHealth::default(),
             runs,
@@ -114,8 +123,20 @@ impl Gateway {
         Gateway { inner: Arc::new(inner) }
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+    /// The catalog as it is now (a snapshot: later updates do not change it).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.catalog.load_full()
+    }
+
+    /// Applies `update` to a copy of the catalog and makes the copy current. Requests already
+    /// holding the old snapshot finish on it; handles dropped with it stop their engines once
+    /// their last request ends.
+    pub fn update_catalog<R>(&self, update: impl FnOnce(&mut Catalog) -> R) -> R {
+        let _writer = self.inner.catalog_writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = Catalog::clone(&self.inner.catalog.load());
+        let result = update(&mut next);
+        self.inner.catalog.store(Arc::new(next));
+        result
     }
 
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -139,8 +160,10 @@ impl Gateway {
                 None => CallerMetadata::default(),
             },
         };
-        let resolved = self.inner.catalog.resolve(&request.model)?;
-        let targets = self.inner.catalog.targets(&resolved.routes);
+        let catalog = self.inner.catalog.load();
+        let resolved = catalog.resolve(&request.model)?;
+        let targets = catalog.targets(&resolved.routes);
+        drop(catalog);
         let run_id = format!("run_{}", uuid::Uuid::new_v4().simple());
         let cancel = self.inner.runs.create(&run_id, &request.model).await?;
         // Subscribed before the producer starts, so the run is never seen without a reader.
@@ -188,11 +211,12 @@ impl Gateway {
         self.inner.ledger.usage(query).await
     }
 
-    /// Waits until every producer started so far has ended and written its ledger record
+    /// Waits until every producer started so far has ended and its ledger record is stored
     /// (graceful shutdown, and tests).
     pub async fn wait_idle(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.inner.tasks.reopen();
+        self.inner.ledger.flush().await;
     }
 }

@@ -18,7 +18,8 @@ mod router;
 pub mod runs;
 
 pub use catalog::{
-    Catalog, CatalogEntry, CatalogError, LocalModel, ModelListing, ResolvedModel, Route, RouteKind,
+    Catalog, CatalogEntry, CatalogError, EmbeddingModel, LocalModel, ModelListing, ResolvedModel,
+    Route, RouteKind,
 };
 pub use config::{
     ConfigError, GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, ProviderKind,

@@ -37,6 +37,9 @@ pub enum PackageError {
     #[error("{file}: corrupt safetensors file: {message}")]
     CorruptSafetensors { file: String, message: String },
 
+    #[error("{file}: corrupt GGUF file: {message}")]
+    CorruptGguf { file: String, message: String },
+
     #[error("model.safetensors.index.json: {message}")]
     ShardIndex { message: String },
 

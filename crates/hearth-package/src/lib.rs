@@ -1,6 +1,7 @@
 //! Cog-style model packages: a directory that Cog itself would accept (`cog.yaml`, a predictor
 //! stub) holding a Hugging Face-format model (`config.json`, safetensors weights, `tokenizer.json`,
-//! `tokenizer_config.json`) and optional Hearth settings (`hearth.yaml`).
+//! `tokenizer_config.json`) and optional Hearth settings (`hearth.yaml`). An encoder package adds
+//! sentence-transformers' `modules.json` and pooling config, which say how it embeds text.
 //!
 //! [`Package::load`] validates all of it before any weight reaches a device, and says which file
 //! is wrong when something is. [`synth`] writes deterministic packages with random weights for
@@ -9,8 +10,13 @@
 //! This crate must never know about devices, tensors-as-math (candle), HTTP or the scheduler:
 //! it hands the engine validated files and memory-mapped bytes, nothing more.
 
+pub mod archive;
 mod cog;
+mod embedding;
 mod error;
+mod gguf;
+#[cfg(feature = "hub")]
+pub mod hub;
 mod model_config;
 mod settings;
 pub mod synth;
@@ -27,9 +33,11 @@ pub use cog::{
     BuildCommand, BuildConfig, BuildMount, BuildStep, CogConfig, ConcurrencyConfig, WeightsEntry,
     WeightsSource,
 };
+pub use embedding::{EmbeddingConfig, PoolingMode};
 pub use error::{PackageError, TensorProblem};
-pub use model_config::{ModelConfig, SUPPORTED_ARCHITECTURES};
-pub use settings::{DType, PackageSettings};
+pub use gguf::{GgufFile, GgufTensor};
+pub use model_config::{ModelConfig, ModelKind, EMBEDDING_ARCHITECTURES, SUPPORTED_ARCHITECTURES};
+pub use settings::{DType, PackageSettings, Quantize};
 pub use template::ChatTemplate;
 pub use tokens::SpecialTokens;
 pub use weights::{TensorDtype, TensorInfo, Weights};
@@ -54,6 +62,9 @@ pub struct Package {
     /// `None` when tokenizer_config.json has no `chat_template` (a base model).
     pub chat_template: Option<ChatTemplate>,
     pub special_tokens: SpecialTokens,
+    /// How an embedding package pools and normalises (`modules.json` and friends); `None` for a
+    /// generative package.
+    pub embedding: Option<EmbeddingConfig>,
 }
 
 impl Package {
@@ -78,6 +89,15 @@ impl Package {
         let tokenizer_config = TokenizerConfig::load(dir)?;
         let special_tokens = SpecialTokens::resolve(dir, &model, &tokenizer, &tokenizer_config)?;
         let chat_template = compile_template(&tokenizer_config)?;
+        let embedding = match model.kind() {
+            ModelKind::Embedding => Some(EmbeddingConfig::load(
+                dir,
+                &model,
+                tokenizer_config.model_max_length(),
+                settings.context_length,
+            )?),
+            ModelKind::Generative => None,
+        };
         let weights = Weights::load(dir)?;
         Ok(Package {
             name,
@@ -89,12 +109,18 @@ impl Package {
             tokenizer,
             chat_template,
             special_tokens,
+            embedding,
         })
     }
 
-    /// The longest sequence (prompt plus output) this package serves.
+    /// The longest sequence (prompt plus output) this package serves; for an embedding package,
+    /// the longest input.
     pub fn context_length(&self) -> usize {
-        self.settings.context_length.unwrap_or(self.model.max_position_embeddings)
+        match (&self.settings.context_length, &self.embedding) {
+            (Some(length), _) => *length,
+            (None, Some(embedding)) => embedding.max_seq_length,
+            (None, None) => self.model.max_position_embeddings,
+        }
     }
 }
 
@@ -129,6 +155,12 @@ pub(crate) fn read_required(
     }
 }
 
+/// The name the package in `dir` would be served under, read from `hearth.yaml` and `cog.yaml`
+/// alone (no weights, no tokenizer), for tools that must match a name to a directory.
+pub fn read_name(dir: &Path) -> Result<String, PackageError> {
+    package_name(dir, &CogConfig::load(dir)?, &PackageSettings::load(dir)?)
+}
+
 fn package_name(
     dir: &Path,
     cog: &CogConfig,
@@ -150,7 +182,8 @@ fn package_name(
     }
 }
 
-pub(crate) fn is_valid_name(name: &str) -> bool {
+/// Whether `name` can name a package: it ends up in URLs, metrics labels and file names.
+pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))

@@ -10,8 +10,20 @@ use crate::error::PackageError;
 pub(crate) const CONFIG_FILE: &str = "config.json";
 
 /// The architectures (`config.json` `architectures[0]`) that Hearth's engine can run.
-pub const SUPPORTED_ARCHITECTURES: [&str; 4] =
-    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 5] =
+    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "BertModel"];
+
+/// The supported architectures that are encoders: they embed text rather than generate it.
+pub const EMBEDDING_ARCHITECTURES: [&str; 1] = ["BertModel"];
+
+/// What a package's model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A decoder that generates text (chat, completions).
+    Generative,
+    /// An encoder that turns text into one vector (embeddings).
+    Embedding,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -68,6 +80,15 @@ impl ModelConfig {
         })
     }
 
+    /// Whether the model generates text or embeds it, by its architecture.
+    pub fn kind(&self) -> ModelKind {
+        if EMBEDDING_ARCHITECTURES.contains(&self.architecture.as_str()) {
+            ModelKind::Embedding
+        } else {
+            ModelKind::Generative
+        }
+    }
+
     /// A token-id field such as `eos_token_id`, as a list whatever its written form.
     pub(crate) fn token_ids(&self, field: &str) -> Vec<u32> {
         token_ids(self.raw.get(field))
@@ -98,6 +119,9 @@ mod tests {
         assert_eq!(config.max_position_embeddings, 2048);
         assert_eq!(config.token_ids("eos_token_id"), [2, 0]);
         assert_eq!(config.token_ids("bos_token_id"), Vec::<u32>::new());
+        assert_eq!(config.kind(), ModelKind::Generative);
+        let bert = LLAMA.replace("LlamaForCausalLM", "BertModel");
+        assert_eq!(ModelConfig::parse(&bert).unwrap().kind(), ModelKind::Embedding);
     }
 
     #[test]
@@ -110,7 +134,7 @@ mod tests {
         assert_eq!(
             ModelConfig::parse(&gpt2).unwrap_err().to_string(),
             "config.json: unsupported architecture `GPT2LMHeadModel` (supported: \
-             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)"
+             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, BertModel)"
         );
     }
 }

@@ -44,6 +44,29 @@ impl DType {
     }
 }
 
+/// Block quantization of the linear layers' weights, applied when the model loads (hearth.yaml
+/// `quantize`). Embeddings and norms stay in the compute dtype. GGUF packages are already
+/// quantized and ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantize {
+    /// 8-bit, blocks of 32 weights with one scale: close to the original (~1% error).
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    /// 4-bit k-quant, super-blocks of 256 weights: a quarter of f16's memory, coarser.
+    #[serde(rename = "q4_k")]
+    Q4K,
+}
+
+impl Quantize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4_k",
+        }
+    }
+}
+
 /// The parsed `hearth.yaml`, or its defaults when the file is absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +82,8 @@ pub struct PackageSettings {
     /// Prices in currency units per million tokens, for the spend ledger.
     pub input_price_per_mtok: Option<f64>,
     pub output_price_per_mtok: Option<f64>,
+    /// Quantize linear-layer weights on load (`q8_0` or `q4_k`); unset serves them as stored.
+    pub quantize: Option<Quantize>,
     /// Serve this package when a request names no model.
     #[serde(default)]
     pub default: bool,
@@ -136,5 +161,17 @@ mod tests {
         let zero = PackageSettings::parse("context_length: 0\n").unwrap_err().to_string();
         assert_eq!(zero, "hearth.yaml: `context_length` must be at least 1");
         assert!(PackageSettings::parse("input_price_per_mtok: -1\n").is_err());
+    }
+
+    #[test]
+    fn quantize_names_a_known_scheme() {
+        let q8 = PackageSettings::parse("quantize: q8_0\n").unwrap();
+        assert_eq!(q8.quantize, Some(Quantize::Q8_0));
+        assert_eq!(
+            PackageSettings::parse("quantize: q4_k\n").unwrap().quantize,
+            Some(Quantize::Q4K)
+        );
+        let bad = PackageSettings::parse("quantize: q3\n").unwrap_err().to_string();
+        assert!(bad.contains("unknown variant `q3`") && bad.contains("q8_0"), "{bad}");
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct TokenizerConfig {
     bos_token: Option<TokenField>,
     eos_token: Option<TokenField>,
     add_bos_token: Option<bool>,
+    /// Written as a float by some tools (`1e30` for "no limit").
+    model_max_length: Option<f64>,
 }
 
 /// A template is one string, or a list of named templates of which `default` is the chat one.
@@ -89,6 +91,11 @@ impl TokenizerConfig {
 
     pub(crate) fn eos_token(&self) -> Option<&str> {
         self.eos_token.as_ref().map(TokenField::text)
+    }
+
+    /// `model_max_length`, when it is a real limit rather than the "unlimited" sentinel.
+    pub(crate) fn model_max_length(&self) -> Option<usize> {
+        self.model_max_length.filter(|n| *n >= 1.0 && *n < 1e9).map(|n| n as usize)
     }
 }
 

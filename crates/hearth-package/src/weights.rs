@@ -12,6 +12,7 @@ use safetensors::{SafeTensorError, SafeTensors};
 use serde::Deserialize;
 
 use crate::error::{PackageError, TensorProblem};
+use crate::gguf::GgufFile;
 
 /// The element type of a stored tensor, as safetensors names it.
 pub use safetensors::Dtype as TensorDtype;
@@ -38,6 +39,9 @@ pub struct Weights {
     files: Vec<PathBuf>,
     maps: Vec<Mmap>,
     tensors: BTreeMap<String, TensorInfo>,
+    /// A GGUF package's one weight file; its tensors are not in `tensors` (their types are
+    /// ggml's, not safetensors').
+    gguf: Option<GgufFile>,
 }
 
 impl std::fmt::Debug for Weights {
@@ -45,6 +49,7 @@ impl std::fmt::Debug for Weights {
         f.debug_struct("Weights")
             .field("files", &self.files)
             .field("tensors", &self.tensors.len())
+            .field("gguf", &self.gguf.as_ref().map(|g| g.tensors.len()))
             .finish()
     }
 }
@@ -71,13 +76,21 @@ impl Weights {
             let mut weights = Self::empty();
             weights.add_shard(SINGLE_FILE, dir.join(SINGLE_FILE), shard)?;
             Ok(weights)
+        } else if let Some(name) = find_gguf(dir)? {
+            let gguf = GgufFile::load(dir, &name)?;
+            Ok(Self { files: vec![gguf.path.clone()], gguf: Some(gguf), ..Self::empty() })
         } else {
             Err(PackageError::MissingFile {
                 file: SINGLE_FILE.to_string(),
-                why: "a package needs model.safetensors, or shards listed in \
-                      model.safetensors.index.json",
+                why: "a package needs model.safetensors, shards listed in \
+                      model.safetensors.index.json, or one .gguf file",
             })
         }
+    }
+
+    /// The GGUF file of a GGUF package; `None` for safetensors weights.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.gguf.as_ref()
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -109,7 +122,8 @@ impl Weights {
 
     /// Bytes of tensor data across all files.
     pub fn total_bytes(&self) -> u64 {
-        self.tensors.values().map(|t| (t.range.end - t.range.start) as u64).sum()
+        let gguf = self.gguf.as_ref().map_or(0, GgufFile::total_bytes);
+        gguf + self.tensors.values().map(|t| (t.range.end - t.range.start) as u64).sum::<u64>()
     }
 
     /// Checks that exactly the `expected` tensors exist, with the expected shapes. Rotary
@@ -153,7 +167,7 @@ impl Weights {
     }
 
     fn empty() -> Self {
-        Self { files: Vec::new(), maps: Vec::new(), tensors: BTreeMap::new() }
+        Self { files: Vec::new(), maps: Vec::new(), tensors: BTreeMap::new(), gguf: None }
     }
 
     fn load_sharded(dir: &Path) -> Result<Self, PackageError> {
@@ -225,6 +239,27 @@ impl Weights {
             });
         }
         Ok(())
+    }
+}
+
+/// The package's `.gguf` file, when it has exactly one; two are ambiguous.
+fn find_gguf(dir: &Path) -> Result<Option<String>, PackageError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| PackageError::io(dir, e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| PackageError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".gguf") && entry.path().is_file() {
+            found.push(name);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(PackageError::CorruptGguf {
+            file: found.join(", "),
+            message: "a package holds at most one .gguf file".to_string(),
+        }),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! It always answers 200 while the daemon serves; each model reports whether it loaded and, when
 //! it did, its engine's load and KV-cache use (tests read `kv_blocks_used` to see a cancelled
-//! request's memory come back).
+//! request's memory come back). Embedding models are listed too, with `"kind": "embedding"`
+//! and their vector size in place of the engine's load.
 
 use axum::extract::State;
 use axum::Json;
@@ -30,9 +31,18 @@ struct ModelHealth {
     kv_blocks_total: usize,
 }
 
+#[derive(Serialize)]
+struct EmbedderHealth {
+    state: ModelState,
+    kind: &'static str,
+    dimension: usize,
+    max_input_tokens: usize,
+}
+
 pub(crate) async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let catalog = state.catalog();
     let mut models = Map::new();
-    for (name, entry) in state.catalog().entries() {
+    for (name, entry) in catalog.entries() {
         let health = match entry {
             CatalogEntry::Ready(model) => {
                 let stats = model.engine.stats();
@@ -53,6 +63,16 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<serde_json::Va
                 kv_blocks_used: 0,
                 kv_blocks_total: 0,
             },
+        };
+        models.insert(name.clone(), serde_json::json!(health));
+    }
+    for (name, model) in catalog.embedders() {
+        let info = model.embedder.info();
+        let health = EmbedderHealth {
+            state: ModelState::Ready,
+            kind: "embedding",
+            dimension: info.dimension,
+            max_input_tokens: info.max_input_tokens,
         };
         models.insert(name.clone(), serde_json::json!(health));
     }

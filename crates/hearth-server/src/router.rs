@@ -13,18 +13,23 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{cog, health, openai};
+use crate::{admin, anthropic, cog, health, metrics, openai, runs};
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().max_body_bytes;
     Router::new()
         .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
         .merge(openai::routes())
+        .merge(anthropic::routes())
+        .merge(runs::routes())
+        .merge(admin::routes())
         .nest("/cog/{model}", cog::routes())
         .merge(cog::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cog::embeddings::hook))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::custom(panic_response))

@@ -1,18 +1,22 @@
 //! Serving with a graceful shutdown.
 //!
 //! On the shutdown signal the listener stops accepting and idle connections close. In-flight
-//! requests and background predictions get `shutdown_grace` to finish; whatever is left then is
-//! cancelled (its engine streams are dropped, which frees their KV memory). Last, the engines
-//! are stopped.
+//! requests, background predictions and the gateway's runs (whose producers outlive their
+//! callers) get `shutdown_grace` to finish; whatever is left then is cancelled (engine streams
+//! are dropped, which frees their KV memory; runs end with a `cancelled` error). Last, the
+//! engines are stopped and the gateway is waited for once more, so that every run's ledger
+//! record is written before `serve` returns.
 
 use std::future::{Future, IntoFuture};
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::relay;
 use crate::router::router;
 use crate::state::AppState;
 
@@ -42,7 +46,10 @@ pub async fn serve(
     let app = router(state.clone());
     let mut server = Server {
         handle: tokio::spawn(
-            axum::serve(listener, app).with_graceful_shutdown(signal).into_future(),
+            // Peer addresses let the admin API tell loopback clients apart.
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(signal)
+                .into_future(),
         ),
         result: None,
     };
@@ -57,6 +64,9 @@ pub async fn serve(
         tracing::error!("the HTTP server stopped without a shutdown signal");
     }
     stop_engines(&state).await;
+    if tokio::time::timeout(AFTER_CANCEL, state.gateway().wait_idle()).await.is_err() {
+        tracing::warn!("some runs did not end after cancellation; their ledger records are lost");
+    }
     server.result.unwrap_or(Ok(()))
 }
 
@@ -68,15 +78,18 @@ async fn drain(state: &AppState, server: &mut Server) {
     let all_done = async {
         server.finished().await;
         state.tasks().wait().await;
+        state.gateway().wait_idle().await;
     };
     if tokio::time::timeout(grace, all_done).await.is_ok() {
         return;
     }
     tracing::warn!("shutdown grace period over; cancelling the requests still running");
     state.cancel_all().cancel();
+    relay::cancel_all(state).await;
     let all_done = async {
         server.finished().await;
         state.tasks().wait().await;
+        state.gateway().wait_idle().await;
     };
     if tokio::time::timeout(AFTER_CANCEL, all_done).await.is_err() {
         tracing::warn!("some connections did not close after cancellation; leaving them");

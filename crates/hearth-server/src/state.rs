@@ -1,14 +1,16 @@
 //! The state every handler shares.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
-use hearth_gateway::Catalog;
+use hearth_gateway::{Catalog, Gateway};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::AdminState;
 use crate::cog::registry::Registry;
 use crate::config::ServerConfig;
+use crate::relay::FormatRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -23,7 +25,9 @@ pub struct AppState {
 }
 
 struct Inner {
-    catalog: Catalog,
+    gateway: Gateway,
+    /// How each recent run's stream was encoded, so a resume speaks the same wire format.
+    formats: FormatRegistry,
     config: ServerConfig,
     webhooks: reqwest::Client,
     predictions: Registry,
@@ -36,10 +40,13 @@ struct Inner {
     /// Background work that outlives its request (async predictions and their webhooks), so that
     /// shutdown can wait for it.
     tasks: TaskTracker,
+    /// The admin API (push, list, remove), once [`AppState::enable_admin`] set it up.
+    admin: OnceLock<Arc<AdminState>>,
 }
 
 impl AppState {
-    pub fn new(catalog: Catalog, config: ServerConfig) -> Result<Self, StateError> {
+    /// The state over `gateway`, whose catalog holds every model served.
+    pub fn new(gateway: Gateway, config: ServerConfig) -> Result<Self, StateError> {
         let webhooks =
             reqwest::Client::builder().timeout(config.webhook.request_timeout).build()?;
         let now = Utc::now();
@@ -48,18 +55,40 @@ impl AppState {
                 predictions: Registry::new(config.max_retained_predictions),
                 setup_started_at: config.setup_started_at.unwrap_or(now),
                 setup_completed_at: now,
-                catalog,
+                formats: FormatRegistry::new(config.max_resumable_runs),
+                gateway,
                 config,
                 webhooks,
                 cancel_all: CancellationToken::new(),
                 shutdown_requested: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                admin: OnceLock::new(),
             }),
         })
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+    /// The catalog as it is now: a snapshot, which a catalog update does not change.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner.gateway.catalog()
+    }
+
+    /// Turns the admin API on; a second call is ignored.
+    pub fn enable_admin(&self, admin: AdminState) {
+        if self.inner.admin.set(Arc::new(admin)).is_err() {
+            tracing::warn!("the admin API was already enabled");
+        }
+    }
+
+    pub(crate) fn admin(&self) -> Option<&Arc<AdminState>> {
+        self.inner.admin.get()
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.inner.gateway
+    }
+
+    pub(crate) fn formats(&self) -> &FormatRegistry {
+        &self.inner.formats
     }
 
     pub fn config(&self) -> &ServerConfig {

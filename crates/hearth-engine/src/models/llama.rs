@@ -10,7 +10,10 @@ mod config;
 pub use config::{expected_tensors, ConfigError, Family, LlamaConfig, Rope, RopeScaling};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{linear_b, rotary_emb::rope_thd, Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{rotary_emb::rope_thd, Embedding, RmsNorm, VarBuilder};
+
+use super::linear::Linear;
+use super::quantized::WeightSource;
 
 use crate::kv_cache::{KvCache, PackedBatch, SeqSlice, SlotWriteIndex};
 
@@ -118,20 +121,20 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &LlamaConfig, window: Option<usize>, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, window: Option<usize>, vb: WeightSource) -> Result<Self> {
         let (h, hd, layout) = (cfg.hidden_size, cfg.head_dim(), cfg.layout());
         let (q_out, kv_out) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads() * hd);
         let qk_norm = if layout.qk_norm {
-            let q_norm = candle_nn::rms_norm(hd, cfg.rms_norm_eps, vb.pp("q_norm"))?;
-            Some((q_norm, candle_nn::rms_norm(hd, cfg.rms_norm_eps, vb.pp("k_norm"))?))
+            let q_norm = vb.pp("q_norm").rms_norm(hd, cfg.rms_norm_eps)?;
+            Some((q_norm, vb.pp("k_norm").rms_norm(hd, cfg.rms_norm_eps)?))
         } else {
             None
         };
         Ok(Self {
-            q_proj: linear_b(h, q_out, layout.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, kv_out, layout.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, kv_out, layout.qkv_bias, vb.pp("v_proj"))?,
-            o_proj: linear_b(q_out, h, layout.o_bias, vb.pp("o_proj"))?,
+            q_proj: vb.pp("q_proj").linear(h, q_out, layout.qkv_bias)?,
+            k_proj: vb.pp("k_proj").linear(h, kv_out, layout.qkv_bias)?,
+            v_proj: vb.pp("v_proj").linear(h, kv_out, layout.qkv_bias)?,
+            o_proj: vb.pp("o_proj").linear(q_out, h, layout.o_bias)?,
             qk_norm,
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads(),
@@ -214,12 +217,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, vb: WeightSource) -> Result<Self> {
         let (h, inter, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.layout().mlp_bias);
         Ok(Self {
-            gate_proj: linear_b(h, inter, bias, vb.pp("gate_proj"))?,
-            up_proj: linear_b(h, inter, bias, vb.pp("up_proj"))?,
-            down_proj: linear_b(inter, h, bias, vb.pp("down_proj"))?,
+            gate_proj: vb.pp("gate_proj").linear(h, inter, bias)?,
+            up_proj: vb.pp("up_proj").linear(h, inter, bias)?,
+            down_proj: vb.pp("down_proj").linear(inter, h, bias)?,
         })
     }
 
@@ -237,16 +240,12 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &LlamaConfig, window: Option<usize>, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &LlamaConfig, window: Option<usize>, vb: WeightSource) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(Self {
-            input_layernorm: candle_nn::rms_norm(h, eps, vb.pp("input_layernorm"))?,
+            input_layernorm: vb.pp("input_layernorm").rms_norm(h, eps)?,
             self_attn: Attention::new(cfg, window, vb.pp("self_attn"))?,
-            post_attention_layernorm: candle_nn::rms_norm(
-                h,
-                eps,
-                vb.pp("post_attention_layernorm"),
-            )?,
+            post_attention_layernorm: vb.pp("post_attention_layernorm").rms_norm(h, eps)?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -272,32 +271,39 @@ pub struct Llama {
 }
 
 impl Llama {
+    /// A dense model over `vb`'s weights.
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load(cfg, WeightSource::var_builder(vb, None))
+    }
+
+    /// A model over `src`'s weights: dense, quantized on load, or read from a GGUF file.
+    pub fn load(cfg: &LlamaConfig, vb: WeightSource) -> Result<Self> {
         cfg.validate().map_err(|e| candle_core::Error::Msg(format!("config.json: {e}")))?;
         let rope = cfg.rope().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let windows = cfg.sliding_windows().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let vb_m = vb.pp("model");
-        let embed_tokens =
-            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb_m.pp("embed_tokens"))?;
+        let embed_tokens = vb_m.pp("embed_tokens").embedding(cfg.vocab_size, cfg.hidden_size)?;
         let layers = windows
             .iter()
             .enumerate()
             .map(|(i, w)| DecoderLayer::new(cfg, *w, vb_m.pp(format!("layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+        // A GGUF of a tied model may still ship `output.weight` (llama.cpp's converter does for
+        // some); when present it is used, already quantized.
+        let lm_head = if cfg.tie_word_embeddings && !vb.pp("lm_head").contains("weight") {
+            vb.pp("lm_head").linear_from(embed_tokens.embeddings().clone())?
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+            vb.pp("lm_head").linear(cfg.hidden_size, cfg.vocab_size, false)?
         };
         Ok(Self {
             embed_tokens,
             layers,
-            norm: candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb_m.pp("norm"))?,
+            norm: vb_m.pp("norm").rms_norm(cfg.hidden_size, cfg.rms_norm_eps)?,
             lm_head,
-            rotary: Rotary::new(&rope, cfg.head_dim(), vb.device())?,
+            rotary: Rotary::new(&rope, cfg.head_dim(), &vb.device())?,
             vocab_size: cfg.vocab_size,
             dtype: vb.dtype(),
-            device: vb.device().clone(),
+            device: vb.device(),
         })
     }
 

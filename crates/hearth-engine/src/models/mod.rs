@@ -1,4 +1,9 @@
 //! Model families. One family is one file; each runs packed batches against the engine-owned
-//! paged KV cache in [`crate::kv_cache`].
+//! paged KV cache in [`crate::kv_cache`]; encoders ([`bert`]) run padded batches for the
+//! embedder. [`linear`] is the generative models' linear layer (dense or quantized) and
+//! [`quantized`] where their weights come from (safetensors, quantized on load or not, or GGUF).
 
+pub mod bert;
+pub mod linear;
 pub mod llama;
+pub mod quantized;

@@ -1,6 +1,7 @@
 //! The spend ledger: one record per run, written when the run ends however it ends, and usage
 //! queries grouped by model, route or a caller metadata key.
 
+mod batched;
 mod metadata;
 mod sqlite;
 
@@ -10,6 +11,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub use batched::BatchedLedger;
 pub use metadata::{CallerMetadata, MetadataError, MAX_METADATA_ENTRIES};
 pub use sqlite::SqliteLedger;
 
@@ -131,8 +133,18 @@ pub enum LedgerError {
 
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync {
-    /// Stores one run's record; a second record for the same run is an error.
+    /// Stores one run's record; a second record for the same run is an error. A ledger may
+    /// only queue it: [`Ledger::flush`] waits until it is stored.
     async fn record(&self, record: &LedgerRecord) -> Result<(), LedgerError>;
+    /// Stores several records at once, all or none.
+    async fn record_batch(&self, records: &[LedgerRecord]) -> Result<(), LedgerError> {
+        for record in records {
+            self.record(record).await?;
+        }
+        Ok(())
+    }
+    /// Waits until every record handed over so far is stored.
+    async fn flush(&self) {}
     async fn get(&self, run_id: &str) -> Result<Option<LedgerRecord>, LedgerError>;
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError>;
 }

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::{
     CallerMetadata, GroupBy, Ledger, LedgerError, LedgerRecord, LedgerStatus, UsageGroup,
@@ -49,6 +49,10 @@ const SCHEMA: [&str; 4] = [
 ];
 
 const COST_SCALE: u32 = 9;
+
+/// Records per INSERT: 15 bound values each, well under SQLite's limit of 32,766 per statement
+/// (metadata rows, 3 values and at most 5 per record, stay under it too).
+const ROWS_PER_STATEMENT: usize = 256;
 
 #[derive(Clone)]
 pub struct SqliteLedger {
@@ -98,38 +102,13 @@ fn from_millis(ms: i64) -> DateTime<Utc> {
 #[async_trait::async_trait]
 impl Ledger for SqliteLedger {
     async fn record(&self, r: &LedgerRecord) -> Result<(), LedgerError> {
+        self.record_batch(std::slice::from_ref(r)).await
+    }
+
+    async fn record_batch(&self, records: &[LedgerRecord]) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let metadata = serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into());
-        sqlx::query(
-            "INSERT INTO usage_records (run_id, model, route, status, input_tokens, output_tokens,
-                cached_input_tokens, cost_nanos, ttft_ms, latency_ms, metadata, api_key_id,
-                started_at_ms, ended_at_ms, error)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.run_id)
-        .bind(&r.model)
-        .bind(&r.route)
-        .bind(r.status.as_str())
-        .bind(to_i64(r.input_tokens))
-        .bind(to_i64(r.output_tokens))
-        .bind(to_i64(r.cached_input_tokens))
-        .bind(r.cost.map(to_nanos))
-        .bind(r.ttft_ms.map(to_i64))
-        .bind(to_i64(r.latency_ms))
-        .bind(metadata)
-        .bind(&r.api_key_id)
-        .bind(millis(&r.started_at))
-        .bind(millis(&r.ended_at))
-        .bind(&r.error)
-        .execute(&mut *tx)
-        .await?;
-        for (key, value) in r.metadata.labels() {
-            sqlx::query("INSERT INTO usage_metadata (run_id, key, value) VALUES (?, ?, ?)")
-                .bind(&r.run_id)
-                .bind(key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in records.chunks(ROWS_PER_STATEMENT) {
+            insert(&mut tx, chunk).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -172,6 +151,54 @@ impl Ledger for SqliteLedger {
             .await?;
         rows.iter().map(group_from_row).collect()
     }
+}
+
+/// Inserts `records` with one statement per table: every statement is a round trip to the
+/// database thread, so a batch costs a few of them rather than one or more per record.
+async fn insert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    records: &[LedgerRecord],
+) -> Result<(), LedgerError> {
+    let metadata: Vec<String> = records
+        .iter()
+        .map(|r| serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()))
+        .collect();
+    let mut rows = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO usage_records (run_id, model, route, status, input_tokens, output_tokens,
+            cached_input_tokens, cost_nanos, ttft_ms, latency_ms, metadata, api_key_id,
+            started_at_ms, ended_at_ms, error) ",
+    );
+    rows.push_values(records.iter().zip(&metadata), |mut row, (r, metadata)| {
+        row.push_bind(&r.run_id)
+            .push_bind(&r.model)
+            .push_bind(&r.route)
+            .push_bind(r.status.as_str())
+            .push_bind(to_i64(r.input_tokens))
+            .push_bind(to_i64(r.output_tokens))
+            .push_bind(to_i64(r.cached_input_tokens))
+            .push_bind(r.cost.map(to_nanos))
+            .push_bind(r.ttft_ms.map(to_i64))
+            .push_bind(to_i64(r.latency_ms))
+            .push_bind(metadata)
+            .push_bind(&r.api_key_id)
+            .push_bind(millis(&r.started_at))
+            .push_bind(millis(&r.ended_at))
+            .push_bind(&r.error);
+    });
+    rows.build().execute(&mut **tx).await?;
+    let labels: Vec<(&str, &str, String)> = records
+        .iter()
+        .flat_map(|r| r.metadata.labels().map(move |(k, v)| (r.run_id.as_str(), k, v)))
+        .collect();
+    if !labels.is_empty() {
+        let mut rows =
+            QueryBuilder::<Sqlite>::new("INSERT INTO usage_metadata (run_id, key, value) ");
+        rows.push_values(&labels, |mut row, (run_id, key, value)| {
+            row.push_bind(*run_id).push_bind(*key).push_bind(value);
+        });
+        rows.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 fn group_from_row(row: &SqliteRow) -> Result<UsageGroup, LedgerError> {

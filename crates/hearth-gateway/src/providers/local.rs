@@ -91,10 +91,12 @@ fn sampling_params(request: &CanonicalRequest) -> SamplingParams {
         top_p: s.top_p.unwrap_or(defaults.top_p),
         presence_penalty: s.presence_penalty.unwrap_or(defaults.presence_penalty),
         frequency_penalty: s.frequency_penalty.unwrap_or(defaults.frequency_penalty),
+        min_p: s.min_p.unwrap_or(defaults.min_p),
+        repetition_penalty: s.repetition_penalty.unwrap_or(defaults.repetition_penalty),
+        ignore_eos: s.ignore_eos.unwrap_or(defaults.ignore_eos),
         seed: s.seed,
         max_tokens: request.max_tokens.map_or(DEFAULT_MAX_TOKENS, |m| m as usize),
         stop: request.stop.clone(),
-        ..defaults
     }
 }
 

@@ -74,8 +74,8 @@ impl Provider for OpenAiProvider {
 
 // Request.
 
-/// OpenAI's current models take `max_completion_tokens` and refuse `top_k`; compatible servers
-/// know `max_tokens` and often `top_k`.
+/// OpenAI's current models take `max_completion_tokens` and refuse `top_k` and the other engine
+/// extensions; compatible servers know `max_tokens` and often the extensions.
 fn wire_request(
     request: &CanonicalRequest,
     model: &str,
@@ -85,6 +85,9 @@ fn wire_request(
     if !compatible {
         body.max_completion_tokens = body.max_tokens.take();
         body.top_k = None;
+        body.min_p = None;
+        body.repetition_penalty = None;
+        body.ignore_eos = None;
     }
     body
 }
@@ -115,7 +118,11 @@ mod tests {
             model: "x".into(),
             messages: vec![Message::text(MessageRole::User, "hi")],
             max_tokens: Some(7),
-            sampling: hearth_protocol::SamplingOptions { top_k: Some(3), ..Default::default() },
+            sampling: hearth_protocol::SamplingOptions {
+                top_k: Some(3),
+                ignore_eos: Some(true),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let openai = wire_request(&request, "gpt", false);
@@ -126,5 +133,6 @@ mod tests {
         let compat = wire_request(&request, "qwen", true);
         assert_eq!((compat.max_tokens, compat.top_k), (Some(7), Some(3)));
         assert_eq!(compat.stream, Some(true));
+        assert_eq!((openai.ignore_eos, compat.ignore_eos), (None, Some(true)));
     }
 }

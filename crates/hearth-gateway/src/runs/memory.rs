@@ -6,8 +6,11 @@
 //! edge). A running run is never cut: its events keep being appended past the bound, and the
 //! next eviction makes room again. Finished runs expire `ttl` after they end; expired runs are
 //! dropped lazily, whenever the store is touched.
+//!
+//! Finished runs are also queued in the order they ended, so expiry and eviction take them from
+//! the front: creating a run costs O(1) amortized however many runs the store holds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,10 +29,17 @@ use crate::config::GatewaySettings;
 const EVENT_OVERHEAD_BYTES: usize = 64;
 
 pub struct InMemoryRunStore {
-    runs: Mutex<HashMap<String, Arc<RunBuffer>>>,
+    runs: Mutex<Runs>,
     used_bytes: AtomicUsize,
     ttl: Duration,
     max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Runs {
+    by_id: HashMap<String, Arc<RunBuffer>>,
+    /// Finished runs, oldest end first. An id whose run is already gone is skipped.
+    finished: VecDeque<(Instant, String)>,
 }
 
 struct RunBuffer {
@@ -69,13 +79,14 @@ impl InMemoryRunStore {
 
     // A std Mutex is right here: it is never held across an await, and critical sections are
     // a few map operations.
-    fn runs(&self) -> MutexGuard<'_, HashMap<String, Arc<RunBuffer>>> {
+    fn runs(&self) -> MutexGuard<'_, Runs> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, run_id: &str) -> Result<Arc<RunBuffer>, RunError> {
         let mut runs = self.runs();
-        let run = runs.get(run_id).cloned().ok_or_else(|| RunError::NotFound(run_id.into()))?;
+        let run =
+            runs.by_id.get(run_id).cloned().ok_or_else(|| RunError::NotFound(run_id.into()))?;
         if self.is_expired(&run, Instant::now()) {
             self.remove(&mut runs, run_id);
             return Err(RunError::NotFound(run_id.into()));
@@ -87,30 +98,23 @@ impl InMemoryRunStore {
         run.state().ended.is_some_and(|ended| now >= ended + self.ttl)
     }
 
-    fn remove(&self, runs: &mut HashMap<String, Arc<RunBuffer>>, run_id: &str) {
-        if let Some(run) = runs.remove(run_id) {
+    fn remove(&self, runs: &mut Runs, run_id: &str) {
+        if let Some(run) = runs.by_id.remove(run_id) {
             self.used_bytes.fetch_sub(run.state().bytes, Ordering::AcqRel);
         }
     }
 
-    /// Drops expired runs, then evicts finished runs oldest-first while over the bound.
-    fn make_room(&self, runs: &mut HashMap<String, Arc<RunBuffer>>) {
+    /// Drops expired runs, then evicts finished runs oldest-first while over the bound; both
+    /// from the front of the queue of finished runs.
+    fn make_room(&self, runs: &mut Runs) {
         let now = Instant::now();
-        let expired: Vec<String> =
-            runs.values().filter(|r| self.is_expired(r, now)).map(|r| r.id.clone()).collect();
-        expired.iter().for_each(|id| self.remove(runs, id));
-        if self.used_bytes() < self.max_bytes {
-            return;
-        }
-        let mut finished: Vec<(Instant, String)> = runs
-            .values()
-            .filter_map(|r| r.state().ended.map(|ended| (ended, r.id.clone())))
-            .collect();
-        finished.sort();
-        for (_, id) in finished {
-            if self.used_bytes() < self.max_bytes {
+        while let Some((ended, id)) = runs.finished.front() {
+            let over_bound = self.used_bytes() >= self.max_bytes;
+            if !over_bound && now < *ended + self.ttl {
                 break;
             }
+            let id = id.clone();
+            runs.finished.pop_front();
             self.remove(runs, &id);
         }
     }
@@ -153,7 +157,7 @@ fn event_bytes(event: &CanonicalEvent) -> usize {
 impl RunStore for InMemoryRunStore {
     async fn create(&self, run_id: &str, model: &str) -> Result<CancellationToken, RunError> {
         let mut runs = self.runs();
-        if runs.contains_key(run_id) {
+        if runs.by_id.contains_key(run_id) {
             return Err(RunError::AlreadyExists(run_id.into()));
         }
         self.make_room(&mut runs);
@@ -179,7 +183,7 @@ impl RunStore for InMemoryRunStore {
             subscribers: AtomicUsize::new(0),
             delivered: AtomicBool::new(false),
         };
-        runs.insert(run_id.into(), Arc::new(run));
+        runs.by_id.insert(run_id.into(), Arc::new(run));
         Ok(cancel)
     }
 
@@ -209,13 +213,15 @@ impl RunStore for InMemoryRunStore {
 
     async fn finish(&self, run_id: &str, status: RunStatus) -> Result<RunInfo, RunError> {
         let run = self.get(run_id)?;
+        let ended = Instant::now();
         let len = {
             let mut state = run.state();
             state.status = status;
             state.finished_at = Some(Utc::now());
-            state.ended = Some(Instant::now());
+            state.ended = Some(ended);
             state.events.len() as u64
         };
+        self.runs().finished.push_back((ended, run_id.to_owned()));
         // Wakes subscribers waiting past the last event, so they see the end.
         run.len_tx.send_replace(len);
         Ok(run.info())

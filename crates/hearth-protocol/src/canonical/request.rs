@@ -128,6 +128,15 @@ pub struct SamplingOptions {
     pub presence_penalty: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f32>,
+    /// Engine extensions (vLLM's names), honoured by local routes and forwarded to
+    /// OpenAI-compatible servers; OpenAI, Anthropic and Gemini have no equivalent and drop them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    /// Keep generating past end-of-sequence tokens, up to `max_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
 }
 
 impl CanonicalRequest {
@@ -162,7 +171,14 @@ impl CanonicalRequest {
         check("temperature", s.temperature, 0.0, 2.0)?;
         check("top_p", s.top_p, 0.0, 1.0)?;
         check("presence_penalty", s.presence_penalty, -2.0, 2.0)?;
-        check("frequency_penalty", s.frequency_penalty, -2.0, 2.0)
+        check("frequency_penalty", s.frequency_penalty, -2.0, 2.0)?;
+        check("min_p", s.min_p, 0.0, 1.0)?;
+        match s.repetition_penalty {
+            Some(v) if !(v.is_finite() && v > 0.0) => {
+                Err(ValidationError::new("repetition_penalty", format!("must be > 0, got {v}")))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn validate_tools(&self) -> Result<(), ValidationError> {

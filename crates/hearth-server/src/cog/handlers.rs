@@ -10,7 +10,7 @@ use super::target::{CogModel, CogModelState};
 use crate::state::AppState;
 
 /// The Cog HTTP API version these routes follow (coglet's, whose response shapes we match).
-const COG_VERSION: &str = "0.21.0";
+pub(crate) const COG_VERSION: &str = "0.21.0";
 
 pub(crate) async fn index(target: CogModel) -> Json<Value> {
     let url = |path: &str| format!("{}{path}", target.prefix);

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::answer;
 use super::error::OpenAiError;
 use super::extract::OpenAiJson;
-use super::response::{Encoder, Header, Surface};
+use super::response::{Encoder, Header};
 use super::sampling::{find_model, CommonFields};
 use crate::state::AppState;
 
@@ -87,7 +87,6 @@ pub(crate) async fn completions(
     let sampling = common.sampling(engine.info().context_length)?;
     let request = GenerateRequest { prompt: fields.prompt()?, sampling };
     let stream = engine.submit(request).map_err(|err| OpenAiError::from_submit(err, "prompt"))?;
-    let encoder =
-        Encoder { surface: Surface::Completions, header: Header::new("cmpl", &common.model) };
+    let encoder = Encoder { header: Header::new("cmpl", &common.model) };
     answer(&state, stream, encoder, &common).await
 }

@@ -8,6 +8,7 @@ use hearth_engine::SubmitError;
 use serde_json::{json, Value};
 
 use crate::body::{BodyError, FieldError};
+use crate::relay::{decorate, RelayError};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenAiError {
@@ -30,6 +31,9 @@ pub(crate) enum OpenAiError {
     ShuttingDown,
     #[error("Generation failed: {0}")]
     Generation(String),
+    /// A request through the gateway failed; the relay knows its status.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
 }
 
 impl OpenAiError {
@@ -67,6 +71,7 @@ impl OpenAiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Relay(e) => e.status(),
         }
     }
 
@@ -90,6 +95,14 @@ impl OpenAiError {
             Self::Overloaded { .. } => ("server_error", None, Some("overloaded")),
             Self::ShuttingDown => ("server_error", None, Some("shutting_down")),
             Self::Generation(_) => ("server_error", None, None),
+            Self::Relay(e) => {
+                let kind = match e.status().as_u16() {
+                    429 => "rate_limit_error",
+                    400..=499 => "invalid_request_error",
+                    _ => "server_error",
+                };
+                (kind, e.param(), e.code())
+            }
         }
     }
 
@@ -115,9 +128,18 @@ impl From<FieldError> for OpenAiError {
     }
 }
 
+impl From<hearth_protocol::ValidationError> for OpenAiError {
+    fn from(err: hearth_protocol::ValidationError) -> Self {
+        Self::invalid(&err.field, err.to_string())
+    }
+}
+
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
+        if let Self::Relay(relay) = &self {
+            return decorate(response, relay);
+        }
         if let Self::Overloaded { retry_after_secs, .. } = self {
             response
                 .headers_mut()

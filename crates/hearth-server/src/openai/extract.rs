@@ -17,6 +17,11 @@ impl OpenAiJson {
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, OpenAiError> {
         Ok(typed(self.0.clone())?)
     }
+
+    /// The last typed view, which takes the body instead of copying it.
+    pub(crate) fn into_typed<T: DeserializeOwned>(self) -> Result<T, OpenAiError> {
+        Ok(typed(self.0)?)
+    }
 }
 
 impl FromRequest<AppState> for OpenAiJson {

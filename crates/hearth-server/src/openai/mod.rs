@@ -2,6 +2,7 @@
 
 mod chat;
 mod completions;
+mod embeddings;
 mod error;
 mod extract;
 mod models;
@@ -25,6 +26,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         // A wildcard, since model ids may contain `/`.
         .route("/v1/models/{*model}", get(models::retrieve))

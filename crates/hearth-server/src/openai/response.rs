@@ -1,4 +1,5 @@
-//! OpenAI's response objects, for both endpoints, whole and as stream chunks.
+//! OpenAI's `text_completion` objects for `/v1/completions`, whole and as stream chunks. (Chat
+//! completions go through the gateway and use the protocol crate's wire encoders.)
 
 use hearth_protocol::Usage;
 use serde_json::{json, Value};
@@ -31,25 +32,17 @@ impl Header {
     }
 }
 
-/// Which endpoint's object shapes to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Surface {
-    Chat,
-    Completions,
-}
-
 /// Builds one request's response objects.
 #[derive(Debug, Clone)]
 pub(crate) struct Encoder {
-    pub surface: Surface,
     pub header: Header,
 }
 
 impl Encoder {
-    fn envelope(&self, object: &'static str, choices: Vec<Value>, usage: Option<Value>) -> Value {
+    fn envelope(&self, choices: Vec<Value>, usage: Option<Value>) -> Value {
         let mut envelope = json!({
             "id": self.header.id,
-            "object": object,
+            "object": "text_completion",
             "created": self.header.created,
             "model": self.header.model,
             "choices": choices,
@@ -60,70 +53,25 @@ impl Encoder {
         envelope
     }
 
-    fn chunk_object(&self) -> &'static str {
-        match self.surface {
-            Surface::Chat => "chat.completion.chunk",
-            Surface::Completions => "text_completion",
-        }
+    fn choice(text: &str, finish_reason: Option<&str>) -> Value {
+        json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason })
     }
 
     /// The whole, non-streamed response.
     pub(crate) fn complete(&self, text: String, finish_reason: &str, used: &Usage) -> Value {
-        let choice = match self.surface {
-            Surface::Chat => json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": text },
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }),
-            Surface::Completions => {
-                json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason })
-            }
-        };
-        let object = match self.surface {
-            Surface::Chat => "chat.completion",
-            Surface::Completions => "text_completion",
-        };
-        self.envelope(object, vec![choice], Some(usage(used)))
-    }
-
-    fn chunk(&self, choice: Value) -> Value {
-        self.envelope(self.chunk_object(), vec![choice], None)
-    }
-
-    /// The chunk that opens a chat stream (it names the role); completions have none.
-    pub(crate) fn opening_chunk(&self) -> Option<Value> {
-        (self.surface == Surface::Chat).then(|| {
-            self.chunk(json!({
-                "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null,
-            }))
-        })
+        self.envelope(vec![Self::choice(&text, Some(finish_reason))], Some(usage(used)))
     }
 
     pub(crate) fn text_chunk(&self, text: &str) -> Value {
-        match self.surface {
-            Surface::Chat => self.chunk(json!({
-                "index": 0, "delta": { "content": text }, "logprobs": null, "finish_reason": null,
-            })),
-            Surface::Completions => self.chunk(
-                json!({ "index": 0, "text": text, "logprobs": null, "finish_reason": null }),
-            ),
-        }
+        self.envelope(vec![Self::choice(text, None)], None)
     }
 
     pub(crate) fn finish_chunk(&self, finish_reason: &str) -> Value {
-        match self.surface {
-            Surface::Chat => self.chunk(json!({
-                "index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_reason,
-            })),
-            Surface::Completions => self.chunk(
-                json!({ "index": 0, "text": "", "logprobs": null, "finish_reason": finish_reason }),
-            ),
-        }
+        self.envelope(vec![Self::choice("", Some(finish_reason))], None)
     }
 
     /// The last chunk when `stream_options.include_usage` is set: no choices, only usage.
     pub(crate) fn usage_chunk(&self, used: &Usage) -> Value {
-        self.envelope(self.chunk_object(), Vec::new(), Some(usage(used)))
+        self.envelope(Vec::new(), Some(usage(used)))
     }
 }

@@ -1,8 +1,8 @@
-//! Answering from a generation: as one JSON response, or as OpenAI's SSE chunk stream.
+//! Answering a `/v1/completions` generation: as one JSON response, or as OpenAI's SSE chunk
+//! stream.
 //!
-//! A stream is: (chat only) a chunk with the assistant role, content chunks, a chunk with the
-//! finish reason, (with `include_usage`) a chunk with no choices and the usage, then
-//! `data: [DONE]`. A stream that fails after it started ends with `data: {"error": …}` and no
+//! A stream is: content chunks, a chunk with the finish reason, (with `include_usage`) a chunk
+//! with no choices and the usage, then `data: [DONE]`. A stream that fails after it started ends with `data: {"error": …}` and no
 //! `[DONE]`, so a client never mistakes it for a clean, complete answer.
 
 use std::convert::Infallible;
@@ -48,8 +48,7 @@ pub(crate) fn stream(
     include_usage: bool,
     keep_alive: Duration,
 ) -> Response {
-    let opening: Vec<Event> = encoder.opening_chunk().iter().map(data).collect();
-    let rest = stream::unfold(Some(generation), move |generation| {
+    let events = stream::unfold(Some(generation), move |generation| {
         let encoder = encoder.clone();
         async move {
             let mut generation = generation?;
@@ -58,7 +57,7 @@ pub(crate) fn stream(
             Some((events, more.then_some(generation)))
         }
     });
-    let events = stream::iter(opening).chain(rest.flat_map(stream::iter)).map(Ok::<_, Infallible>);
+    let events = events.flat_map(stream::iter).map(Ok::<_, Infallible>);
     Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive)).into_response()
 }
 

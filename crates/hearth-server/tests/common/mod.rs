@@ -1,8 +1,12 @@
 //! Shared test setup: the tiny model package, an app over it, and request helpers.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod fake;
+pub mod harness;
+pub mod ledger;
+
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
@@ -10,7 +14,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use candle_core::Device;
 use hearth_engine::{Engine, EngineConfig};
-use hearth_gateway::{Catalog, LocalModel};
+use hearth_gateway::{Catalog, Gateway, GatewaySettings, LocalModel};
 use hearth_package::Package;
 use hearth_server::{router, AppState, ServerConfig};
 use serde_json::Value;
@@ -53,8 +57,17 @@ pub fn test_config() -> ServerConfig {
     config
 }
 
+/// An app over `catalog`, its gateway keeping the ledger in memory.
 pub fn app_with(catalog: Catalog, config: ServerConfig) -> (AppState, Router) {
-    let state = AppState::new(catalog, config).expect("state builds");
+    let settings = GatewaySettings::default();
+    let runs = hearth_gateway::runs::InMemoryRunStore::from_settings(&settings);
+    let ledger = ledger::MemoryLedger::default();
+    let gateway = Gateway::new(catalog, &settings, Arc::new(runs), Arc::new(ledger));
+    app_over(gateway, config)
+}
+
+pub fn app_over(gateway: Gateway, config: ServerConfig) -> (AppState, Router) {
+    let state = AppState::new(gateway, config).expect("state builds");
     (state.clone(), router(state))
 }
 
@@ -150,4 +163,41 @@ pub async fn wait_for_health(app: &Router, check: impl Fn(&Value) -> bool) -> Va
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the model's health never reached the expected state");
+}
+
+/// One SSE frame with its `id:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    pub id: Option<u64>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Every frame of `text` with its id, comments skipped.
+pub fn sse_frames(text: &str) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    for block in text.split("\n\n") {
+        let mut frame = Frame { id: None, event: None, data: String::new() };
+        let mut data = Vec::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id:") {
+                frame.id = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                frame.event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+            }
+        }
+        if !data.is_empty() {
+            frame.data = data.join("\n");
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
 }

@@ -52,6 +52,7 @@ pub fn to_canonical(
             seed: config.seed.map(|s| s as u32 as u64),
             presence_penalty: config.presence_penalty,
             frequency_penalty: config.frequency_penalty,
+            ..Default::default()
         },
         max_tokens: config.max_output_tokens,
         stop: config.stop_sequences,

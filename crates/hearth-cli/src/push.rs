@@ -1,0 +1,136 @@
+//! `hearth push DIR [--to URL] [--name NAME]`: uploads a package directory to a running daemon,
+//! which validates, installs and serves it.
+//!
+//! The upload is a plain tar stream (the format `hearth_package::archive` documents), written
+//! file by file on a separate thread into a small bounded channel that feeds the request body:
+//! only a few chunks are ever in memory, whatever the package's size.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use futures::TryStreamExt;
+use hearth_package::archive::PackPlan;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::{header, Method};
+use tokio::sync::mpsc;
+
+use crate::models_cmd::{answer, DaemonArgs};
+
+/// Bytes per body chunk.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks buffered between the tar writer and the connection.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The package directory (cog.yaml, config.json, weights, tokenizer, ...).
+    dir: PathBuf,
+    /// Name to serve it as (default: the package's own name: hearth.yaml `name`, cog.yaml
+    /// `model`, or the directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+pub fn run(args: PushArgs) -> anyhow::Result<()> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => hearth_package::read_name(&args.dir)
+            .with_context(|| format!("reading the package name in {}", args.dir.display()))?,
+    };
+    let plan = PackPlan::new(&args.dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let body = runtime.block_on(upload(&args.daemon, &name, plan))?;
+    let replaced = body["replaced"].as_bool().unwrap_or(false);
+    let url = body["predict_url"].as_str().unwrap_or("");
+    println!("{name} is {}: {url}", if replaced { "replaced and serving" } else { "serving" });
+    Ok(())
+}
+
+async fn upload(
+    daemon: &DaemonArgs,
+    name: &str,
+    plan: PackPlan,
+) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::new();
+    // A wrong token or an unreachable daemon should fail before gigabytes are sent.
+    let probe = daemon.request(&client, Method::GET, "/admin/models").send().await;
+    answer(probe.with_context(|| format!("reaching {}", daemon.to))?).await?;
+
+    let bar = byte_bar(plan.archive_bytes(), name);
+    let (chunks, receiver) = mpsc::channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
+    let writer = std::thread::spawn(move || write_archive(&plan, chunks));
+    let counted = bar.clone();
+    let stream = futures::stream::unfold(receiver, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
+    let response = daemon
+        .request(&client, Method::PUT, &format!("/admin/models/{name}"))
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await;
+    bar.finish_and_clear();
+    if let Ok(Err(err)) = writer.join() {
+        bail!("packing the package failed: {err}");
+    }
+    answer(response.with_context(|| format!("uploading to {}", daemon.to))?).await
+}
+
+fn byte_bar(total: u64, name: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{prefix} uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(name.to_owned());
+    bar
+}
+
+/// Writes the archive into `chunks`; stops early (with the error) when the request is gone.
+fn write_archive(plan: &PackPlan, chunks: mpsc::Sender<io::Result<Vec<u8>>>) -> anyhow::Result<()> {
+    let writer = ChunkWriter { chunks: chunks.clone(), buffer: Vec::with_capacity(CHUNK_BYTES) };
+    let result = plan
+        .write(writer)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut writer| writer.flush().context("sending the archive"));
+    if let Err(err) = &result {
+        // Ends the body with an error, so the daemon sees a broken upload, not a short one.
+        let _ = chunks.blocking_send(Err(io::Error::other(format!("{err:#}"))));
+    }
+    result
+}
+
+/// A `Write` that hands full chunks to the request body.
+struct ChunkWriter {
+    chunks: mpsc::Sender<io::Result<Vec<u8>>>,
+    buffer: Vec<u8>,
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK_BYTES - self.buffer.len();
+        let taken = data.len().min(room);
+        self.buffer.extend_from_slice(&data[..taken]);
+        if self.buffer.len() == CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+        self.chunks
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}

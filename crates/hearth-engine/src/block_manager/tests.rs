@@ -1,0 +1,237 @@
+use super::*;
+
+const BLOCK_SIZE: usize = 4;
+
+fn manager(num_blocks: usize) -> BlockManager {
+    BlockManager::new(num_blocks, BLOCK_SIZE, true)
+}
+
+/// A waiting sequence over `tokens`, hashed the way the scheduler hashes it.
+fn seq(manager: &BlockManager, id: u64, tokens: &[u32]) -> Sequence {
+    let mut seq = Sequence::new(id, tokens.to_vec(), 8, 0);
+    manager.hash_full_blocks(&mut seq);
+    seq
+}
+
+/// What a step does for one sequence: blocks for `num_tokens` more, computed, published.
+fn compute(manager: &mut BlockManager, seq: &mut Sequence, num_tokens: usize) {
+    assert!(manager.may_append(seq, num_tokens), "blocks for {num_tokens} tokens");
+    seq.num_computed_tokens += num_tokens;
+    manager.cache_full_blocks(seq);
+}
+
+/// Admits `seq` and computes the rest of its tokens; returns the tokens taken from the cache.
+fn admit_and_prefill(manager: &mut BlockManager, seq: &mut Sequence) -> usize {
+    assert!(manager.can_allocate(seq, 0));
+    let num_hit_tokens = manager.allocate(seq);
+    let remaining = seq.remaining_to_compute();
+    compute(manager, seq, remaining);
+    num_hit_tokens
+}
+
+fn tokens(range: std::ops::Range<u32>) -> Vec<u32> {
+    range.collect()
+}
+
+#[test]
+fn num_blocks_for_rounds_up() {
+    let manager = manager(8);
+    assert_eq!(manager.num_blocks_for(0), 0);
+    assert_eq!(manager.num_blocks_for(1), 1);
+    assert_eq!(manager.num_blocks_for(4), 1);
+    assert_eq!(manager.num_blocks_for(5), 2);
+    assert_eq!(manager.num_blocks_for(32), 8);
+}
+
+#[test]
+fn hashes_chain_over_full_blocks_only() {
+    let manager = manager(8);
+    let a = seq(&manager, 1, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(a.block_hashes.len(), 2, "the ninth token does not fill a block");
+    assert_eq!(a.block_hashes[0], hash_block(None, &[1, 2, 3, 4]));
+    assert_eq!(a.block_hashes[1], hash_block(Some(a.block_hashes[0]), &[5, 6, 7, 8]));
+
+    let same = seq(&manager, 2, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(same.block_hashes, a.block_hashes);
+    // Same second block after a different first block: a different chain.
+    let other = seq(&manager, 3, &[9, 2, 3, 4, 5, 6, 7, 8]);
+    assert_ne!(other.block_hashes[1], a.block_hashes[1]);
+
+    let off = BlockManager::new(8, BLOCK_SIZE, false);
+    assert!(seq(&off, 4, &[1, 2, 3, 4]).block_hashes.is_empty());
+}
+
+#[test]
+fn blocks_grow_as_tokens_are_scheduled_with_exact_counts() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..6));
+    assert_eq!(manager.allocate(&mut a), 0);
+    assert!(a.block_table.is_empty(), "admission takes no block for uncomputed tokens");
+    compute(&mut manager, &mut a, 3);
+    assert_eq!((a.block_table.len(), manager.num_free_blocks()), (1, 7));
+    compute(&mut manager, &mut a, 3);
+    assert_eq!((a.block_table.len(), manager.num_free_blocks()), (2, 6));
+    assert!(manager.can_append(&a, 4 * 6 + 2), "six more blocks are free");
+    assert!(!manager.can_append(&a, 4 * 6 + 3));
+    assert!(!manager.may_append(&mut a, 100));
+    assert_eq!(manager.num_free_blocks(), 6, "a refused append takes nothing");
+    manager.free(&mut a);
+    assert_eq!((manager.num_free_blocks(), manager.num_used_blocks()), (8, 0));
+    assert_eq!((a.num_computed_tokens, a.num_cached_blocks), (0, 0));
+}
+
+#[test]
+fn a_freed_prefix_is_attached_again_by_a_later_sequence() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..10));
+    assert_eq!(admit_and_prefill(&mut manager, &mut a), 0);
+    assert_eq!(manager.num_cached_blocks(), 2, "two full computed blocks are published");
+    let prefix = a.block_table[..2].to_vec();
+    manager.free(&mut a);
+    assert_eq!(manager.num_free_blocks(), 8, "cached blocks count as free");
+
+    let mut b = seq(&manager, 2, &[tokens(0..8), vec![77, 78, 79]].concat());
+    assert!(manager.can_allocate(&b, 0));
+    assert_eq!(manager.allocate(&mut b), 8);
+    assert_eq!(b.block_table, prefix, "the very blocks a computed");
+    assert_eq!((b.num_computed_tokens, b.num_cached_blocks), (8, 2));
+    assert_eq!(manager.num_free_blocks(), 6);
+    assert_eq!(manager.stats(), PrefixCacheStats { num_queried_tokens: 21, num_hit_tokens: 8 });
+}
+
+#[test]
+fn a_hit_always_leaves_a_token_to_compute() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..8));
+    admit_and_prefill(&mut manager, &mut a);
+    manager.free(&mut a);
+    let mut again = seq(&manager, 2, &tokens(0..8));
+    assert_eq!(manager.allocate(&mut again), 4, "the last block is computed again");
+    assert_eq!(again.remaining_to_compute(), 4);
+}
+
+#[test]
+fn a_hash_collision_is_not_reused() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..9));
+    admit_and_prefill(&mut manager, &mut a);
+
+    // Different tokens under the same hashes, as a collision would give.
+    let mut b = seq(&manager, 2, &tokens(100..109));
+    b.block_hashes.clone_from(&a.block_hashes);
+    assert_eq!(manager.allocate(&mut b), 0);
+    assert!(b.block_table.is_empty());
+    compute(&mut manager, &mut b, 9);
+    assert_eq!(b.num_cached_blocks, 0, "the taken hash is not published twice");
+    assert_eq!(manager.num_cached_blocks(), 2);
+    assert_eq!(manager.num_free_blocks(), 8 - 3 - 3);
+}
+
+#[test]
+fn a_block_computed_after_other_content_is_not_reused() {
+    let mut manager = manager(16);
+    // a = X Y, c = X' (published on its own), then b = X' Y whose second hash collides with a's.
+    let mut a = seq(&manager, 1, &[tokens(0..4), tokens(10..14), vec![99]].concat());
+    admit_and_prefill(&mut manager, &mut a);
+    let mut c = seq(&manager, 3, &[tokens(50..54), vec![99]].concat());
+    admit_and_prefill(&mut manager, &mut c);
+    let mut b = seq(&manager, 2, &[tokens(50..54), tokens(10..14), vec![99]].concat());
+    b.block_hashes[1] = a.block_hashes[1];
+    assert_eq!(manager.allocate(&mut b), 4, "X' hits, but Y's KV was computed after X");
+    assert_eq!(b.block_table, c.block_table[..1]);
+}
+
+#[test]
+fn running_sequences_share_prefix_blocks_by_reference() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..10));
+    admit_and_prefill(&mut manager, &mut a);
+    let mut b = seq(&manager, 2, &[tokens(0..8), vec![50, 51]].concat());
+    assert_eq!(admit_and_prefill(&mut manager, &mut b), 8);
+    assert_eq!(a.block_table[..2], b.block_table[..2]);
+    assert_ne!(a.block_table[2], b.block_table[2]);
+    assert_eq!(manager.num_used_blocks(), 4, "two shared blocks and one private each");
+
+    manager.free(&mut a);
+    assert_eq!(manager.num_used_blocks(), 3, "b still holds the shared prefix");
+    manager.free(&mut b);
+    assert_eq!(manager.num_used_blocks(), 0);
+    assert_eq!(manager.num_cached_blocks(), 2);
+}
+
+#[test]
+fn the_same_prefix_computed_twice_at_once_is_kept_once() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..9));
+    let mut b = seq(&manager, 2, &tokens(0..9));
+    // Both admitted before either computed anything: no hits.
+    assert_eq!(manager.allocate(&mut a), 0);
+    assert_eq!(manager.allocate(&mut b), 0);
+    compute(&mut manager, &mut a, 9);
+    compute(&mut manager, &mut b, 9);
+    assert_eq!(b.block_table[..2], a.block_table[..2], "b switched to a's published blocks");
+    assert_eq!(b.num_cached_blocks, 2);
+    assert_eq!(manager.num_used_blocks(), 4, "b's own copies went back to the free queue");
+}
+
+#[test]
+fn free_cached_blocks_are_evicted_least_recently_freed_first() {
+    let mut manager = manager(4);
+    let mut a = seq(&manager, 1, &tokens(0..5));
+    let mut b = seq(&manager, 2, &tokens(10..15));
+    admit_and_prefill(&mut manager, &mut a);
+    admit_and_prefill(&mut manager, &mut b);
+    manager.free(&mut a);
+    manager.free(&mut b);
+    assert_eq!((manager.num_free_blocks(), manager.num_cached_blocks()), (4, 2));
+
+    // Three fresh blocks: the two unpublished tail blocks go first, then a's cached block,
+    // freed before b's.
+    let mut c = seq(&manager, 3, &tokens(20..32));
+    manager.allocate(&mut c);
+    compute(&mut manager, &mut c, 12);
+    assert_eq!(manager.num_cached_blocks(), 4, "a's block evicted, b's kept, c's three added");
+    manager.free(&mut c);
+
+    let mut a_again = seq(&manager, 4, &tokens(0..5));
+    assert_eq!(manager.allocate(&mut a_again), 0, "a's prefix was evicted");
+    let mut b_again = seq(&manager, 5, &tokens(10..15));
+    assert_eq!(manager.allocate(&mut b_again), 4, "b's, freed later, survived");
+}
+
+#[test]
+fn without_prefix_caching_nothing_is_published_or_hit() {
+    let mut manager = BlockManager::new(8, BLOCK_SIZE, false);
+    let mut a = seq(&manager, 1, &tokens(0..9));
+    admit_and_prefill(&mut manager, &mut a);
+    manager.free(&mut a);
+    let mut b = seq(&manager, 2, &tokens(0..9));
+    assert_eq!(manager.allocate(&mut b), 0);
+    assert_eq!(manager.num_cached_blocks(), 0);
+    assert_eq!(manager.stats(), PrefixCacheStats::default());
+}
+
+#[test]
+fn admission_counts_free_cached_hits_and_the_spare_blocks() {
+    let mut manager = manager(4);
+    let mut a = seq(&manager, 1, &tokens(0..8));
+    admit_and_prefill(&mut manager, &mut a);
+    manager.free(&mut a);
+    // 12 tokens: two cached (free) blocks to attach plus one new block = 3 of 4 free.
+    let b = seq(&manager, 2, &tokens(0..12));
+    assert!(manager.can_allocate(&b, 1));
+    assert!(!manager.can_allocate(&b, 2));
+}
+
+#[test]
+#[should_panic(expected = "freed twice")]
+#[cfg(debug_assertions)]
+fn double_free_is_caught_in_debug_builds() {
+    let mut manager = manager(2);
+    let mut a = seq(&manager, 1, &[1]);
+    compute(&mut manager, &mut a, 1);
+    let table = a.block_table.clone();
+    manager.free(&mut a);
+    a.block_table = table;
+    manager.free(&mut a);
+}

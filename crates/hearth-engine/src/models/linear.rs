@@ -1,0 +1,110 @@
+//! The linear layer of the generative models: dense (`x · Wᵀ + b` in the model's dtype) or
+//! quantized (a ggml block-quantized weight run through candle's `QMatMul`). Which one a layer
+//! is gets decided once, when the model is built; the forward pass never branches on settings.
+//!
+//! A quantized layer computes in f32 (candle's quantized kernels take f32 activations) and hands
+//! back the model's dtype, so quantized and dense layers mix freely in one model.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Result, Tensor};
+
+/// On-load quantization of dense weights. Blocks run along a weight's input dimension: a layer
+/// whose input size is not a multiple of the block size (32 for q8_0, 256 for q4_k) stays dense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    Q8_0,
+    Q4K,
+}
+
+impl Quantization {
+    pub fn ggml_dtype(self) -> GgmlDType {
+        match self {
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4K => GgmlDType::Q4K,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Dense(candle_nn::Linear),
+    Quantized { weight: QMatMul, bias: Option<Tensor>, in_dim: usize, out_dim: usize },
+}
+
+impl Linear {
+    /// A layer over a dense `[out, in]` weight, quantized to `quantize` when its input size
+    /// allows (otherwise it stays dense and says so at debug level).
+    pub fn from_dense(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        quantize: Option<Quantization>,
+        name: &str,
+    ) -> Result<Self> {
+        let Some(q) = quantize else {
+            return Ok(Self::Dense(candle_nn::Linear::new(weight, bias)));
+        };
+        let (_, in_dim) = weight.dims2()?;
+        let block = q.ggml_dtype().block_size();
+        if in_dim % block != 0 {
+            tracing::debug!(
+                layer = name,
+                in_dim,
+                block,
+                "input size is not a multiple of the quantization block: layer stays dense"
+            );
+            return Ok(Self::Dense(candle_nn::Linear::new(weight, bias)));
+        }
+        let qtensor = QTensor::quantize(&weight.to_dtype(DType::F32)?, q.ggml_dtype())?;
+        Self::from_qtensor(qtensor, bias, weight.dtype())
+    }
+
+    /// A layer over an already quantized `[out, in]` weight (a GGUF tensor). Float ggml types
+    /// (f32, f16, bf16) become dense layers in `dtype`.
+    pub fn from_qtensor(weight: QTensor, bias: Option<Tensor>, dtype: DType) -> Result<Self> {
+        let (out_dim, in_dim) = weight.shape().dims2()?;
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        match weight.dtype() {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let device = weight.device();
+                let w = weight.dequantize(&device)?.to_dtype(dtype)?;
+                let b = bias.map(|b| b.to_dtype(dtype)).transpose()?;
+                Ok(Self::Dense(candle_nn::Linear::new(w, b)))
+            }
+            _ => Ok(Self::Quantized {
+                weight: QMatMul::QTensor(std::sync::Arc::new(weight)),
+                bias,
+                in_dim,
+                out_dim,
+            }),
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Self::Quantized { .. })
+    }
+
+    /// `(out, in)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            Self::Dense(l) => l.weight().dims2(),
+            Self::Quantized { in_dim, out_dim, .. } => Ok((*out_dim, *in_dim)),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(l) => l.forward(x),
+            Self::Quantized { weight, bias, .. } => {
+                let dtype = x.dtype();
+                let y = weight.forward(&x.to_dtype(DType::F32)?)?;
+                let y = match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                y.to_dtype(dtype)
+            }
+        }
+    }
+}

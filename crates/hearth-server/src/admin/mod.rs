@@ -1,0 +1,247 @@
+//! The admin API: install, list and remove packages while the daemon serves.
+//!
+//! | route | what |
+//! |---|---|
+//! | `PUT /admin/models/{name}` | body: the package as a plain tar stream (see [`hearth_package::archive`]); validated, installed under the models directory and loaded; answers the model id and its predict URL |
+//! | `GET /admin/models` | every model with its state: `loading`, `ready`, or `failed` with the reason |
+//! | `DELETE /admin/models/{name}` | unloads the model and deletes its package directory |
+//!
+//! With an admin token configured, every call needs `Authorization: Bearer <token>` (401
+//! otherwise). Without one, only loopback clients are answered (403 for the rest): an
+//! unauthenticated push runs arbitrary weights, so it must not be reachable from the network.
+//!
+//! A replaced or removed model's engine keeps serving the requests it has; it stops once the
+//! last of them ends and the last handle to it is dropped.
+
+mod error;
+mod install;
+mod models;
+mod push;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::routing::{get, put};
+use axum::Router;
+use hearth_gateway::{EmbeddingModel, LocalModel};
+use hearth_package::archive::ArchiveLimits;
+
+use crate::state::AppState;
+pub(crate) use error::AdminError;
+pub use install::clean_staging;
+
+/// How the admin API is set up.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// Bearer token every admin call must carry; `None` restricts the API to loopback clients.
+    pub token: Option<String>,
+    /// Where pushed packages are installed; `None` (a daemon serving `--model` directories)
+    /// refuses pushes.
+    pub models_dir: Option<PathBuf>,
+    pub limits: ArchiveLimits,
+}
+
+/// A package loaded into an engine, ready to be served.
+pub enum LoadedModel {
+    Generative(LocalModel),
+    Embedding(EmbeddingModel),
+}
+
+/// Loads a package the way the daemon does at start-up: fetches `hf://` weights, validates it
+/// completely and starts its engine. It blocks; the admin API calls it on a blocking thread.
+pub trait ModelLoader: Send + Sync + 'static {
+    /// The package's name and its loaded model, or why it was refused.
+    fn load(&self, dir: &Path) -> Result<(String, LoadedModel), String>;
+}
+
+/// What a name is busy with; one operation per name at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Receiving,
+    Loading,
+    Removing,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Receiving => "receiving",
+            Phase::Loading => "loading",
+            Phase::Removing => "removing",
+        }
+    }
+}
+
+/// The admin API's own state, shared by its handlers.
+pub struct AdminState {
+    settings: AdminSettings,
+    loader: Arc<dyn ModelLoader>,
+    busy: Mutex<BTreeMap<String, Phase>>,
+}
+
+impl AdminState {
+    pub fn new(settings: AdminSettings, loader: Arc<dyn ModelLoader>) -> Self {
+        Self { settings, loader, busy: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn busy(&self) -> MutexGuard<'_, BTreeMap<String, Phase>> {
+        // The map holds plain values; a panic elsewhere cannot leave it inconsistent.
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `name` busy until the guard drops; 409 when another operation holds it.
+    fn claim(self: &Arc<Self>, name: &str, phase: Phase) -> Result<BusyGuard, AdminError> {
+        let mut busy = self.busy();
+        if let Some(current) = busy.get(name) {
+            return Err(AdminError::Conflict(format!(
+                "model `{name}` is busy ({}); try again when that finishes",
+                current.as_str()
+            )));
+        }
+        busy.insert(name.to_owned(), phase);
+        Ok(BusyGuard { admin: self.clone(), name: name.to_owned() })
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, Phase> {
+        self.busy().clone()
+    }
+
+    fn models_dir(&self) -> Result<&Path, AdminError> {
+        self.settings.models_dir.as_deref().ok_or_else(|| {
+            AdminError::Conflict(
+                "this daemon serves --model directories, not a models directory, so it has \
+                 nowhere to install a package; start it with --models DIR"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// Holds a name busy; frees it when dropped, whatever path the operation took.
+struct BusyGuard {
+    admin: Arc<AdminState>,
+    name: String,
+}
+
+impl BusyGuard {
+    fn set(&self, phase: Phase) {
+        self.admin.busy().insert(self.name.clone(), phase);
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.admin.busy().remove(&self.name);
+    }
+}
+
+/// The admin routes; each handler authenticates through the [`Admin`] extractor.
+pub(crate) fn routes() -> Router<AppState> {
+    let model = put(push::push)
+        .delete(models::remove)
+        // Uploads are streamed to disk and bounded by the archive limits, not the body limit.
+        .layer(DefaultBodyLimit::disable());
+    Router::new().route("/admin/models", get(models::list)).route("/admin/models/{name}", model)
+}
+
+/// An authenticated admin caller.
+pub(crate) struct Admin(Arc<AdminState>);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AdminError> {
+        let admin = state.admin().ok_or_else(|| {
+            AdminError::NotFound("the admin API is not enabled on this daemon".into())
+        })?;
+        match &admin.settings.token {
+            Some(token) => check_token(parts, token)?,
+            None => check_loopback(parts)?,
+        }
+        Ok(Admin(admin.clone()))
+    }
+}
+
+fn check_token(parts: &Parts, token: &str) -> Result<(), AdminError> {
+    let given = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(AdminError::Unauthorized(
+            "the admin API needs `Authorization: Bearer <admin token>`",
+        ))?;
+    if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(AdminError::Unauthorized("the admin token is wrong"))
+    }
+}
+
+fn check_loopback(parts: &Parts) -> Result<(), AdminError> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    match peer {
+        Some(addr) if addr.ip().is_loopback() => Ok(()),
+        _ => Err(AdminError::Forbidden(
+            "no admin token is configured (HEARTH_ADMIN_TOKEN, or `token` under [admin] in \
+             hearth.toml), so the admin API answers only clients on this machine (loopback)"
+                .into(),
+        )),
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a guess was
+/// right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The URL a client predicts with: Cog's route for the model, on the host it called.
+fn predict_url(parts_host: Option<&str>, name: &str) -> String {
+    match parts_host {
+        Some(host) => format!("http://{host}/cog/{name}/predictions"),
+        None => format!("/cog/{name}/predictions"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(peer: Option<&str>, authorization: Option<&str>) -> Parts {
+        let mut request = axum::http::Request::builder();
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        if let Some(peer) = peer {
+            let addr: SocketAddr = peer.parse().unwrap();
+            request = request.extension(ConnectInfo(addr));
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_clients_are_answered() {
+        assert!(check_loopback(&parts(Some("127.0.0.1:5000"), None)).is_ok());
+        assert!(check_loopback(&parts(Some("[::1]:5000"), None)).is_ok());
+        let err = check_loopback(&parts(Some("10.1.2.3:5000"), None)).unwrap_err();
+        assert!(matches!(err, AdminError::Forbidden(_)), "{err:?}");
+        assert!(err.to_string().contains("no admin token is configured"), "{err}");
+        // No peer address known (not served through `serve`): refused, not assumed local.
+        assert!(check_loopback(&parts(None, None)).is_err());
+    }
+
+    #[test]
+    fn a_configured_token_must_be_presented_exactly() {
+        assert!(check_token(&parts(None, Some("Bearer s3cret")), "s3cret").is_ok());
+        for wrong in [None, Some("Bearer s3cre"), Some("Bearer s3cret2"), Some("Basic s3cret")] {
+            let err = check_token(&parts(Some("127.0.0.1:1"), wrong), "s3cret").unwrap_err();
+            assert!(matches!(err, AdminError::Unauthorized(_)), "{wrong:?}");
+        }
+    }
+}

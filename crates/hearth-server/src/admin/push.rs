@@ -1,0 +1,241 @@
+//! `PUT /admin/models/{name}`: receive a package, validate it, install it, serve it.
+//!
+//! The body is unpacked as it arrives into a staging directory (never held in memory), then the
+//! package is loaded exactly as at start-up (`hf://` weights, `Package::load`, engine start). Only
+//! a package that loaded is renamed into the models directory and swapped into the catalog; any
+//! failure before that deletes the staging directory and leaves the model served before, if any,
+//! untouched.
+
+use std::io;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use futures::{Stream, StreamExt, TryStreamExt};
+use hearth_package::archive::{self, ArchiveError, ArchiveLimits, Unpacked};
+use serde_json::json;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::install::{install, Staging, Trash};
+use super::{predict_url, Admin, AdminError, AdminState, BusyGuard, LoadedModel, Phase};
+use crate::state::AppState;
+
+/// Of a refused upload, the bytes read and thrown away so that a client still sending reads
+/// the answer instead of a reset connection; an unauthenticated client gets less.
+const DRAIN_BYTES: usize = 256 << 20;
+const DRAIN_BYTES_UNAUTHENTICATED: usize = 4 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+pub(crate) async fn push(
+    admin: Result<Admin, AdminError>,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let admin = match admin {
+        Ok(Admin(admin)) => admin,
+        Err(err) => return refuse(err, body, DRAIN_BYTES_UNAUTHENTICATED),
+    };
+    let job = match prepare(&state, admin, name, &headers) {
+        Ok(job) => job,
+        Err(err) => return refuse(err, body, DRAIN_BYTES),
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    // Detached, so that a client leaving mid-way cannot stop a push between its steps: the task
+    // either finishes the install or cleans up after itself.
+    match state.tasks().spawn(job.run(body)).await {
+        Ok(Ok(pushed)) => pushed.into_response(host.as_deref()),
+        Ok(Err(err)) => err.into_response(),
+        Err(err) => AdminError::Internal(format!("the push task failed: {err}")).into_response(),
+    }
+}
+
+/// Everything checked before a byte of the body is read.
+fn prepare(
+    state: &AppState,
+    admin: Arc<AdminState>,
+    name: String,
+    headers: &HeaderMap,
+) -> Result<Push, AdminError> {
+    if !hearth_package::is_valid_name(&name) {
+        return Err(AdminError::BadRequest(format!(
+            "`{name}` is not a valid model name: 1-128 characters of a-z, 0-9, '.', '_' or '-'"
+        )));
+    }
+    let models_dir = admin.models_dir()?.to_path_buf();
+    check_declared_size(headers, &admin.settings.limits)?;
+    let busy = admin.claim(&name, Phase::Receiving)?;
+    Ok(Push { state: state.clone(), admin, name, models_dir, busy })
+}
+
+fn refuse(err: AdminError, body: Body, drain_bytes: usize) -> Response {
+    drain(body.into_data_stream(), drain_bytes);
+    err.into_response()
+}
+
+/// Reads and discards what is left of a request body, in the background, up to `limit` bytes
+/// and [`DRAIN_TIME`]: the answer goes out meanwhile, and the connection then closes cleanly.
+fn drain<S, E>(mut stream: S, limit: usize)
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+{
+    tokio::spawn(async move {
+        let mut left = limit;
+        let discard = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                left = left.saturating_sub(chunk.len());
+                if left == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+    });
+}
+
+/// A `Content-Length` over the limit is refused before a byte is read.
+fn check_declared_size(headers: &HeaderMap, limits: &ArchiveLimits) -> Result<(), AdminError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limits.max_archive_bytes => {
+            Err(ArchiveError::TooLarge { limit: limits.max_archive_bytes }.into())
+        }
+        _ => Ok(()),
+    }
+}
+
+struct Push {
+    state: AppState,
+    admin: Arc<AdminState>,
+    name: String,
+    models_dir: PathBuf,
+    busy: BusyGuard,
+}
+
+struct Pushed {
+    name: String,
+    kind: &'static str,
+    replaced: bool,
+    unpacked: Unpacked,
+}
+
+impl Push {
+    async fn run(self, body: Body) -> Result<Pushed, AdminError> {
+        let started = Instant::now();
+        let staging = Staging::create(&self.models_dir, &self.name)?;
+        let limits = self.admin.settings.limits;
+        let unpacked = receive(body, staging.package_dir().to_path_buf(), limits).await?;
+        tracing::info!(model = %self.name, files = unpacked.files, bytes = unpacked.bytes, "package received; loading it");
+        self.busy.set(Phase::Loading);
+        let (staging, model) = self.load(staging).await?;
+        let kind = match model {
+            LoadedModel::Generative(_) => "generative",
+            LoadedModel::Embedding(_) => "embedding",
+        };
+        let trash = self.install(staging).await?;
+        let replaced = self.swap(model);
+        // The set-aside package may be large; delete it off the async threads.
+        tokio::task::spawn_blocking(move || drop(trash));
+        tracing::info!(
+            model = %self.name,
+            kind,
+            replaced,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "package pushed and serving"
+        );
+        Ok(Pushed { name: self.name, kind, replaced, unpacked })
+    }
+
+    /// Loads the staged package; the staging directory comes back so it lives until install.
+    async fn load(&self, staging: Staging) -> Result<(Staging, LoadedModel), AdminError> {
+        let loader = self.admin.loader.clone();
+        let dir = staging.package_dir().to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || loader.load(&dir))
+            .await
+            .map_err(|e| AdminError::Internal(format!("loading the package failed: {e}")))?;
+        let (loaded_name, model) = loaded.map_err(AdminError::Refused)?;
+        if loaded_name != self.name {
+            // `model` drops here, and with it the engine just started.
+            return Err(AdminError::Refused(format!(
+                "the package calls itself `{loaded_name}` (hearth.yaml `name` or cog.yaml \
+                 `model`) but was pushed as `{}`; push it under its own name",
+                self.name
+            )));
+        }
+        Ok((staging, model))
+    }
+
+    async fn install(&self, staging: Staging) -> Result<Trash, AdminError> {
+        let (models_dir, name) = (self.models_dir.clone(), self.name.clone());
+        tokio::task::spawn_blocking(move || install(staging, &models_dir, &name))
+            .await
+            .map_err(|e| AdminError::Internal(format!("installing the package failed: {e}")))?
+    }
+
+    /// Serves `model` as the name's current version; true when it replaced one. The old
+    /// version's engine stops on its own after its in-flight requests (see the module docs).
+    fn swap(&self, model: LoadedModel) -> bool {
+        let name = self.name.clone();
+        self.state.gateway().update_catalog(move |catalog| {
+            let replaced = catalog.remove(&name);
+            match model {
+                LoadedModel::Generative(model) => catalog.insert_ready(name, model),
+                LoadedModel::Embedding(model) => catalog.insert_embedder(name, model),
+            }
+            // A daemon without a default model (none loaded, or several) may have one now.
+            if catalog.default_model().is_none() && catalog.default_embedder().is_none() {
+                catalog.set_default(None);
+            }
+            replaced
+        })
+    }
+}
+
+impl Pushed {
+    fn into_response(self, host: Option<&str>) -> Response {
+        let status = if self.replaced { StatusCode::OK } else { StatusCode::CREATED };
+        let body = json!({
+            "id": self.name,
+            "kind": self.kind,
+            "replaced": self.replaced,
+            "predict_url": predict_url(host, &self.name),
+            "files": self.unpacked.files,
+            "bytes": self.unpacked.bytes,
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Unpacks the body into `dest` as it streams in, on a blocking thread (the tar reader is
+/// synchronous). A body that breaks off is reported as an interrupted upload.
+async fn receive(body: Body, dest: PathBuf, limits: ArchiveLimits) -> Result<Unpacked, AdminError> {
+    let body_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = body_error.clone();
+    let stream = body.into_data_stream().map_err(move |e| {
+        if let Ok(mut slot) = seen.lock() {
+            slot.get_or_insert_with(|| e.to_string());
+        }
+        io::Error::other(e)
+    });
+    let mut reader = SyncIoBridge::new(StreamReader::new(stream));
+    let (result, reader) = tokio::task::spawn_blocking(move || {
+        (archive::unpack(&mut reader, FsPath::new(&dest), &limits), reader)
+    })
+    .await
+    .map_err(|e| AdminError::Internal(format!("unpacking failed: {e}")))?;
+    // After a refusal the client may still be sending; after success, the tar stream's end
+    // padding may be unread.
+    drain(reader.into_inner().into_inner(), DRAIN_BYTES);
+    if let Some(why) = body_error.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(AdminError::Interrupted(why));
+    }
+    Ok(result?)
+}

@@ -1,0 +1,137 @@
+//! Every way a request through the gateway can fail, and the one place each maps to an HTTP
+//! status, a parameter name and a `Retry-After`. Each surface renders a [`RelayError`] in its
+//! own error shape (OpenAI, Anthropic, the run API) and decorates it with [`decorate`].
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use hearth_gateway::ledger::LedgerError;
+use hearth_gateway::{CatalogError, RunError, StartError};
+use hearth_protocol::{StreamError, ValidationError};
+
+use super::headers::set_run_headers;
+use crate::body::{BodyError, FieldError};
+
+/// Seconds a caller is told to wait after a 429 or 503. The gateway does not pass an upstream's
+/// own `Retry-After` through (it already waited out the short ones before failing over), so
+/// this is a fixed, short hint.
+const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RelayError {
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("Invalid value for `{}`: {}", .0.path.as_deref().unwrap_or("body"), .0.message)]
+    Field(FieldError),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("header `{name}`: {message}")]
+    Header { name: &'static str, message: String },
+    #[error("query parameter `{param}`: {message}")]
+    Query { param: &'static str, message: String },
+    /// The gateway refused the request, or no route answered.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The run broke off after its route committed, for a caller waiting for one whole answer.
+    #[error("the run failed: {error}")]
+    Failed { run_id: String, route: String, error: StreamError },
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("usage query failed: {0}")]
+    Ledger(#[from] LedgerError),
+}
+
+impl From<FieldError> for RelayError {
+    fn from(err: FieldError) -> Self {
+        // serde names a missing field only in its message ("missing field `model`").
+        let path = err.path.clone().or_else(|| {
+            let rest = err.message.strip_prefix("missing field `")?;
+            rest.split('`').next().map(str::to_owned)
+        });
+        Self::Field(FieldError { path, message: err.message })
+    }
+}
+
+impl RelayError {
+    pub(crate) fn status(&self) -> StatusCode {
+        let code = match self {
+            Self::Body(BodyError::TooLarge { .. }) => 413,
+            Self::Body(_) | Self::Field(_) | Self::Invalid(_) => 400,
+            Self::Header { .. } | Self::Query { .. } => 400,
+            Self::Start(e) => e.http_status(),
+            Self::Failed { error, .. } => error.kind.http_status(),
+            Self::Run(e) => e.http_status(),
+            Self::Ledger(_) => 500,
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The request field, header or query parameter at fault, when one is.
+    pub(crate) fn param(&self) -> Option<&str> {
+        match self {
+            Self::Field(e) => e.path.as_deref(),
+            Self::Invalid(e) | Self::Start(StartError::Invalid(e)) => Some(&e.field),
+            Self::Header { name, .. } => Some(name),
+            Self::Query { param, .. } => Some(param),
+            Self::Start(StartError::Model(_)) => Some("model"),
+            Self::Start(StartError::Metadata(_)) => Some("metadata"),
+            _ => None,
+        }
+    }
+
+    /// A machine-readable code for the errors callers act on.
+    pub(crate) fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::Body(BodyError::TooLarge { .. }) => Some("request_too_large"),
+            Self::Body(_) => Some("invalid_json"),
+            Self::Start(StartError::Model(CatalogError::NotFound(_))) => Some("model_not_found"),
+            Self::Start(StartError::Model(CatalogError::Unavailable { .. })) => {
+                Some("model_unavailable")
+            }
+            Self::Run(RunError::NotFound(_)) => Some("run_not_found"),
+            Self::Run(RunError::BadCursor { .. }) => Some("bad_cursor"),
+            _ => match self.status().as_u16() {
+                429 => Some("rate_limit_exceeded"),
+                503 => Some("overloaded"),
+                504 => Some("timeout"),
+                _ => None,
+            },
+        }
+    }
+
+    fn run(&self) -> Option<(&str, Option<&str>)> {
+        match self {
+            Self::Start(e) => e.run_id().map(|id| (id, None)),
+            Self::Failed { run_id, route, .. } => Some((run_id, Some(route))),
+            _ => None,
+        }
+    }
+}
+
+/// Anthropic's error type names, which also serve the run API: they say what happened without
+/// naming a vendor.
+pub(crate) fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        499 => "cancelled_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// What every surface's error response carries besides its body: `Retry-After` on 429 and 503,
+/// and the run's headers when the run exists.
+pub(crate) fn decorate(mut response: Response, error: &RelayError) -> Response {
+    if matches!(response.status().as_u16(), 429 | 503) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    if let Some((run_id, route)) = error.run() {
+        set_run_headers(response.headers_mut(), run_id, route);
+    }
+    response
+}

@@ -1,0 +1,180 @@
+//! The wire format a run's stream is written in, and a bounded memory of it per run, so that a
+//! caller who resumes gets the rest in the format its first connection used.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use hearth_protocol::wire::{anthropic, openai, SseFrame};
+use hearth_protocol::CanonicalEvent;
+
+/// Enough to rebuild a run's encoder from scratch. Encoders hold state (Anthropic's open block,
+/// OpenAI's usage until the end), so a resume replays the run's earlier events into a fresh
+/// encoder and drops what it writes for them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StreamFormat {
+    /// OpenAI `chat.completion.chunk`s, ending with `[DONE]`.
+    OpenAiChat(OpenAiChat),
+    /// Anthropic's `message_start` … `message_stop` events.
+    Anthropic(AnthropicMessage),
+    /// The run API's own: each canonical event as JSON, its SSE event name the event's `type`.
+    Run,
+}
+
+/// What every chunk (and the whole answer) of one OpenAI chat completion shares. Ids derive from
+/// the run id, so a chunk id in a client's log leads to the run.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OpenAiChat {
+    pub id: String,
+    pub created: i64,
+    /// The model id the caller asked for; the route serving it is in `x-hearth-route`.
+    pub model: String,
+    pub include_usage: bool,
+}
+
+impl OpenAiChat {
+    pub(crate) fn new(run_id: &str, model: &str, include_usage: bool) -> Self {
+        Self {
+            id: format!("chatcmpl-{}", run_suffix(run_id)),
+            created: chrono::Utc::now().timestamp(),
+            model: model.to_owned(),
+            include_usage,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AnthropicMessage {
+    pub id: String,
+    pub model: String,
+}
+
+impl AnthropicMessage {
+    pub(crate) fn new(run_id: &str, model: &str) -> Self {
+        Self { id: format!("msg_{}", run_suffix(run_id)), model: model.to_owned() }
+    }
+}
+
+impl StreamFormat {
+    pub(crate) fn encoder(&self) -> Encoder {
+        match self {
+            Self::OpenAiChat(c) => Encoder::OpenAiChat(openai::StreamEncoder::new(
+                c.id.as_str(),
+                c.model.as_str(),
+                c.created,
+                c.include_usage,
+            )),
+            Self::Anthropic(m) => {
+                Encoder::Anthropic(anthropic::StreamEncoder::new(m.id.as_str(), m.model.as_str()))
+            }
+            Self::Run => Encoder::Run,
+        }
+    }
+}
+
+fn run_suffix(run_id: &str) -> &str {
+    run_id.strip_prefix("run_").unwrap_or(run_id)
+}
+
+/// Canonical events → the SSE frames of one format.
+pub(crate) enum Encoder {
+    OpenAiChat(openai::StreamEncoder),
+    Anthropic(anthropic::StreamEncoder),
+    Run,
+}
+
+impl Encoder {
+    pub(crate) fn encode(&mut self, event: &CanonicalEvent) -> Vec<SseFrame> {
+        match self {
+            Self::OpenAiChat(encoder) => encoder.encode(event),
+            Self::Anthropic(encoder) => encoder.encode(event),
+            Self::Run => vec![run_frame(event)],
+        }
+    }
+}
+
+fn run_frame(event: &CanonicalEvent) -> SseFrame {
+    let name = match event {
+        CanonicalEvent::MessageStart { .. } => "message_start",
+        CanonicalEvent::TextDelta { .. } => "text_delta",
+        CanonicalEvent::ToolCallStart { .. } => "tool_call_start",
+        CanonicalEvent::ToolCallDelta { .. } => "tool_call_delta",
+        CanonicalEvent::Usage { .. } => "usage",
+        CanonicalEvent::Finish { .. } => "finish",
+        CanonicalEvent::Error { .. } => "error",
+    };
+    // Plain data with string keys: serializing cannot fail.
+    SseFrame::named(name, serde_json::to_string(event).unwrap_or_default())
+}
+
+/// Formats of the most recent runs, oldest forgotten first. Memory stays bounded however many
+/// runs pass; a forgotten run (long expired in practice) resumes in the run API's format.
+pub(crate) struct FormatRegistry {
+    capacity: usize,
+    inner: Mutex<Formats>,
+}
+
+#[derive(Default)]
+struct Formats {
+    by_run: HashMap<String, StreamFormat>,
+    order: VecDeque<String>,
+}
+
+impl FormatRegistry {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), inner: Mutex::default() }
+    }
+
+    // A std Mutex: never held across an await, and each critical section is one map operation.
+    fn lock(&self) -> MutexGuard<'_, Formats> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, run_id: &str, format: StreamFormat) {
+        let mut formats = self.lock();
+        while formats.order.len() >= self.capacity {
+            if let Some(oldest) = formats.order.pop_front() {
+                formats.by_run.remove(&oldest);
+            }
+        }
+        formats.order.push_back(run_id.to_owned());
+        formats.by_run.insert(run_id.to_owned(), format);
+    }
+
+    pub(crate) fn get(&self, run_id: &str) -> StreamFormat {
+        self.lock().by_run.get(run_id).cloned().unwrap_or(StreamFormat::Run)
+    }
+
+    /// Every remembered run, for cancelling what still runs at shutdown.
+    pub(crate) fn run_ids(&self) -> Vec<String> {
+        self.lock().order.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::StopReason;
+
+    #[test]
+    fn the_registry_forgets_the_oldest_runs_first() {
+        let registry = FormatRegistry::new(2);
+        let message = |id| StreamFormat::Anthropic(AnthropicMessage::new(id, "m"));
+        registry.insert("run_a", message("run_a"));
+        registry.insert("run_b", StreamFormat::Run);
+        registry.insert("run_c", message("run_c"));
+        assert_eq!(registry.get("run_a"), StreamFormat::Run, "forgotten");
+        assert_eq!(registry.get("run_c"), message("run_c"));
+        assert_eq!(registry.run_ids(), ["run_b", "run_c"]);
+    }
+
+    #[test]
+    fn run_frames_carry_the_canonical_event_named_by_its_type() {
+        let frames = StreamFormat::Run
+            .encoder()
+            .encode(&CanonicalEvent::Finish { reason: StopReason::Length });
+        assert_eq!(frames[0].event, Some("finish"));
+        assert_eq!(frames[0].data, r#"{"type":"finish","reason":"length"}"#);
+        assert_eq!(AnthropicMessage::new("run_abc", "m").id, "msg_abc");
+        assert_eq!(OpenAiChat::new("run_abc", "m", false).id, "chatcmpl-abc");
+    }
+}

@@ -1,0 +1,125 @@
+//! Relaying a gateway run to an HTTP caller: what the OpenAI chat, Anthropic messages and run
+//! surfaces share once each has parsed its own wire format into a canonical request.
+//!
+//! A surface starts a run through the gateway, which detaches the run's producer: the answer is
+//! read from the run buffer, never from the producer, so a caller that disconnects leaves the
+//! generation running (and billed once) and can resume it. The answer is either SSE in the
+//! surface's format with each frame's `id:` set to the run's event sequence number, or one JSON
+//! body assembled from the events.
+
+mod error;
+mod format;
+mod headers;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{self, Stream, StreamExt};
+use hearth_gateway::{Caller, RunEvent, StartedRun, Subscription};
+use hearth_protocol::wire::SseFrame;
+use hearth_protocol::{CanonicalRequest, CanonicalResponse, ResponseAssembler, StreamError};
+use serde::de::DeserializeOwned;
+
+pub(crate) use error::{decorate, error_type, RelayError};
+pub(crate) use format::{AnthropicMessage, Encoder, FormatRegistry, OpenAiChat, StreamFormat};
+pub(crate) use headers::{caller, set_run_headers};
+
+use crate::body::{read_object, typed};
+use crate::state::AppState;
+
+/// Reads a JSON object body as `T`; every problem is a [`RelayError`] naming the field.
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    request: Request,
+    state: &AppState,
+) -> Result<T, RelayError> {
+    let object = read_object(request, state, state.config().max_body_bytes).await?;
+    Ok(typed(serde_json::Value::Object(object))?)
+}
+
+/// Starts a run; returns once a route has committed (its first content event is buffered) or
+/// every route has failed.
+pub(crate) async fn start(
+    state: &AppState,
+    caller: Caller,
+    request: CanonicalRequest,
+) -> Result<StartedRun, RelayError> {
+    Ok(state.gateway().start_run(request, caller).await?)
+}
+
+/// Answers a started run: as SSE in `format`, or, when the caller did not ask for a stream, as
+/// the JSON body `whole` builds from the assembled answer. The format is remembered either way,
+/// so the run can be resumed as a stream.
+pub(crate) async fn answer(
+    state: &AppState,
+    run: StartedRun,
+    format: StreamFormat,
+    stream: bool,
+    whole: impl FnOnce(CanonicalResponse) -> Response,
+) -> Result<Response, RelayError> {
+    state.formats().insert(&run.run_id, format.clone());
+    let mut response = if stream {
+        sse(run.events, format.encoder(), state.config().sse_keep_alive).into_response()
+    } else {
+        match collect(run.events).await {
+            Ok(answer) => whole(answer),
+            Err(error) => {
+                return Err(RelayError::Failed { run_id: run.run_id, route: run.route, error })
+            }
+        }
+    };
+    set_run_headers(response.headers_mut(), &run.run_id, Some(&run.route));
+    Ok(response)
+}
+
+/// The run's events as SSE, each frame with the event's sequence number as its `id:`. The body
+/// owns only a subscription: dropping it (the client left) leaves the producer running.
+pub(crate) fn sse(
+    events: Subscription,
+    mut encoder: Encoder,
+    keep_alive: Duration,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let frames = events.flat_map(move |RunEvent { seq, event }| {
+        let frames = encoder.encode(&event);
+        stream::iter(frames.into_iter().map(move |frame| Ok(sse_event(seq, frame))))
+    });
+    Sse::new(frames).keep_alive(KeepAlive::new().interval(keep_alive))
+}
+
+fn sse_event(seq: u64, frame: SseFrame) -> Event {
+    let event = Event::default().id(seq.to_string()).data(frame.data);
+    match frame.event {
+        Some(name) => event.event(name),
+        None => event,
+    }
+}
+
+/// Reads a run to its terminal event and assembles the whole answer; a run that ended in an
+/// error is that error.
+pub(crate) async fn collect(mut events: Subscription) -> Result<CanonicalResponse, StreamError> {
+    let mut assembler = ResponseAssembler::new();
+    while let Some(RunEvent { event, .. }) = events.next().await {
+        assembler.push(&event);
+    }
+    assembler.finish()
+}
+
+/// Feeds a fresh encoder the events before `from` and drops what it writes for them, so that
+/// the events from `from` on are encoded exactly as the first connection would have seen them.
+pub(crate) async fn prime(encoder: &mut Encoder, head: Subscription, from: u64) {
+    let mut head = head.take_while(move |e| std::future::ready(e.seq < from));
+    while let Some(RunEvent { event, .. }) = head.next().await {
+        encoder.encode(&event);
+    }
+}
+
+/// For a shutdown that ran out of grace: asks every remembered run that still runs to stop, so
+/// its producer ends it with an explicit `cancelled` error and writes its ledger record.
+pub(crate) async fn cancel_all(state: &AppState) {
+    for run_id in state.formats().run_ids() {
+        // Finished and expired runs answer with their status or NotFound; both are fine.
+        let _ = state.gateway().cancel(&run_id).await;
+    }
+}
