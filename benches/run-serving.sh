@@ -9,8 +9,8 @@
 # 4. starts each server alone on loopback and drives it with the same loadgen settings:
 #    a closed-loop concurrency sweep (prompts of PROMPT_TOKENS, outputs of OUTPUT_TOKENS with
 #    ignore_eos) and the agent workload (conversations that re-send a growing history);
-# 5. repeats the sweep at q8_0: llama-server on the q8_0 GGUF, and Hearth when it has a
-#    quantized path (HEARTH_Q8_ARGS, or a --quant* option of `hearth serve`);
+# 5. repeats the sweep at q8_0: llama-server and Hearth on the same q8_0 GGUF file (Hearth builds
+#    without a quantized path fail to load it, and are skipped with a note);
 # 6. `loadgen compare`s the runs and writes summary.md (the issue's goals, met or missed).
 #
 # Results go to bench-results/<date>/ (ignored by git). Servers are stopped on exit.
@@ -21,7 +21,8 @@
 #   QUANT=1                run the q8_0 comparison (0: skip it)
 #   HEARTH_REV=            empty: build the working tree; a git revision (e.g. HEAD, main): build
 #                          that revision from `git archive` in the cache, apart from the tree
-#   HEARTH_Q8_ARGS=        extra `hearth serve` arguments that select Hearth's q8_0 path
+#   HEARTH_Q8=gguf         Hearth's q8_0 run: gguf (the q8_0 GGUF llama-server gets) or onload
+#                          (safetensors quantized on load, hearth.yaml `quantize: q8_0`)
 #   HEARTH_KV_MB=1024      Hearth's KV-cache size (llama-server gets LLAMA_CTX tokens)
 #   LLAMA_NP=8  LLAMA_CTX=20480   llama-server slots and total context (8 × 2,560 tokens)
 #   MISTRALRS_BUILD=1      build mistral.rs when it is not installed (0: skip it instead)
@@ -298,27 +299,37 @@ fi
 # ---- 6. q8_0 runs ----
 if [[ $QUANT == 1 ]]; then
     step "q8_0: Hearth's quantized path vs llama-server q8_0"
-    q8_args=${HEARTH_Q8_ARGS:-}
-    if [[ -z $q8_args ]]; then
-        flag=$("$HEARTH" serve --help 2>/dev/null | grep -o -- '--quant[a-z-]*' | head -n 1 || true)
-        [[ -n $flag ]] && q8_args="$flag q8_0"
-    fi
+    # Hearth serves the very GGUF file llama-server gets: a package folder with the model's
+    # config and tokenizer and model-q8_0.gguf in place of the safetensors. HEARTH_Q8=onload
+    # instead quantizes the safetensors on load (hearth.yaml `quantize: q8_0`; embeddings stay f32).
     port=$((PORT_BASE + 3))
+    Q8PKG="$HEARTH_PEERS_DIR/models/smollm2-135m-q8_0-${HEARTH_Q8:-gguf}"
+    rm -rf "$Q8PKG"
+    mkdir -p "$Q8PKG"
+    for f in "$MODEL"/*; do
+        [[ $f == *.safetensors || $(basename "$f") == hearth.yaml ]] || ln -s "$f" "$Q8PKG/"
+    done
+    if [[ ${HEARTH_Q8:-gguf} == onload ]]; then
+        ln -s "$MODEL/model.safetensors" "$Q8PKG/"
+        printf 'quantize: q8_0\n' >"$Q8PKG/hearth.yaml"
+    else
+        ln -s "$GGUF/model-q8_0.gguf" "$Q8PKG/model.gguf"
+    fi
     if ! want hearth; then
         say "Hearth is not in SERVERS: only llama-server q8_0 runs"
-    elif [[ -z $q8_args ]]; then
-        note "Hearth has no quantized path yet (no HEARTH_Q8_ARGS, no --quant option): Hearth q8_0 skipped"
+    elif [[ ! -e $GGUF/model-q8_0.gguf && ${HEARTH_Q8:-gguf} != onload ]]; then
+        note "no q8_0 GGUF (llama.cpp not converted): Hearth q8_0 skipped"
     else
+        mkdir -p "$OUT/logs/hearth-run"
         cd "$OUT/logs/hearth-run"
-        # shellcheck disable=SC2086
-        if start_server hearth-q8_0 "$port" "$HEARTH" serve --model "$MODEL" --addr "127.0.0.1:$port" \
-            --device cpu --config "$OUT/logs/hearth-run/hearth.toml" $q8_args; then
+        if start_server hearth-q8_0 "$port" "$HEARTH" serve --model "$Q8PKG" --addr "127.0.0.1:$port" \
+            --device cpu --config "$OUT/logs/hearth-run/hearth.toml"; then
             cd "$REPO"
             bench hearth-q8_0 "$port" no-agent
             stop_server
         else
             cd "$REPO"
-            note "Hearth with '$q8_args' did not start; see $OUT/logs/hearth-q8_0.log"
+            note "Hearth did not load the q8_0 package (${HEARTH_Q8:-gguf}; no quantized path in this build?): Hearth q8_0 skipped; see $OUT/logs/hearth-q8_0.log"
         fi
     fi
     port=$((PORT_BASE + 4))

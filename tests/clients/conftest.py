@@ -5,15 +5,14 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 import threading
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+# pytest puts this directory on sys.path before importing this file.
+import fake_provider
 
-import fake_provider  # noqa: E402 (needs the path above)
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Handed to the daemon for the fake providers; it must never come back out.
 UPSTREAM_KEY = "sk-client-tests-secret"

@@ -31,11 +31,11 @@ pub struct AdminSection {
 impl AdminSection {
     fn limits(&self) -> ArchiveLimits {
         let defaults = ArchiveLimits::default();
-        let max_archive_bytes =
-            self.max_archive_mb.map_or(defaults.max_archive_bytes, |mb| mb << 20);
+        let mib = |mb: u64| mb.saturating_mul(1 << 20);
+        let max_archive_bytes = self.max_archive_mb.map_or(defaults.max_archive_bytes, mib);
         ArchiveLimits {
             max_archive_bytes,
-            max_entry_bytes: self.max_file_mb.map_or(max_archive_bytes, |mb| mb << 20),
+            max_entry_bytes: self.max_file_mb.map_or(max_archive_bytes, mib),
             max_entries: self.max_entries.unwrap_or(defaults.max_entries),
         }
     }

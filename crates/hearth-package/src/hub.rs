@@ -75,12 +75,6 @@ impl HubOptions {
     }
 }
 
-impl Default for HubOptions {
-    fn default() -> Self {
-        Self::from_env()
-    }
-}
-
 /// Download progress, per file.
 #[derive(Debug, Clone, Copy)]
 pub enum HubEvent<'a> {

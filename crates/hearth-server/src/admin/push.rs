@@ -7,7 +7,7 @@
 //! untouched.
 
 use std::io;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -226,11 +226,10 @@ async fn receive(body: Body, dest: PathBuf, limits: ArchiveLimits) -> Result<Unp
         io::Error::other(e)
     });
     let mut reader = SyncIoBridge::new(StreamReader::new(stream));
-    let (result, reader) = tokio::task::spawn_blocking(move || {
-        (archive::unpack(&mut reader, FsPath::new(&dest), &limits), reader)
-    })
-    .await
-    .map_err(|e| AdminError::Internal(format!("unpacking failed: {e}")))?;
+    let (result, reader) =
+        tokio::task::spawn_blocking(move || (archive::unpack(&mut reader, &dest, &limits), reader))
+            .await
+            .map_err(|e| AdminError::Internal(format!("unpacking failed: {e}")))?;
     // After a refusal the client may still be sending; after success, the tar stream's end
     // padding may be unread.
     drain(reader.into_inner().into_inner(), DRAIN_BYTES);
