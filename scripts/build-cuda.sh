@@ -2,13 +2,14 @@
 # Build the CUDA flavour of Hearth on a machine that has no GPU and no CUDA toolkit installed, and
 # collect what a GPU machine needs to check it (no Rust there) into one small folder.
 #
-#   scripts/build-cuda.sh            # toolkit (first run only), build, then dist/cuda/
+#   scripts/build-cuda.sh            # toolkit (first run only), build, then dist/cuda/ and
+#                                    # dist/hearth-cuda.tar.xz (the same, to carry to a GPU)
 #   scripts/build-cuda.sh --smoke    # the same, then run the CUDA binary here (no GPU needed)
 #
 # The CUDA toolkit comes from NVIDIA's PyPI wheels, CUDA 13.0 (nvcc, cudart, cuBLAS, cuRAND, NVRTC,
 # CCCL), installed into a virtualenv outside the source tree. CUDA 13.0 because:
-#   * it matches what a CUDA 13.0 driver (580 series) runs: the PTX candle's kernels are shipped
-#     as is PTX ISA 9.0, which that driver JIT-compiles; a newer toolkit's PTX it would refuse;
+#   * it matches a CUDA 13.0 driver (the 580 series): candle ships its kernels as PTX (ISA 9.0
+#     from this toolkit) that the driver JIT-compiles, and PTX from a newer toolkit it refuses;
 #   * candle 0.11 links cuBLAS, cuRAND, NVRTC and the CUDA runtime by soname (cudarc's
 #     `dynamic-linking`), so the binary needs libcublas.so.13 & co. at run time; they are the ones
 #     a CUDA 13 PyTorch install or the nvidia/cuda:13.0 images carry;
@@ -171,24 +172,37 @@ hearth $(git describe --always --dirty 2>/dev/null || echo unknown)
 CUDA toolkit 13.0 (PyPI wheels), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP
 needs at run time: $(objdump -p "$DIST/hearth" | awk '/NEEDED/ && /cu|nvrtc/ {print $2}' | tr '\n' ' ')
 EOF
-ls -l "$DIST" >&2
+# What travels to a GPU machine: the same folder as one archive (the executables embed candle's
+# CUDA kernels, PTX text and SASS, and shrink about sevenfold).
+archive="$(dirname "$DIST")/hearth-cuda.tar.xz"
+tar -C "$(dirname "$DIST")" -cf - "$(basename "$DIST")" | xz -6 >"$archive"
+ls -l "$DIST" "$archive" >&2
 du -sh "$DIST" >&2
 
 if [ "$SMOKE" = 1 ]; then
     step "smoke test on this machine (no GPU: the stub stands in for the driver)"
     export LD_LIBRARY_PATH="$CUDA_ROOT/lib:$CUDA_ROOT/lib/stubs"
     "$DIST/hearth" --version
+    echo "-- hearth's device tests, CUDA build, no device" >&2
+    cli_tests=$(python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "hearth" and m["profile"]["test"]:
+        print(m["executable"])' "$artifacts")
+    "$cli_tests" device:: -q
     scratch=$(mktemp -d)
     trap 'rm -rf "$scratch"' EXIT
     cp -r models/tiny-llama "$scratch/gpu-llama"
     sed -i 's/^  gpu: false/  gpu: true/' "$scratch/gpu-llama/cog.yaml"
-    for device in cuda auto; do
+    # --device cuda: the package is refused, saying why; --device auto: it falls back to the CPU.
+    for case in "cuda:package refused.*no usable CUDA device" "auto:falling back to the CPU"; do
+        device="${case%%:*}" expected="${case#*:}"
         echo "-- hearth serve --device $device (package asks for a GPU)" >&2
         timeout 20 "$DIST/hearth" serve --device "$device" --model "$scratch/gpu-llama" \
             --addr 127.0.0.1:0 >"$scratch/$device.log" 2>&1 || true
-        grep -E 'CUDA|falling back|refused|model ready' "$scratch/$device.log" >&2 || {
-            cat "$scratch/$device.log" >&2
-            exit 1
-        }
+        sed 's/\x1b\[[0-9;]*m//g' "$scratch/$device.log" >"$scratch/$device.txt"
+        grep -E 'CUDA|model ready' "$scratch/$device.txt" >&2
+        grep -qE "$expected" "$scratch/$device.txt" || { echo "expected: $expected" >&2; exit 1; }
     done
+    grep -q 'model ready.*device="cpu"' "$scratch/auto.txt" || { echo "no CPU fallback" >&2; exit 1; }
 fi

@@ -42,9 +42,15 @@ fn dtype_for(on_gpu: bool, configured: Option<hearth_package::DType>) -> DType {
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> anyhow::Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| {
+        // The cause alone: with RUST_BACKTRACE set, candle wraps it with a backtrace.
+        let cause = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+            e => e.to_string(),
+        };
         anyhow::anyhow!(
-            "no usable CUDA device {ordinal} ({e}); check that an NVIDIA GPU is visible \
-             (nvidia-smi) and that the driver supports CUDA 13"
+            "no usable CUDA device {ordinal} ({}); check that an NVIDIA GPU is visible \
+             (nvidia-smi) and that the driver supports CUDA 13",
+            cause.trim_end()
         )
     })
 }

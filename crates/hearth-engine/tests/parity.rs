@@ -60,12 +60,15 @@ fn dtype() -> DType {
 
 /// (max error against the f32 reference, batch invariance) for the dtype under test. Half
 /// precisions round every weight and activation to 8 (bf16) or 11 (f16) significant bits, and
-/// the kernels block a batch differently with its size, so both bounds widen. These half-precision
-/// bounds are estimates, not yet calibrated on a GPU: the test prints every error it measures.
+/// the kernels block a batch differently with its size, so both bounds widen. On the CPU the
+/// worst errors over all fixtures were 3.4e-2 (bf16) and 3.6e-3 (f16); the bounds leave room for
+/// the GPU's different kernels, and are not yet calibrated there: the test prints every error.
 fn tolerances() -> (f32, f32) {
     match dtype() {
-        DType::BF16 => (5e-2, 5e-2),
+        DType::BF16 => (8e-2, 8e-2),
         DType::F16 => (1e-2, 1e-2),
+        // cuBLAS picks its f32 algorithm by shape, so batch composition moves f32 rounding more.
+        _ if device().is_cuda() => (MAX_REL_ERR, MAX_REL_ERR),
         _ => (MAX_REL_ERR, BATCH_INVARIANCE),
     }
 }
