@@ -5,7 +5,8 @@
 #
 # 1. builds hearth and loadgen (release) and, when missing, the peers (benches/peers/*.sh);
 # 2. writes the benchmark model with `hearth synth --preset smollm2-135m` and converts it to GGUF;
-# 3. measures memory bandwidth once (numpy copy of a 1 GiB array; sysbench too when installed);
+# 3. measures memory bandwidth once (benches/peers/membw.py: numpy copies on one and on all
+#    CPUs; `sysbench memory` too when installed);
 # 4. starts each server alone on loopback and drives it with the same loadgen settings:
 #    a closed-loop concurrency sweep (prompts of PROMPT_TOKENS, outputs of OUTPUT_TOKENS with
 #    ignore_eos) and the agent workload (conversations that re-send a growing history);
@@ -23,8 +24,10 @@
 #                          that revision from `git archive` in the cache, apart from the tree
 #   HEARTH_Q8=gguf         Hearth's q8_0 run: gguf (the q8_0 GGUF llama-server gets) or onload
 #                          (safetensors quantized on load, hearth.yaml `quantize: q8_0`)
-#   HEARTH_KV_MB=1024      Hearth's KV-cache size (llama-server gets LLAMA_CTX tokens)
-#   LLAMA_NP=8  LLAMA_CTX=20480   llama-server slots and total context (8 × 2,560 tokens)
+#   WORKLOADS="sweep agent"  which workloads to run per server
+#   HEARTH_KV_MB=2560      Hearth's KV cache (f32: 8 agent histories of ~5,600 tokens fit)
+#   HEARTH_GATEWAY_DEFAULTS=0  1: keep the gateway's timeouts and retries (see hearth.toml below)
+#   LLAMA_NP=8  LLAMA_CTX=65536   llama-server slots and total context (8 × 8,192 tokens)
 #   MISTRALRS_BUILD=1      build mistral.rs when it is not installed (0: skip it instead)
 #   BENCH_OUT=bench-results/<date>   HEARTH_PEERS_DIR=~/.cache/hearth-peers
 #   PORT_BASE=18080  SERVER_START_TIMEOUT=600  STEP_TIMEOUT=3600  BUILD_NICE=0
@@ -45,9 +48,11 @@ AGENT_NEW=${AGENT_NEW:-40}
 AGENT_OUTPUT=${AGENT_OUTPUT:-32}
 QUANT=${QUANT:-1}
 HEARTH_REV=${HEARTH_REV:-}
-HEARTH_KV_MB=${HEARTH_KV_MB:-1024}
+HEARTH_KV_MB=${HEARTH_KV_MB:-2560}
+HEARTH_GATEWAY_DEFAULTS=${HEARTH_GATEWAY_DEFAULTS:-0}
+WORKLOADS=${WORKLOADS:-sweep agent}
 LLAMA_NP=${LLAMA_NP:-8}
-export LLAMA_CTX=${LLAMA_CTX:-20480}
+export LLAMA_CTX=${LLAMA_CTX:-65536}
 MISTRALRS_BUILD=${MISTRALRS_BUILD:-1}
 OUT=${BENCH_OUT:-$REPO/bench-results/$(date +%Y-%m-%d)}
 PORT_BASE=${PORT_BASE:-18080}
@@ -65,7 +70,7 @@ want() { [[ " $SERVERS " == *" $1 "* ]]; }
 
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
-: >"$OUT/notes.md"
+printf -- '- run of %s: SERVERS="%s" WORKLOADS="%s"\n' "$(date -u +%H:%MZ)" "$SERVERS" "$WORKLOADS" >>"$OUT/notes.md"
 # Keep results out of git without touching the repository's .gitignore.
 if [[ "$OUT" == "$REPO/bench-results/"* && ! -f "$REPO/bench-results/.gitignore" ]]; then
     printf '*\n' >"$REPO/bench-results/.gitignore"
@@ -128,15 +133,18 @@ bench() {
     local label=$1 port=$2 agent=$3
     shift 3
     local url="http://127.0.0.1:$port"
-    rm -rf "${OUT:?}/$label" "${OUT:?}/$label-agent"
-    say "$label: sweep concurrency $CONCURRENCY, $NUM_REQUESTS requests each, $PROMPT_TOKENS → $OUTPUT_TOKENS tokens"
-    timeout "$STEP_TIMEOUT" "$LOADGEN" run --url "$url" --model "$MODEL_ID" --label "$label" \
-        --concurrency "$CONCURRENCY" --num-requests "$NUM_REQUESTS" \
-        --prompt-tokens "fixed:$PROMPT_TOKENS" --output-tokens "fixed:$OUTPUT_TOKENS" \
-        --tokenizer "$MODEL/tokenizer.json" --seed 0 --out "$OUT/$label" "$@" \
-        || note "$label: the sweep failed or timed out (exit $?); see $OUT/$label"
-    [[ -f "$OUT/$label/results.md" ]] && cat "$OUT/$label/results.md" >&2
-    [[ $agent == agent ]] || return 0
+    if [[ " $WORKLOADS " == *" sweep "* ]]; then
+        rm -rf "${OUT:?}/$label"
+        say "$label: sweep concurrency $CONCURRENCY, $NUM_REQUESTS requests each, $PROMPT_TOKENS → $OUTPUT_TOKENS tokens"
+        timeout "$STEP_TIMEOUT" "$LOADGEN" run --url "$url" --model "$MODEL_ID" --label "$label" \
+            --concurrency "$CONCURRENCY" --num-requests "$NUM_REQUESTS" \
+            --prompt-tokens "fixed:$PROMPT_TOKENS" --output-tokens "fixed:$OUTPUT_TOKENS" \
+            --tokenizer "$MODEL/tokenizer.json" --seed 0 --out "$OUT/$label" "$@" \
+            || note "$label: the sweep failed or timed out (exit $?); see $OUT/$label"
+        [[ -f "$OUT/$label/results.md" ]] && cat "$OUT/$label/results.md" >&2
+    fi
+    [[ $agent == agent && " $WORKLOADS " == *" agent "* ]] || return 0
+    rm -rf "${OUT:?}/$label-agent"
     say "$label: agent workload, $AGENT_CONVERSATIONS conversations × $AGENT_TURNS turns, history to $AGENT_HISTORY tokens"
     timeout "$STEP_TIMEOUT" "$LOADGEN" agent --url "$url" --model "$MODEL_ID" --label "$label" \
         --conversations "$AGENT_CONVERSATIONS" --turns "$AGENT_TURNS" \
@@ -209,32 +217,25 @@ fi
 step "measure memory bandwidth"
 TOOLS="$HEARTH_PEERS_DIR/tools-venv"
 [[ -x "$TOOLS/bin/python" ]] || { python3 -m venv "$TOOLS" && "$TOOLS/bin/pip" install --quiet numpy; }
-"$TOOLS/bin/python" - "$OUT/membw.json" <<'EOF'
-import json, sys, time
-import numpy as np
-n = 1 << 27                          # 2^27 float64 = 1 GiB per array
-src = np.ones(n); dst = np.empty(n)
-np.copyto(dst, src)                  # touch every page first
-best = min(
-    (lambda t: (np.copyto(dst, src), time.perf_counter() - t)[1])(time.perf_counter())
-    for _ in range(8)
-)
-gbps = 2 * src.nbytes / best / 1e9   # a copy reads and writes every byte
-print(f"numpy copy of 1 GiB (one thread): {gbps:.1f} GB/s (read + write)", file=sys.stderr)
-json.dump({"method": "numpy.copyto of a 1 GiB float64 array, best of 8, one thread",
-           "gb_per_s": round(gbps, 2)}, open(sys.argv[1], "w"))
-EOF
+"$TOOLS/bin/python" "$PEERS/membw.py" "$OUT/membw.json"
+SYSBENCH=
 if command -v sysbench >/dev/null; then
     for t in 1 "$(nproc)"; do
-        sysbench memory --memory-block-size=1M --memory-total-size=32G --threads="$t" run \
-            >"$OUT/logs/sysbench-memory-$t.txt" 2>&1 || true
-        say "sysbench memory (write, ${t} thread(s)): $(grep -o '[0-9.]* MiB/sec' "$OUT/logs/sysbench-memory-$t.txt" || echo n/a)"
+        for op in read write; do
+            f="$OUT/logs/sysbench-memory-$op-$t.txt"
+            sysbench memory --memory-block-size=512M --memory-total-size=32G --memory-oper="$op" \
+                --threads="$t" run >"$f" 2>&1 || true
+            r=$(grep -o '[0-9.]* MiB/sec' "$f" | awk '{printf "%.1f GB/s", $1 * 1.048576 / 1000}')
+            SYSBENCH+="${SYSBENCH:+, }$op ${t}T ${r:-n/a}"
+        done
     done
+    say "sysbench memory (512 MiB blocks, DRAM not cache): $SYSBENCH"
 fi
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), nproc $(nproc)"
     echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+    echo "memory bandwidth: numpy copy (read + write) $(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print("%s GB/s on 1 thread, %s GB/s on %s CPUs" % (d["one_thread_gb_per_s"], d["all_cpus_gb_per_s"], d["cpus"]))' "$OUT/membw.json" 2>/dev/null || echo n/a)${SYSBENCH:+; sysbench $SYSBENCH}"
     echo "load before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "hearth: $HEARTH_DESC"
 } >"$OUT/machine.txt"
@@ -262,7 +263,16 @@ port=$PORT_BASE
 if want hearth; then
     step "Hearth (f32 on the CPU)"
     mkdir -p "$OUT/logs/hearth-run"
-    printf '[engine]\nkv_cache_mb = %s\n' "$HEARTH_KV_MB" >"$OUT/logs/hearth-run/hearth.toml"
+    {
+        printf '[engine]\nkv_cache_mb = %s\n' "$HEARTH_KV_MB"
+        # The gateway in front of the local engine gives up on an answer after 60 s without a
+        # first token or 30 s between tokens, retries it once (re-running the prompt) and then
+        # cools the route down for 30 s. The peers have no such limits, and the agent workload's
+        # first turns wait longer than that on two cores; lift them so that the engines compare.
+        if [[ $HEARTH_GATEWAY_DEFAULTS != 1 ]]; then
+            printf '[gateway]\nttfb_timeout_ms = 3600000\nbetween_token_timeout_ms = 3600000\nretry_attempts = 1\n'
+        fi
+    } >"$OUT/logs/hearth-run/hearth.toml"
     # Its own working folder, so its ledger (hearth-ledger.db) lands in the results.
     cd "$OUT/logs/hearth-run"
     if start_server hearth "$port" "$HEARTH" serve --model "$MODEL" --addr "127.0.0.1:$port" \
@@ -297,7 +307,7 @@ if want mistralrs; then
 fi
 
 # ---- 6. q8_0 runs ----
-if [[ $QUANT == 1 ]]; then
+if [[ $QUANT == 1 && " $WORKLOADS " == *" sweep "* ]]; then
     step "q8_0: Hearth's quantized path vs llama-server q8_0"
     # Hearth serves the very GGUF file llama-server gets: a package folder with the model's
     # config and tokenizer and model-q8_0.gguf in place of the safetensors. HEARTH_Q8=onload
