@@ -20,6 +20,7 @@
 #   CONCURRENCY=1,2,4,8  NUM_REQUESTS=16  PROMPT_TOKENS=350  OUTPUT_TOKENS=64
 #   AGENT_CONVERSATIONS=8  AGENT_TURNS=10  AGENT_HISTORY=2000  AGENT_NEW=40  AGENT_OUTPUT=32
 #   QUANT=1                run the q8_0 comparison (0: skip it)
+#   REPORT_ONLY=0          1: run nothing, rebuild compare/summary/report.md from BENCH_OUT
 #   HEARTH_REV=            empty: build the working tree; a git revision (e.g. HEAD, main): build
 #                          that revision from `git archive` in the cache, apart from the tree
 #   HEARTH_Q8=gguf         Hearth's q8_0 run: gguf (the q8_0 GGUF llama-server gets) or onload
@@ -193,10 +194,13 @@ if want mistralrs && [[ ! -x "$("$PEERS/mistralrs.sh" path)" ]]; then
     fi
 fi
 
-# ---- 2. model ----
-step "write the benchmark model (hearth synth --preset smollm2-135m)"
 MODEL="$HEARTH_PEERS_DIR/models/smollm2-135m"
 GGUF="$HEARTH_PEERS_DIR/models/smollm2-135m-gguf"
+if [[ ${REPORT_ONLY:-0} == 1 ]]; then
+    say "REPORT_ONLY=1: no runs; the report is rebuilt from what $OUT holds"
+else
+# ---- 2. model ----
+step "write the benchmark model (hearth synth --preset smollm2-135m)"
 rm -rf "$MODEL.new"
 "$HEARTH" synth --preset smollm2-135m --out "$MODEL.new" >&2
 if [[ -d $MODEL ]] && diff -rq "$MODEL" "$MODEL.new" >/dev/null; then
@@ -352,6 +356,8 @@ if [[ $QUANT == 1 && " $WORKLOADS " == *" sweep "* ]]; then
         fi
     fi
 fi
+
+fi  # REPORT_ONLY
 
 # ---- 7. compare and summarise ----
 step "compare"

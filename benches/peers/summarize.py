@@ -116,14 +116,19 @@ def main():
         a0 = next(iter(agents.values()))["config"]
         w(f"### Agent: {a0['conversations']} conversations × {a0['turns']} turns, history to "
           f"{a0['history_tokens']} tokens, {a0['output_tokens']} output tokens per turn\n")
+        w("A failed turn ends its conversation, so later turns may count fewer than all of them.\n")
         w("| server | turn 1 TTFT p50 ms | last turn TTFT p50 ms | last turn TTFT p99 ms | "
-          "last turn prompt tokens | last turn cached tokens | total s | errors |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "last turn prompt tokens | last turn cached tokens | conversations reaching the last turn "
+          "| total s | failed requests |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for label, a in agents.items():
             t1, tn = a["turns"][0], a["turns"][-1]
-            w(f"| {label} | {fmt(t1['ttft_ms']['p50'])} | {fmt(tn['ttft_ms']['p50'])} "
-              f"| {fmt(tn['ttft_ms']['p99'])} | {fmt(tn['prompt_tokens_mean'], 0)} "
-              f"| {fmt(tn.get('cached_tokens_mean'), 0)} | {fmt(a['duration_s'])} | {a['errors']} |")
+            done = tn["requests"] - tn["errors"]
+            g = (lambda v: v) if done else (lambda v: None)
+            w(f"| {label} | {fmt(t1['ttft_ms']['p50'])} | {fmt(g(tn['ttft_ms']['p50']))} "
+              f"| {fmt(g(tn['ttft_ms']['p99']))} | {fmt(g(tn['prompt_tokens_mean']), 0)} "
+              f"| {fmt(g(tn.get('cached_tokens_mean')), 0)} | {done} of {a['config']['conversations']} "
+              f"| {fmt(a['duration_s'])} | {a['errors']} |")
         w("")
 
     # Goals (issue #4), Hearth against the better peer at the same precision.
@@ -164,8 +169,11 @@ def main():
                   f"{fmt(b1['tpot_ms']['mean'], 2)} ms | – | no |")
         ha = agents.get("hearth")
         pa = {k: v for k, v in agents.items() if k in PEERS}
-        if ha and pa:
-            last = lambda a: a["turns"][-1]["ttft_ms"]["p50"]
+        # A peer none of whose conversations reached the last turn has no last-turn TTFT.
+        last = lambda a: (a["turns"][-1]["ttft_ms"]["p50"]
+                          if a["turns"][-1]["requests"] > a["turns"][-1]["errors"] else None)
+        pa = {k: v for k, v in pa.items() if last(v)}
+        if ha and last(ha) and pa:
             best = min(pa, key=lambda k: last(pa[k]))
             r = last(ha) / last(pa[best])
             w(f"| agent last-turn TTFT p50 < both peers | {fmt(last(ha))} ms | {fmt(last(pa[best]))} ms "
