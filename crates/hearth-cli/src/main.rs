@@ -14,6 +14,12 @@ mod weights;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than the system allocator: a request through the gateway makes a few hundred
+/// small allocations across tokio's worker threads, and glibc's malloc spent about a tenth of the
+/// daemon's CPU on them under load (see the routing-overhead benchmark in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hearth",
@@ -41,6 +47,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    pin_cpu_thread_count();
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
@@ -48,6 +55,19 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(args) => synth::run(args),
         Command::Push(args) => push::run(args),
         Command::Models(args) => models_cmd::run(args),
+    }
+}
+
+/// Fixes the CPU thread count of candle's kernels once, before any thread starts. Unless
+/// `RAYON_NUM_THREADS` is set, candle works the count out again on every matrix multiply by
+/// parsing `/proc/cpuinfo`, which took a sixth of a decode step on a small model. The count is
+/// the parallelism this process may use (CPU affinity and cgroup quotas included).
+fn pin_cpu_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        // Sound: `main` has not started any thread yet, so nothing reads the environment
+        // concurrently.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
 

@@ -95,7 +95,13 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Dense(l) => l.forward(x),
+            Self::Dense(l) => match super::split_matmul::forward(x, l.weight())? {
+                Some(y) => match l.bias() {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                },
+                None => l.forward(x),
+            },
             Self::Quantized { weight, bias, .. } => {
                 let dtype = x.dtype();
                 let y = weight.forward(&x.to_dtype(DType::F32)?)?;

@@ -2,8 +2,10 @@
 //! paged KV cache in [`crate::kv_cache`]; encoders ([`bert`]) run padded batches for the
 //! embedder. [`linear`] is the generative models' linear layer (dense or quantized) and
 //! [`quantized`] where their weights come from (safetensors, quantized on load or not, or GGUF).
+//! [`split_matmul`] spreads decode's few-row products over the CPU cores.
 
 pub mod bert;
 pub mod linear;
 pub mod llama;
 pub mod quantized;
+pub mod split_matmul;
