@@ -20,6 +20,8 @@
 #   CONCURRENCY=1,2,4,8  NUM_REQUESTS=16  PROMPT_TOKENS=350  OUTPUT_TOKENS=64
 #   AGENT_CONVERSATIONS=8  AGENT_TURNS=10  AGENT_HISTORY=2000  AGENT_NEW=40  AGENT_OUTPUT=32
 #   QUANT=1                run the q8_0 comparison (0: skip it)
+#   NO_PREFIX_AGENT=1      also run Hearth's agent workload with prefix caching off
+#                          (hearth-noprefix), for the with/without comparison (0: skip it)
 #   REPORT_ONLY=0          1: run nothing, rebuild compare/summary/report.md from BENCH_OUT
 #   HEARTH_REV=            empty: build the working tree; a git revision (e.g. HEAD, main): build
 #                          that revision from `git archive` in the cache, apart from the tree
@@ -50,6 +52,7 @@ AGENT_OUTPUT=${AGENT_OUTPUT:-32}
 QUANT=${QUANT:-1}
 HEARTH_REV=${HEARTH_REV:-}
 HEARTH_KV_MB=${HEARTH_KV_MB:-2560}
+NO_PREFIX_AGENT=${NO_PREFIX_AGENT:-1}
 HEARTH_GATEWAY_DEFAULTS=${HEARTH_GATEWAY_DEFAULTS:-0}
 WORKLOADS=${WORKLOADS:-sweep agent}
 LLAMA_NP=${LLAMA_NP:-8}
@@ -267,8 +270,8 @@ port=$PORT_BASE
 if want hearth; then
     step "Hearth (f32 on the CPU)"
     mkdir -p "$OUT/logs/hearth-run"
-    {
-        printf '[engine]\nkv_cache_mb = %s\n' "$HEARTH_KV_MB"
+    hearth_toml() {
+        printf '[engine]\nkv_cache_mb = %s\nprefix_caching = %s\n' "$HEARTH_KV_MB" "$1"
         # The gateway in front of the local engine gives up on an answer after 60 s without a
         # first token or 30 s between tokens, retries it once (re-running the prompt) and then
         # cools the route down for 30 s. The peers have no such limits, and the agent workload's
@@ -276,7 +279,8 @@ if want hearth; then
         if [[ $HEARTH_GATEWAY_DEFAULTS != 1 ]]; then
             printf '[gateway]\nttfb_timeout_ms = 3600000\nbetween_token_timeout_ms = 3600000\nretry_attempts = 1\n'
         fi
-    } >"$OUT/logs/hearth-run/hearth.toml"
+    }
+    hearth_toml true >"$OUT/logs/hearth-run/hearth.toml"
     # Its own working folder, so its ledger (hearth-ledger.db) lands in the results.
     cd "$OUT/logs/hearth-run"
     if start_server hearth "$port" "$HEARTH" serve --model "$MODEL" --addr "127.0.0.1:$port" \
@@ -287,6 +291,21 @@ if want hearth; then
     else
         cd "$REPO"
         note "Hearth did not start; see $OUT/logs/hearth.log"
+    fi
+    if [[ $NO_PREFIX_AGENT == 1 && " $WORKLOADS " == *" agent "* ]]; then
+        step "Hearth, agent workload without prefix caching"
+        mkdir -p "$OUT/logs/hearth-noprefix-run"
+        hearth_toml false >"$OUT/logs/hearth-noprefix-run/hearth.toml"
+        cd "$OUT/logs/hearth-noprefix-run"
+        if start_server hearth-noprefix "$port" "$HEARTH" serve --model "$MODEL" \
+            --addr "127.0.0.1:$port" --device cpu --config "$OUT/logs/hearth-noprefix-run/hearth.toml"; then
+            cd "$REPO"
+            WORKLOADS=agent bench hearth-noprefix "$port" agent
+            stop_server
+        else
+            cd "$REPO"
+            note "Hearth (no prefix caching) did not start; see $OUT/logs/hearth-noprefix.log"
+        fi
     fi
 fi
 port=$((PORT_BASE + 1))
@@ -366,7 +385,7 @@ step "compare"
 have() { for l in "$@"; do [[ -f $OUT/$l/results.json || -f $OUT/$l/agent.json ]] && printf '%s\n' "$OUT/$l"; done; }
 mapfile -t RUNS < <(have hearth llama-server mistralrs)
 mapfile -t QRUNS < <(have hearth-q8_0 llama-server-q8_0)
-mapfile -t AGENTS < <(have hearth-agent llama-server-agent mistralrs-agent)
+mapfile -t AGENTS < <(have hearth-agent hearth-noprefix-agent llama-server-agent mistralrs-agent)
 ((${#RUNS[@]})) && "$LOADGEN" compare "${RUNS[@]}" --out "$OUT/compare-f32"
 ((${#QRUNS[@]})) && "$LOADGEN" compare "${QRUNS[@]}" --out "$OUT/compare-q8_0"
 weights=$(python3 - "$MODEL" "$GGUF" <<'EOF'

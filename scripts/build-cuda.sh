@@ -3,7 +3,8 @@
 # collect what a GPU machine needs to check it (no Rust there) into one small folder.
 #
 #   scripts/build-cuda.sh            # toolkit (first run only), build, then dist/cuda/ and
-#                                    # dist/hearth-cuda.tar.xz (the same, to carry to a GPU)
+#                                    # dist/carry/ (dist/cuda/ packed, plus gpu-check.sh: what
+#                                    # to copy to a GPU machine; fails if over 64 MiB)
 #   scripts/build-cuda.sh --smoke    # the same, then run the CUDA binary here (no GPU needed)
 #
 # The CUDA toolkit comes from NVIDIA's PyPI wheels, CUDA 13.0 (nvcc, cudart, cuBLAS, cuRAND, NVRTC,
@@ -172,12 +173,21 @@ hearth $(git describe --always --dirty 2>/dev/null || echo unknown)
 CUDA toolkit 13.0 (PyPI wheels), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP
 needs at run time: $(objdump -p "$DIST/hearth" | awk '/NEEDED/ && /cu|nvrtc/ {print $2}' | tr '\n' ' ')
 EOF
-# What travels to a GPU machine: the same folder as one archive (the executables embed candle's
-# CUDA kernels, PTX text and SASS, and shrink about sevenfold).
-archive="$(dirname "$DIST")/hearth-cuda.tar.xz"
-tar -C "$(dirname "$DIST")" -cf - "$(basename "$DIST")" | xz -6 >"$archive"
-ls -l "$DIST" "$archive" >&2
-du -sh "$DIST" >&2
+# What travels to a GPU machine: dist/carry/, the same folder as one archive (the executables
+# embed candle's CUDA kernels, PTX text and SASS, and shrink about sevenfold) and gpu-check.sh,
+# which unpacks it there. A GPU machine takes at most 64 MiB.
+CARRY="$(dirname "$DIST")/carry"
+rm -rf "$CARRY" "$(dirname "$DIST")/hearth-cuda.tar.xz"
+mkdir -p "$CARRY"
+tar -C "$(dirname "$DIST")" -cf - "$(basename "$DIST")" | xz -6 -T0 >"$CARRY/hearth-cuda.tar.xz"
+cp scripts/gpu-check.sh "$CARRY/"
+ls -l "$DIST" "$CARRY" >&2
+du -sh "$DIST" "$CARRY" >&2
+carry_mib=$(du -sm "$CARRY" | cut -f1)
+if ((carry_mib > 64)); then
+    echo "$CARRY is $carry_mib MiB: over the 64 MiB a GPU machine takes" >&2
+    exit 1
+fi
 
 if [ "$SMOKE" = 1 ]; then
     step "smoke test on this machine (no GPU: the stub stands in for the driver)"
@@ -205,4 +215,9 @@ for line in open(sys.argv[1]):
         grep -qE "$expected" "$scratch/$device.txt" || { echo "expected: $expected" >&2; exit 1; }
     done
     grep -q 'model ready.*device="cpu"' "$scratch/auto.txt" || { echo "no CPU fallback" >&2; exit 1; }
+    echo "-- $CARRY/gpu-check.sh env: unpacks the archive and starts the check (no GPU here)" >&2
+    GPU_CHECK_UNPACK="$scratch/unpack" GPU_CHECK_OUT="$scratch/check-out" \
+        "$CARRY/gpu-check.sh" env >"$scratch/check.txt" 2>&1 || true
+    grep -E 'unpacking|== environment|hearth [0-9]' "$scratch/check.txt" >&2
+    grep -q '^hearth [0-9]' "$scratch/check.txt" || { echo "the carried build did not start" >&2; exit 1; }
 fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of a CUDA build, for a machine with an NVIDIA GPU, its driver (CUDA 13), and a
-# Python with PyTorch built for CUDA 13 and transformers; no Rust and no network needed. Run it
-# from the folder scripts/build-cuda.sh collects (dist/cuda/, copied to that machine):
+# Python with PyTorch built for CUDA 13 and transformers; no Rust and no network needed. Copy
+# dist/carry/ (the packed build and this script, about 30 MB) to that machine and run it there;
+# it unpacks the build into $GPU_CHECK_UNPACK (default /tmp/hearth-cuda) first. It also runs from
+# an unpacked folder (dist/cuda/):
 #
 #   dist/cuda/gpu-check.sh                 # env parity bench baseline report, in that order
 #   dist/cuda/gpu-check.sh parity report   # or any of the phases, each on its own
@@ -20,6 +22,16 @@
 set -uo pipefail
 
 DIST="$(cd "$(dirname "$0")" && pwd)"
+# Run from dist/carry/ (this script beside hearth-cuda.tar.xz, what scripts/build-cuda.sh leaves
+# to copy to a GPU machine): unpack the archive, then run the unpacked copy of this script.
+if [ ! -x "$DIST/hearth" ] && [ -f "$DIST/hearth-cuda.tar.xz" ]; then
+    UNPACK="${GPU_CHECK_UNPACK:-${TMPDIR:-/tmp}/hearth-cuda}"
+    echo "unpacking $DIST/hearth-cuda.tar.xz into $UNPACK" >&2
+    rm -rf "$UNPACK" && mkdir -p "$UNPACK" || exit 1
+    tar -xJf "$DIST/hearth-cuda.tar.xz" -C "$UNPACK" 2>/dev/null ||
+        "${PYTHON:-python3}" -m tarfile -e "$DIST/hearth-cuda.tar.xz" "$UNPACK" || exit 1
+    exec "$UNPACK/cuda/gpu-check.sh" "$@"
+fi
 # Also runnable as scripts/gpu-check.sh from a checkout whose dist/cuda/ holds the build.
 [ -x "$DIST/hearth" ] || DIST="$(cd "$DIST/.." && pwd)/dist/cuda"
 OUT="${GPU_CHECK_OUT:-$PWD/gpu-check-out}"

@@ -173,6 +173,11 @@ def main():
         last = lambda a: (a["turns"][-1]["ttft_ms"]["p50"]
                           if a["turns"][-1]["requests"] > a["turns"][-1]["errors"] else None)
         pa = {k: v for k, v in pa.items() if last(v)}
+        hn = agents.get("hearth-noprefix")
+        if ha and last(ha) and hn and last(hn):
+            r = last(hn) / last(ha)
+            w(f"| agent last-turn TTFT ≥ 5× lower with prefix caching than without | {fmt(last(ha))} ms "
+              f"| {fmt(last(hn))} ms (hearth-noprefix) | {r:.1f}× lower | {'yes' if r >= 5 else 'no'} |")
         if ha and last(ha) and pa:
             best = min(pa, key=lambda k: last(pa[k]))
             r = last(ha) / last(pa[best])

@@ -55,6 +55,9 @@ pub struct EngineSection {
     pub max_prefill_wait_steps: Option<u64>,
     pub max_waiting: Option<usize>,
     pub block_size: Option<usize>,
+    /// Reuse the KV of earlier prompts' identical prefixes (default true; false is for
+    /// measuring what the cache saves).
+    pub prefix_caching: Option<bool>,
 }
 
 impl Config {

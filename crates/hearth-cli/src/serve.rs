@@ -126,6 +126,9 @@ fn engine_config(config: &Config) -> EngineConfig {
     if let Some(mb) = e.kv_cache_mb {
         engine.kv_cache_bytes = mb << 20;
     }
+    if let Some(on) = e.prefix_caching {
+        engine.prefix_caching = on;
+    }
     engine
 }
 

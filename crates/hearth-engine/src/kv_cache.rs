@@ -118,7 +118,8 @@ impl KvCache {
         Ok((keys.index_select(slots, 0)?, values.index_select(slots, 0)?))
     }
 
-    fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
+    /// One layer's keys and values, `[slots, kv_heads, head_dim]` each.
+    pub fn layer(&self, layer: usize) -> Result<(&Tensor, &Tensor)> {
         match (self.keys.get(layer), self.values.get(layer)) {
             (Some(k), Some(v)) => Ok((k, v)),
             _ => bail!("layer {layer} out of range: the cache has {} layers", self.cfg.num_layers),
@@ -184,6 +185,8 @@ pub struct PackedBatch {
     slot_mapping: Tensor,
     /// Per sequence, `[context_len]` u32 slots of its whole context, in position order.
     context_slots: Vec<Tensor>,
+    /// The same slots on the host, for CPU kernels that read the cache in place.
+    context_slot_lists: Vec<Vec<u32>>,
     /// `[logits_rows.len()]` u32, or `None` when no logits are wanted.
     logits_index: Option<Tensor>,
     max_slot: usize,
@@ -214,7 +217,7 @@ impl PackedBatch {
             Some(u32_tensor(host.logits_rows.iter().map(|&r| r as u32).collect())?)
         };
         let context_slots =
-            host.context_slots.into_iter().map(u32_tensor).collect::<Result<Vec<_>>>()?;
+            host.context_slots.iter().cloned().map(u32_tensor).collect::<Result<Vec<_>>>()?;
         Ok(Self {
             input_ids: u32_tensor(host.input_ids)?,
             positions: u32_tensor(host.positions)?,
@@ -223,6 +226,7 @@ impl PackedBatch {
             block_size,
             slot_mapping: u32_tensor(host.slot_mapping)?,
             context_slots,
+            context_slot_lists: host.context_slots,
             logits_index,
             max_slot: host.max_slot,
         })
@@ -236,6 +240,11 @@ impl PackedBatch {
     /// `[context_len]` u32 cache slots of sequence `i`'s whole context.
     pub fn context_slots(&self, i: usize) -> Option<&Tensor> {
         self.context_slots.get(i)
+    }
+
+    /// Sequence `i`'s context slots on the host (the same as [`Self::context_slots`]).
+    pub fn context_slot_list(&self, i: usize) -> Option<&[u32]> {
+        self.context_slot_lists.get(i).map(Vec::as_slice)
     }
 
     /// `[logits_rows.len()]` u32 row index, `None` when the step wants no logits.

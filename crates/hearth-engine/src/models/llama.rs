@@ -12,6 +12,7 @@ pub use config::{expected_tensors, ConfigError, Family, LlamaConfig, Rope, RopeS
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{rotary_emb::rope_thd, Embedding, RmsNorm, VarBuilder};
 
+use super::decode_attention::DecodeAttention;
 use super::linear::Linear;
 use super::quantized::WeightSource;
 
@@ -76,6 +77,11 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
+    /// Every sequence adds exactly one token (a pure decode step).
+    fn all_decode(&self) -> bool {
+        self.batch.seqs.iter().all(|s| s.len == 1)
+    }
+
     fn mask(&self, window: Option<usize>, seq: usize) -> Option<&Tensor> {
         let (_, masks) = self.masks.iter().find(|(w, _)| *w == window)?;
         masks.get(seq)?.as_ref()
@@ -155,8 +161,18 @@ impl Attention {
         let q = rope_thd(&q.contiguous()?, &step.cos, &step.sin)?.squeeze(0)?;
         let k = rope_thd(&k.contiguous()?, &step.cos, &step.sin)?.squeeze(0)?;
         kv.write(layer, &k, &v, &step.write_index)?;
+        let decoded = self.attend_decode_rows(&q, kv, layer, step)?;
+        if let Some(out) = decoded.as_ref().filter(|_| step.all_decode()) {
+            return self.o_proj.forward(out);
+        }
         let mut outs = Vec::with_capacity(step.batch.seqs.len());
+        let mut next_decoded = 0;
         for (i, seq) in step.batch.seqs.iter().enumerate() {
+            if let Some(rows) = decoded.as_ref().filter(|_| seq.len == 1) {
+                outs.push(rows.narrow(0, next_decoded, 1)?);
+                next_decoded += 1;
+                continue;
+            }
             let q_seq = q.narrow(0, seq.offset, seq.len)?;
             let (k_ctx, v_ctx) = match seq.start_pos() {
                 // The whole context is this step's: skip the round trip through the cache.
@@ -170,6 +186,43 @@ impl Attention {
             _ => Tensor::cat(&outs, 0)?,
         };
         self.o_proj.forward(&out)
+    }
+
+    /// The attention output of every sequence adding one token this step, in batch order, from
+    /// one CPU kernel over the paged cache (see `decode_attention.rs`); `None` when there are
+    /// no such rows or the kernel does not apply (not CPU f32), and the general path runs.
+    fn attend_decode_rows(
+        &self,
+        q: &Tensor,
+        kv: &KvCache,
+        layer: usize,
+        step: &Step,
+    ) -> Result<Option<Tensor>> {
+        let seqs = &step.batch.seqs;
+        let decode: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].len == 1).collect();
+        if decode.is_empty() {
+            return Ok(None);
+        }
+        let contexts = decode
+            .iter()
+            .map(|&i| step.batch.context_slot_list(i))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| candle_core::Error::Msg("a sequence without context slots".into()))?;
+        let q = if decode.len() == seqs.len() {
+            q.clone()
+        } else {
+            let rows: Vec<u32> = decode.iter().map(|&i| seqs[i].offset as u32).collect();
+            q.index_select(&Tensor::new(rows.as_slice(), q.device())?, 0)?
+        };
+        let (keys, values) = kv.layer(layer)?;
+        let op = DecodeAttention {
+            contexts,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            window: self.window,
+        };
+        op.forward(&q, keys, values)
     }
 
     fn read_context(

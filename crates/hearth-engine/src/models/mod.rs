@@ -2,9 +2,11 @@
 //! paged KV cache in [`crate::kv_cache`]; encoders ([`bert`]) run padded batches for the
 //! embedder. [`linear`] is the generative models' linear layer (dense or quantized) and
 //! [`quantized`] where their weights come from (safetensors, quantized on load or not, or GGUF).
-//! [`split_matmul`] spreads decode's few-row products over the CPU cores.
+//! [`split_matmul`] spreads decode's few-row products over the CPU cores, and
+//! [`decode_attention`] attends all of a step's decode rows at once from the paged cache.
 
 pub mod bert;
+pub mod decode_attention;
 pub mod linear;
 pub mod llama;
 pub mod quantized;

@@ -12,8 +12,9 @@
 //! hundred of these calls a few tens of microseconds apart, and a rayon pool, whose workers
 //! sleep and must be woken each time, spent more on the hand-offs than it saved.
 //!
-//! Written here because neither candle nor gemm splits a matrix-vector product across threads;
-//! the arithmetic stays gemm's (its runtime-dispatched AVX2/AVX-512 kernels).
+//! Written here because neither candle nor gemm splits a matrix-vector product across threads,
+//! and gemm's tiled kernel is slow for a handful of rows (see [`few_rows_product`]). One row
+//! stays on gemm's matrix-vector kernel; 2 to 16 rows use a small SIMD kernel of our own.
 
 use candle_core::utils::barrier_pool;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
@@ -85,7 +86,10 @@ impl CustomOp2 for SplitMatmul {
             let mut dst = slot.lock().unwrap_or_else(|e| e.into_inner());
             let (first, cols) = (tid * block, dst.len() / rows);
             let w = &w[first * in_dim..(first + cols) * in_dim];
-            block_product(x, w, &mut dst, rows, cols, in_dim);
+            match rows {
+                1 => block_product(x, w, &mut dst, rows, cols, in_dim),
+                _ => few_rows_product(x, w, &mut dst, rows, in_dim),
+            }
         });
         drop(blocks);
         Ok((CpuStorage::F32(yt), Shape::from((out_dim, rows))))
@@ -97,6 +101,55 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f
     match storage {
         CpuStorage::F32(data) => data.get(start..end),
         _ => None,
+    }
+}
+
+/// The same product as [`block_product`] for 2 to [`MAX_ROWS`] rows, reading each weight row
+/// once for all of them. gemm's tiled kernel packs the weight block into a scratch copy on every
+/// call and pads the rows to its tile height, which made an 8-row decode step cost three
+/// single-row ones; this streams the weights once, like the matrix-vector path, with one
+/// accumulator per row. Runs on the widest SIMD the CPU has (pulp dispatches at run time).
+fn few_rows_product(x: &[f32], w: &[f32], dst: &mut [f32], rows: usize, k: usize) {
+    macro_rules! with_rows {
+        ($($n:literal)*) => {
+            match rows {
+                $($n => pulp::Arch::new().dispatch(FewRows::<$n> { x, w, dst, k }),)*
+                _ => unreachable!("{rows} rows: the caller allows 2 to MAX_ROWS"),
+            }
+        };
+    }
+    with_rows!(2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+}
+
+/// `dst[c * R + r] = Σ x[r, :] · w[c, :]` with R accumulators kept in registers.
+struct FewRows<'a, const R: usize> {
+    x: &'a [f32],
+    w: &'a [f32],
+    dst: &'a mut [f32],
+    k: usize,
+}
+
+impl<const R: usize> pulp::WithSimd for FewRows<'_, R> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, simd: S) {
+        let Self { x, w, dst, k } = self;
+        let xs: [(&[S::f32s], &[f32]); R] =
+            std::array::from_fn(|r| S::as_simd_f32s(&x[r * k..(r + 1) * k]));
+        for (w_row, out) in w.chunks_exact(k).zip(dst.chunks_exact_mut(R)) {
+            let (w_simd, w_tail) = S::as_simd_f32s(w_row);
+            let mut acc = [simd.splat_f32s(0.0); R];
+            for (c, &wc) in w_simd.iter().enumerate() {
+                for r in 0..R {
+                    acc[r] = simd.mul_add_f32s(wc, xs[r].0[c], acc[r]);
+                }
+            }
+            for r in 0..R {
+                let tail: f32 = w_tail.iter().zip(xs[r].1).map(|(a, b)| a * b).sum();
+                out[r] = simd.reduce_sum_f32s(acc[r]) + tail;
+            }
+        }
     }
 }
 
@@ -145,10 +198,11 @@ mod tests {
     #[test]
     fn matches_candle_for_every_row_count_and_odd_widths() {
         let device = Device::Cpu;
-        // 200 output columns: blocks of 112 and 88 on two threads, not a multiple of 16.
-        let w = Tensor::randn(0f32, 1.0, (200, 96), &device).unwrap();
-        for rows in [1, 2, 3, 8, MAX_ROWS] {
-            let x = Tensor::randn(0f32, 1.0, (rows, 96), &device).unwrap();
+        // 200 output columns: blocks of 112 and 88 on two threads, not a multiple of 16; an
+        // input width of 99 leaves a tail after the SIMD chunks.
+        let w = Tensor::randn(0f32, 1.0, (200, 99), &device).unwrap();
+        for rows in [1, 2, 3, 7, 8, 13, MAX_ROWS] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 99), &device).unwrap();
             let Some(y) = forward(&x, &w).unwrap() else {
                 assert_eq!(barrier_pool().n_workers(), 0, "only one thread skips the path");
                 return;
