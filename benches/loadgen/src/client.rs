@@ -112,11 +112,12 @@ impl Client {
             .tcp_nodelay(true)
             // A benchmark must measure the server, not whatever proxy the environment names.
             .no_proxy()
-            // Servers close idle keep-alive connections (llama-server after 5 s); a request
-            // sent on one the server is closing fails before the server sees it, which the agent
-            // workload's gaps between turns hit. Dropping pooled connections after 2 s idle means
-            // such gaps open a fresh connection instead.
-            .pool_idle_timeout(Duration::from_secs(2))
+            // A fresh connection per request. Against llama-server, a pooled connection taken
+            // again right after a streamed response sometimes failed at once ("error sending
+            // request": the server was closing it), which the agent workload's back-to-back
+            // turns hit. On
+            // loopback a connect costs tens of microseconds, nothing next to a first token.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| Error::Http(e.to_string()))?;
         let url = endpoint_url(&cfg.base_url, cfg.endpoint);
