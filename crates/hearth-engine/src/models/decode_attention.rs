@@ -192,3 +192,66 @@ fn axpy<S: pulp::Simd>(simd: S, alpha: f32, x: &[f32], y: &mut [f32]) {
         *ys += alpha * xs;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain attention of one query row against gathered keys/values, head by head.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, context: &[u32], group: usize) -> Tensor {
+        let slots = Tensor::new(context, &Device::Cpu).unwrap();
+        let (k, v) = (k.index_select(&slots, 0).unwrap(), v.index_select(&slots, 0).unwrap());
+        let (heads, hd) = q.dims2().unwrap();
+        let rows: Vec<Tensor> = (0..heads)
+            .map(|h| {
+                let kv_head = h / group;
+                let kh = k.narrow(1, kv_head, 1).unwrap().squeeze(1).unwrap();
+                let vh = v.narrow(1, kv_head, 1).unwrap().squeeze(1).unwrap();
+                let qh = q.narrow(0, h, 1).unwrap();
+                let scores =
+                    (qh.matmul(&kh.t().unwrap()).unwrap() * (hd as f64).powf(-0.5)).unwrap();
+                let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+                probs.matmul(&vh).unwrap()
+            })
+            .collect();
+        Tensor::cat(&rows, 1).unwrap().squeeze(0).unwrap()
+    }
+
+    #[test]
+    fn matches_plain_attention_with_grouped_heads_and_a_window() {
+        let device = Device::Cpu;
+        let (slots, kv_heads, heads, hd) = (24, 2, 6, 20);
+        let k = Tensor::randn(0f32, 1.0, (slots, kv_heads, hd), &device).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (slots, kv_heads, hd), &device).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (3, heads, hd), &device).unwrap();
+        let contexts: [&[u32]; 3] = [&[5], &[3, 7, 1, 0], &[23, 2, 9, 11, 4, 17, 6, 8, 20]];
+        for window in [None, Some(3)] {
+            let op = DecodeAttention {
+                contexts: contexts.to_vec(),
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: hd,
+                window,
+            };
+            let out = op.forward(&q, &k, &v).unwrap().expect("CPU f32 applies");
+            assert_eq!(out.dims(), &[3, heads * hd]);
+            for (i, context) in contexts.iter().enumerate() {
+                let seen = op.window_of(context);
+                let q_i = q.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+                let want = reference(&q_i, &k, &v, seen, heads / kv_heads);
+                let got = out.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+                let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "seq {i}, window {window:?}");
+            }
+        }
+        let half = q.to_dtype(DType::F16).unwrap();
+        let op = DecodeAttention {
+            contexts: contexts.to_vec(),
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+            window: None,
+        };
+        assert!(op.forward(&half, &k, &v).unwrap().is_none(), "only CPU f32 takes this path");
+    }
+}
