@@ -38,12 +38,19 @@ impl StreamDecoder {
         if data == "[DONE]" {
             return self.end();
         }
-        let value: Value = serde_json::from_str(data).map_err(malformed)?;
-        if let Some(error) = value.get("error") {
-            self.done = true;
-            return Ok(vec![in_band_error(error)]);
-        }
-        let chunk: ChatCompletionChunk = serde_json::from_value(value).map_err(malformed)?;
+        // An `"error"` key can only appear unescaped as a key (inside strings its quotes are
+        // escaped), so chunks without one are parsed straight into the typed chunk; going
+        // through a `Value` tree first cost an allocation per field on every chunk.
+        let chunk: ChatCompletionChunk = if data.contains("\"error\"") {
+            let value: Value = serde_json::from_str(data).map_err(malformed)?;
+            if let Some(error) = value.get("error") {
+                self.done = true;
+                return Ok(vec![in_band_error(error)]);
+            }
+            serde_json::from_value(value).map_err(malformed)?
+        } else {
+            serde_json::from_str(data).map_err(malformed)?
+        };
         let mut out = Vec::new();
         if !self.started {
             self.started = true;
@@ -289,6 +296,19 @@ mod tests {
         ));
         let err = StreamDecoder::new().push(r#"{"error": {"message": "boom"}}"#).unwrap();
         assert!(matches!(&err[0], CanonicalEvent::Error { error } if error.message == "boom"));
+    }
+
+    #[test]
+    fn the_word_error_in_content_is_content() {
+        let chunk = json!({"choices": [{"index": 0, "delta": {"content": "an \"error\": here"}}]});
+        let events = StreamDecoder::new().push(&chunk.to_string()).unwrap();
+        assert!(events.iter().any(
+            |e| matches!(e, CanonicalEvent::TextDelta { text } if text == "an \"error\": here")
+        ));
+        // A chunk carrying an error key alongside is still the in-band error it was before.
+        let both = json!({"choices": [], "error": {"message": "late"}});
+        let events = StreamDecoder::new().push(&both.to_string()).unwrap();
+        assert!(matches!(&events[0], CanonicalEvent::Error { error } if error.message == "late"));
     }
 
     #[test]
