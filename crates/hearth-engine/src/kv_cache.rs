@@ -216,8 +216,11 @@ impl PackedBatch {
         } else {
             Some(u32_tensor(host.logits_rows.iter().map(|&r| r as u32).collect())?)
         };
-        let context_slots =
-            host.context_slots.iter().cloned().map(u32_tensor).collect::<Result<Vec<_>>>()?;
+        let context_slots = host
+            .context_slots
+            .iter()
+            .map(|slots| Tensor::new(slots.as_slice(), device))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             input_ids: u32_tensor(host.input_ids)?,
             positions: u32_tensor(host.positions)?,

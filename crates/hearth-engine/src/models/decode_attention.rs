@@ -15,11 +15,13 @@ use std::sync::Mutex;
 use candle_core::utils::barrier_pool;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
+use super::split_matmul::contiguous_f32;
+
 /// What the op needs besides its three tensors.
 pub struct DecodeAttention<'a> {
     /// Per decode sequence, the cache slots of its whole context (the new token's included), in
     /// position order.
-    pub contexts: Vec<&'a [u32]>,
+    pub contexts: &'a [&'a [u32]],
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -63,7 +65,7 @@ impl CustomOp3 for DecodeAttention<'_> {
             candle_core::bail!("decode-attention: {n} queries, {} contexts", self.contexts.len());
         }
         let (Some(q), Some(k), Some(v)) =
-            (f32_slice(q, q_layout), f32_slice(k, k_layout), f32_slice(v, v_layout))
+            (contiguous_f32(q, q_layout), contiguous_f32(k, k_layout), contiguous_f32(v, v_layout))
         else {
             candle_core::bail!("decode-attention takes contiguous f32 tensors");
         };
@@ -101,14 +103,6 @@ impl DecodeAttention<'_> {
             Some(w) if context.len() > w => &context[context.len() - w..],
             _ => context,
         }
-    }
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
-    let (start, end) = layout.contiguous_offsets()?;
-    match storage {
-        CpuStorage::F32(data) => data.get(start..end),
-        _ => None,
     }
 }
 
@@ -227,7 +221,7 @@ mod tests {
         let contexts: [&[u32]; 3] = [&[5], &[3, 7, 1, 0], &[23, 2, 9, 11, 4, 17, 6, 8, 20]];
         for window in [None, Some(3)] {
             let op = DecodeAttention {
-                contexts: contexts.to_vec(),
+                contexts: &contexts,
                 num_heads: heads,
                 num_kv_heads: kv_heads,
                 head_dim: hd,
@@ -246,7 +240,7 @@ mod tests {
         }
         let half = q.to_dtype(DType::F16).unwrap();
         let op = DecodeAttention {
-            contexts: contexts.to_vec(),
+            contexts: &contexts,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim: hd,

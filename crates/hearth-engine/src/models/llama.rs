@@ -74,14 +74,44 @@ struct Step<'a> {
     write_index: SlotWriteIndex,
     /// Per distinct window, each sequence's additive mask (`None` where nothing is masked).
     masks: Vec<(Option<usize>, Vec<Option<Tensor>>)>,
+    decode: DecodeRows<'a>,
+}
+
+/// The sequences adding one token this step, found once per step for every layer's
+/// decode-attention kernel.
+struct DecodeRows<'a> {
+    /// Their indices in the batch, in order.
+    seqs: Vec<usize>,
+    /// Their context slots on the host, in the same order.
+    contexts: Vec<&'a [u32]>,
+    /// Their rows of the packed input; `None` when every sequence decodes (then it is all rows).
+    rows: Option<Tensor>,
+}
+
+impl<'a> DecodeRows<'a> {
+    fn new(batch: &'a PackedBatch, device: &Device) -> Result<Self> {
+        let seqs: Vec<usize> = (0..batch.seqs.len()).filter(|&i| batch.seqs[i].len == 1).collect();
+        let contexts = seqs
+            .iter()
+            .map(|&i| batch.context_slot_list(i))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| candle_core::Error::Msg("a sequence without context slots".into()))?;
+        let rows = if seqs.len() == batch.seqs.len() {
+            None
+        } else {
+            let rows: Vec<u32> = seqs.iter().map(|&i| batch.seqs[i].offset as u32).collect();
+            Some(Tensor::new(rows.as_slice(), device)?)
+        };
+        Ok(Self { seqs, contexts, rows })
+    }
+
+    /// Every sequence adds exactly one token (a pure decode step).
+    fn is_whole_batch(&self) -> bool {
+        !self.seqs.is_empty() && self.rows.is_none()
+    }
 }
 
 impl Step<'_> {
-    /// Every sequence adds exactly one token (a pure decode step).
-    fn all_decode(&self) -> bool {
-        self.batch.seqs.iter().all(|s| s.len == 1)
-    }
-
     fn mask(&self, window: Option<usize>, seq: usize) -> Option<&Tensor> {
         let (_, masks) = self.masks.iter().find(|(w, _)| *w == window)?;
         masks.get(seq)?.as_ref()
@@ -162,7 +192,7 @@ impl Attention {
         let k = rope_thd(&k.contiguous()?, &step.cos, &step.sin)?.squeeze(0)?;
         kv.write(layer, &k, &v, &step.write_index)?;
         let decoded = self.attend_decode_rows(&q, kv, layer, step)?;
-        if let Some(out) = decoded.as_ref().filter(|_| step.all_decode()) {
+        if let Some(out) = decoded.as_ref().filter(|_| step.decode.is_whole_batch()) {
             return self.o_proj.forward(out);
         }
         let mut outs = Vec::with_capacity(step.batch.seqs.len());
@@ -198,25 +228,17 @@ impl Attention {
         layer: usize,
         step: &Step,
     ) -> Result<Option<Tensor>> {
-        let seqs = &step.batch.seqs;
-        let decode: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].len == 1).collect();
-        if decode.is_empty() {
+        let decode = &step.decode;
+        if decode.seqs.is_empty() {
             return Ok(None);
         }
-        let contexts = decode
-            .iter()
-            .map(|&i| step.batch.context_slot_list(i))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| candle_core::Error::Msg("a sequence without context slots".into()))?;
-        let q = if decode.len() == seqs.len() {
-            q.clone()
-        } else {
-            let rows: Vec<u32> = decode.iter().map(|&i| seqs[i].offset as u32).collect();
-            q.index_select(&Tensor::new(rows.as_slice(), q.device())?, 0)?
+        let q = match &decode.rows {
+            None => q.clone(),
+            Some(rows) => q.index_select(rows, 0)?,
         };
         let (keys, values) = kv.layer(layer)?;
         let op = DecodeAttention {
-            contexts,
+            contexts: &decode.contexts,
             num_heads: self.num_heads,
             num_kv_heads: self.num_kv_heads,
             head_dim: self.head_dim,
@@ -390,7 +412,13 @@ impl Llama {
                 Ok((w, per_seq.collect::<Result<Vec<_>>>()?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Step { batch, cos, sin, write_index: kv.write_index(batch)?, masks })
+        // The decode-attention kernel is CPU f32 only; elsewhere every row takes the general path.
+        let decode = if self.device.is_cpu() && self.dtype == DType::F32 {
+            DecodeRows::new(batch, &self.device)?
+        } else {
+            DecodeRows { seqs: Vec::new(), contexts: Vec::new(), rows: None }
+        };
+        Ok(Step { batch, cos, sin, write_index: kv.write_index(batch)?, masks, decode })
     }
 }
 

@@ -96,7 +96,9 @@ impl CustomOp2 for SplitMatmul {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
+/// The f32 data of a contiguous CPU tensor's storage (for the CPU kernels here and in
+/// `decode_attention.rs`).
+pub(super) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Option<&'a [f32]> {
     let (start, end) = layout.contiguous_offsets()?;
     match storage {
         CpuStorage::F32(data) => data.get(start..end),
