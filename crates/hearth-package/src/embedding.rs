@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::error::PackageError;
 use crate::model_config::ModelConfig;
+use crate::tokens::read_optional;
 
 pub(crate) const MODULES_FILE: &str = "modules.json";
 pub(crate) const SENTENCE_CONFIG_FILE: &str = "sentence_bert_config.json";
@@ -315,15 +316,6 @@ fn parse_pooling(file: &str, text: &str) -> Result<PoolingSpec, PackageError> {
 
 fn is_relative_inside(path: &str) -> bool {
     Path::new(path).components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
-fn read_optional(dir: &Path, file: &str) -> Result<Option<String>, PackageError> {
-    let path = dir.join(file);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(PackageError::io(&path, e)),
-    }
 }
 
 #[cfg(test)]

@@ -163,7 +163,8 @@ fn read_generation_config(dir: &Path) -> Result<Option<serde_json::Value>, Packa
         .transpose()
 }
 
-fn read_optional(dir: &Path, file: &str) -> Result<Option<String>, PackageError> {
+/// The text of `dir/file`, or `None` when the file is absent (any other I/O error is one).
+pub(crate) fn read_optional(dir: &Path, file: &str) -> Result<Option<String>, PackageError> {
     let path = dir.join(file);
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text)),

@@ -14,13 +14,13 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use hearth_engine::{EmbedError, EmbedInput};
 use hearth_gateway::EmbeddingModel;
 use serde_json::{json, Map, Value};
 
 use super::error::{CogError, Detail};
-use super::handlers::COG_VERSION;
+use super::handlers;
 use super::request::PredictionRequest;
 use super::schema;
 use crate::state::AppState;
@@ -96,22 +96,7 @@ pub(crate) async fn hook(State(state): State<AppState>, request: Request, next: 
 }
 
 fn index(target: &Target) -> Response {
-    let url = |path: &str| format!("{}{path}", target.prefix);
-    Json(json!({
-        "cog_version": COG_VERSION,
-        "docs_url": Value::Null,
-        "openapi_url": url("/openapi.json"),
-        "shutdown_url": url("/shutdown"),
-        "healthcheck_url": url("/health-check"),
-        "predictions_url": url("/predictions"),
-        "predictions_idempotent_url": url("/predictions/{prediction_id}"),
-        "predictions_cancel_url": url("/predictions/{prediction_id}/cancel"),
-    }))
-    .into_response()
-}
-
-fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    Json(handlers::index_body(&target.prefix)).into_response()
 }
 
 fn health_check(state: &AppState, target: &Target) -> Response {
@@ -120,17 +105,8 @@ fn health_check(state: &AppState, target: &Target) -> Response {
         .cog
         .max_concurrency()
         .is_some_and(|max| target.model.embedder.num_waiting() >= max);
-    Json(json!({
-        "status": if busy { "BUSY" } else { "READY" },
-        "setup": {
-            "started_at": timestamp(state.setup_started_at()),
-            "completed_at": timestamp(state.setup_completed_at()),
-            "status": "succeeded",
-            "logs": "",
-        },
-        "version": { "hearth": env!("CARGO_PKG_VERSION"), "cog": COG_VERSION },
-    }))
-    .into_response()
+    let status = if busy { "BUSY" } else { "READY" };
+    Json(handlers::health_body(state, status, "succeeded", "")).into_response()
 }
 
 /// The generative document with the embedding model's own `Input` and `Output`.
@@ -222,9 +198,9 @@ async fn run_prediction(
         "output": output,
         "logs": "",
         "error": error,
-        "created_at": timestamp(created_at),
-        "started_at": timestamp(created_at),
-        "completed_at": timestamp(completed_at),
+        "created_at": handlers::timestamp(created_at),
+        "started_at": handlers::timestamp(created_at),
+        "completed_at": handlers::timestamp(completed_at),
         "metrics": {
             "predict_time": seconds,
             "input_token_count": input_tokens,

@@ -13,8 +13,14 @@ use crate::state::AppState;
 pub(crate) const COG_VERSION: &str = "0.21.0";
 
 pub(crate) async fn index(target: CogModel) -> Json<Value> {
-    let url = |path: &str| format!("{}{path}", target.prefix);
-    Json(json!({
+    Json(index_body(&target.prefix))
+}
+
+/// Cog's index document for a model whose routes sit under `prefix` (generative and embedding
+/// models alike).
+pub(super) fn index_body(prefix: &str) -> Value {
+    let url = |path: &str| format!("{prefix}{path}");
+    json!({
         "cog_version": COG_VERSION,
         "docs_url": Value::Null,
         "openapi_url": url("/openapi.json"),
@@ -23,7 +29,7 @@ pub(crate) async fn index(target: CogModel) -> Json<Value> {
         "predictions_url": url("/predictions"),
         "predictions_idempotent_url": url("/predictions/{prediction_id}"),
         "predictions_cancel_url": url("/predictions/{prediction_id}/cancel"),
-    }))
+    })
 }
 
 /// Always 200, as Cog's is; the status says whether a prediction would be taken now.
@@ -31,13 +37,21 @@ pub(crate) async fn health_check(
     State(state): State<AppState>,
     target: CogModelState,
 ) -> Json<Value> {
-    let timestamp =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let (status, setup_status, logs) = match &target {
         CogModelState::Ready(target) => (readiness(target), "succeeded", String::new()),
         CogModelState::Failed { reason } => ("SETUP_FAILED", "failed", reason.clone()),
     };
-    Json(json!({
+    Json(health_body(&state, status, setup_status, &logs))
+}
+
+/// RFC 3339 with microseconds, as Cog writes its times.
+pub(super) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Cog's health-check document (generative and embedding models alike).
+pub(super) fn health_body(state: &AppState, status: &str, setup_status: &str, logs: &str) -> Value {
+    json!({
         "status": status,
         "setup": {
             "started_at": timestamp(state.setup_started_at()),
@@ -46,7 +60,7 @@ pub(crate) async fn health_check(
             "logs": logs,
         },
         "version": { "hearth": env!("CARGO_PKG_VERSION"), "cog": COG_VERSION },
-    }))
+    })
 }
 
 /// BUSY when every slot is taken: as many requests run as cog.yaml's `concurrency.max`, or

@@ -1,6 +1,6 @@
 //! The prediction object Cog returns and sends in webhooks and SSE `completed` events.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
@@ -71,7 +71,7 @@ fn timestamp<S: Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     match value {
-        Some(t) => serializer.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        Some(t) => serializer.serialize_str(&super::handlers::timestamp(*t)),
         None => serializer.serialize_none(),
     }
 }
