@@ -94,7 +94,8 @@ pub struct BlockManager {
     /// Every block whose `ref_count` is 0, published or not; front = evicted first.
     free_queue: FreeQueue,
     /// Published blocks by hash; each entry's block has the matching `publication`.
-    cached_blocks: HashMap<BlockHash, BlockId>,
+    /// Keyed by hashes ahash already computed; ahash again (not SipHash) for the map itself.
+    cached_blocks: HashMap<BlockHash, BlockId, RandomState>,
     prefix_caching: bool,
     next_serial: u64,
     stats: PrefixCacheStats,
@@ -113,7 +114,7 @@ impl BlockManager {
             block_size,
             blocks: (0..num_blocks).map(|_| Block::default()).collect(),
             free_queue: FreeQueue::new(num_blocks),
-            cached_blocks: HashMap::new(),
+            cached_blocks: HashMap::default(),
             prefix_caching,
             next_serial: 0,
             stats: PrefixCacheStats::default(),

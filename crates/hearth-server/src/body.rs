@@ -7,7 +7,6 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +49,13 @@ pub(crate) struct FieldError {
     pub message: String,
 }
 
-/// Deserializes `value` into `T`, keeping the path of the field that failed.
-pub(crate) fn typed<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
+/// Deserializes `value` (a `Value`, or a `&Value` read in place) into `T`, keeping the path of
+/// the field that failed.
+pub(crate) fn typed<'de, T, D>(value: D) -> Result<T, FieldError>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let message = err.inner().to_string();

@@ -14,8 +14,9 @@ use crate::state::AppState;
 pub(crate) struct OpenAiJson(Value);
 
 impl OpenAiJson {
+    /// A typed view read from the body in place (no copy of it).
     pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, OpenAiError> {
-        Ok(typed(self.0.clone())?)
+        Ok(typed(&self.0)?)
     }
 
     /// The last typed view, which takes the body instead of copying it.

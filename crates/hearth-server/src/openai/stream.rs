@@ -48,14 +48,13 @@ pub(crate) fn stream(
     include_usage: bool,
     keep_alive: Duration,
 ) -> Response {
-    let events = stream::unfold(Some(generation), move |generation| {
-        let encoder = encoder.clone();
-        async move {
-            let mut generation = generation?;
-            let event = generation.next().await?;
-            let (events, more) = encode(&encoder, event, include_usage);
-            Some((events, more.then_some(generation)))
-        }
+    // The encoder travels in the state with the generation: cloning it (its id and model
+    // strings) for every token is what a closure-captured encoder would cost.
+    let events = stream::unfold(Some((generation, encoder)), move |state| async move {
+        let (mut generation, encoder) = state?;
+        let event = generation.next().await?;
+        let (events, more) = encode(&encoder, event, include_usage);
+        Some((events, more.then_some((generation, encoder))))
     });
     let events = events.flat_map(stream::iter).map(Ok::<_, Infallible>);
     Sse::new(events).keep_alive(KeepAlive::new().interval(keep_alive)).into_response()

@@ -38,9 +38,10 @@ impl StreamDecoder {
         if data == "[DONE]" {
             return self.end();
         }
-        // An `"error"` key can only appear unescaped as a key (inside strings its quotes are
-        // escaped), so chunks without one are parsed straight into the typed chunk; going
-        // through a `Value` tree first cost an allocation per field on every chunk.
+        // Text inside a string has its quotes escaped, so an unescaped `"error"` is a key or the
+        // bare string value "error"; chunks without one cannot carry an in-band error and are
+        // parsed straight into the typed chunk (a `Value` tree first cost an allocation per
+        // field on every chunk). The rare rest takes the general path, which decides exactly.
         let chunk: ChatCompletionChunk = if data.contains("\"error\"") {
             let value: Value = serde_json::from_str(data).map_err(malformed)?;
             if let Some(error) = value.get("error") {
