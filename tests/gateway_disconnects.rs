@@ -40,7 +40,11 @@ fn wait_for_records(daemon: &Daemon, n: u64) -> Value {
 #[test]
 fn a_cog_client_that_disconnects_mid_stream_frees_its_sequence() {
     let daemon = serve_tiny();
-    let body = json!({"input": {"prompt": "Keep talking", "max_tokens": 1500}});
+    // Greedy: Cog's default temperature (0.7) samples tiny-llama's end-of-sequence token
+    // within a few dozen tokens often enough that the request could end on its own before the
+    // client leaves. Greedy decoding runs the whole 1,500 tokens (seconds), so only the
+    // disconnect can end it early.
+    let body = json!({"input": {"prompt": "Keep talking", "max_tokens": 1500, "temperature": 0}});
     let mut resp = client()
         .post(daemon.url("/predictions"))
         .header("accept", "text/event-stream")
