@@ -1,5 +1,8 @@
 -- wrk script: POSTs one streamed OpenAI chat completion per request. With RATE set, each
--- connection paces itself so that all of them together send about RATE requests a second.
+-- connection waits an exponentially distributed time (mean CONNECTIONS / RATE seconds) after
+-- each response, so that together they send about RATE requests a second as a Poisson stream.
+-- A fixed wait would keep the connections in step: every 10 ms all of them would fire at once,
+-- and the latency measured would be mostly the wait behind the others of the burst.
 -- At the end it prints one machine-readable line: BENCH <json>.
 
 wrk.method = "POST"
@@ -17,12 +20,15 @@ end
 
 function init(args)
   bad = 0 -- a global of the thread's own Lua state, read back in done()
+  -- Each thread its own random sequence (a table's address differs per Lua state).
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)") or "0", 16) % 1000003)
 end
 
 function delay()
   if rate > 0 then
-    -- Each connection sends one request per `connections / rate` seconds.
-    return math.floor(connections * 1000 / rate)
+    -- wrk takes whole milliseconds; rounding keeps the mean.
+    local mean_ms = connections * 1000 / rate
+    return math.floor(-mean_ms * math.log(1 - math.random()) + 0.5)
   end
   return 0
 end

@@ -4,15 +4,19 @@
 #
 # The upstream is nginx returning a fixed OpenAI chat-completion stream. The load tool is wrk,
 # with chat.lua POSTing a streamed chat request. One run measures, side by side:
-#   1. direct to nginx at RATE req/s (paced), then through Hearth at the same rate: p50/p99,
-#      and the difference, which is what Hearth adds;
-#   2. both unpaced with CONNECTIONS connections: the most requests a second, and errors;
+#   1. at about RATE req/s (Poisson arrivals over 10 connections) the latency of: nginx
+#      directly; two floors, nginx proxying to itself (a lean C proxy) and a bare forwarder on
+#      Hearth's own HTTP stack (`benches/gateway/forwarder`: axum + reqwest, no parsing, no run,
+#      no ledger); and Hearth. What each adds is its difference from the direct call;
+#   2. nginx directly and Hearth unpaced with CONNECTIONS connections: the most requests a
+#      second, and errors;
 #   3. that the ledger holds one record per request Hearth answered.
-# It installs what it needs (Debian's nginx and wrk), builds the release binary, starts
+# It installs what it needs (Debian's nginx and wrk), builds the release binaries, starts
 # everything on 127.0.0.1, stops it all when done, and prints the numbers and the machine.
 #
 # Knobs (environment): RATE (1000), PACED_SECS (20), MAX_SECS (15), CONNECTIONS (32),
-# THREADS (2), WARMUP_SECS (3), HEARTH_BIN (a release binary to use instead of building one).
+# THREADS (2), WARMUP_SECS (3), ROUNDS (1: the paced measurements repeated, interleaved),
+# HEARTH_BIN and FORWARDER_BIN (release binaries to use instead of building them).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,16 +26,18 @@ MAX_SECS=${MAX_SECS:-15}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 WARMUP_SECS=${WARMUP_SECS:-3}
+ROUNDS=${ROUNDS:-1}
 PACED_CONNECTIONS=10
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk >/dev/null
 fi
-if [ -z "${HEARTH_BIN:-}" ]; then
-    cargo build --release -p hearth-cli --quiet
+if [ -z "${HEARTH_BIN:-}" ] || [ -z "${FORWARDER_BIN:-}" ]; then
+    cargo build --release -p hearth-cli -p hearth-bench-forwarder --quiet
 fi
 HEARTH=${HEARTH_BIN:-$PWD/target/release/hearth}
+FORWARDER=${FORWARDER_BIN:-$PWD/target/release/forwarder}
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -44,6 +50,8 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UPSTREAM_PORT=$(free_port)
+PROXY_PORT=$(free_port)
+FORWARDER_PORT=$(free_port)
 HEARTH_PORT=$(free_port)
 
 # The upstream's answer: a role chunk, three content chunks, the finish chunk, usage, [DONE].
@@ -69,9 +77,27 @@ http {
             return 200 '$BODY';
         }
     }
+    # The C floor: the same worker proxying to the server above over kept-alive connections,
+    # passing the stream on as it arrives.
+    upstream fake {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$PROXY_PORT;
+        location / {
+            proxy_pass http://fake;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
 }
 EOF
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+PIDS+=($!)
+"$FORWARDER" --listen "127.0.0.1:$FORWARDER_PORT" \
+    --upstream "http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions" &
 PIDS+=($!)
 
 cat > "$WORK/hearth.toml" <<EOF
@@ -93,25 +119,32 @@ HEARTH_LOG=${HEARTH_LOG:-info} "$HEARTH" serve --models "$WORK/models" --config 
     --addr "127.0.0.1:$HEARTH_PORT" 2> "$WORK/hearth.log" &
 PIDS+=($!)
 
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$HEARTH_PORT/health" >/dev/null && \
-        curl -sf -o /dev/null -X POST "http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions" && break
-    sleep 0.1
-done
-
 DIRECT="http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions"
+PROXY="http://127.0.0.1:$PROXY_PORT/v1/chat/completions"
+BARE="http://127.0.0.1:$FORWARDER_PORT/v1/chat/completions"
 THROUGH="http://127.0.0.1:$HEARTH_PORT/v1/chat/completions"
 LUA=benches/gateway/chat.lua
+
+for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$HEARTH_PORT/health" >/dev/null &&
+        curl -sf -o /dev/null -X POST "$DIRECT" && curl -sf -o /dev/null -X POST "$PROXY" &&
+        curl -sf -o /dev/null -X POST "$BARE" && break
+    sleep 0.1
+done
 
 # wrk_json URL SECS CONNECTIONS RATE: one wrk run, its BENCH line's JSON.
 wrk_json() {
     RATE=$4 CONNECTIONS=$3 wrk -t"$THREADS" -c"$3" -d"$2"s -s "$LUA" "$1" | sed -n 's/^BENCH //p'
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+errors() { echo $(( $(field "$1" non_2xx) + $(field "$1" socket_errors) + $(field "$1" incomplete) )); }
+ms() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1000:.3f}')" "$1"; }
+added() { python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / 1000:+.3f}')" "$1" "$2"; }
 
 echo "warming up ($WARMUP_SECS s each)..." >&2
-wrk_json "$DIRECT" "$WARMUP_SECS" 8 0 >/dev/null
-wrk_json "$THROUGH" "$WARMUP_SECS" 8 0 >/dev/null
+for url in "$DIRECT" "$PROXY" "$BARE" "$THROUGH"; do
+    wrk_json "$url" "$WARMUP_SECS" 8 0 >/dev/null
+done
 
 ledger_count() {
     curl -sf "http://127.0.0.1:$HEARTH_PORT/v1/usage?group_by=model" |
@@ -119,44 +152,60 @@ ledger_count() {
 }
 ledger_before=$(ledger_count)
 
-echo "paced at $RATE req/s ($PACED_SECS s each)..." >&2
-paced_direct=$(wrk_json "$DIRECT" "$PACED_SECS" "$PACED_CONNECTIONS" "$RATE")
-paced_hearth=$(wrk_json "$THROUGH" "$PACED_SECS" "$PACED_CONNECTIONS" "$RATE")
+# One row per round and target; the targets take turns, so a slow spell of the machine does not
+# fall on one of them alone.
+paced_rows=""
+hearth_sent=0
+for round in $(seq "$ROUNDS"); do
+    echo "round $round of $ROUNDS: about $RATE req/s ($PACED_SECS s each)..." >&2
+    direct=$(wrk_json "$DIRECT" "$PACED_SECS" "$PACED_CONNECTIONS" "$RATE")
+    for target in "nginx directly|$DIRECT" "nginx as a proxy (C floor)|$PROXY" \
+        "bare axum + reqwest forwarder (stack floor)|$BARE" "**Hearth**|$THROUGH"; do
+        name=${target%%|*}
+        url=${target#*|}
+        if [ "$url" = "$DIRECT" ]; then result=$direct; else
+            result=$(wrk_json "$url" "$PACED_SECS" "$PACED_CONNECTIONS" "$RATE")
+        fi
+        [ "$url" = "$THROUGH" ] && hearth_sent=$(( hearth_sent + $(field "$result" requests) ))
+        row="| $round | $name | $(field "$result" rps)"
+        for p in p50_us p90_us p99_us p999_us; do row+=" | $(ms "$(field "$result" $p)")"; done
+        for p in p50_us p99_us; do
+            if [ "$url" = "$DIRECT" ]; then row+=" | "; else
+                row+=" | $(added "$(field "$result" $p)" "$(field "$direct" $p)")"
+            fi
+        done
+        paced_rows+="$row | $(errors "$result") |"$'\n'
+    done
+done
+
 echo "unpaced, $CONNECTIONS connections ($MAX_SECS s each)..." >&2
 max_direct=$(wrk_json "$DIRECT" "$MAX_SECS" "$CONNECTIONS" 0)
 max_hearth=$(wrk_json "$THROUGH" "$MAX_SECS" "$CONNECTIONS" 0)
+hearth_sent=$(( hearth_sent + $(field "$max_hearth" requests) ))
 
 # Every request Hearth answered has its ledger record once the runs have ended (a usage query
 # flushes the ledger's queue). wrk also cuts up to one request per connection at the end of a
 # run; Hearth finishes and records those too.
-sent=$(python3 -c "import json,sys; print(sum(json.loads(a)['requests'] for a in sys.argv[1:]))" \
-    "$paced_hearth" "$max_hearth")
 sleep 1
 ledger=$(( $(ledger_count) - ledger_before ))
 
-ms() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1000:.3f}')" "$1"; }
-added() { python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / 1000:.3f}')" "$1" "$2"; }
-
 cat <<EOF
 
-## Routing overhead ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))
+## Routing overhead ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))
 
-Paced at $RATE req/s, $PACED_CONNECTIONS connections, $PACED_SECS s:
+About $RATE req/s (Poisson arrivals), $PACED_CONNECTIONS connections, $PACED_SECS s each:
 
-| | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |
-|---|---|---|---|---|---|---|
-| direct to nginx | $(field "$paced_direct" rps) | $(ms "$(field "$paced_direct" p50_us)") | $(ms "$(field "$paced_direct" p90_us)") | $(ms "$(field "$paced_direct" p99_us)") | $(ms "$(field "$paced_direct" p999_us)") | $(( $(field "$paced_direct" non_2xx) + $(field "$paced_direct" socket_errors) + $(field "$paced_direct" incomplete) )) |
-| through Hearth | $(field "$paced_hearth" rps) | $(ms "$(field "$paced_hearth" p50_us)") | $(ms "$(field "$paced_hearth" p90_us)") | $(ms "$(field "$paced_hearth" p99_us)") | $(ms "$(field "$paced_hearth" p999_us)") | $(( $(field "$paced_hearth" non_2xx) + $(field "$paced_hearth" socket_errors) + $(field "$paced_hearth" incomplete) )) |
-| **added by Hearth** | | **$(added "$(field "$paced_hearth" p50_us)" "$(field "$paced_direct" p50_us)")** | $(added "$(field "$paced_hearth" p90_us)" "$(field "$paced_direct" p90_us)") | **$(added "$(field "$paced_hearth" p99_us)" "$(field "$paced_direct" p99_us)")** | $(added "$(field "$paced_hearth" p999_us)" "$(field "$paced_direct" p999_us)") | |
-
+| round | target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p99 | errors |
+|---|---|---|---|---|---|---|---|---|---|
+${paced_rows}
 Unpaced, $CONNECTIONS connections, $THREADS wrk threads, $MAX_SECS s:
 
 | | req/s | p50 ms | p99 ms | errors |
 |---|---|---|---|---|
-| direct to nginx | $(field "$max_direct" rps) | $(ms "$(field "$max_direct" p50_us)") | $(ms "$(field "$max_direct" p99_us)") | $(( $(field "$max_direct" non_2xx) + $(field "$max_direct" socket_errors) + $(field "$max_direct" incomplete) )) |
-| through Hearth | $(field "$max_hearth" rps) | $(ms "$(field "$max_hearth" p50_us)") | $(ms "$(field "$max_hearth" p99_us)") | $(( $(field "$max_hearth" non_2xx) + $(field "$max_hearth" socket_errors) + $(field "$max_hearth" incomplete) )) |
+| nginx directly | $(field "$max_direct" rps) | $(ms "$(field "$max_direct" p50_us)") | $(ms "$(field "$max_direct" p99_us)") | $(errors "$max_direct") |
+| Hearth | $(field "$max_hearth" rps) | $(ms "$(field "$max_hearth" p50_us)") | $(ms "$(field "$max_hearth" p99_us)") | $(errors "$max_hearth") |
 
-Ledger: $ledger records written for $sent requests wrk completed through Hearth (wrk abandons up to
-$(( PACED_CONNECTIONS + CONNECTIONS )) more in flight when its runs end; Hearth finishes and records those too).
+Ledger: $ledger records written for $hearth_sent requests wrk completed through Hearth (wrk abandons up
+to one request per connection in flight when a run ends; Hearth finishes and records those too).
 Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg).
 EOF

@@ -4,7 +4,7 @@ use eventsource_stream::Event;
 use hearth_protocol::wire::{anthropic, DecodeError};
 use hearth_protocol::{CanonicalEvent, CanonicalRequest};
 
-use super::http::{SseDecoder, Upstream};
+use super::http::{Endpoint, SseDecoder, Upstream};
 use super::{ApiKey, EventStream, Provider, ProviderError};
 
 // Constants.
@@ -15,7 +15,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 
 pub struct AnthropicProvider {
     upstream: Upstream,
-    base_url: String,
+    endpoint: Endpoint,
     client: reqwest::Client,
     /// Anthropic requires `max_tokens`; this fills it when the caller set none.
     default_max_tokens: u32,
@@ -32,7 +32,7 @@ impl AnthropicProvider {
         let base_url = base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         Self {
             upstream: Upstream { name: name.into(), key },
-            base_url: base_url.trim_end_matches('/').to_string(),
+            endpoint: Endpoint::new(format!("{}/v1/messages", base_url.trim_end_matches('/'))),
             client,
             default_max_tokens,
         }
@@ -44,8 +44,8 @@ impl AnthropicProvider {
 impl AnthropicProvider {
     fn request(&self, body: &anthropic::MessagesRequest) -> reqwest::RequestBuilder {
         let mut request = self
-            .client
-            .post(format!("{}/v1/messages", self.base_url))
+            .endpoint
+            .post(&self.client)
             .header("anthropic-version", anthropic::API_VERSION)
             .json(body);
         if let Some(key) = self.upstream.key_header("") {

@@ -4,7 +4,7 @@ use eventsource_stream::Event;
 use hearth_protocol::wire::{openai, DecodeError};
 use hearth_protocol::{CanonicalEvent, CanonicalRequest};
 
-use super::http::{SseDecoder, Upstream};
+use super::http::{Endpoint, SseDecoder, Upstream};
 use super::{ApiKey, EventStream, Provider, ProviderError};
 
 // Constants.
@@ -15,7 +15,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 pub struct OpenAiProvider {
     upstream: Upstream,
-    base_url: String,
+    endpoint: Endpoint,
     client: reqwest::Client,
     /// OpenAI itself refuses parameters that compatible servers accept, and the reverse.
     compatible: bool,
@@ -33,7 +33,7 @@ impl OpenAiProvider {
         let base_url = base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         Self {
             upstream: Upstream { name: name.into(), key },
-            base_url: base_url.trim_end_matches('/').to_string(),
+            endpoint: Endpoint::new(format!("{}/chat/completions", base_url.trim_end_matches('/'))),
             client,
             compatible,
         }
@@ -44,8 +44,7 @@ impl OpenAiProvider {
 
 impl OpenAiProvider {
     fn request(&self, body: &openai::ChatCompletionRequest) -> reqwest::RequestBuilder {
-        let mut request =
-            self.client.post(format!("{}/chat/completions", self.base_url)).json(body);
+        let mut request = self.endpoint.post(&self.client).json(body);
         if let Some(auth) = self.upstream.key_header("Bearer ") {
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
