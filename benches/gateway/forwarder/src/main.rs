@@ -43,8 +43,8 @@ async fn forward(State(upstream): State<Upstream>, body: Bytes) -> Response {
         .await;
     match sent {
         Ok(answer) => {
-            let status = StatusCode::from_u16(answer.status().as_u16())
-                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let status =
+                StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
             let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
             *response.status_mut() = status;

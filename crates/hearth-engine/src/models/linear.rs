@@ -8,6 +8,8 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 
+use super::q8_matmul::PackedQ8_0;
+
 /// On-load quantization of dense weights. Blocks run along a weight's input dimension: a layer
 /// whose input size is not a multiple of the block size (32 for q8_0, 256 for q4_k) stays dense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,17 @@ impl Quantization {
 #[derive(Debug, Clone)]
 pub enum Linear {
     Dense(candle_nn::Linear),
-    Quantized { weight: QMatMul, bias: Option<Tensor>, in_dim: usize, out_dim: usize },
+    Quantized {
+        weight: QMatMul,
+        bias: Option<Tensor>,
+        in_dim: usize,
+        out_dim: usize,
+    },
+    /// A q8_0 CPU weight repacked for the AVX-512 VNNI decode kernel (see `q8_matmul.rs`).
+    PackedQ8 {
+        weight: PackedQ8_0,
+        bias: Option<Tensor>,
+    },
 }
 
 impl Linear {
@@ -70,17 +82,20 @@ impl Linear {
                 let b = bias.map(|b| b.to_dtype(dtype)).transpose()?;
                 Ok(Self::Dense(candle_nn::Linear::new(w, b)))
             }
-            _ => Ok(Self::Quantized {
-                weight: QMatMul::QTensor(std::sync::Arc::new(weight)),
-                bias,
-                in_dim,
-                out_dim,
-            }),
+            _ => match PackedQ8_0::from_qtensor(&weight)? {
+                Some(weight) => Ok(Self::PackedQ8 { weight, bias }),
+                None => Ok(Self::Quantized {
+                    weight: QMatMul::QTensor(std::sync::Arc::new(weight)),
+                    bias,
+                    in_dim,
+                    out_dim,
+                }),
+            },
         }
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self, Self::Quantized { .. })
+        matches!(self, Self::Quantized { .. } | Self::PackedQ8 { .. })
     }
 
     /// `(out, in)`.
@@ -88,6 +103,7 @@ impl Linear {
         match self {
             Self::Dense(l) => l.weight().dims2(),
             Self::Quantized { in_dim, out_dim, .. } => Ok((*out_dim, *in_dim)),
+            Self::PackedQ8 { weight, .. } => Ok(weight.dims()),
         }
     }
 }
@@ -120,6 +136,20 @@ impl Module for Linear {
                         x.broadcast_matmul(&q.dequantize(&q.device())?.t()?)?
                     }
                     _ => weight.forward(&x)?,
+                };
+                let y = match bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                y.to_dtype(dtype)
+            }
+            Self::PackedQ8 { weight, bias } => {
+                let dtype = x.dtype();
+                let x = x.to_dtype(DType::F32)?;
+                let y = match weight.forward(&x)? {
+                    Some(y) => y,
+                    // Prefill: see `prefers_dense_product`.
+                    None => x.broadcast_matmul(&weight.dequantize()?.t()?)?,
                 };
                 let y = match bias {
                     Some(b) => y.broadcast_add(b)?,

@@ -148,17 +148,17 @@ impl SynthSpec {
         if let Some((field, _)) = sizes.iter().find(|(_, value)| *value == 0) {
             return fail(format!("{field} must be at least 1"));
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return fail(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail("hidden_size must be a multiple of num_attention_heads".to_string());
         }
         // Rotary embeddings rotate pairs of dimensions.
-        if self.head_dim() == 0 || self.head_dim() % 2 != 0 {
+        if self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) {
             return fail(format!("head_dim ({}) must be even and non-zero", self.head_dim()));
         }
         if self.vocab_size < MIN_VOCAB {

@@ -1,0 +1,50 @@
+//! Decode-time matrix products of the benchmark model's shape (SmolLM2-135M: hidden 576, MLP
+//! 1,536, vocabulary 49,152), one and eight rows: the f32 split product, the q8_0 VNNI kernel
+//! and candle's own q8_0 product. Bytes of weight per call over the time is the bandwidth the
+//! kernel reaches; decode is memory-bound, so that is the number to compare with the machine's.
+//!
+//!   cargo bench -p hearth-engine --bench kernels
+
+use std::hint::black_box;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hearth_engine::models::q8_matmul::{self, PackedQ8_0};
+use hearth_engine::models::split_matmul;
+
+/// (name, out, in): the MLP's up projection and the LM head.
+const SHAPES: [(&str, usize, usize); 2] = [("mlp_up", 1_536, 576), ("lm_head", 49_152, 576)];
+
+fn products(c: &mut Criterion) {
+    let device = Device::Cpu;
+    for (name, out_dim, in_dim) in SHAPES {
+        let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &device).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let packed = PackedQ8_0::from_qtensor(&q).unwrap();
+        let candle_q8 = QMatMul::from_qtensor(q).unwrap();
+        for rows in [1usize, 8] {
+            let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &device).unwrap();
+            let mut group = c.benchmark_group(format!("{name}_{rows}_rows"));
+            group.throughput(Throughput::Bytes((out_dim * in_dim * 4) as u64));
+            group.bench_function("f32_split", |b| {
+                b.iter(|| black_box(split_matmul::forward(&x, &w).unwrap()))
+            });
+            group.throughput(Throughput::Bytes((out_dim * in_dim / 32 * 34) as u64));
+            group.bench_function("q8_0_candle", |b| {
+                b.iter(|| black_box(candle_q8.forward(&x).unwrap()))
+            });
+            if let Some(packed) = &packed {
+                group.bench_function("q8_0_vnni", |b| {
+                    b.iter(|| black_box(packed.forward(&x).unwrap()))
+                });
+            } else {
+                assert!(!q8_matmul::supported());
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, products);
+criterion_main!(benches);

@@ -1,0 +1,355 @@
+//! Decode-time q8_0 matrix products on CPUs with AVX-512 VNNI.
+//!
+//! A q8_0 weight is blocks of 32 int8 values with one f16 scale each (ggml's `block_q8_0`).
+//! candle's CPU product takes one dot product per (row, output) pair through an AVX2 kernel
+//! that converts two f16 scales per block; its faster repacked x86 path quantizes activations
+//! in 256-value super-blocks and so only takes layers whose input size is a multiple of 256
+//! (a 576-wide model such as SmolLM2 gets it for none but `down_proj`). Decode is memory-bound:
+//! the weights must stream at the cores' bandwidth with little work per byte.
+//!
+//! Here the weight is repacked once, at load, into tiles of 16 output rows × one 32-value
+//! block: 16 f16 scales, then 8 groups of 4 input positions × 16 rows × 4 bytes, each byte the
+//! weight plus 128. One `vpdpbusd` multiplies a group (64 bytes, all 16 rows) by 4 activation
+//! bytes broadcast to every lane, so a block costs 8 of them per activation row; the +128
+//! offset makes the weights unsigned, as the instruction wants, and is taken back out with the
+//! activation block's sum, which is computed once per row and shared by every output. The
+//! activations are quantized to q8_0 per call, as llama.cpp and candle also do.
+//!
+//! Tiles of 16 outputs are spread over candle's barrier pool (as in `split_matmul`): each
+//! thread walks its own stripe of tiles through the whole input once, holding 1 to 8 rows'
+//! accumulators in registers (more rows take a second pass over each tile, from L1).
+//! Written here because no crate at hand runs q8_0 decode at memory speed for any input size.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::utils::barrier_pool;
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+
+/// Values per q8_0 block.
+const BLOCK: usize = 32;
+/// Bytes of one ggml `block_q8_0`: an f16 scale, then 32 int8 values.
+const BLOCK_BYTES: usize = 2 + BLOCK;
+/// Output rows per tile: one 512-bit register of i32 lanes.
+const TILE_ROWS: usize = 16;
+/// The most activation rows (tokens in the step) sent down this path.
+pub const MAX_ROWS: usize = 16;
+/// Rows whose accumulators live in registers at once.
+const ROW_GROUP: usize = 8;
+
+/// 16 output rows × one block of inputs.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Tile {
+    /// The 16 rows' scales, f16 bits.
+    scales: [u16; TILE_ROWS],
+    /// `qs[g][4 * row + j]` = weight (row, 4g + j) + 128.
+    qs: [[u8; 4 * TILE_ROWS]; BLOCK / 4],
+}
+
+/// A q8_0 weight `[out, in]` repacked for [`PackedQ8_0::forward`].
+#[derive(Clone)]
+pub struct PackedQ8_0 {
+    /// `tiles[stripe * blocks + block]`, stripes of 16 output rows.
+    tiles: Vec<Tile>,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+impl std::fmt::Debug for PackedQ8_0 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedQ8_0 [{}, {}]", self.out_dim, self.in_dim)
+    }
+}
+
+/// Whether this CPU has the instructions the kernel uses.
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl PackedQ8_0 {
+    /// Repacks a q8_0 CPU weight; `None` when the kernel cannot take it (another type or
+    /// device, an output size that is not a multiple of 16, or a CPU without AVX-512 VNNI).
+    pub fn from_qtensor(weight: &QTensor) -> Result<Option<Self>> {
+        let (out_dim, in_dim) = weight.shape().dims2()?;
+        if weight.dtype() != GgmlDType::Q8_0
+            || !weight.device().is_cpu()
+            || out_dim % TILE_ROWS != 0
+            || in_dim % BLOCK != 0
+            || !supported()
+        {
+            return Ok(None);
+        }
+        Ok(Some(Self::repack(&weight.data()?, out_dim, in_dim)))
+    }
+
+    fn repack(data: &[u8], out_dim: usize, in_dim: usize) -> Self {
+        let blocks = in_dim / BLOCK;
+        let block_at = |row: usize, b: usize| {
+            let at = (row * blocks + b) * BLOCK_BYTES;
+            &data[at..at + BLOCK_BYTES]
+        };
+        let mut tiles = Vec::with_capacity(out_dim / TILE_ROWS * blocks);
+        for stripe in 0..out_dim / TILE_ROWS {
+            for b in 0..blocks {
+                let mut tile = Tile { scales: [0; TILE_ROWS], qs: [[0; 4 * TILE_ROWS]; BLOCK / 4] };
+                for r in 0..TILE_ROWS {
+                    let block = block_at(stripe * TILE_ROWS + r, b);
+                    tile.scales[r] = u16::from_le_bytes([block[0], block[1]]);
+                    for (i, &q) in block[2..].iter().enumerate() {
+                        tile.qs[i / 4][4 * r + i % 4] = (q as i8 as i16 + 128) as u8;
+                    }
+                }
+                tiles.push(tile);
+            }
+        }
+        Self { tiles, out_dim, in_dim }
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out_dim, self.in_dim)
+    }
+
+    /// The weight as a dense f32 `[out, in]` tensor (for prefill's many rows, where a tiled
+    /// f32 product beats a dot product per output).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let blocks = self.in_dim / BLOCK;
+        let mut w = vec![0f32; self.out_dim * self.in_dim];
+        for (t, tile) in self.tiles.iter().enumerate() {
+            let (stripe, b) = (t / blocks, t % blocks);
+            for r in 0..TILE_ROWS {
+                let scale = half::f16::from_bits(tile.scales[r]).to_f32();
+                let row = &mut w[(stripe * TILE_ROWS + r) * self.in_dim + b * BLOCK..][..BLOCK];
+                for (i, out) in row.iter_mut().enumerate() {
+                    *out = scale * (tile.qs[i / 4][4 * r + i % 4] as i32 - 128) as f32;
+                }
+            }
+        }
+        Tensor::from_vec(w, (self.out_dim, self.in_dim), &Device::Cpu)
+    }
+
+    /// `x · Wᵀ` for an f32 `[.., in]` input of at most [`MAX_ROWS`] rows on the CPU; `None`
+    /// otherwise.
+    pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let rows = x.elem_count() / self.in_dim.max(1);
+        if !x.device().is_cpu()
+            || x.dtype() != DType::F32
+            || x.dims().last() != Some(&self.in_dim)
+            || rows == 0
+            || rows > MAX_ROWS
+        {
+            return Ok(None);
+        }
+        let y = x.contiguous()?.apply_op1_no_bwd(self)?;
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.out_dim;
+        }
+        y.reshape(dims).map(Some)
+    }
+}
+
+impl CustomOp1 for PackedQ8_0 {
+    fn name(&self) -> &'static str {
+        "q8_0-vnni-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some(x) = super::split_matmul::contiguous_f32(storage, layout) else {
+            candle_core::bail!("q8_0 matmul takes a contiguous f32 input");
+        };
+        let rows = x.len() / self.in_dim;
+        let activations = Activations::quantize(x, rows, self.in_dim);
+        let mut y = vec![0f32; rows * self.out_dim];
+        self.product(&activations, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.out_dim))))
+    }
+}
+
+/// The input rows quantized to q8_0, with what the kernel needs per block.
+struct Activations {
+    rows: usize,
+    blocks: usize,
+    /// `qs[row * in + i]`.
+    qs: Vec<i8>,
+    /// Per (row, block): the scale.
+    scales: Vec<f32>,
+    /// Per (row, block): 128 × the sum of its values, which the weights' +128 offset adds.
+    offsets: Vec<i32>,
+}
+
+impl Activations {
+    fn quantize(x: &[f32], rows: usize, in_dim: usize) -> Self {
+        let blocks = in_dim / BLOCK;
+        let mut qs = vec![0i8; rows * in_dim];
+        let mut scales = Vec::with_capacity(rows * blocks);
+        let mut offsets = Vec::with_capacity(rows * blocks);
+        for (block, out) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
+            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = max / 127.0;
+            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let mut sum = 0i32;
+            for (q, v) in out.iter_mut().zip(block) {
+                *q = (v * inverse).round() as i8;
+                sum += *q as i32;
+            }
+            // Stored in f16, as ggml's `block_q8_0` stores it (the values were rounded with
+            // the exact scale): the same numbers candle's and llama.cpp's q8_0 products use.
+            scales.push(half::f16::from_f32(scale).to_f32());
+            offsets.push(128 * sum);
+        }
+        Self { rows, blocks, qs, scales, offsets }
+    }
+}
+
+/// The output, written by several threads at once, each to its own columns.
+#[derive(Clone, Copy)]
+struct Output {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: threads write disjoint elements (see `PackedQ8_0::product`).
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+impl PackedQ8_0 {
+    fn product(&self, x: &Activations, y: &mut [f32]) {
+        assert_eq!(y.len(), x.rows * self.out_dim);
+        assert_eq!(x.blocks, self.in_dim / BLOCK);
+        let stripes = self.out_dim / TILE_ROWS;
+        let threads = barrier_pool().n_workers() + 1;
+        let per_thread = stripes.div_ceil(threads);
+        let out = Output { ptr: y.as_mut_ptr(), len: y.len() };
+        barrier_pool().execute(|tid| {
+            let first = (tid * per_thread).min(stripes);
+            let last = ((tid + 1) * per_thread).min(stripes);
+            for stripe in first..last {
+                let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
+                for group in (0..x.rows).step_by(ROW_GROUP) {
+                    let rows = group..(group + ROW_GROUP).min(x.rows);
+                    // SAFETY: `PackedQ8_0` exists only where `supported()` held, so the CPU
+                    // has the instructions. Each stripe belongs to one thread, and the kernel
+                    // writes only the stripe's 16 columns of its rows, inside `out` (asserted
+                    // in `stripe_product`), so no two threads write the same element.
+                    unsafe { stripe_product(tiles, x, rows, stripe, self.out_dim, out) };
+                }
+            }
+        });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn stripe_product(
+    tiles: &[Tile],
+    x: &Activations,
+    rows: std::ops::Range<usize>,
+    stripe: usize,
+    out_dim: usize,
+    out: Output,
+) {
+    use std::arch::x86_64::*;
+    let in_dim = x.blocks * BLOCK;
+    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
+    for (b, tile) in tiles.iter().enumerate() {
+        // SAFETY (loads): a tile is 32 + 512 bytes, read with unaligned loads inside it.
+        let w = tile.qs.as_ptr() as *const __m512i;
+        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(tile.scales.as_ptr() as *const __m256i));
+        for (slot, row) in rows.clone().enumerate() {
+            let xq = &x.qs[row * in_dim + b * BLOCK..][..BLOCK];
+            let four = |g: usize| {
+                let bytes = [xq[4 * g], xq[4 * g + 1], xq[4 * g + 2], xq[4 * g + 3]];
+                _mm512_set1_epi32(i32::from_le_bytes(bytes.map(|q| q as u8)))
+            };
+            // Two chains, so that each dpbusd waits on one half as many before it.
+            let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+            for g in (0..BLOCK / 4).step_by(2) {
+                even = _mm512_dpbusd_epi32(even, _mm512_loadu_si512(w.add(g)), four(g));
+                odd = _mm512_dpbusd_epi32(odd, _mm512_loadu_si512(w.add(g + 1)), four(g + 1));
+            }
+            let at = row * x.blocks + b;
+            let dot =
+                _mm512_sub_epi32(_mm512_add_epi32(even, odd), _mm512_set1_epi32(x.offsets[at]));
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(x.scales[at]));
+            acc[slot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[slot]);
+        }
+    }
+    for (slot, row) in rows.enumerate() {
+        let at = row * out_dim + stripe * TILE_ROWS;
+        assert!(at + TILE_ROWS <= out.len);
+        _mm512_storeu_ps(out.ptr.add(at), acc[slot]);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn stripe_product(
+    _: &[Tile],
+    _: &Activations,
+    _: std::ops::Range<usize>,
+    _: usize,
+    _: usize,
+    _: Output,
+) {
+    unreachable!("PackedQ8_0 is only built where supported() holds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q8_0_weight(out_dim: usize, in_dim: usize) -> QTensor {
+        let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap();
+        QTensor::quantize(&w, GgmlDType::Q8_0).unwrap()
+    }
+
+    #[test]
+    fn repacking_keeps_every_weight() {
+        let q = q8_0_weight(32, 96);
+        let packed = PackedQ8_0::repack(&q.data().unwrap(), 32, 96);
+        let want = q.dequantize(&Device::Cpu).unwrap();
+        let diff = (packed.dequantize().unwrap() - want).unwrap().abs().unwrap();
+        assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn matches_candles_q8_0_product_for_every_row_count() {
+        let q = q8_0_weight(48, 576);
+        let Some(packed) = PackedQ8_0::from_qtensor(&q).unwrap() else {
+            assert!(!supported(), "a q8_0 CPU weight of 48 x 576 qualifies");
+            return;
+        };
+        let reference = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+        for rows in [1, 2, 5, 8, 9, MAX_ROWS] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 576), &Device::Cpu).unwrap();
+            let want = candle_core::Module::forward(&reference, &x).unwrap();
+            let got = packed.forward(&x).unwrap().expect("the kernel takes up to 16 rows");
+            // Both quantize the activations to q8_0 the same way (ggml's rounding, f16 scales);
+            // only the order of the sums differs.
+            let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = diff.to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-5 * scale, "rows {rows}: {d} vs {scale}");
+        }
+        let wide = Tensor::zeros((MAX_ROWS + 1, 576), DType::F32, &Device::Cpu).unwrap();
+        assert!(packed.forward(&wide).unwrap().is_none());
+    }
+
+    #[test]
+    fn declines_weights_it_cannot_tile() {
+        assert!(PackedQ8_0::from_qtensor(&q8_0_weight(40, 64)).unwrap().is_none());
+        let q4 = QTensor::quantize(
+            &Tensor::randn(0f32, 1.0, (32, 256), &Device::Cpu).unwrap(),
+            GgmlDType::Q4K,
+        )
+        .unwrap();
+        assert!(PackedQ8_0::from_qtensor(&q4).unwrap().is_none());
+    }
+}
