@@ -22,13 +22,19 @@ fn products(c: &mut Criterion) {
         let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &device).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let packed = PackedQ8_0::from_qtensor(&q).unwrap();
+        // What a q8_0 prefill cost before: the weight dequantized for the call, then gemm.
+        let q8_dense = packed.as_ref().map(|_| q.dequantize(&device).unwrap());
         let candle_q8 = QMatMul::from_qtensor(q).unwrap();
-        for rows in [1usize, 8] {
+        for rows in [1usize, 8, 256] {
             let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &device).unwrap();
             let mut group = c.benchmark_group(format!("{name}_{rows}_rows"));
             group.throughput(Throughput::Bytes((out_dim * in_dim * 4) as u64));
-            group.bench_function("f32_split", |b| {
-                b.iter(|| black_box(split_matmul::forward(&x, &w).unwrap()))
+            let wt = w.t().unwrap();
+            group.bench_function("f32", |b| {
+                b.iter(|| match split_matmul::forward(&x, &w).unwrap() {
+                    Some(y) => black_box(y),
+                    None => black_box(x.matmul(&wt).unwrap()),
+                })
             });
             group.throughput(Throughput::Bytes((out_dim * in_dim / 32 * 34) as u64));
             group.bench_function("q8_0_candle", |b| {
@@ -37,6 +43,10 @@ fn products(c: &mut Criterion) {
             if let Some(packed) = &packed {
                 group.bench_function("q8_0_vnni", |b| {
                     b.iter(|| black_box(packed.forward(&x).unwrap()))
+                });
+                let dense = q8_dense.as_ref().expect("made with the packed weight");
+                group.bench_function("q8_0_dequantized_f32", |b| {
+                    b.iter(|| black_box(x.matmul(&dense.t().unwrap()).unwrap()))
                 });
             } else {
                 assert!(!q8_matmul::supported());

@@ -146,11 +146,7 @@ impl Module for Linear {
             Self::PackedQ8 { weight, bias } => {
                 let dtype = x.dtype();
                 let x = x.to_dtype(DType::F32)?;
-                let y = match weight.forward(&x)? {
-                    Some(y) => y,
-                    // Prefill: see `prefers_dense_product`.
-                    None => x.broadcast_matmul(&weight.dequantize()?.t()?)?,
-                };
+                let y = weight.forward(&x)?;
                 let y = match bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,

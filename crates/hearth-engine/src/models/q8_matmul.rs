@@ -1,11 +1,12 @@
-//! Decode-time q8_0 matrix products on CPUs with AVX-512 VNNI.
+//! q8_0 matrix products on CPUs with AVX-512 VNNI.
 //!
 //! A q8_0 weight is blocks of 32 int8 values with one f16 scale each (ggml's `block_q8_0`).
 //! candle's CPU product takes one dot product per (row, output) pair through an AVX2 kernel
 //! that converts two f16 scales per block; its faster repacked x86 path quantizes activations
 //! in 256-value super-blocks and so only takes layers whose input size is a multiple of 256
 //! (a 576-wide model such as SmolLM2 gets it for none but `down_proj`). Decode is memory-bound:
-//! the weights must stream at the cores' bandwidth with little work per byte.
+//! the weights must stream at the cores' bandwidth with little work per byte. Prefill is
+//! compute-bound, and one `vpdpbusd` does 64 multiply-adds where an f32 FMA does 16.
 //!
 //! Here the weight is repacked once, at load, into tiles of 16 output rows × one 32-value
 //! block: 16 f16 scales, then 8 groups of 4 input positions × 16 rows × 4 bytes, each byte the
@@ -16,13 +17,13 @@
 //! activations are quantized to q8_0 per call, as llama.cpp and candle also do.
 //!
 //! Tiles of 16 outputs are spread over candle's barrier pool (as in `split_matmul`): each
-//! thread walks its own stripe of tiles through the whole input once, holding 1 to 8 rows'
-//! accumulators in registers (more rows take a second pass over each tile, from L1).
-//! Written here because no crate at hand runs q8_0 decode at memory speed for any input size.
+//! thread walks its own stripes of tiles, 8 activation rows at a time, so a stripe (a few
+//! kilobytes per output tile row) is read from memory once and from L1 for the other rows.
+//! Written here because no crate at hand runs q8_0 products at memory speed for any input size.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::utils::barrier_pool;
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// Values per q8_0 block.
 const BLOCK: usize = 32;
@@ -30,8 +31,6 @@ const BLOCK: usize = 32;
 const BLOCK_BYTES: usize = 2 + BLOCK;
 /// Output rows per tile: one 512-bit register of i32 lanes.
 const TILE_ROWS: usize = 16;
-/// The most activation rows (tokens in the step) sent down this path.
-pub const MAX_ROWS: usize = 16;
 /// Rows whose accumulators live in registers at once.
 const ROW_GROUP: usize = 8;
 
@@ -117,9 +116,9 @@ impl PackedQ8_0 {
         (self.out_dim, self.in_dim)
     }
 
-    /// The weight as a dense f32 `[out, in]` tensor (for prefill's many rows, where a tiled
-    /// f32 product beats a dot product per output).
-    pub fn dequantize(&self) -> Result<Tensor> {
+    /// The weight as a dense f32 `[out, in]` tensor (to check the repacking).
+    #[cfg(test)]
+    fn dequantize(&self) -> Result<Tensor> {
         let blocks = self.in_dim / BLOCK;
         let mut w = vec![0f32; self.out_dim * self.in_dim];
         for (t, tile) in self.tiles.iter().enumerate() {
@@ -132,27 +131,29 @@ impl PackedQ8_0 {
                 }
             }
         }
-        Tensor::from_vec(w, (self.out_dim, self.in_dim), &Device::Cpu)
+        Tensor::from_vec(w, (self.out_dim, self.in_dim), &candle_core::Device::Cpu)
     }
 
-    /// `x · Wᵀ` for an f32 `[.., in]` input of at most [`MAX_ROWS`] rows on the CPU; `None`
-    /// otherwise.
-    pub fn forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let rows = x.elem_count() / self.in_dim.max(1);
-        if !x.device().is_cpu()
-            || x.dtype() != DType::F32
-            || x.dims().last() != Some(&self.in_dim)
-            || rows == 0
-            || rows > MAX_ROWS
+    /// `x · Wᵀ` for an f32 `[.., in]` input on the CPU, for any number of rows: decode's few,
+    /// and prefill's hundreds, where int8 products (64 multiply-adds an instruction) also beat
+    /// a tiled f32 product (16), with no dequantized copy of the weight.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.dims().last() != Some(&self.in_dim)
         {
-            return Ok(None);
+            candle_core::bail!(
+                "q8_0 matmul takes an f32 CPU input of width {}, got {:?} {:?} on {:?}",
+                self.in_dim,
+                x.dtype(),
+                x.dims(),
+                x.device()
+            );
         }
         let y = x.contiguous()?.apply_op1_no_bwd(self)?;
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = self.out_dim;
         }
-        y.reshape(dims).map(Some)
+        y.reshape(dims)
     }
 }
 
@@ -185,27 +186,59 @@ struct Activations {
     offsets: Vec<i32>,
 }
 
+/// Rows of activations below which quantizing them is not worth waking the pool for.
+const PARALLEL_QUANTIZE_ROWS: usize = 32;
+
 impl Activations {
+    /// Quantizes every block of 32 values as ggml's `quantize_row_q8_0` does; prefill's many
+    /// rows are split over the barrier pool.
     fn quantize(x: &[f32], rows: usize, in_dim: usize) -> Self {
         let blocks = in_dim / BLOCK;
         let mut qs = vec![0i8; rows * in_dim];
-        let mut scales = Vec::with_capacity(rows * blocks);
-        let mut offsets = Vec::with_capacity(rows * blocks);
-        for (block, out) in x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK)) {
-            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = max / 127.0;
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in out.iter_mut().zip(block) {
-                *q = (v * inverse).round() as i8;
-                sum += *q as i32;
-            }
-            // Stored in f16, as ggml's `block_q8_0` stores it (the values were rounded with
-            // the exact scale): the same numbers candle's and llama.cpp's q8_0 products use.
-            scales.push(half::f16::from_f32(scale).to_f32());
-            offsets.push(128 * sum);
+        let mut scales = vec![0f32; rows * blocks];
+        let mut offsets = vec![0i32; rows * blocks];
+        let threads = barrier_pool().n_workers() + 1;
+        if rows < PARALLEL_QUANTIZE_ROWS || threads < 2 {
+            quantize_blocks(x, &mut qs, &mut scales, &mut offsets);
+        } else {
+            // One range of whole rows per thread; each lock is taken once, by its own thread.
+            let per_thread = rows.div_ceil(threads);
+            let parts: Vec<_> = x
+                .chunks(per_thread * in_dim)
+                .zip(qs.chunks_mut(per_thread * in_dim))
+                .zip(
+                    scales
+                        .chunks_mut(per_thread * blocks)
+                        .zip(offsets.chunks_mut(per_thread * blocks)),
+                )
+                .map(std::sync::Mutex::new)
+                .collect();
+            barrier_pool().execute(|tid| {
+                let Some(part) = parts.get(tid) else { return };
+                let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+                let ((x, qs), (scales, offsets)) = &mut *part;
+                quantize_blocks(x, qs, scales, offsets);
+            });
         }
         Self { rows, blocks, qs, scales, offsets }
+    }
+}
+
+fn quantize_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32], offsets: &mut [i32]) {
+    let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
+    for ((block, out), (scale_out, offset)) in blocks.zip(scales.iter_mut().zip(offsets)) {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in out.iter_mut().zip(block) {
+            *q = (v * inverse).round() as i8;
+            sum += *q as i32;
+        }
+        // Stored in f16, as ggml's `block_q8_0` stores it (the values were rounded with the
+        // exact scale): the same numbers candle's and llama.cpp's q8_0 products use.
+        *scale_out = half::f16::from_f32(scale).to_f32();
+        *offset = 128 * sum;
     }
 }
 
@@ -304,6 +337,7 @@ unsafe fn stripe_product(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     fn q8_0_weight(out_dim: usize, in_dim: usize) -> QTensor {
         let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap();
@@ -327,10 +361,10 @@ mod tests {
             return;
         };
         let reference = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
-        for rows in [1, 2, 5, 8, 9, MAX_ROWS] {
+        for rows in [1, 2, 5, 8, 9, 16, 37] {
             let x = Tensor::randn(0f32, 1.0, (rows, 576), &Device::Cpu).unwrap();
             let want = candle_core::Module::forward(&reference, &x).unwrap();
-            let got = packed.forward(&x).unwrap().expect("the kernel takes up to 16 rows");
+            let got = packed.forward(&x).unwrap();
             // Both quantize the activations to q8_0 the same way (ggml's rounding, f16 scales);
             // only the order of the sums differs.
             let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
@@ -338,8 +372,10 @@ mod tests {
             let d = diff.to_scalar::<f32>().unwrap();
             assert!(d <= 1e-5 * scale, "rows {rows}: {d} vs {scale}");
         }
-        let wide = Tensor::zeros((MAX_ROWS + 1, 576), DType::F32, &Device::Cpu).unwrap();
-        assert!(packed.forward(&wide).unwrap().is_none());
+        let batched = Tensor::randn(0f32, 1.0, (2, 3, 576), &Device::Cpu).unwrap();
+        assert_eq!(packed.forward(&batched).unwrap().dims(), &[2, 3, 48]);
+        let narrow = Tensor::zeros((1, 64), DType::F32, &Device::Cpu).unwrap();
+        assert!(packed.forward(&narrow).is_err(), "the input width must match");
     }
 
     #[test]
