@@ -137,6 +137,7 @@ step "building hearth, loadgen and the engine's tests (release, --features cuda,
 # One cargo invocation, so that the binaries and the test executables share one feature
 # resolution and the dependencies (candle above all, and its CUDA kernels) are built once.
 artifacts="$CARGO_TARGET_DIR/hearth-cuda-artifacts.json"
+mkdir -p "$CARGO_TARGET_DIR" # the redirect below opens the file before cargo makes the folder
 cargo build --release -p hearth-cli -p hearth-loadgen -p hearth-engine --features hearth-cli/cuda \
     --bins --tests --message-format json-render-diagnostics >"$artifacts"
 
