@@ -28,11 +28,11 @@ fn products(c: &mut Criterion) {
         // What a q8_0 prefill cost before: the weight dequantized for the call, then gemm.
         let q8_dense = packed.as_ref().map(|_| q.dequantize(&device).unwrap());
         let candle_q8 = QMatMul::from_qtensor(q).unwrap();
+        let wt = w.t().unwrap();
         for rows in [1usize, 8, 256] {
             let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &device).unwrap();
             let mut group = c.benchmark_group(format!("{name}_{rows}_rows"));
             group.throughput(Throughput::Bytes((out_dim * in_dim * 4) as u64));
-            let wt = w.t().unwrap();
             group.bench_function("f32", |b| {
                 b.iter(|| match split_matmul::forward(&x, &w).unwrap() {
                     Some(y) => black_box(y),

@@ -36,7 +36,8 @@ pub enum Linear {
         in_dim: usize,
         out_dim: usize,
     },
-    /// A q8_0 CPU weight repacked for the AVX-512 VNNI decode kernel (see `q8_matmul.rs`).
+    /// A q8_0 CPU weight repacked for the AVX-512 VNNI kernel (see `q8_matmul.rs`), which takes
+    /// every row count, decode's and prefill's.
     PackedQ8 {
         weight: PackedQ8_0,
         bias: Option<Tensor>,
@@ -128,31 +129,28 @@ impl Module for Linear {
                 },
                 None => l.forward(x),
             },
-            Self::Quantized { weight, bias, .. } => {
-                let dtype = x.dtype();
-                let x = x.to_dtype(DType::F32)?;
-                let y = match weight {
-                    QMatMul::QTensor(q) if prefers_dense_product(&x, q) => {
-                        x.broadcast_matmul(&q.dequantize(&q.device())?.t()?)?
-                    }
-                    _ => weight.forward(&x)?,
-                };
-                let y = match bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                };
-                y.to_dtype(dtype)
-            }
-            Self::PackedQ8 { weight, bias } => {
-                let dtype = x.dtype();
-                let x = x.to_dtype(DType::F32)?;
-                let y = weight.forward(&x)?;
-                let y = match bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
-                };
-                y.to_dtype(dtype)
-            }
+            Self::Quantized { weight, bias, .. } => in_f32(x, bias.as_ref(), |x| match weight {
+                QMatMul::QTensor(q) if prefers_dense_product(x, q) => {
+                    x.broadcast_matmul(&q.dequantize(&q.device())?.t()?)
+                }
+                _ => weight.forward(x),
+            }),
+            Self::PackedQ8 { weight, bias } => in_f32(x, bias.as_ref(), |x| weight.forward(x)),
         }
     }
+}
+
+/// What the quantized products share: they take and give f32 (candle's quantized kernels and
+/// the VNNI kernel alike), with the bias, kept in f32, added before the cast back to `x`'s dtype.
+fn in_f32(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    product: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let y = product(&x.to_dtype(DType::F32)?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    y.to_dtype(x.dtype())
 }

@@ -3,7 +3,7 @@
 //! embedder. [`linear`] is the generative models' linear layer (dense or quantized) and
 //! [`quantized`] where their weights come from (safetensors, quantized on load or not, or GGUF).
 //! [`split_matmul`] spreads decode's few-row products over the CPU cores, [`q8_matmul`] runs
-//! decode's q8_0 products with AVX-512 VNNI, and
+//! q8_0 products (decode and prefill) with AVX-512 VNNI, and
 //! [`decode_attention`] attends all of a step's decode rows at once from the paged cache.
 
 pub mod bert;
