@@ -225,8 +225,9 @@ async fn the_run_api_answers_any_model_whole_and_streamed() {
         "provider/model ids route directly"
     );
     let frames = sse_frames(&reply.text());
-    let ids: Vec<u64> = frames.iter().map(|f| f.id.unwrap()).collect();
-    assert_eq!(ids, (0..frames.len() as u64).collect::<Vec<_>>(), "one frame per event");
+    let ids: Vec<(u64, usize)> = frames.iter().map(|f| f.id.unwrap()).collect();
+    let one_per_event: Vec<(u64, usize)> = (0..frames.len() as u64).map(|seq| (seq, 0)).collect();
+    assert_eq!(ids, one_per_event, "one frame per event");
     assert_eq!(frames[0].event.as_deref(), Some("message_start"));
     assert_eq!(frames.last().unwrap().event.as_deref(), Some("finish"));
     let delta: Value = serde_json::from_str(&frames[2].data).unwrap();

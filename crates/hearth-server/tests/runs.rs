@@ -75,19 +75,33 @@ async fn a_stream_resumes_where_its_caller_left_in_the_original_format() {
         let last = seen.last().unwrap().id.unwrap();
         gate.notify_one();
 
-        let rest = resume(&g.app, &run_id, &format!("?from={}", last + 1), &[]).await;
+        let rest = resume(&g.app, &run_id, &format!("?from={}", last.0 + 1), &[]).await;
         assert_eq!(rest.status, StatusCode::OK, "{uri}: {}", rest.text());
         assert_eq!(rest.header("x-hearth-route"), "oa/gpt-fake");
         let rest = sse_frames(&rest.text());
         let replay = sse_frames(&resume(&g.app, &run_id, "", &[]).await.text());
-        let tail: Vec<Frame> = replay.iter().filter(|f| f.id.unwrap() > last).cloned().collect();
+        let tail: Vec<Frame> =
+            replay.iter().filter(|f| f.id.unwrap().0 > last.0).cloned().collect();
         assert_eq!(rest, tail, "{uri}: the rest, once, as first encoded");
         assert_eq!(seen, replay[..seen.len()], "{uri}: a replay starts with what was seen");
         let text: String = rest.iter().map(|f| f.data.as_str()).collect();
         assert!(text.contains("\"e\"") && !text.contains("\"b\""), "{uri}: {text}");
 
-        let by_header = resume(&g.app, &run_id, "", &[("last-event-id", &last.to_string())]).await;
-        assert_eq!(sse_frames(&by_header.text()), tail, "{uri}: Last-Event-ID resumes after it");
+        let ids: Vec<_> = replay.iter().map(|f| f.id.unwrap()).collect();
+        let mut unique = ids.clone();
+        unique.dedup();
+        assert_eq!(unique, ids, "{uri}: every frame has an id of its own");
+        for (i, frame) in replay.iter().enumerate() {
+            let header = [("last-event-id", frame.id_text())];
+            let header: Vec<(&str, &str)> = header.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let rest = sse_frames(&resume(&g.app, &run_id, "", &header).await.text());
+            assert_eq!(
+                rest,
+                replay[i + 1..],
+                "{uri}: Last-Event-ID {} resumes after it",
+                frame.id_text()
+            );
+        }
         let record = g.record(&run_id).await;
         assert_eq!(record.status, LedgerStatus::Finished, "{uri}");
         assert_eq!((record.input_tokens, record.output_tokens), (11, 7), "{uri}");

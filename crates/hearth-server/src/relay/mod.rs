@@ -61,7 +61,8 @@ pub(crate) async fn answer(
 ) -> Result<Response, RelayError> {
     state.formats().insert(&run.run_id, format.clone());
     let mut response = if stream {
-        sse(run.events, format.encoder(), state.config().sse_keep_alive).into_response()
+        sse(run.events, format.encoder(), state.config().sse_keep_alive, ResumePoint::default())
+            .into_response()
     } else {
         match collect(run.events).await {
             Ok(answer) => whole(answer),
@@ -74,22 +75,70 @@ pub(crate) async fn answer(
     Ok(response)
 }
 
-/// The run's events as SSE, each frame with the event's sequence number as its `id:`. The body
-/// owns only a subscription: dropping it (the client left) leaves the producer running.
+/// The run's events as SSE, each frame with its own [`FrameId`]. The body owns only a
+/// subscription: dropping it (the client left) leaves the producer running. `resume` skips the
+/// frames a resuming caller already has of the first event it is sent.
 pub(crate) fn sse(
     events: Subscription,
     mut encoder: Encoder,
     keep_alive: Duration,
+    resume: ResumePoint,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let frames = events.flat_map(move |RunEvent { seq, event }| {
-        let frames = encoder.encode(&event);
-        stream::iter(frames.into_iter().map(move |frame| Ok(sse_event(seq, frame))))
+        let skip = if seq == resume.seq { resume.frames_seen } else { 0 };
+        let frames = encoder.encode(&event).into_iter().enumerate().skip(skip);
+        stream::iter(frames.map(move |(index, frame)| Ok(sse_event(FrameId { seq, index }, frame))))
     });
     Sse::new(frames).keep_alive(KeepAlive::new().interval(keep_alive))
 }
 
-fn sse_event(seq: u64, frame: SseFrame) -> Event {
-    let event = Event::default().id(seq.to_string()).data(frame.data);
+/// An SSE frame's `id:`. One canonical event can encode to several frames (Anthropic's
+/// `message_start` and `content_block_start`; OpenAI's finish chunk, usage chunk and `[DONE]`),
+/// and each frame needs an id of its own for `Last-Event-ID` to say exactly what a client has:
+/// the event's sequence number for its first frame, `seq.index` for the ones after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameId {
+    pub seq: u64,
+    pub index: usize,
+}
+
+impl std::fmt::Display for FrameId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            0 => write!(f, "{}", self.seq),
+            index => write!(f, "{}.{index}", self.seq),
+        }
+    }
+}
+
+impl std::str::FromStr for FrameId {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (seq, index) = match text.trim().split_once('.') {
+            Some((seq, index)) => (seq, index.parse().map_err(|_| ())?),
+            None => (text.trim(), 0),
+        };
+        Ok(FrameId { seq: seq.parse().map_err(|_| ())?, index })
+    }
+}
+
+/// Where a resumed stream starts: at event `seq`, less the frames of it the caller has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ResumePoint {
+    pub seq: u64,
+    pub frames_seen: usize,
+}
+
+impl ResumePoint {
+    /// After the frame a client last received (`Last-Event-ID`).
+    pub(crate) fn after(frame: FrameId) -> Self {
+        Self { seq: frame.seq, frames_seen: frame.index + 1 }
+    }
+}
+
+fn sse_event(id: FrameId, frame: SseFrame) -> Event {
+    let event = Event::default().id(id.to_string()).data(frame.data);
     match frame.event {
         Some(name) => event.event(name),
         None => event,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ApiError;
-use crate::relay::{self, RelayError};
+use crate::relay::{self, FrameId, RelayError, ResumePoint};
 use crate::state::AppState;
 
 /// `GET /v1/runs/{id}`: the run's state, and its ledger record once it has ended.
@@ -41,14 +41,15 @@ struct EventsQuery {
 
 /// `GET /v1/runs/{id}/events?from=N`: the run's events from sequence number N (default 0) in the
 /// format of the request that started it, then the live tail until the run ends. An SSE client
-/// reconnecting with `Last-Event-ID: K` gets the events after K.
+/// reconnecting with `Last-Event-ID: K` gets the frames after K.
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let from = resume_point(&headers, &uri)?;
+    let resume = resume_point(&headers, &uri)?;
+    let from = resume.seq;
     let gateway = state.gateway();
     // Subscribing from `from` first checks the cursor (a finished run refuses one past its end).
     let tail = gateway.subscribe(&run_id, from).await.map_err(RelayError::from)?;
@@ -58,25 +59,29 @@ pub(crate) async fn events(
         relay::prime(&mut encoder, head, from).await;
     }
     let route = gateway.status(&run_id).await.map_err(RelayError::from)?.route;
-    let mut response = relay::sse(tail, encoder, state.config().sse_keep_alive).into_response();
+    let mut response =
+        relay::sse(tail, encoder, state.config().sse_keep_alive, resume).into_response();
     relay::set_run_headers(response.headers_mut(), &run_id, route.as_deref());
     Ok(response)
 }
 
-fn resume_point(headers: &HeaderMap, uri: &Uri) -> Result<u64, RelayError> {
+/// `?from=N` starts at event N; `Last-Event-ID` starts right after the frame it names (see
+/// [`FrameId`]), which may be in the middle of an event's frames.
+fn resume_point(headers: &HeaderMap, uri: &Uri) -> Result<ResumePoint, RelayError> {
     let query = Query::<EventsQuery>::try_from_uri(uri)
         .map_err(|e| RelayError::Query { param: "from", message: e.body_text() })?;
     if let Some(from) = query.from {
-        return Ok(from);
+        return Ok(ResumePoint { seq: from, frames_seen: 0 });
     }
     let Some(last) = headers.get("last-event-id") else {
-        return Ok(0);
+        return Ok(ResumePoint::default());
     };
-    let last: u64 = last.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
-        RelayError::Header {
-            name: "last-event-id",
-            message: "must be the `id` of an event of this run".to_owned(),
-        }
-    })?;
-    Ok(last.saturating_add(1))
+    let last: FrameId =
+        last.to_str().ok().and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
+            RelayError::Header {
+                name: "last-event-id",
+                message: "must be the `id` of an event of this run".to_owned(),
+            }
+        })?;
+    Ok(ResumePoint::after(last))
 }

@@ -165,10 +165,11 @@ pub async fn wait_for_health(app: &Router, check: impl Fn(&Value) -> bool) -> Va
     panic!("the model's health never reached the expected state");
 }
 
-/// One SSE frame with its `id:`.
+/// One SSE frame with its `id:`, read as `(event seq, frame index within the event)`: `7` is
+/// `(7, 0)`, `7.2` is `(7, 2)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Frame {
-    pub id: Option<u64>,
+    pub id: Option<(u64, usize)>,
     pub event: Option<String>,
     pub data: String,
 }
@@ -181,7 +182,7 @@ pub fn sse_frames(text: &str) -> Vec<Frame> {
         let mut data = Vec::new();
         for line in block.lines() {
             if let Some(v) = line.strip_prefix("id:") {
-                frame.id = v.trim().parse().ok();
+                frame.id = parse_frame_id(v.trim());
             } else if let Some(v) = line.strip_prefix("event:") {
                 frame.event = Some(v.trim().to_owned());
             } else if let Some(v) = line.strip_prefix("data:") {
@@ -194,6 +195,23 @@ pub fn sse_frames(text: &str) -> Vec<Frame> {
         }
     }
     frames
+}
+
+fn parse_frame_id(text: &str) -> Option<(u64, usize)> {
+    match text.split_once('.') {
+        Some((seq, index)) => Some((seq.parse().ok()?, index.parse().ok()?)),
+        None => Some((text.parse().ok()?, 0)),
+    }
+}
+
+impl Frame {
+    /// The id as the server wrote it, for a `Last-Event-ID` header.
+    pub fn id_text(&self) -> String {
+        match self.id.expect("the frame has an id") {
+            (seq, 0) => seq.to_string(),
+            (seq, index) => format!("{seq}.{index}"),
+        }
+    }
 }
 
 impl Reply {
