@@ -338,3 +338,50 @@ fn re_pushing_a_loaded_name_swaps_it_without_dropping_an_in_flight_stream() {
     assert_eq!(predict(&daemon, "swap").status(), 200);
     assert!(staging_leftovers(models.path()).is_empty());
 }
+
+/// Sends one request byte for byte (a client library would normalize `%2E%2E` away) and reads
+/// the answer to the end: `(status, body)`.
+fn raw_request(daemon: &Daemon, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let addr = daemon.base.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    // A refused upload may be answered before its body is read; the write may then fail.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = text(&answer);
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn names_that_are_paths_are_refused_and_start_up_survives_staging_leftovers() {
+    let models = tempfile::tempdir().unwrap();
+    let daemon = admin_daemon(models.path(), &[]);
+    let archive = tiny_archive();
+    for name in ["%2E%2E", "%2E", "...", ".hearth-staging", "-m", "%2Fetc"] {
+        let (status, body) =
+            raw_request(&daemon, "PUT", &format!("/admin/models/{name}"), &archive);
+        assert_eq!(status, 400, "{name}: {body}");
+        assert!(body.contains("not a valid model name"), "{name}: {body}");
+    }
+    assert!(staging_leftovers(models.path()).is_empty(), "{:?}", staging_leftovers(models.path()));
+    drop(daemon);
+
+    // What a daemon that died mid-push may leave, and a stray file a bad name once put there.
+    let staging = models.path().join(".hearth-staging");
+    std::fs::create_dir_all(staging.join("0123abcd/halfway")).unwrap();
+    std::fs::write(staging.join("cog.yaml"), "predict: predict.py:Predictor\n").unwrap();
+    let mut daemon = admin_daemon(models.path(), &[]);
+    assert!(staging_leftovers(models.path()).is_empty(), "{:?}", staging_leftovers(models.path()));
+    let (status, body) = put_archive(&daemon, "after-restart", tiny_archive());
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(predict(&daemon, "after-restart").status(), 200);
+    assert!(daemon.stop().success());
+}

@@ -23,8 +23,9 @@ pub enum PackageError {
     Invalid { file: String, field: String, message: String },
 
     #[error(
-        "package name `{name}` (from {origin}) must be 1-128 characters of a-z, 0-9, '.', '_' \
-         or '-'; set `name` in hearth.yaml to choose another"
+        "package name `{name}` (from {origin}) must be {pattern}; set `name` in hearth.yaml to \
+         choose another",
+        pattern = crate::NAME_PATTERN
     )]
     InvalidName { name: String, origin: String },
 

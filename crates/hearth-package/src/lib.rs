@@ -182,11 +182,18 @@ fn package_name(
     }
 }
 
-/// Whether `name` can name a package: it ends up in URLs, metrics labels and file names.
+/// The one rule for model names, as people read it (error messages, the README).
+pub const NAME_PATTERN: &str =
+    "1-128 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit";
+
+/// Whether `name` can name a package: it ends up in URLs, metrics labels and file names, so it
+/// must not be a path component with a meaning of its own (`.`, `..`) or a hidden file (the
+/// staging area is `.hearth-staging`): the first character is a letter or a digit.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    let is_plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    name.len() <= MAX_NAME_LEN
+        && name.bytes().next().is_some_and(is_plain)
+        && name.bytes().all(|b| is_plain(b) || b"._-".contains(&b))
 }
 
 fn check_context_length(

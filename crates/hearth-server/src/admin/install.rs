@@ -142,6 +142,9 @@ fn package_name(dir: &Path) -> String {
 
 /// Removes what a previous daemon left in the staging area: unfinished uploads are deleted; a
 /// package set aside by a push that died before its replacement was in place is put back.
+/// Whatever else is there (a stray file, an entry that cannot be removed) is logged and left:
+/// a leftover must never stop the daemon from starting. Only an unreadable staging directory is
+/// an error.
 pub fn clean_staging(models_dir: &Path) -> io::Result<()> {
     let staging = models_dir.join(STAGING_DIR);
     let entries = match fs::read_dir(&staging) {
@@ -150,16 +153,21 @@ pub fn clean_staging(models_dir: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     };
     for entry in entries {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         let is_replaced = path
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with(REPLACED_PREFIX));
-        if is_replaced {
+        if is_dir && is_replaced {
             restore_orphans(&path, models_dir);
         }
         tracing::info!(path = %path.display(), "removing a staging leftover");
-        fs::remove_dir_all(&path)?;
+        let removed = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a staging leftover; leaving it");
+        }
     }
     Ok(())
 }
@@ -229,6 +237,9 @@ mod tests {
         package(&staging.join("replaced-1/orphan"), "{}\n");
         package(&staging.join("replaced-2/kept"), "{}\n");
         package(&models.path().join("kept"), "{}\n");
+        // What a push under a name like `..` once unpacked straight into the staging area.
+        fs::write(staging.join("cog.yaml"), "predict: p.py:P\n").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", staging.join("dangling")).unwrap();
         clean_staging(models.path()).unwrap();
         assert!(models.path().join("orphan/cog.yaml").is_file());
         assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);

@@ -66,7 +66,8 @@ fn prepare(
 ) -> Result<Push, AdminError> {
     if !hearth_package::is_valid_name(&name) {
         return Err(AdminError::BadRequest(format!(
-            "`{name}` is not a valid model name: 1-128 characters of a-z, 0-9, '.', '_' or '-'"
+            "`{name}` is not a valid model name: {}",
+            hearth_package::NAME_PATTERN
         )));
     }
     let models_dir = admin.models_dir()?.to_path_buf();
