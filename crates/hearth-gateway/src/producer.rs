@@ -54,6 +54,16 @@ impl Tally {
         self.terminal |= event.is_terminal();
     }
 
+    /// No route served the run because each refused it (the request is wrong for the model, or
+    /// every route is busy): nothing was generated, and nothing is billed.
+    fn was_refused(&self) -> bool {
+        let refusal = self
+            .error
+            .as_ref()
+            .is_some_and(|e| matches!(e.kind, ErrorKind::InvalidRequest | ErrorKind::Overloaded));
+        refusal && self.route.is_none() && self.usage == TokenUsage::default()
+    }
+
     fn run_status(&self) -> RunStatus {
         match &self.error {
             None => RunStatus::Finished,
@@ -164,6 +174,7 @@ fn ledger_record(
 ) -> LedgerRecord {
     let status = match tally.run_status() {
         RunStatus::Cancelled => LedgerStatus::Cancelled,
+        RunStatus::Failed if tally.was_refused() => LedgerStatus::Rejected,
         RunStatus::Failed => LedgerStatus::Failed,
         _ => match info {
             // Nobody attached and nobody read the end: the caller left and did not come back.

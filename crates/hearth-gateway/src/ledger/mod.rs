@@ -26,6 +26,9 @@ pub enum LedgerStatus {
     Cancelled,
     /// The answer finished, but its caller had gone (and had not come back) by then.
     Abandoned,
+    /// Refused before any route served it (invalid for the model, or every route busy): nothing
+    /// was generated or billed. Counted apart from requests in usage.
+    Rejected,
 }
 
 impl LedgerStatus {
@@ -35,6 +38,7 @@ impl LedgerStatus {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Abandoned => "abandoned",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -48,6 +52,7 @@ impl FromStr for LedgerStatus {
             "failed" => Self::Failed,
             "cancelled" => Self::Cancelled,
             "abandoned" => Self::Abandoned,
+            "rejected" => Self::Rejected,
             other => return Err(format!("unknown ledger status `{other}`")),
         })
     }
@@ -115,7 +120,10 @@ pub struct UsageQuery {
 pub struct UsageGroup {
     /// The group's value (a model id, a route, a metadata value); `None` for "not set".
     pub key: Option<String>,
+    /// Runs that a route served (finished, failed, cancelled or abandoned).
     pub requests: u64,
+    /// Runs refused before any route served them; never billed.
+    pub rejected: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cached_input_tokens: u64,

@@ -131,7 +131,9 @@ impl Ledger for SqliteLedger {
             }
         };
         let sql = format!(
-            "SELECT {key} AS k, COUNT(*) AS requests,
+            "SELECT {key} AS k,
+                COUNT(*) - COUNT(CASE WHEN r.status = 'rejected' THEN 1 END) AS requests,
+                COUNT(CASE WHEN r.status = 'rejected' THEN 1 END) AS rejected,
                 COALESCE(SUM(r.input_tokens), 0) AS input_tokens,
                 COALESCE(SUM(r.output_tokens), 0) AS output_tokens,
                 COALESCE(SUM(r.cached_input_tokens), 0) AS cached_input_tokens,
@@ -207,6 +209,7 @@ fn group_from_row(row: &SqliteRow) -> Result<UsageGroup, LedgerError> {
     Ok(UsageGroup {
         key: row.try_get("k")?,
         requests: count("requests")?,
+        rejected: count("rejected")?,
         input_tokens: count("input_tokens")?,
         output_tokens: count("output_tokens")?,
         cached_input_tokens: count("cached_input_tokens")?,

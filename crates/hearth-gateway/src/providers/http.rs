@@ -23,6 +23,12 @@ pub(crate) trait SseDecoder: Send + 'static {
     fn push(&mut self, event: &Event) -> Result<Vec<CanonicalEvent>, DecodeError>;
     /// Called at the end of the body; errs if the stream was cut before its final event.
     fn finish(&mut self) -> Result<Vec<CanonicalEvent>, DecodeError>;
+    /// A whole JSON answer to a streamed request (some OpenAI-compatible servers ignore
+    /// `stream: true`), as the events its stream would have carried; `None` for a format whose
+    /// servers always stream.
+    fn whole(&mut self, _body: &str) -> Option<Result<Vec<CanonicalEvent>, DecodeError>> {
+        None
+    }
 }
 
 /// A provider's fixed endpoint, parsed once: given a string, reqwest parses the URL (IDNA
@@ -103,15 +109,61 @@ impl Upstream {
     /// Decodes an SSE body with `decoder`. The stream ends after the terminal event; a cut,
     /// an unreadable event or an in-band error ends it with an `Err`.
     pub fn decode<D: SseDecoder>(&self, response: reqwest::Response, decoder: D) -> EventStream {
+        if is_json(response.headers()) {
+            let upstream = self.clone();
+            let state = async move { upstream.decode_whole(response, decoder).await };
+            return futures::stream::once(state)
+                .flat_map(|state| futures::stream::unfold(state, DecodeState::next_item))
+                .boxed();
+        }
         let state = DecodeState {
             upstream: self.clone(),
             sse: response.bytes_stream().eventsource().boxed(),
             decoder,
             pending: VecDeque::new(),
+            failure: None,
             done: false,
         };
         futures::stream::unfold(state, DecodeState::next_item).boxed()
     }
+
+    /// A JSON body where a stream was asked for: decoded whole, then handed out as the stream's
+    /// events would have been (the same terminal and error handling).
+    async fn decode_whole<D: SseDecoder>(
+        self,
+        response: reqwest::Response,
+        mut decoder: D,
+    ) -> DecodeState<D> {
+        let decoded = match response.text().await {
+            Ok(body) => decoder.whole(&body).unwrap_or_else(|| {
+                Err(DecodeError::Malformed {
+                    format: "SSE",
+                    message: "the server answered with JSON where a stream was asked for".into(),
+                })
+            }),
+            Err(e) => Err(DecodeError::Malformed { format: "JSON", message: error_chain(&e) }),
+        };
+        let mut state = DecodeState {
+            upstream: self,
+            sse: futures::stream::empty().boxed(),
+            decoder,
+            pending: VecDeque::new(),
+            failure: None,
+            done: false,
+        };
+        match decoded {
+            Ok(events) => state.pending.extend(events),
+            Err(e) => state.failure = Some(e),
+        }
+        state
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
 }
 
 type SseStream =
@@ -122,6 +174,8 @@ struct DecodeState<D> {
     sse: SseStream,
     decoder: D,
     pending: VecDeque<CanonicalEvent>,
+    /// A failure to report once the pending events are out.
+    failure: Option<DecodeError>,
     done: bool,
 }
 
@@ -130,6 +184,11 @@ impl<D: SseDecoder> DecodeState<D> {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Some((self.emit(event), self));
+            }
+            if let Some(failure) = self.failure.take() {
+                self.done = true;
+                let error = self.stream_error(&failure);
+                return Some((Err(error), self));
             }
             if self.done {
                 return None;
@@ -148,17 +207,16 @@ impl<D: SseDecoder> DecodeState<D> {
                 Ok(events) => self.pending.extend(events),
                 Err(e) => {
                     self.done = true;
-                    let message = self.upstream.redact(&e.to_string());
-                    return Some((
-                        Err(ProviderError::Stream {
-                            provider: self.upstream.name.clone(),
-                            message,
-                        }),
-                        self,
-                    ));
+                    let error = self.stream_error(&e);
+                    return Some((Err(error), self));
                 }
             }
         }
+    }
+
+    fn stream_error(&self, error: &DecodeError) -> ProviderError {
+        let message = self.upstream.redact(&error.to_string());
+        ProviderError::Stream { provider: self.upstream.name.clone(), message }
     }
 
     /// Passes an event on; the terminal one ends the stream, an error event becomes an `Err`.

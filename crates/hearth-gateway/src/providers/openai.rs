@@ -104,6 +104,10 @@ impl SseDecoder for Decoder {
     fn finish(&mut self) -> Result<Vec<CanonicalEvent>, DecodeError> {
         self.0.finish()
     }
+
+    fn whole(&mut self, body: &str) -> Option<Result<Vec<CanonicalEvent>, DecodeError>> {
+        Some(self.0.push_whole(body))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Each fault a provider can show, and what the caller and the ledger see: the right failover
 //! or the right explicit error, and exactly one correct ledger record.
 
-use hearth_gateway::{GatewaySettings, LedgerRecord, LedgerStatus, StartError};
+use hearth_gateway::{
+    GatewaySettings, GroupBy, LedgerRecord, LedgerStatus, StartError, UsageQuery,
+};
 use hearth_protocol::{CanonicalEvent, ErrorKind, StopReason};
 
 use crate::fake::{frames_to_first_text, refused_url, Answer, FakeProvider, Fault, Wire};
@@ -49,6 +51,16 @@ async fn assert_served_by(h: &Harness, route: &str) -> LedgerRecord {
     assert_full_usage(&record);
     assert!(record.ttft_ms.is_some() && record.error.is_none());
     record
+}
+
+/// Some OpenAI-compatible servers ignore `stream: true` and answer with one JSON body; that is
+/// a whole answer, not a broken stream.
+#[tokio::test]
+async fn a_whole_json_answer_to_a_streamed_request_is_accepted() {
+    let (h, primary, backup) = pair(Wire::OpenAi, test_settings()).await;
+    primary.push(Fault::WholeJson);
+    assert_served_by(&h, "primary/gpt").await;
+    assert_eq!((primary.calls(), backup.calls()), (1, 0));
 }
 
 #[tokio::test]
@@ -110,11 +122,15 @@ async fn caller_errors_do_not_fail_over() {
     assert!(error.message.contains("HTTP 400"), "{}", error.message);
     assert_eq!((primary.calls(), backup.calls()), (1, 0));
     let record = h.only_record(&run_id).await;
-    assert_eq!((record.status, record.route), (LedgerStatus::Failed, None));
+    // Refused before anything was generated: recorded, but kept out of the served requests.
+    assert_eq!((record.status, record.route), (LedgerStatus::Rejected, None));
     assert_eq!(
         (record.input_tokens, record.output_tokens, record.cost),
         (0, 0, Some(Default::default()))
     );
+    let all = UsageQuery { group_by: GroupBy::Model, since: None, until: None };
+    let groups = h.gateway.usage(&all).await.unwrap();
+    assert_eq!((groups[0].requests, groups[0].rejected), (0, 1), "{groups:?}");
 }
 
 #[tokio::test]

@@ -53,6 +53,9 @@ pub enum Fault {
     InBandOverloaded,
     /// The first `n` frames, then waits for the notify before the rest.
     PauseAfter(usize, Arc<Notify>),
+    /// OpenAI only: the whole answer as one `chat.completion` JSON body, as compatible
+    /// servers that ignore `stream: true` answer.
+    WholeJson,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +168,16 @@ async fn handle(
         Some(Fault::ResetAfter(n)) => sse(stream_frames(frames, n, Tail::Reset)),
         Some(Fault::MalformedAfter(n)) => sse(stream_frames(frames, n, Tail::Malformed)),
         Some(Fault::PauseAfter(n, gate)) => sse(stream_frames(frames, n, Tail::Resume(gate))),
+        Some(Fault::WholeJson) => {
+            let completion = json!({
+                "id": "chatcmpl-whole", "object": "chat.completion", "created": 1, "model": "gpt",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": texts(state.answer).concat()}}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+                    "prompt_tokens_details": {"cached_tokens": 3}},
+            });
+            axum::Json(completion).into_response()
+        }
         Some(Fault::InBandOverloaded) => {
             let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
             let frames = vec![frames[0].clone(), format!("event: error\ndata: {error}\n\n")];

@@ -118,7 +118,7 @@ impl Harness {
         self.gateway.wait_idle().await;
         let all = UsageQuery { group_by: GroupBy::Model, since: None, until: None };
         let groups = self.gateway.usage(&all).await.unwrap();
-        let total: u64 = groups.iter().map(|g| g.requests).sum();
+        let total: u64 = groups.iter().map(|g| g.requests + g.rejected).sum();
         assert_eq!(total, 1, "exactly one ledger record: {groups:?}");
         self.gateway.ledger().get(run_id).await.unwrap().expect("a record for the run")
     }

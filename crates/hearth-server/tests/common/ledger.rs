@@ -42,6 +42,7 @@ impl Ledger for MemoryLedger {
                     groups.push(UsageGroup {
                         key,
                         requests: 0,
+                        rejected: 0,
                         input_tokens: 0,
                         output_tokens: 0,
                         cached_input_tokens: 0,
@@ -51,7 +52,11 @@ impl Ledger for MemoryLedger {
                 }
             };
             let g = &mut groups[at];
-            g.requests += 1;
+            if r.status == hearth_gateway::LedgerStatus::Rejected {
+                g.rejected += 1;
+            } else {
+                g.requests += 1;
+            }
             g.input_tokens += r.input_tokens;
             g.output_tokens += r.output_tokens;
             g.cached_input_tokens += r.cached_input_tokens;

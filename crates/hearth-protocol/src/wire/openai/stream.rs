@@ -6,7 +6,8 @@ use serde_json::Value;
 
 use super::convert::{usage_from_wire, usage_to_wire};
 use super::{
-    ChatCompletionChunk, ChunkChoice, Delta, ErrorBody, ErrorDetail, FunctionChunk, ToolCallChunk,
+    ChatCompletion, ChatCompletionChunk, ChunkChoice, Delta, ErrorBody, ErrorDetail, FunctionChunk,
+    ToolCallChunk,
 };
 use crate::canonical::{CanonicalEvent, ErrorKind, StopReason, StreamError, TokenUsage};
 use crate::wire::{to_json, DecodeError, SseFrame};
@@ -102,6 +103,42 @@ impl StreamDecoder {
             out.push(CanonicalEvent::ToolCallDelta { index, arguments });
         }
         Ok(())
+    }
+
+    /// Decodes a whole `chat.completion` object as the stream it stands for: some
+    /// OpenAI-compatible servers ignore `stream: true` and answer in one JSON body. The events
+    /// (through the terminal one) are those the equivalent stream would have decoded to.
+    pub fn push_whole(&mut self, body: &str) -> Result<Vec<CanonicalEvent>, DecodeError> {
+        let value: Value = serde_json::from_str(body).map_err(malformed)?;
+        if let Some(error) = value.get("error") {
+            self.done = true;
+            return Ok(vec![in_band_error(error)]);
+        }
+        let completion: ChatCompletion = serde_json::from_value(value).map_err(malformed)?;
+        let mut out = vec![CanonicalEvent::MessageStart { model: completion.model }];
+        self.started = true;
+        self.usage = completion.usage.as_ref().map(usage_from_wire);
+        for choice in completion.choices.into_iter().filter(|c| c.index == 0) {
+            let tool_calls =
+                choice.message.tool_calls.into_iter().zip(0..).map(|(call, index)| ToolCallChunk {
+                    index,
+                    id: Some(call.id),
+                    kind: Some(call.kind),
+                    function: Some(FunctionChunk {
+                        name: Some(call.function.name),
+                        arguments: Some(call.function.arguments),
+                    }),
+                });
+            let delta = Delta {
+                role: None,
+                content: choice.message.content,
+                tool_calls: tool_calls.collect(),
+            };
+            let chunk = ChunkChoice { index: 0, delta, finish_reason: choice.finish_reason };
+            self.push_choice(chunk, &mut out)?;
+        }
+        out.extend(self.end()?);
+        Ok(out)
     }
 
     /// Call at the end of the byte stream. Some compatible servers end after the finish chunk
@@ -339,5 +376,35 @@ mod tests {
         let frames = enc.encode(&CanonicalEvent::error(ErrorKind::Timeout, "stalled"));
         assert_eq!(frames.len(), 1);
         assert!(frames[0].data.contains("stalled"));
+    }
+
+    #[test]
+    fn a_whole_completion_decodes_as_its_stream_would() {
+        let body = json!({
+            "id": "c1", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Hi",
+                "tool_calls": [{"id": "call_a", "type": "function",
+                    "function": {"name": "f", "arguments": "{\"x\":1}"}}]}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+        });
+        let events = StreamDecoder::new().push_whole(&body.to_string()).unwrap();
+        let usage = TokenUsage { input_tokens: 5, output_tokens: 2, ..Default::default() };
+        assert_eq!(
+            events,
+            [
+                CanonicalEvent::MessageStart { model: "m".into() },
+                CanonicalEvent::TextDelta { text: "Hi".into() },
+                CanonicalEvent::ToolCallStart { index: 0, id: "call_a".into(), name: "f".into() },
+                CanonicalEvent::ToolCallDelta { index: 0, arguments: "{\"x\":1}".into() },
+                CanonicalEvent::Usage { usage },
+                CanonicalEvent::Finish { reason: StopReason::ToolCalls },
+            ]
+        );
+        let error = json!({"error": {"message": "bad key"}}).to_string();
+        assert!(matches!(
+            &StreamDecoder::new().push_whole(&error).unwrap()[..],
+            [CanonicalEvent::Error { error }] if error.message == "bad key"
+        ));
     }
 }
