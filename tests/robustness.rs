@@ -2,7 +2,9 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use common::{tiny_llama, Daemon};
 use serde_json::{json, Value};
@@ -92,6 +94,124 @@ fn sigterm_lets_an_in_flight_stream_finish_then_exits_cleanly() {
         &rest[rest.len().saturating_sub(200)..]
     );
 }
+
+/// A daemon over the tiny model with `server` as the `[server]` section of its hearth.toml.
+fn daemon_with_server_config(server: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hearth.toml");
+    std::fs::write(&config, format!("[server]\n{server}\n")).unwrap();
+    let model = tiny_llama();
+    let args = ["--model", model.to_str().unwrap(), "--config", config.to_str().unwrap()];
+    (Daemon::start(&args), dir)
+}
+
+fn connect(daemon: &Daemon) -> TcpStream {
+    let stream = TcpStream::connect(daemon.base.trim_start_matches("http://")).unwrap();
+    // A bound on this test's own wait, far above the server's timeouts.
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection; what it sent, or an error if it never closed.
+fn read_until_closed(stream: &mut TcpStream) -> std::io::Result<String> {
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[test]
+fn silent_and_stalled_connections_are_closed_by_the_server() {
+    let (daemon, _config) =
+        daemon_with_server_config("header_read_timeout_secs = 1\nbody_read_timeout_secs = 1");
+    // Connected, never a byte sent.
+    let mut silent = connect(&daemon);
+    // Half a request head.
+    let mut half_head = connect(&daemon);
+    half_head.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A whole head, then a body that stops after 10 of its 100 bytes.
+    let mut stalled_body = connect(&daemon);
+    stalled_body
+        .write_all(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"model\": ",
+        )
+        .unwrap();
+    // An idle kept-alive connection, after one answered request.
+    let mut idle = connect(&daemon);
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+
+    assert_eq!(read_until_closed(&mut silent).expect("the server closes a silent connection"), "");
+    let answer = read_until_closed(&mut half_head).expect("the server closes a half-sent head");
+    assert!(!answer.starts_with("HTTP/1.1 2"), "{answer}");
+    let answer = read_until_closed(&mut stalled_body).expect("the server ends a stalled body");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("stopped arriving"), "{answer}");
+    let answer = read_until_closed(&mut idle).expect("the server closes an idle connection");
+    assert!(answer.starts_with("HTTP/1.1 200"), "the request itself was answered: {answer}");
+    assert_still_serving(&daemon);
+}
+
+#[test]
+fn connections_over_the_limit_get_a_503_and_the_rest_are_served() {
+    let (daemon, _config) = daemon_with_server_config("max_connections = 3");
+    // Three silent connections take every slot (the server accepts in arrival order, so they
+    // are counted before the fourth).
+    let held: Vec<TcpStream> = (0..3).map(|_| connect(&daemon)).collect();
+    let mut over = connect(&daemon);
+    let answer = read_until_closed(&mut over).expect("the server answers and closes");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1") && answer.contains("limit of 3"), "{answer}");
+
+    drop(held);
+    // Once the server has seen them close, their slots serve new connections again.
+    let mut served = false;
+    for _ in 0..100 {
+        let mut next = connect(&daemon);
+        next.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        if read_until_closed(&mut next).unwrap().starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(served, "freed slots were never reused");
+}
+
+/// Tokenizing a 5 MB prompt takes seconds of CPU; it runs off the async workers, so the daemon
+/// answers everything else meanwhile.
+#[test]
+fn health_answers_while_huge_prompts_are_tokenized_and_refused() {
+    let daemon = Daemon::start(&["--model", tiny_llama().to_str().unwrap()]);
+    let huge = json!({"model": "tiny-llama", "prompt": "word ".repeat(1 << 20), "max_tokens": 4});
+    let url = daemon.url("/v1/completions");
+    let senders: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, huge) = (url.clone(), huge.clone());
+            std::thread::spawn(move || client().post(url).json(&huge).send().unwrap().status())
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut checks = 0;
+    while !senders.iter().all(|s| s.is_finished()) {
+        let started = Instant::now();
+        assert_eq!(client().get(daemon.url("/health")).send().unwrap().status(), 200);
+        if !senders.iter().all(|s| s.is_finished()) {
+            slowest = slowest.max(started.elapsed());
+            checks += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for sender in senders {
+        assert_eq!(sender.join().unwrap(), 400, "a prompt over the context is refused");
+    }
+    eprintln!("{checks} health checks while the prompts were tokenized; slowest {slowest:?}");
+    assert!(checks > 0, "the prompts were refused before any health check ran");
+    assert!(slowest < Duration::from_millis(HEALTH_BOUND_MS), "slowest health check: {slowest:?}");
+}
+
+/// Before tokenizing moved off the async workers, a health check waited out a whole
+/// tokenization (about 3 s); a bound far below that and far above a normal answer.
+const HEALTH_BOUND_MS: u64 = 500;
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();

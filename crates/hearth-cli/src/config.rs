@@ -42,6 +42,13 @@ pub struct ServerSection {
     pub default_model: Option<String>,
     /// Seconds in-flight requests get to finish on shutdown before they are cancelled.
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds a client may take to send a request's head; also how long an idle kept-alive
+    /// connection stays open.
+    pub header_read_timeout_secs: Option<f64>,
+    /// Longest pause, in seconds, between two pieces of a request body.
+    pub body_read_timeout_secs: Option<f64>,
+    /// Open connections served at once; more are answered 503.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

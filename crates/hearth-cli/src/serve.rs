@@ -51,11 +51,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no model loaded or configured; the daemon serves only health and errors");
     }
 
+    let server_config = server_config(&config.server)?;
     let addr = args.addr.or(config.server.addr).unwrap_or_else(|| "127.0.0.1:8080".to_string());
-    let server_config = ServerConfig {
-        shutdown_grace: Duration::from_secs(config.server.shutdown_grace_secs.unwrap_or(30)),
-        ..ServerConfig::default()
-    };
     let admin = AdminWiring {
         section: config.admin,
         models_dir,
@@ -158,4 +155,34 @@ async fn shutdown_signal() {
         () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
         () = terminate => tracing::info!("SIGTERM received; shutting down"),
     }
+}
+
+/// `[server]` over the defaults; a timeout must be a positive number of seconds.
+fn server_config(section: &crate::config::ServerSection) -> anyhow::Result<ServerConfig> {
+    let defaults = ServerConfig::default();
+    let seconds = |value: Option<f64>, name: &str, default: Duration| match value {
+        None => Ok(default),
+        Some(secs) if secs.is_finite() && secs > 0.0 => Ok(Duration::from_secs_f64(secs)),
+        Some(secs) => Err(anyhow::anyhow!("[server] {name} must be a positive number, not {secs}")),
+    };
+    if section.max_connections == Some(0) {
+        anyhow::bail!("[server] max_connections must be at least 1");
+    }
+    Ok(ServerConfig {
+        shutdown_grace: section
+            .shutdown_grace_secs
+            .map_or(defaults.shutdown_grace, Duration::from_secs),
+        header_read_timeout: seconds(
+            section.header_read_timeout_secs,
+            "header_read_timeout_secs",
+            defaults.header_read_timeout,
+        )?,
+        body_read_timeout: seconds(
+            section.body_read_timeout_secs,
+            "body_read_timeout_secs",
+            defaults.body_read_timeout,
+        )?,
+        max_connections: section.max_connections.unwrap_or(defaults.max_connections),
+        ..defaults
+    })
 }

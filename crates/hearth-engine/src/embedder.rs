@@ -299,6 +299,15 @@ impl Embedder {
     }
 
     /// Checks and tokenizes every input, then queues the request.
+    /// [`Embedder::submit`] for async callers: tokenizing runs on a blocking thread (long
+    /// inputs take the tokenizer a while, which must not stall an async worker).
+    pub async fn submit_async(&self, inputs: Vec<EmbedInput>) -> Result<EmbedTicket, EmbedError> {
+        let embedder = self.clone();
+        tokio::task::spawn_blocking(move || embedder.submit(&inputs))
+            .await
+            .map_err(|e| EmbedError::Failed(e.to_string()))?
+    }
+
     pub fn submit(&self, inputs: &[EmbedInput]) -> Result<EmbedTicket, EmbedError> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::Acquire) {

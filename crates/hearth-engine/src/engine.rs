@@ -136,6 +136,19 @@ pub enum SubmitError {
     Invalid(#[from] ValidationError),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error("preparing the request failed: {0}")]
+    Internal(String),
+}
+
+/// Runs `work` with `engine` on tokio's blocking pool: CPU-bound preparation of a request
+/// (chat template, tokenizer) that async callers must not run on their own thread.
+pub async fn run_blocking<T: Send + 'static>(
+    engine: Engine,
+    work: impl FnOnce(&Engine) -> T + Send + 'static,
+) -> Result<T, SubmitError> {
+    tokio::task::spawn_blocking(move || work(&engine))
+        .await
+        .map_err(|e| SubmitError::Internal(e.to_string()))
 }
 
 /// The events of one request. Dropping it cancels the request.
@@ -301,6 +314,16 @@ impl Engine {
         Ok(ids)
     }
 
+    /// [`Engine::submit`] for async callers: tokenizing runs on a blocking thread, because a
+    /// long prompt takes the tokenizer seconds of CPU, which must not stall an async worker
+    /// (and with it every other request on that worker, health checks included).
+    pub async fn submit_async(
+        &self,
+        request: GenerateRequest,
+    ) -> Result<GenerationStream, SubmitError> {
+        run_blocking(self.clone(), move |engine| engine.submit(request)).await?
+    }
+
     /// Queues a request. The stream's first events arrive after the engine's next step.
     pub fn submit(&self, request: GenerateRequest) -> Result<GenerationStream, SubmitError> {
         let inner = &self.inner;
@@ -348,6 +371,18 @@ impl Engine {
         }
         if let Some(&token) = prompt_ids.iter().find(|&&t| t as usize >= info.vocab_size) {
             return Err(SubmitError::BadToken { token, vocab_size: info.vocab_size });
+        }
+        // One rule on every surface: asking for more tokens than the context holds is an error
+        // (as Cog's schema maximum and vLLM say); asking for more than the context has left
+        // after this prompt ends the request at the context's end, with `length`.
+        if sampling.max_tokens > info.context_length {
+            return Err(SubmitError::Invalid(ValidationError::new(
+                "max_tokens",
+                format!(
+                    "is {}, more than this model's context length ({})",
+                    sampling.max_tokens, info.context_length
+                ),
+            )));
         }
         if prompt_ids.len() >= info.context_length {
             return Err(SubmitError::PromptTooLong {

@@ -24,8 +24,8 @@ pub use embedder::{
     EmbedError, EmbedInput, EmbedTicket, Embedder, EmbedderConfig, EmbedderInfo, Embeddings,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineError, EngineStats, GenerateRequest, GenerationStream, ModelInfo,
-    Prompt, SubmitError,
+    run_blocking, Engine, EngineConfig, EngineError, EngineStats, GenerateRequest,
+    GenerationStream, ModelInfo, Prompt, SubmitError,
 };
 pub use loading::Progress;
 pub use metrics::MetricsSnapshot;

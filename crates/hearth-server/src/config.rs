@@ -24,6 +24,14 @@ pub struct ServerConfig {
     /// When model setup began, reported by Cog's health check; defaults to when the state was made.
     pub setup_started_at: Option<DateTime<Utc>>,
     pub webhook: WebhookConfig,
+    /// How long a connection may take to send a request's head, counted from when the server
+    /// starts waiting for it; a kept-alive connection idle this long is closed too.
+    pub header_read_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body; a body that stalls longer
+    /// gets 408 and its connection is closed.
+    pub body_read_timeout: Duration,
+    /// Open connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -37,6 +45,9 @@ impl Default for ServerConfig {
             allow_shutdown_route: false,
             setup_started_at: None,
             webhook: WebhookConfig::default(),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }

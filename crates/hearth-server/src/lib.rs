@@ -12,6 +12,7 @@ mod anthropic;
 mod body;
 mod cog;
 mod config;
+mod connections;
 mod generation;
 mod health;
 mod metrics;

@@ -7,15 +7,15 @@
 //! engines are stopped and the gateway is waited for once more, so that every run's ledger
 //! record is written before `serve` returns.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::serve_connections;
 use crate::relay;
 use crate::router::router;
 use crate::state::AppState;
@@ -44,12 +44,10 @@ pub async fn serve(
         }
     };
     let app = router(state.clone());
+    let config = state.config().clone();
     let mut server = Server {
         handle: tokio::spawn(
-            // Peer addresses let the admin API tell loopback clients apart.
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(signal)
-                .into_future(),
+            async move { serve_connections(listener, app, &config, signal).await },
         ),
         result: None,
     };

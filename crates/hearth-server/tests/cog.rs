@@ -173,11 +173,16 @@ async fn put_with_a_different_body_id_is_422() {
     assert_eq!(reply.json()["detail"][0]["loc"], json!(["body", "id"]));
 }
 
+/// Cog answers these with an empty object; Hearth says what is wrong, in FastAPI's shape.
 #[tokio::test]
-async fn cancel_of_unknown_prediction_is_404_empty_object() {
+async fn unknown_and_undecodable_prediction_ids_are_named_in_the_error() {
     let reply = post(&app(), "/predictions/nope/cancel", json!({})).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    assert_eq!(reply.json(), json!({}));
+    assert!(reply.json()["detail"].as_str().unwrap().contains("`nope`"), "{}", reply.text());
+    let body = json!({ "input": small_input() }).to_string();
+    let reply = send(&app(), request(Method::PUT, "/predictions/%ff%fe", &[], body)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(reply.json()["detail"].as_str().unwrap().contains("prediction id"));
 }
 
 /// Each bad input gets a 422 whose `loc` names the field.
@@ -198,30 +203,54 @@ async fn bad_inputs_are_422_naming_the_field() {
         (json!({ "prompt": long_prompt }), "prompt"),
     ];
     for (input, field) in cases {
+        let missing = input.get(field).is_none() && field == "prompt";
         let reply = post(&app, "/predictions", json!({ "input": input })).await;
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {}", reply.text());
         let body = reply.json();
         let detail = &body["detail"][0];
         assert_eq!(detail["loc"], json!(["body", "input", field]), "{body}");
-        assert_eq!(detail["type"], "value_error");
+        // Cog's (pydantic's) type for an absent required field.
+        let kind = if missing { "value_error.missing" } else { "value_error" };
+        assert_eq!(detail["type"], kind, "{body}");
         assert!(detail["msg"].as_str().is_some_and(|m| !m.is_empty()));
     }
 }
 
+/// As Cog's server: a body that is not JSON is a 400, JSON of the wrong shape a 422; both name
+/// the place in `detail[0].loc`.
 #[tokio::test]
-async fn malformed_bodies_are_422_json() {
+async fn malformed_bodies_get_json_errors_with_cogs_statuses() {
     let app = app();
-    let cases: [(&str, &[&str]); 4] = [
-        ("{not json", &["body"]),
-        ("[1, 2]", &["body"]),
-        (r#"{"input": "a string"}"#, &["body", "input"]),
-        (r#"{"input": {"prompt": "hi"}, "webhook": "ftp://x"}"#, &["body", "webhook"]),
+    let cases: [(&str, StatusCode, &[&str]); 4] = [
+        ("{not json", StatusCode::BAD_REQUEST, &["body"]),
+        ("[1, 2]", StatusCode::UNPROCESSABLE_ENTITY, &["body"]),
+        (r#"{"input": "a string"}"#, StatusCode::UNPROCESSABLE_ENTITY, &["body", "input"]),
+        (
+            r#"{"input": {"prompt": "hi"}, "webhook": "ftp://x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &["body", "webhook"],
+        ),
     ];
-    for (body, loc) in cases {
+    for (body, status, loc) in cases {
         let reply = send(&app, request(Method::POST, "/predictions", &[], body)).await;
-        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", reply.text());
+        assert_eq!(reply.status, status, "{body}: {}", reply.text());
         assert_eq!(reply.json()["detail"][0]["loc"], json!(loc), "{body}");
     }
+    // A body declared as something else than JSON is refused without being parsed.
+    let body = json!({ "input": small_input() }).to_string();
+    let mut plain_request = request(Method::POST, "/predictions", &[], body);
+    plain_request.headers_mut().insert("content-type", "text/plain".parse().unwrap());
+    let reply = send(&app, plain_request).await;
+    assert_eq!(reply.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", reply.text());
+}
+
+/// `/cog/{model}/` is the model's index, as `/` is the default model's.
+#[tokio::test]
+async fn a_model_index_answers_with_a_trailing_slash() {
+    let app = app();
+    let with_slash = get(&app, &format!("/cog/{MODEL}/")).await;
+    assert_eq!(with_slash.status, StatusCode::OK, "{}", with_slash.text());
+    assert_eq!(with_slash.json(), get(&app, &format!("/cog/{MODEL}")).await.json());
 }
 
 #[tokio::test]

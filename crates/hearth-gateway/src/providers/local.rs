@@ -4,7 +4,9 @@
 use std::collections::VecDeque;
 
 use futures::StreamExt;
-use hearth_engine::{Engine, GenerateRequest, GenerationStream, Prompt, SubmitError};
+use hearth_engine::{
+    run_blocking, Engine, EngineError, GenerateRequest, GenerationStream, Prompt, SubmitError,
+};
 use hearth_protocol::{
     CanonicalEvent, CanonicalRequest, ChatMessage, FinishReason, GenerationEvent, MessageRole,
     Role, SamplingParams, StopReason, TokenUsage,
@@ -46,19 +48,32 @@ impl Provider for LocalProvider {
         model: &str,
     ) -> Result<EventStream, ProviderError> {
         let messages = chat_messages(request, model)?;
-        let prompt = self.engine.render_chat(&messages).map_err(|e| {
-            ProviderError::Unsupported { message: format!("local model `{model}`: {e}") }
+        let sampling = sampling_params(request, self.engine.info().context_length);
+        // Rendering and tokenizing a long history is CPU work for a blocking thread.
+        let submitted = run_blocking(self.engine.clone(), move |engine| {
+            let prompt = engine.render_chat(&messages).map_err(Refusal::Template)?;
+            let submit = GenerateRequest { prompt: Prompt::Templated(prompt), sampling };
+            engine.submit(submit).map_err(Refusal::Submit)
+        })
+        .await
+        .map_err(|e| submit_error(model, e))?;
+        let stream = submitted.map_err(|refusal| match refusal {
+            Refusal::Template(e) => {
+                ProviderError::Unsupported { message: format!("local model `{model}`: {e}") }
+            }
+            Refusal::Submit(e) => submit_error(model, e),
         })?;
-        let submit = GenerateRequest {
-            prompt: Prompt::Templated(prompt),
-            sampling: sampling_params(request),
-        };
-        let stream = self.engine.submit(submit).map_err(|e| submit_error(model, e))?;
         Ok(events(model.to_string(), stream))
     }
 }
 
 // Request.
+
+/// Why the engine did not take a request.
+enum Refusal {
+    Template(EngineError),
+    Submit(SubmitError),
+}
 
 /// Local chat templates take plain text turns; tool calls need a model and template trained
 /// for them, so a request using tools is refused here (and may fail over to another route).
@@ -82,7 +97,7 @@ fn chat_messages(
     Ok(system.chain(turns).collect())
 }
 
-fn sampling_params(request: &CanonicalRequest) -> SamplingParams {
+fn sampling_params(request: &CanonicalRequest, context_length: usize) -> SamplingParams {
     let s = &request.sampling;
     let defaults = SamplingParams::default();
     SamplingParams {
@@ -95,7 +110,10 @@ fn sampling_params(request: &CanonicalRequest) -> SamplingParams {
         repetition_penalty: s.repetition_penalty.unwrap_or(defaults.repetition_penalty),
         ignore_eos: s.ignore_eos.unwrap_or(defaults.ignore_eos),
         seed: s.seed,
-        max_tokens: request.max_tokens.map_or(DEFAULT_MAX_TOKENS, |m| m as usize),
+        // The default never asks for more than the context holds, which would be refused.
+        max_tokens: request
+            .max_tokens
+            .map_or(DEFAULT_MAX_TOKENS.min(context_length), |m| m as usize),
         stop: request.stop.clone(),
     }
 }
@@ -225,8 +243,10 @@ mod tests {
     #[test]
     fn sampling_defaults_fill_what_the_caller_left_out() {
         let request = CanonicalRequest { max_tokens: Some(9), ..Default::default() };
-        let params = sampling_params(&request);
+        let params = sampling_params(&request, 2048);
         assert_eq!((params.max_tokens, params.top_p), (9, 1.0));
-        assert_eq!(sampling_params(&CanonicalRequest::default()).max_tokens, DEFAULT_MAX_TOKENS);
+        let default = CanonicalRequest::default();
+        assert_eq!(sampling_params(&default, 2048).max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!(sampling_params(&default, 300).max_tokens, 300, "never more than the context");
     }
 }

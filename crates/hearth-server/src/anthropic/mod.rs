@@ -21,7 +21,8 @@ pub(crate) struct AnthropicError(RelayError);
 
 impl From<RelayError> for AnthropicError {
     fn from(err: RelayError) -> Self {
-        Self(err)
+        // Canonical validation names canonical fields; the caller wrote Anthropic's.
+        Self(err.rename_field("stop", "stop_sequences"))
     }
 }
 

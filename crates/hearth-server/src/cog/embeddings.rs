@@ -89,7 +89,8 @@ pub(crate) async fn hook(State(state): State<AppState>, request: Request, next: 
         }
         // Nothing runs long enough to be cancelled, so no prediction id is ever known.
         (Method::POST, r) if r.starts_with("/predictions/") && r.ends_with("/cancel") => {
-            CogError::UnknownPrediction.into_response()
+            let id = r.trim_start_matches("/predictions/").trim_end_matches("/cancel");
+            CogError::UnknownPrediction(id.to_owned()).into_response()
         }
         _ => next.run(request).await,
     }
@@ -180,7 +181,8 @@ async fn run_prediction(
     let (field, texts) = parse_input(body.input.as_ref())?;
     let inputs: Vec<EmbedInput> = texts.into_iter().map(EmbedInput::Text).collect();
     let created_at = Utc::now();
-    let ticket = target.model.embedder.submit(&inputs).map_err(|e| submit_error(field, e))?;
+    let ticket =
+        target.model.embedder.submit_async(inputs).await.map_err(|e| submit_error(field, e))?;
     let input_tokens = ticket.prompt_tokens;
     let answer = ticket.wait().await;
     let completed_at = Utc::now();

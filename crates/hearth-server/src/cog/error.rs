@@ -24,6 +24,11 @@ impl Detail {
         Self::at(&["body", "input", field], msg)
     }
 
+    /// A required field that is absent: pydantic's (and so Cog's) `value_error.missing`.
+    pub(crate) fn missing(loc: &[&str]) -> Self {
+        Self { kind: "value_error.missing", ..Self::at(loc, "field required") }
+    }
+
     pub(crate) fn at(loc: &[&str], msg: impl Into<String>) -> Self {
         Self {
             loc: loc.iter().map(|s| (*s).to_owned()).collect(),
@@ -41,8 +46,10 @@ pub(crate) enum CogError {
     Body(#[from] BodyError),
     #[error("At capacity - all prediction slots busy")]
     AtCapacity,
-    #[error("no such prediction")]
-    UnknownPrediction,
+    #[error("no prediction with id `{0}` is known to this server")]
+    UnknownPrediction(String),
+    #[error("the prediction id in the path is not valid percent-encoded UTF-8")]
+    BadPredictionId,
     #[error("{message}")]
     UnknownModel { message: String, models: Vec<String> },
     #[error("model `{model}` failed to load: {reason}")]
@@ -51,6 +58,8 @@ pub(crate) enum CogError {
     ShuttingDown,
     #[error("shutdown over HTTP is disabled in this server's configuration")]
     ShutdownDisabled,
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl CogError {
@@ -61,14 +70,18 @@ impl CogError {
     fn status(&self) -> StatusCode {
         match self {
             CogError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            CogError::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            CogError::Body(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Cog's server answers a body that is not JSON with 400, one that is JSON but not
+            // an object fails its schema: 422.
+            CogError::Body(BodyError::NotAnObject) => StatusCode::UNPROCESSABLE_ENTITY,
+            CogError::Body(e) => e.status(),
             CogError::AtCapacity => StatusCode::CONFLICT,
-            CogError::UnknownPrediction | CogError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            CogError::UnknownPrediction(_) | CogError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            CogError::BadPredictionId => StatusCode::BAD_REQUEST,
             CogError::ModelFailed { .. } | CogError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             CogError::ShutdownDisabled => StatusCode::FORBIDDEN,
+            CogError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -79,8 +92,10 @@ impl IntoResponse for CogError {
         let body = match &self {
             CogError::Invalid(details) => json!({ "detail": details }),
             CogError::Body(err) => json!({ "detail": [Detail::at(&["body"], err.to_string())] }),
-            // Cog answers an unknown prediction id with an empty object.
-            CogError::UnknownPrediction => json!({}),
+            // FastAPI's (and so Cog's) shape for a 404 or 400 about the path.
+            CogError::UnknownPrediction(_) | CogError::BadPredictionId => {
+                json!({ "detail": self.to_string() })
+            }
             CogError::UnknownModel { models, .. } => {
                 json!({ "error": self.to_string(), "models": models })
             }
@@ -103,6 +118,7 @@ impl From<SubmitError> for CogError {
             | SubmitError::EmptyPrompt
             | SubmitError::BadToken { .. }
             | SubmitError::Tokenize(_) => CogError::input("prompt", err.to_string()),
+            SubmitError::Internal(message) => CogError::Internal(message),
         }
     }
 }

@@ -34,12 +34,17 @@ impl CogInput {
         let object = match input {
             Some(Value::Object(object)) => object,
             Some(_) => return Err(invalid_at(&["body", "input"], "input must be a JSON object")),
-            None => return Err(invalid_at(&["body", "input"], "field required")),
+            None => return Err(CogError::Invalid(vec![Detail::missing(&["body", "input"])])),
         };
         let mut details: Vec<Detail> = unknown_fields(object);
         let mut values = HashMap::new();
         for field in FIELDS {
-            match check(field, object.get(field.name), context_length) {
+            let value = object.get(field.name);
+            if value.is_none() && matches!(field.default, DefaultValue::Required) {
+                details.push(Detail::missing(&["body", "input", field.name]));
+                continue;
+            }
+            match check(field, value, context_length) {
                 Ok(value) => {
                     values.insert(field.name, value);
                 }
@@ -124,6 +129,7 @@ fn unknown_fields(object: &Map<String, Value>) -> Vec<Detail> {
 /// Checks one field's value, or fills in its default.
 fn check(field: &Field, value: Option<&Value>, context_length: usize) -> Result<Checked, String> {
     let value = match (value, field.default) {
+        // `parse` reports a missing required field before it gets here.
         (None, DefaultValue::Required) => return Err("field required".to_owned()),
         (None, default) | (Some(Value::Null), default @ DefaultValue::Null) => {
             return Ok(match default {
@@ -230,6 +236,17 @@ mod tests {
         assert_eq!(
             fields_of(CogInput::parse(Some(&input), 2048).unwrap_err()),
             ["body.input.max_tokens"]
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_a_missing_value_error_as_in_cog() {
+        let CogError::Invalid(details) = CogInput::parse(Some(&json!({})), 64).unwrap_err() else {
+            panic!("expected a 422")
+        };
+        assert_eq!(
+            (details[0].kind, details[0].msg.as_str()),
+            ("value_error.missing", "field required")
         );
     }
 

@@ -21,6 +21,12 @@ use axum::Router;
 
 use crate::state::AppState;
 
+/// Every model's Cog API at `/cog/{model}/…`; `/cog/{model}/` is its index too, as Cog
+/// answers `/` (nesting alone matches only `/cog/{model}`).
+pub(crate) fn model_routes() -> Router<AppState> {
+    Router::new().nest("/cog/{model}", routes()).route("/cog/{model}/", get(handlers::index))
+}
+
 /// The routes of one model's Cog API, relative to where they are mounted.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_engine::GenerationStream;
+use hearth_engine::{run_blocking, GenerationStream};
 use serde_json::json;
 
 use super::error::{CogError, Detail};
@@ -28,8 +28,9 @@ impl FromRequestParts<AppState> for PredictionId {
     type Rejection = CogError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, CogError> {
-        // The routes that use this extractor all have `{id}`; a miss means a routing bug.
-        path_param(parts, state, "id").await.map(PredictionId).ok_or(CogError::UnknownPrediction)
+        // The routes that use this extractor all have `{id}`, so a miss is an id that does not
+        // decode.
+        path_param(parts, state, "id").await.map(PredictionId).ok_or(CogError::BadPredictionId)
     }
 }
 
@@ -63,7 +64,10 @@ pub(crate) async fn cancel(
     target: CogModel,
     PredictionId(id): PredictionId,
 ) -> Result<Json<serde_json::Value>, CogError> {
-    let entry = state.predictions().get(&target.name, &id).ok_or(CogError::UnknownPrediction)?;
+    let entry = state
+        .predictions()
+        .get(&target.name, &id)
+        .ok_or_else(|| CogError::UnknownPrediction(id.clone()))?;
     entry.cancel_token().cancel();
     Ok(Json(json!({})))
 }
@@ -76,7 +80,8 @@ async fn predict(
 ) -> Result<Response, CogError> {
     let engine = &target.model.engine;
     let input = CogInput::parse(request.input.as_ref(), engine.info().context_length)?;
-    let generate = input.to_request(engine)?;
+    // The chat template renders on a blocking thread, as the tokenizer runs in `submit_async`.
+    let generate = run_blocking(engine.clone(), move |engine| input.to_request(engine)).await??;
     let id = request.id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let prediction = Prediction::new(id.clone(), request.input.unwrap_or_default());
     let cancel = state.cancel_all().child_token();
@@ -84,7 +89,7 @@ async fn predict(
         Claim::Existing(entry) => return Ok(existing(&state, entry, mode)),
         Claim::New(entry) => entry,
     };
-    let stream = engine.submit(generate).map_err(|err| {
+    let stream = engine.submit_async(generate).await.map_err(|err| {
         state.predictions().forget(&target.name, &id);
         CogError::from(err)
     })?;

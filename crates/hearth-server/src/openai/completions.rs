@@ -86,7 +86,10 @@ pub(crate) async fn completions(
     let engine = &model.engine;
     let sampling = common.sampling(engine.info().context_length)?;
     let request = GenerateRequest { prompt: fields.prompt()?, sampling };
-    let stream = engine.submit(request).map_err(|err| OpenAiError::from_submit(err, "prompt"))?;
+    let stream = engine
+        .submit_async(request)
+        .await
+        .map_err(|err| OpenAiError::from_submit(err, "prompt"))?;
     let encoder = Encoder { header: Header::new("cmpl", &common.model) };
     answer(&state, stream, encoder, &common).await
 }

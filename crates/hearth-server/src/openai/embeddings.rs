@@ -94,7 +94,7 @@ pub(crate) async fn embeddings(
             ),
         ));
     }
-    let ticket = model.embedder.submit(&inputs).map_err(embed_error)?;
+    let ticket = model.embedder.submit_async(inputs).await.map_err(embed_error)?;
     let embeddings = ticket.wait().await.map_err(embed_error)?;
     let prompt_tokens = embeddings.prompt_tokens;
     let data = embeddings

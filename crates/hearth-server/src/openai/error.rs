@@ -56,6 +56,7 @@ impl OpenAiError {
                 Self::invalid(prompt_param, err.to_string())
             }
             SubmitError::ShuttingDown => Self::ShuttingDown,
+            SubmitError::Internal(message) => Self::Generation(message),
         }
     }
 
@@ -64,8 +65,7 @@ impl OpenAiError {
             Self::InvalidRequest { .. } | Self::ContextLengthExceeded { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::Body(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::Body(e) => e.status(),
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::ModelUnavailable { .. } | Self::Overloaded { .. } | Self::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -91,6 +91,7 @@ impl OpenAiError {
             Self::Body(BodyError::TooLarge { .. }) => {
                 ("invalid_request_error", None, Some("request_too_large"))
             }
+            Self::Body(BodyError::Stalled) => ("invalid_request_error", None, Some("timeout")),
             Self::Body(_) => ("invalid_request_error", None, Some("invalid_json")),
             Self::Overloaded { .. } => ("server_error", None, Some("overloaded")),
             Self::ShuttingDown => ("server_error", None, Some("shutting_down")),

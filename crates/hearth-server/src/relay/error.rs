@@ -52,10 +52,21 @@ impl From<FieldError> for RelayError {
 }
 
 impl RelayError {
+    /// The same error, naming the field `to` where it named the canonical field `from`: a
+    /// surface whose wire format calls a field otherwise reports it by its own name.
+    pub(crate) fn rename_field(mut self, from: &str, to: &str) -> Self {
+        if let Self::Invalid(e) | Self::Start(StartError::Invalid(e)) = &mut self {
+            if e.field == from {
+                e.field = to.to_owned();
+            }
+        }
+        self
+    }
+
     pub(crate) fn status(&self) -> StatusCode {
         let code = match self {
-            Self::Body(BodyError::TooLarge { .. }) => 413,
-            Self::Body(_) | Self::Field(_) | Self::Invalid(_) => 400,
+            Self::Body(e) => e.status().as_u16(),
+            Self::Field(_) | Self::Invalid(_) => 400,
             Self::Header { .. } | Self::Query { .. } => 400,
             Self::Start(e) => e.http_status(),
             Self::Failed { error, .. } => error.kind.http_status(),
@@ -82,6 +93,7 @@ impl RelayError {
     pub(crate) fn code(&self) -> Option<&'static str> {
         match self {
             Self::Body(BodyError::TooLarge { .. }) => Some("request_too_large"),
+            Self::Body(BodyError::Stalled) => Some("timeout"),
             Self::Body(_) => Some("invalid_json"),
             Self::Start(StartError::Model(CatalogError::NotFound(_))) => Some("model_not_found"),
             Self::Start(StartError::Model(CatalogError::Unavailable { .. })) => {

@@ -10,9 +10,17 @@ use crate::canonical::{
 };
 use crate::wire::empty_object_schema;
 use crate::ValidationError;
+use serde_json::Value;
 
 /// An entry surface's request → canonical. Errors name the Anthropic field path.
 pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, ValidationError> {
+    let thinking_enabled = req
+        .thinking
+        .as_ref()
+        .is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"));
+    if thinking_enabled {
+        return Err(ValidationError::new("thinking", "extended thinking is not supported"));
+    }
     let messages = req
         .messages
         .into_iter()
@@ -172,6 +180,7 @@ pub fn from_canonical(
         stop_sequences: req.stop.clone(),
         stream: Some(true),
         metadata: None,
+        thinking: None,
     }
 }
 
