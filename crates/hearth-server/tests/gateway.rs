@@ -94,8 +94,14 @@ async fn anthropic_errors_use_anthropic_shapes() {
     let g = gateway_app(&fake, &["an/claude-fake"]).await;
     let mut no_max = anthropic("chat");
     no_max.as_object_mut().unwrap().remove("max_tokens");
+    let mut thinking = anthropic("chat");
+    thinking["thinking"] = json!({ "type": "enabled", "budget_tokens": 1024 });
+    let mut empty_stop = anthropic("chat");
+    empty_stop["stop_sequences"] = json!([""]);
     let cases = [
         (no_max, StatusCode::BAD_REQUEST, "invalid_request_error", "max_tokens"),
+        (thinking, StatusCode::BAD_REQUEST, "invalid_request_error", "thinking"),
+        (empty_stop, StatusCode::BAD_REQUEST, "invalid_request_error", "`stop_sequences`"),
         (anthropic("ghost"), StatusCode::NOT_FOUND, "not_found_error", "ghost"),
         (
             json!({ "model": "chat" }),

@@ -148,6 +148,7 @@ async fn bad_chat_requests_are_400_naming_the_field() {
         (with("max_tokens", json!(0)), "max_tokens"),
         (with("n", json!(2)), "n"),
         (with("logprobs", json!(true)), "logprobs"),
+        (with("logit_bias", json!({ "50": -100 })), "logit_bias"),
         (with("stop", json!(5)), "stop"),
         (with("messages", json!([])), "messages"),
         (with("messages", json!([{ "role": "wizard", "content": "hi" }])), "messages[0].role"),
@@ -165,6 +166,21 @@ async fn bad_chat_requests_are_400_naming_the_field() {
     let reply = post(&app, "/v1/chat/completions", with("top_p", json!(0))).await;
     assert_openai_error(&reply, StatusCode::BAD_REQUEST, None, None);
     assert!(reply.json()["error"]["message"].as_str().unwrap().contains("`top_p`"));
+    // More tokens than the context holds: refused, as Cog refuses it, never silently cut.
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let mut body = with("max_tokens", json!(100_000));
+        body["prompt"] = json!("hi");
+        let reply = post(&app, path, body).await;
+        assert_openai_error(&reply, StatusCode::BAD_REQUEST, None, None);
+        let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains("`max_tokens`") && message.contains("context"),
+            "{path}: {message}"
+        );
+    }
+    // An empty bias changes nothing and is accepted, as OpenAI does.
+    let reply = post(&app, "/v1/chat/completions", with("logit_bias", json!({}))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let mut missing = chat_body();
     missing.as_object_mut().unwrap().remove("model");
     assert_openai_error(

@@ -27,6 +27,7 @@ struct ResponseFormat {
 struct Unsupported {
     logprobs: Option<bool>,
     top_logprobs: Option<u64>,
+    logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
     response_format: Option<ResponseFormat>,
 }
 
@@ -34,6 +35,9 @@ impl Unsupported {
     fn check(&self) -> Result<(), OpenAiError> {
         if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
             return Err(OpenAiError::invalid("logprobs", "logprobs are not supported"));
+        }
+        if self.logit_bias.as_ref().is_some_and(|bias| !bias.is_empty()) {
+            return Err(OpenAiError::invalid("logit_bias", "logit_bias is not supported"));
         }
         if let Some(format) = self.response_format.as_ref().filter(|f| f.kind != "text") {
             let message =

@@ -19,12 +19,6 @@ pub fn to_canonical(req: ChatCompletionRequest) -> Result<CanonicalRequest, Vali
     if req.n.is_some_and(|n| n != 1) {
         return Err(ValidationError::new("n", "only 1 choice per request is supported"));
     }
-    if req.logit_bias.as_ref().is_some_and(|bias| !bias.is_empty()) {
-        return Err(ValidationError::new("logit_bias", "is not supported"));
-    }
-    if req.logprobs == Some(true) {
-        return Err(ValidationError::new("logprobs", "is not supported"));
-    }
     let mut system = Vec::new();
     let mut messages = Vec::new();
     for (i, message) in req.messages.into_iter().enumerate() {
@@ -203,8 +197,6 @@ pub fn from_canonical(req: &CanonicalRequest, model: &str) -> ChatCompletionRequ
         stream_options: Some(StreamOptions { include_usage: true }),
         n: None,
         metadata: None,
-        logit_bias: None,
-        logprobs: None,
     }
 }
 

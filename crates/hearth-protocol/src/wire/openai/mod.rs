@@ -53,13 +53,6 @@ pub struct ChatCompletionRequest {
     pub n: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
-    /// Read only to refuse: a non-empty bias cannot be honoured, and ignoring it would give the
-    /// caller output it did not ask for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logit_bias: Option<Map<String, Value>>,
-    /// Read only to refuse `true`, for the same reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
