@@ -58,6 +58,7 @@ fn sync_prediction_and_sse_prediction_agree() {
     assert_eq!(sync["status"], "succeeded", "{sync}");
     let output: String =
         sync["output"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(!output.is_empty(), "a comparison of empty outputs shows nothing: {sync}");
     assert!(sync["metrics"]["predict_time"].as_f64().is_some(), "{sync}");
 
     let resp = client()
@@ -86,13 +87,24 @@ fn sync_prediction_and_sse_prediction_agree() {
 fn idempotent_put_and_cancel() {
     let daemon = serve_tiny();
     let body = json!({"input": {"prompt": "Count", "max_tokens": 6, "temperature": 0}});
-    let first: Value =
-        client().put(daemon.url("/predictions/abc123")).json(&body).send().unwrap().json().unwrap();
-    assert_eq!(first["id"], "abc123");
-    let again: Value =
-        client().put(daemon.url("/predictions/abc123")).json(&body).send().unwrap().json().unwrap();
-    assert_eq!(again["id"], "abc123");
+    let put = || {
+        let resp = client().put(daemon.url("/predictions/abc123")).json(&body).send().unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().unwrap())
+    };
+    let (status, first) = put();
+    assert_eq!(
+        (status, &first["id"], &first["status"]),
+        (200, &json!("abc123"), &json!("succeeded"))
+    );
+    assert!(first["output"].as_array().is_some_and(|o| !o.is_empty()), "{first}");
+    // The same id again is the same prediction, answered again, not run a second time.
+    let (status, again) = put();
+    assert_eq!(
+        (status, &again["id"], &again["status"]),
+        (200, &json!("abc123"), &json!("succeeded"))
+    );
     assert_eq!(again["output"], first["output"]);
+    assert_eq!(again["created_at"], first["created_at"], "run once: {again}");
 
     let mismatch = client()
         .put(daemon.url("/predictions/abc124"))

@@ -154,21 +154,30 @@ fn metrics_count_requests_tokens_and_latencies_per_model() {
 
     let mut prompt_tokens = 0.0;
     let mut completion_tokens = 0.0;
+    // Streamed, so the text events are countable: the inter-token histogram gets one
+    // observation per text event after a request's first.
+    let mut gaps = 0.0;
     for (prompt, max_tokens) in [("Once upon a time", 8), ("The quick brown fox", 5)] {
-        let body =
-            json!({"model": M, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0});
-        let resp: Value = client()
-            .post(daemon.url("/v1/completions"))
-            .json(&body)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        let usage = &resp["usage"];
-        prompt_tokens += usage["prompt_tokens"].as_f64().unwrap_or_else(|| panic!("{resp}"));
-        completion_tokens +=
-            usage["completion_tokens"].as_f64().unwrap_or_else(|| panic!("{resp}"));
-        assert!(!resp["choices"][0]["text"].as_str().unwrap().is_empty(), "{resp}");
+        let body = json!({"model": M, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
+        let text = client().post(daemon.url("/v1/completions")).json(&body).send().unwrap();
+        let text = text.text().unwrap();
+        let chunks: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let texts = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()))
+            .count();
+        assert!(texts > 0, "{text}");
+        gaps += (texts - 1) as f64;
+        let usage = &chunks.last().unwrap()["usage"];
+        assert_eq!(usage["completion_tokens"], max_tokens, "{text}");
+        prompt_tokens += usage["prompt_tokens"].as_f64().unwrap_or_else(|| panic!("{text}"));
+        completion_tokens += max_tokens as f64;
     }
     assert!(prompt_tokens > 0.0 && completion_tokens > 0.0);
 
@@ -194,9 +203,9 @@ fn metrics_count_requests_tokens_and_latencies_per_model() {
     for histogram in ["hearth_time_to_first_token_seconds", "hearth_e2e_request_latency_seconds"] {
         assert_eq!(delta(&after, &format!("{histogram}_count")), 2.0, "{histogram}");
     }
-    // Every generated token after a request's first text is at most one inter-token gap.
+    // One inter-token gap per text event after each request's first.
     let itl = delta(&after, "hearth_inter_token_latency_seconds_count");
-    assert!(itl <= completion_tokens - 2.0, "{itl} gaps for {completion_tokens} tokens");
+    assert_eq!(itl, gaps, "{itl} gaps observed, {gaps} seen by the client");
     for histogram in [
         "hearth_time_to_first_token_seconds",
         "hearth_inter_token_latency_seconds",

@@ -74,25 +74,36 @@ fn a_broken_package_is_refused_and_the_others_are_served() {
     assert_still_serving(&daemon);
 }
 
+/// The stream is shown to be running when the signal comes: chunks keep arriving after it,
+/// and the stream still ends with all its tokens and `[DONE]`.
 #[test]
 fn sigterm_lets_an_in_flight_stream_finish_then_exits_cleanly() {
     let daemon = Daemon::start(&["--model", tiny_llama().to_str().unwrap()]);
-    let body = json!({"model": "tiny-llama", "prompt": "Tell me everything", "max_tokens": 300, "ignore_eos": true, "stream": true});
-    let mut resp = client().post(daemon.url("/v1/completions")).json(&body).send().unwrap();
-    let mut first = [0u8; 64];
-    assert!(resp.read(&mut first).unwrap() > 0);
+    let body = json!({"model": "tiny-llama", "prompt": "Tell me everything", "max_tokens": 1500, "ignore_eos": true, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let resp = client().post(daemon.url("/v1/completions")).json(&body).send().unwrap();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        let mut rest = String::new();
-        resp.read_to_string(&mut rest).map(|_| rest)
+        let mut lines = Vec::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(resp)) {
+            let line = line?;
+            if line.starts_with("data: ") {
+                let _ = first_tx.send(());
+                lines.push((Instant::now(), line));
+            }
+        }
+        Ok::<_, std::io::Error>(lines)
     });
+    first_rx.recv_timeout(Duration::from_secs(120)).expect("the stream started");
+    let signalled_at = Instant::now();
     let status = daemon.terminate();
     assert!(status.success(), "hearth exited with {status}");
-    let rest = reader.join().unwrap().expect("the stream ends cleanly");
-    assert!(
-        rest.trim_end().ends_with("data: [DONE]"),
-        "the in-flight stream should finish: …{}",
-        &rest[rest.len().saturating_sub(200)..]
-    );
+    let lines = reader.join().unwrap().expect("the stream ends cleanly");
+    let after_signal = lines.iter().filter(|(at, _)| *at > signalled_at).count();
+    assert!(after_signal > 1, "only {after_signal} frames came after the signal");
+    assert_eq!(lines.last().unwrap().1, "data: [DONE]", "the in-flight stream should finish");
+    let usage: Value =
+        serde_json::from_str(lines[lines.len() - 2].1.trim_start_matches("data: ")).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 1500, "{usage}");
 }
 
 /// A daemon over the tiny model with `server` as the `[server]` section of its hearth.toml.

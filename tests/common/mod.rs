@@ -4,19 +4,39 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-/// The `hearth` binary cargo built next to this test executable.
+/// The `hearth` binary, built from the current sources. This package does not depend on the
+/// binary's (cargo offers no binary dependencies on stable), so `cargo test --test X` alone
+/// would run whatever `target/…/hearth` an earlier build left: the first call in each test
+/// binary runs `cargo build -p hearth-cli` for the same profile, a no-op when it is current.
 pub fn hearth_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_hearth).clone()
+}
+
+fn build_hearth() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "hearth-cli", "--bin", "hearth"]);
+    build.current_dir(repo_root());
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            build.arg("--release");
+        }
+        Some(profile) => {
+            build.args(["--profile", profile]);
+        }
+        None => {}
+    }
+    let status = build.status().expect("run cargo build -p hearth-cli");
+    assert!(status.success(), "cargo build -p hearth-cli failed: {status}");
     let bin = dir.join(format!("hearth{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p hearth-cli` (cargo test --workspace does)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing after building it", bin.display());
     bin
 }
 

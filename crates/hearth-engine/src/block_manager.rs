@@ -33,6 +33,13 @@ pub type BlockId = u32;
 /// Content hash of a full block, chained over every block before it.
 pub type BlockHash = u64;
 
+/// A bookkeeping error of the block manager: a bug, reported instead of corrupting the pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("sequence {seq} released block {block}, which was already free")]
+    DoubleFree { block: BlockId, seq: u64 },
+}
+
 /// Fixed keys: hashes are compared within one process only, but they must not change while it
 /// runs, which a randomly keyed hasher would not promise across hasher instances.
 static BLOCK_HASHER: RandomState = RandomState::with_seeds(
@@ -240,11 +247,20 @@ impl BlockManager {
     /// Gives back every block of `seq`, which then holds no KV. Published blocks stay in the
     /// cache, a sequence's later blocks queued to be evicted before its earlier ones (which
     /// other prompts are likelier to share); unpublished blocks are reused first.
-    pub fn free(&mut self, seq: &mut Sequence) {
+    ///
+    /// A block that is already free means a bookkeeping bug: nothing is changed (a second
+    /// release would queue the block twice and hand it to two sequences), the sequence's table
+    /// is emptied, and the error says which block.
+    pub fn free(&mut self, seq: &mut Sequence) -> Result<(), BlockError> {
+        if let Some(&id) =
+            seq.block_table.iter().find(|&&id| self.blocks[id as usize].ref_count == 0)
+        {
+            seq.block_table.clear();
+            return Err(BlockError::DoubleFree { block: id, seq: seq.id });
+        }
         for id in seq.block_table.drain(..).rev() {
             let block = &mut self.blocks[id as usize];
-            debug_assert!(block.ref_count > 0, "block {id} freed twice");
-            block.ref_count = block.ref_count.saturating_sub(1);
+            block.ref_count -= 1;
             if block.ref_count == 0 {
                 if block.publication.is_some() {
                     self.free_queue.push_back(id);
@@ -255,6 +271,7 @@ impl BlockManager {
         }
         seq.num_computed_tokens = 0;
         seq.num_cached_blocks = 0;
+        Ok(())
     }
 
     fn num_blocks_to_append(&self, seq: &Sequence, num_new_tokens: usize) -> usize {

@@ -186,7 +186,9 @@ impl Scheduler {
                 self.waiting.remove(index)?
             }
         };
-        self.block_manager.free(&mut seq);
+        if let Err(err) = self.block_manager.free(&mut seq) {
+            tracing::error!(error = %err, "KV block bookkeeping error while finishing");
+        }
         Some(seq)
     }
 

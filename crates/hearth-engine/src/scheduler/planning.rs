@@ -174,7 +174,9 @@ impl Scheduler {
         let Some(mut seq) = self.running.pop() else { return };
         plan.unschedule(&seq);
         plan.num_continuing = plan.num_continuing.min(self.running.len());
-        self.block_manager.free(&mut seq);
+        if let Err(err) = self.block_manager.free(&mut seq) {
+            tracing::error!(error = %err, "KV block bookkeeping error while preempting");
+        }
         seq.num_preemptions += 1;
         self.stats.num_preemptions += 1;
         tracing::debug!(
