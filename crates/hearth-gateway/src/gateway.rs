@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use futures::StreamExt;
 use hearth_protocol::{CanonicalRequest, ErrorKind, StreamError, ValidationError};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -18,7 +19,7 @@ use crate::ledger::{
 };
 use crate::producer::{self, RunJob};
 use crate::router::{RetryPolicy, RouteHealth};
-use crate::runs::{InMemoryRunStore, RunError, RunInfo, RunStore, Subscription};
+use crate::runs::{InMemoryRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription};
 
 /// Who is calling, as the edge authenticated it.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +29,10 @@ pub struct Caller {
     /// Caller metadata (e.g. from a header), validated here. When `None`, the request's own
     /// `metadata` is used.
     pub metadata: Option<Value>,
+    /// Cancel the run when the subscription [`Gateway::start_run`] returns is dropped before
+    /// the run's terminal event: Cog's semantics, where a prediction whose client leaves is
+    /// cancelled. Off by default: a chat run goes on for its caller to resume.
+    pub cancel_on_disconnect: bool,
 }
 
 /// A run whose route has committed: its first content event is in the buffer.
@@ -171,7 +176,10 @@ impl Gateway {
         let run_id = format!("run_{}", uuid::Uuid::now_v7().simple());
         let cancel = self.inner.runs.create(&run_id, &request.model).await?;
         // Subscribed before the producer starts, so the run is never seen without a reader.
-        let events = self.inner.runs.subscribe(&run_id, 0).await?;
+        let mut events = self.inner.runs.subscribe(&run_id, 0).await?;
+        if caller.cancel_on_disconnect {
+            events = CancelOnDrop { events, cancel: cancel.clone(), ended: false }.boxed();
+        }
         let (commit, committed) = oneshot::channel();
         let job = RunJob {
             run_id: run_id.clone(),
@@ -222,5 +230,36 @@ impl Gateway {
         self.inner.tasks.wait().await;
         self.inner.tasks.reopen();
         self.inner.ledger.flush().await;
+    }
+}
+
+/// A run's first subscription that cancels the run when it is dropped before the terminal
+/// event ([`Caller::cancel_on_disconnect`]).
+struct CancelOnDrop {
+    events: Subscription,
+    cancel: tokio_util::sync::CancellationToken,
+    ended: bool,
+}
+
+impl futures::Stream for CancelOnDrop {
+    type Item = RunEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<RunEvent>> {
+        let polled = self.events.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(next) = &polled {
+            self.ended |= next.as_ref().is_none_or(|e| e.event.is_terminal());
+        }
+        polled
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cancel.cancel();
+        }
     }
 }

@@ -205,6 +205,14 @@ async fn attempt_once(
 ) -> Result<Committed, ProviderError> {
     let timed_out =
         |during| ProviderError::Timeout { provider: target.provider.name().to_string(), during };
+    if request.prompt.is_some() && !target.provider.takes_raw_prompts() {
+        return Err(ProviderError::Unsupported {
+            message: format!(
+                "{}: a raw prompt (no messages) is served by local models only",
+                target.provider.name()
+            ),
+        });
+    }
     let deadline = Instant::now() + policy.ttfb_timeout;
     let mut stream = timeout_at(deadline, target.provider.stream(request, &target.model))
         .await

@@ -13,8 +13,8 @@ pub mod wire;
 
 pub use canonical::{
     CanonicalEvent, CanonicalRequest, CanonicalResponse, ContentBlock, ErrorKind, Message,
-    MessageRole, ResponseAssembler, SamplingOptions, StopReason, StreamError, TokenUsage,
-    ToolChoice, ToolDefinition,
+    MessageRole, RawPrompt, ResponseAssembler, SamplingOptions, StopReason, StreamError,
+    TokenUsage, ToolChoice, ToolDefinition,
 };
 pub use chat::{ChatMessage, Role};
 pub use events::{FinishReason, GenerationEvent, Usage};

@@ -6,6 +6,13 @@
 //! ([`hearth_engine::MetricsSnapshot`]). A model removed from the catalog simply stops being
 //! reported; a model replaced under the same name starts its counters again from zero, which
 //! Prometheus treats as a counter reset. The metric names are listed in the README.
+//!
+//! Written by hand rather than with `prometheus-client`: that crate's histograms take one
+//! observation at a time from live metric objects, while the engines hand over finished bucket
+//! counts from their own threads (the engine crate knows nothing of Prometheus); its const-metric
+//! path writes OpenMetrics only, which renames counter families (no `_total`) and changes the
+//! content type that scrapers and dashboards of the 0.0.4 text format expect. What is written
+//! here is three line shapes, and `tests/metrics.rs` parses every scrape strictly.
 
 use std::fmt::Write;
 

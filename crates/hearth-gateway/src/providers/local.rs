@@ -9,7 +9,7 @@ use hearth_engine::{
 };
 use hearth_protocol::{
     CanonicalEvent, CanonicalRequest, ChatMessage, FinishReason, GenerationEvent, MessageRole,
-    Role, SamplingParams, StopReason, TokenUsage,
+    RawPrompt, Role, SamplingParams, StopReason, TokenUsage,
 };
 
 use super::{EventStream, Provider, ProviderError};
@@ -47,13 +47,18 @@ impl Provider for LocalProvider {
         request: &CanonicalRequest,
         model: &str,
     ) -> Result<EventStream, ProviderError> {
-        let messages = chat_messages(request, model)?;
+        let input = prompt_input(request, model)?;
         let sampling = sampling_params(request, self.engine.info().context_length);
         // Rendering and tokenizing a long history is CPU work for a blocking thread.
         let submitted = run_blocking(self.engine.clone(), move |engine| {
-            let prompt = engine.render_chat(&messages).map_err(Refusal::Template)?;
-            let submit = GenerateRequest { prompt: Prompt::Templated(prompt), sampling };
-            engine.submit(submit).map_err(Refusal::Submit)
+            let prompt = match input {
+                PromptInput::Raw(RawPrompt::Text(text)) => Prompt::Text(text),
+                PromptInput::Raw(RawPrompt::Tokens(ids)) => Prompt::Tokens(ids),
+                PromptInput::Chat(messages) => {
+                    Prompt::Templated(engine.render_chat(&messages).map_err(Refusal::Template)?)
+                }
+            };
+            engine.submit(GenerateRequest { prompt, sampling }).map_err(Refusal::Submit)
         })
         .await
         .map_err(|e| submit_error(model, e))?;
@@ -65,9 +70,29 @@ impl Provider for LocalProvider {
         })?;
         Ok(events(model.to_string(), stream))
     }
+
+    fn takes_raw_prompts(&self) -> bool {
+        true
+    }
 }
 
 // Request.
+
+/// What the engine is given: a conversation for the chat template, or a raw prompt.
+enum PromptInput {
+    Chat(Vec<ChatMessage>),
+    Raw(RawPrompt),
+}
+
+fn prompt_input(request: &CanonicalRequest, model: &str) -> Result<PromptInput, ProviderError> {
+    match &request.prompt {
+        Some(_) if request.uses_tools() => Err(ProviderError::Unsupported {
+            message: format!("local model `{model}` takes tools only with messages"),
+        }),
+        Some(raw) => Ok(PromptInput::Raw(raw.clone())),
+        None => chat_messages(request, model).map(PromptInput::Chat),
+    }
+}
 
 /// Why the engine did not take a request.
 enum Refusal {
@@ -127,7 +152,22 @@ fn submit_error(model: &str, error: SubmitError) -> ProviderError {
             retry_after: Some(std::time::Duration::from_secs(retry_after_secs)),
         },
         SubmitError::ShuttingDown => ProviderError::Unsupported { message },
-        _ => ProviderError::Rejected { message },
+        SubmitError::PromptTooLong { .. } => ProviderError::Rejected {
+            message,
+            param: Some("prompt".into()),
+            code: Some("context_length_exceeded".into()),
+        },
+        SubmitError::Invalid(ref invalid) => {
+            let param = Some(invalid.field.clone());
+            ProviderError::Rejected { message, param, code: None }
+        }
+        SubmitError::TooLarge { .. } => {
+            ProviderError::Rejected { message, param: Some("max_tokens".into()), code: None }
+        }
+        SubmitError::EmptyPrompt | SubmitError::BadToken { .. } | SubmitError::Tokenize(_) => {
+            ProviderError::Rejected { message, param: Some("prompt".into()), code: None }
+        }
+        SubmitError::Internal(_) => ProviderError::Rejected { message, param: None, code: None },
     }
 }
 

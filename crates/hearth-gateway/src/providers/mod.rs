@@ -37,6 +37,12 @@ pub trait Provider: Send + Sync {
         request: &CanonicalRequest,
         model: &str,
     ) -> Result<EventStream, ProviderError>;
+
+    /// Whether the provider serves a [`hearth_protocol::RawPrompt`] (text or token ids with no
+    /// chat template). Only the local engine does; chat APIs take conversations.
+    fn takes_raw_prompts(&self) -> bool {
+        false
+    }
 }
 
 /// An API key. It prints as `[redacted]`, and error texts that might echo it are scrubbed, so
@@ -87,9 +93,10 @@ pub enum ProviderError {
     /// This route cannot serve this request (tools on a local model); another route may.
     #[error("{message}")]
     Unsupported { message: String },
-    /// The request itself is wrong for this model (a prompt longer than its context).
+    /// The request itself is wrong for this model (a prompt longer than its context); `param`
+    /// and `code` say where and why, when the model knows.
     #[error("{message}")]
-    Rejected { message: String },
+    Rejected { message: String, param: Option<String>, code: Option<String> },
     /// The route is busy; it may take the request after `retry_after`.
     #[error("{provider}: overloaded: {message}")]
     Overloaded { provider: String, message: String, retry_after: Option<Duration> },
@@ -157,7 +164,13 @@ impl ProviderError {
     }
 
     pub fn to_stream_error(&self) -> StreamError {
-        StreamError::new(self.kind(), self.to_string())
+        let error = StreamError::new(self.kind(), self.to_string());
+        match self {
+            Self::Rejected { param, code, .. } => {
+                StreamError { param: param.clone(), code: code.clone(), ..error }
+            }
+            _ => error,
+        }
     }
 }
 

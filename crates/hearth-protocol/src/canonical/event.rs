@@ -60,7 +60,7 @@ impl CanonicalEvent {
     }
 
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self::Error { error: StreamError { kind, message: message.into() } }
+        Self::Error { error: StreamError::new(kind, message) }
     }
 }
 
@@ -194,11 +194,27 @@ impl ErrorKind {
 pub struct StreamError {
     pub kind: ErrorKind,
     pub message: String,
+    /// The request field at fault, in canonical names (`prompt`, `max_tokens`), when one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// A machine-readable reason callers act on (`context_length_exceeded`), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 impl StreamError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self { kind, message: message.into(), param: None, code: None }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
     }
 }
 

@@ -7,7 +7,7 @@ mod response;
 
 pub use event::{CanonicalEvent, ErrorKind, StopReason, StreamError, TokenUsage};
 pub use request::{
-    CanonicalRequest, ContentBlock, Message, MessageRole, SamplingOptions, ToolChoice,
+    CanonicalRequest, ContentBlock, Message, MessageRole, RawPrompt, SamplingOptions, ToolChoice,
     ToolDefinition,
 };
 pub(crate) use response::parse_arguments;

@@ -16,7 +16,14 @@ pub struct CanonicalRequest {
     /// Anthropic and Gemini take exactly one system prompt outside the conversation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    /// The conversation. Empty when the request is a [`RawPrompt`] instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<Message>,
+    /// Text or token ids given to the model as they are, with no chat template: OpenAI's
+    /// `/v1/completions`, and Cog predictions of models without a chat template. Only local
+    /// routes serve it; an upstream route refuses it (and the router moves on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<RawPrompt>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolDefinition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,6 +42,14 @@ pub struct CanonicalRequest {
     /// Caller metadata for the spend ledger; the gateway validates its shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+}
+
+/// A prompt that is not a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawPrompt {
+    Text(String),
+    Tokens(Vec<u32>),
 }
 
 /// Who wrote a message. System prompts live in [`CanonicalRequest::system`]; tool results are
@@ -146,8 +161,24 @@ impl CanonicalRequest {
         if self.model.is_empty() {
             return Err(ValidationError::new("model", "must not be empty"));
         }
-        if self.messages.is_empty() {
-            return Err(ValidationError::new("messages", "must hold at least one message"));
+        match &self.prompt {
+            None if self.messages.is_empty() => {
+                return Err(ValidationError::new("messages", "must hold at least one message"));
+            }
+            None => {}
+            Some(_) if !self.messages.is_empty() || self.system.is_some() => {
+                return Err(ValidationError::new(
+                    "prompt",
+                    "a raw prompt cannot be combined with messages or a system prompt",
+                ));
+            }
+            Some(RawPrompt::Text(text)) if text.is_empty() => {
+                return Err(ValidationError::new("prompt", "must not be empty"));
+            }
+            Some(RawPrompt::Tokens(ids)) if ids.is_empty() => {
+                return Err(ValidationError::new("prompt", "must hold at least one token id"));
+            }
+            Some(_) => {}
         }
         if self.max_tokens == Some(0) {
             return Err(ValidationError::new("max_tokens", "must be at least 1"));

@@ -1,16 +1,20 @@
-//! `POST /v1/completions`.
+//! `POST /v1/completions`: a raw prompt (text or token ids) run through the gateway like a
+//! chat request, so it has a run id, a ledger record and a resumable stream. Only local models
+//! take raw prompts.
 
 use axum::extract::State;
-use axum::response::Response;
-use hearth_engine::{GenerateRequest, Prompt};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hearth_protocol::wire::openai;
+use hearth_protocol::{CanonicalRequest, CanonicalResponse, RawPrompt};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::answer;
 use super::error::OpenAiError;
 use super::extract::OpenAiJson;
-use super::response::{Encoder, Header};
 use super::sampling::{find_model, CommonFields};
+use crate::relay::{self, OpenAiChat, StreamFormat};
 use crate::state::AppState;
 
 /// The completions-only fields; the shared ones are in [`CommonFields`].
@@ -43,16 +47,16 @@ impl CompletionFields {
 
     /// One prompt: a string, a list of one string, a list of token ids, or a list of one list
     /// of token ids. Batches of prompts are refused: send one request per prompt.
-    fn prompt(&self) -> Result<Prompt, OpenAiError> {
+    fn prompt(&self) -> Result<RawPrompt, OpenAiError> {
         let batch_error =
             || OpenAiError::invalid("prompt", "only one prompt per request is supported");
         match &self.prompt {
-            Value::String(text) => Ok(Prompt::Text(text.clone())),
+            Value::String(text) => Ok(RawPrompt::Text(text.clone())),
             Value::Array(items) => match items.as_slice() {
                 [] => Err(OpenAiError::invalid("prompt", "must not be empty")),
-                [Value::String(text)] => Ok(Prompt::Text(text.clone())),
-                [Value::Array(ids)] => token_ids(ids).map(Prompt::Tokens),
-                [Value::Number(_), ..] => token_ids(items).map(Prompt::Tokens),
+                [Value::String(text)] => Ok(RawPrompt::Text(text.clone())),
+                [Value::Array(ids)] => token_ids(ids).map(RawPrompt::Tokens),
+                [Value::Number(_), ..] => token_ids(items).map(RawPrompt::Tokens),
                 [Value::String(_) | Value::Array(_), ..] => Err(batch_error()),
                 _ => Err(prompt_type_error()),
             },
@@ -77,19 +81,38 @@ fn token_ids(items: &[Value]) -> Result<Vec<u32>, OpenAiError> {
 
 pub(crate) async fn completions(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: OpenAiJson,
 ) -> Result<Response, OpenAiError> {
     let common: CommonFields = body.parse()?;
     let fields: CompletionFields = body.parse()?;
-    let model = find_model(&state, &common.model)?;
     fields.check_supported()?;
-    let engine = &model.engine;
-    let sampling = common.sampling(engine.info().context_length)?;
-    let request = GenerateRequest { prompt: fields.prompt()?, sampling };
-    let stream = engine
-        .submit_async(request)
-        .await
-        .map_err(|err| OpenAiError::from_submit(err, "prompt"))?;
-    let encoder = Encoder { header: Header::new("cmpl", &common.model) };
-    answer(&state, stream, encoder, &common).await
+    // A raw prompt runs on a local model only; its context sets the default `max_tokens`.
+    let model = find_model(&state, &common.model)?;
+    let context_length = model.engine.info().context_length;
+    let (sampling, max_tokens, stop) = common.canonical(context_length)?;
+    let request = CanonicalRequest {
+        model: common.model.clone(),
+        prompt: Some(fields.prompt()?),
+        sampling,
+        max_tokens: Some(max_tokens),
+        stop,
+        stream: common.is_stream(),
+        ..CanonicalRequest::default()
+    };
+    let caller = relay::caller(&headers)?;
+    let run = relay::start(&state, caller, request).await?;
+    let format = OpenAiChat::completion(&run.run_id, &common.model, common.include_usage());
+    let whole = {
+        let format = format.clone();
+        move |answer| whole(&format, answer)
+    };
+    let stream = common.is_stream();
+    Ok(relay::answer(&state, run, StreamFormat::OpenAiCompletion(format), stream, whole).await?)
+}
+
+fn whole(format: &OpenAiChat, answer: CanonicalResponse) -> Response {
+    let body =
+        openai::completion_from_canonical(&answer, &format.id, &format.model, format.created);
+    Json(body).into_response()
 }

@@ -4,7 +4,6 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_engine::SubmitError;
 use serde_json::{json, Value};
 
 use crate::body::{BodyError, FieldError};
@@ -14,11 +13,6 @@ use crate::relay::{decorate, RelayError};
 pub(crate) enum OpenAiError {
     #[error("{message}")]
     InvalidRequest { message: String, param: Option<String> },
-    #[error(
-        "This model's maximum context length is {context_length} tokens. However, your {param} \
-         resulted in {prompt_tokens} tokens. Please reduce the length of the {param}."
-    )]
-    ContextLengthExceeded { context_length: usize, prompt_tokens: usize, param: &'static str },
     #[error("The model `{0}` does not exist")]
     ModelNotFound(String),
     #[error("The model `{model}` failed to load: {reason}")]
@@ -33,38 +27,19 @@ pub(crate) enum OpenAiError {
     Generation(String),
     /// A request through the gateway failed; the relay knows its status.
     #[error(transparent)]
-    Relay(#[from] RelayError),
+    Relay(Box<RelayError>),
 }
 
 impl OpenAiError {
     pub(crate) fn invalid(param: &str, message: impl Into<String>) -> Self {
         Self::InvalidRequest { message: message.into(), param: Some(param.to_owned()) }
     }
+}
 
-    /// Maps an engine refusal; `prompt_param` is the field that held the prompt.
-    pub(crate) fn from_submit(err: SubmitError, prompt_param: &'static str) -> Self {
-        match err {
-            SubmitError::Overloaded { num_waiting, retry_after_secs } => {
-                Self::Overloaded { num_waiting, retry_after_secs }
-            }
-            SubmitError::PromptTooLong { prompt_tokens, context_length } => {
-                Self::ContextLengthExceeded { context_length, prompt_tokens, param: prompt_param }
-            }
-            SubmitError::Invalid(invalid) => Self::invalid(&invalid.field, invalid.to_string()),
-            SubmitError::TooLarge { .. } => Self::invalid("max_tokens", err.to_string()),
-            SubmitError::EmptyPrompt | SubmitError::BadToken { .. } | SubmitError::Tokenize(_) => {
-                Self::invalid(prompt_param, err.to_string())
-            }
-            SubmitError::ShuttingDown => Self::ShuttingDown,
-            SubmitError::Internal(message) => Self::Generation(message),
-        }
-    }
-
+impl OpenAiError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } | Self::ContextLengthExceeded { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Body(e) => e.status(),
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::ModelUnavailable { .. } | Self::Overloaded { .. } | Self::ShuttingDown => {
@@ -76,12 +51,9 @@ impl OpenAiError {
     }
 
     /// `(type, param, code)` of the error body.
-    fn parts(&self) -> (&'static str, Option<&str>, Option<&'static str>) {
+    fn parts(&self) -> (&'static str, Option<&str>, Option<&str>) {
         match self {
             Self::InvalidRequest { param, .. } => ("invalid_request_error", param.as_deref(), None),
-            Self::ContextLengthExceeded { param, .. } => {
-                ("invalid_request_error", Some(param), Some("context_length_exceeded"))
-            }
             Self::ModelNotFound(_) => {
                 ("invalid_request_error", Some("model"), Some("model_not_found"))
             }
@@ -111,6 +83,14 @@ impl OpenAiError {
     pub(crate) fn body(&self) -> Value {
         let (kind, param, code) = self.parts();
         json!({ "error": { "message": self.to_string(), "type": kind, "param": param, "code": code } })
+    }
+}
+
+impl From<RelayError> for OpenAiError {
+    fn from(err: RelayError) -> Self {
+        // Boxed: a relay error carries a stream error and ids, which would make every
+        // `Result<_, OpenAiError>` as large as the largest of them.
+        Self::Relay(Box::new(err))
     }
 }
 

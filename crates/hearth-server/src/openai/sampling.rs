@@ -1,7 +1,7 @@
 //! The request fields the chat and completions endpoints share: sampling, limits, streaming.
 
 use hearth_gateway::{CatalogEntry, LocalModel};
-use hearth_protocol::SamplingParams;
+use hearth_protocol::{SamplingOptions, SamplingParams};
 use serde::Deserialize;
 
 use super::error::OpenAiError;
@@ -101,6 +101,30 @@ impl CommonFields {
             OpenAiError::invalid(param, err.to_string())
         })?;
         Ok(params)
+    }
+}
+
+impl CommonFields {
+    /// The sampling options, `max_tokens` and stop sequences of a canonical request, validated
+    /// as [`CommonFields::sampling`] does (errors name OpenAI's fields).
+    pub(crate) fn canonical(
+        &self,
+        context_length: usize,
+    ) -> Result<(SamplingOptions, u32, Vec<String>), OpenAiError> {
+        let params = self.sampling(context_length)?;
+        let options = SamplingOptions {
+            temperature: Some(params.temperature),
+            top_p: Some(params.top_p),
+            top_k: (params.top_k > 0).then(|| u32::try_from(params.top_k).unwrap_or(u32::MAX)),
+            seed: params.seed,
+            presence_penalty: Some(params.presence_penalty),
+            frequency_penalty: Some(params.frequency_penalty),
+            min_p: Some(params.min_p),
+            repetition_penalty: Some(params.repetition_penalty),
+            ignore_eos: Some(params.ignore_eos),
+        };
+        let max_tokens = u32::try_from(params.max_tokens).unwrap_or(u32::MAX);
+        Ok((options, max_tokens, params.stop))
     }
 }
 

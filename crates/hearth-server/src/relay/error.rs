@@ -33,7 +33,7 @@ pub(crate) enum RelayError {
     Start(#[from] StartError),
     /// The run broke off after its route committed, for a caller waiting for one whole answer.
     #[error("the run failed: {error}")]
-    Failed { run_id: String, route: String, error: StreamError },
+    Failed { run_id: String, route: String, error: Box<StreamError> },
     #[error(transparent)]
     Run(#[from] RunError),
     #[error("usage query failed: {0}")]
@@ -85,13 +85,19 @@ impl RelayError {
             Self::Query { param, .. } => Some(param),
             Self::Start(StartError::Model(_)) => Some("model"),
             Self::Start(StartError::Metadata(_)) => Some("metadata"),
+            Self::Start(StartError::Failed { error, .. }) => error.param.as_deref(),
+            Self::Failed { error, .. } => error.param.as_deref(),
             _ => None,
         }
     }
 
     /// A machine-readable code for the errors callers act on.
-    pub(crate) fn code(&self) -> Option<&'static str> {
+    pub(crate) fn code(&self) -> Option<&str> {
         match self {
+            Self::Start(StartError::Failed { error, .. }) if error.code.is_some() => {
+                error.code.as_deref()
+            }
+            Self::Failed { error, .. } if error.code.is_some() => error.code.as_deref(),
             Self::Body(BodyError::TooLarge { .. }) => Some("request_too_large"),
             Self::Body(BodyError::Stalled) => Some("timeout"),
             Self::Body(_) => Some("invalid_json"),

@@ -14,14 +14,16 @@ use hearth_protocol::CanonicalEvent;
 pub(crate) enum StreamFormat {
     /// OpenAI `chat.completion.chunk`s, ending with `[DONE]`.
     OpenAiChat(OpenAiChat),
+    /// OpenAI `text_completion` chunks (`/v1/completions`), ending with `[DONE]`.
+    OpenAiCompletion(OpenAiChat),
     /// Anthropic's `message_start` … `message_stop` events.
     Anthropic(AnthropicMessage),
     /// The run API's own: each canonical event as JSON, its SSE event name the event's `type`.
     Run,
 }
 
-/// What every chunk (and the whole answer) of one OpenAI chat completion shares. Ids derive from
-/// the run id, so a chunk id in a client's log leads to the run.
+/// What every chunk (and the whole answer) of one OpenAI chat completion or completion shares.
+/// Ids derive from the run id, so a chunk id in a client's log leads to the run.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct OpenAiChat {
     pub id: String,
@@ -33,8 +35,17 @@ pub(crate) struct OpenAiChat {
 
 impl OpenAiChat {
     pub(crate) fn new(run_id: &str, model: &str, include_usage: bool) -> Self {
+        Self::with_prefix("chatcmpl", run_id, model, include_usage)
+    }
+
+    /// For `/v1/completions`, whose ids start `cmpl-`.
+    pub(crate) fn completion(run_id: &str, model: &str, include_usage: bool) -> Self {
+        Self::with_prefix("cmpl", run_id, model, include_usage)
+    }
+
+    fn with_prefix(prefix: &str, run_id: &str, model: &str, include_usage: bool) -> Self {
         Self {
-            id: format!("chatcmpl-{}", run_suffix(run_id)),
+            id: format!("{prefix}-{}", run_suffix(run_id)),
             created: chrono::Utc::now().timestamp(),
             model: model.to_owned(),
             include_usage,
@@ -63,6 +74,14 @@ impl StreamFormat {
                 c.created,
                 c.include_usage,
             )),
+            Self::OpenAiCompletion(c) => {
+                Encoder::OpenAiCompletion(openai::CompletionStreamEncoder::new(
+                    c.id.as_str(),
+                    c.model.as_str(),
+                    c.created,
+                    c.include_usage,
+                ))
+            }
             Self::Anthropic(m) => {
                 Encoder::Anthropic(anthropic::StreamEncoder::new(m.id.as_str(), m.model.as_str()))
             }
@@ -78,6 +97,7 @@ fn run_suffix(run_id: &str) -> &str {
 /// Canonical events → the SSE frames of one format.
 pub(crate) enum Encoder {
     OpenAiChat(openai::StreamEncoder),
+    OpenAiCompletion(openai::CompletionStreamEncoder),
     Anthropic(anthropic::StreamEncoder),
     Run,
 }
@@ -86,6 +106,7 @@ impl Encoder {
     pub(crate) fn encode(&mut self, event: &CanonicalEvent) -> Vec<SseFrame> {
         match self {
             Self::OpenAiChat(encoder) => encoder.encode(event),
+            Self::OpenAiCompletion(encoder) => encoder.encode(event),
             Self::Anthropic(encoder) => encoder.encode(event),
             Self::Run => vec![run_frame(event)],
         }

@@ -27,7 +27,7 @@ pub(crate) fn caller(headers: &HeaderMap) -> Result<Caller, RelayError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| bad(format!("is not valid JSON: {e}")))?;
     CallerMetadata::from_json(&value).map_err(|e| bad(e.to_string()))?;
-    Ok(Caller { api_key_id: None, metadata: Some(value) })
+    Ok(Caller { metadata: Some(value), ..Caller::default() })
 }
 
 /// Sets `x-hearth-run-id` and, once a route has committed, `x-hearth-route`. A route the caller

@@ -67,7 +67,8 @@ pub(crate) async fn answer(
         match collect(run.events).await {
             Ok(answer) => whole(answer),
             Err(error) => {
-                return Err(RelayError::Failed { run_id: run.run_id, route: run.route, error })
+                let error = Box::new(error);
+                return Err(RelayError::Failed { run_id: run.run_id, route: run.route, error });
             }
         }
     };

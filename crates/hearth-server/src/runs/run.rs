@@ -85,6 +85,7 @@ impl RunBody {
             model,
             system: (!system.is_empty()).then(|| system.join("\n\n")),
             messages,
+            prompt: None,
             sampling: SamplingOptions {
                 temperature: self.temperature,
                 top_p: self.top_p,

@@ -37,6 +37,7 @@ pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, Validation
         model: req.model,
         system: req.system.map(system_text),
         messages,
+        prompt: None,
         tools,
         tool_choice: req.tool_choice.map(|c| match c {
             WireToolChoice::Auto => ToolChoice::Auto,

@@ -43,6 +43,7 @@ pub fn to_canonical(
         model: model.to_string(),
         system: req.system_instruction.map(|c| joined_text(&c)),
         messages,
+        prompt: None,
         tools,
         tool_choice: req.tool_config.and_then(tool_choice_to_canonical),
         sampling: SamplingOptions {

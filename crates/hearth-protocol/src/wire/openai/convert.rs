@@ -49,6 +49,7 @@ pub fn to_canonical(req: ChatCompletionRequest) -> Result<CanonicalRequest, Vali
         model: req.model,
         system: (!system.is_empty()).then(|| system.join("\n\n")),
         messages,
+        prompt: None,
         tools: tools_to_canonical(req.tools)?,
         tool_choice: req.tool_choice.map(tool_choice_to_canonical).transpose()?,
         sampling: SamplingOptions {

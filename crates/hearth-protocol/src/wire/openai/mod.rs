@@ -2,9 +2,13 @@
 //! from the canonical model. Fields Hearth does not use are ignored on input, as OpenAI-style
 //! servers do, so official clients that send them keep working.
 
+mod completions;
 mod convert;
 mod stream;
 
+pub use completions::{
+    completion_from_canonical, CompletionStreamEncoder, TextChoice, TextCompletion,
+};
 pub use convert::{from_canonical, response_from_canonical, to_canonical};
 pub use stream::{StreamDecoder, StreamEncoder};
 

@@ -268,7 +268,7 @@ impl StreamEncoder {
 
 /// An error after the stream began: OpenAI's in-stream error object, and no `[DONE]`, so no
 /// client mistakes a cut answer for a complete one.
-fn error_frame(error: &StreamError) -> SseFrame {
+pub(super) fn error_frame(error: &StreamError) -> SseFrame {
     let kind = match error.kind {
         ErrorKind::InvalidRequest => "invalid_request_error",
         ErrorKind::Timeout => "timeout",
