@@ -76,10 +76,13 @@ fn a_cog_client_that_disconnects_mid_stream_frees_its_sequence() {
 }
 
 /// `(id, data)` of each whole frame of an SSE text.
+/// `(event seq, data)` of each frame. A frame's id is the event's seq, or `seq.N` for the
+/// event's later frames (an event can be several frames: finish, usage and `[DONE]`).
 fn frames(text: &str) -> Vec<(u64, String)> {
     text.split("\n\n")
         .filter_map(|block| {
-            let id = block.lines().find_map(|l| l.strip_prefix("id: "))?.parse().ok()?;
+            let id = block.lines().find_map(|l| l.strip_prefix("id: "))?;
+            let id = id.split('.').next()?.parse().ok()?;
             let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
             Some((id, data.to_owned()))
         })

@@ -34,7 +34,8 @@ fn start(config: &str) -> Daemon {
     Daemon::start_with_env(&args, &[(KEY_ENV, SECRET_KEY)])
 }
 
-/// Ledger records per model, once `n` are written (each lands just after its run's last event).
+/// Ledger records per model (served and rejected runs), once `n` are written (each lands just
+/// after its run's last event).
 fn requests_by_model(daemon: &Daemon, n: u64) -> Vec<(String, u64)> {
     for _ in 0..200 {
         let usage = get_json(daemon, "/v1/usage?group_by=model");
@@ -42,7 +43,10 @@ fn requests_by_model(daemon: &Daemon, n: u64) -> Vec<(String, u64)> {
             .as_array()
             .unwrap()
             .iter()
-            .map(|g| (g["key"].as_str().unwrap().to_owned(), g["requests"].as_u64().unwrap()))
+            .map(|g| {
+                let records = g["requests"].as_u64().unwrap() + g["rejected"].as_u64().unwrap();
+                (g["key"].as_str().unwrap().to_owned(), records)
+            })
             .collect();
         if rows.iter().map(|(_, r)| r).sum::<u64>() >= n {
             return rows;

@@ -13,7 +13,6 @@ mod body;
 mod cog;
 mod config;
 mod connections;
-mod generation;
 mod health;
 mod metrics;
 mod openai;

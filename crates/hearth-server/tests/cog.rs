@@ -315,3 +315,39 @@ async fn unknown_routes_and_methods_answer_json() {
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(wrong_method.json()["error"].is_string());
 }
+
+/// A Cog prediction and a completion are gateway runs like a chat request: each answer names
+/// its run, the run has one ledger record with the tokens the answer reports, and usage
+/// counts both.
+#[tokio::test]
+async fn predictions_and_completions_are_runs_with_one_ledger_record_each() {
+    let (state, app) = app_with(catalog_with(shared_model()), test_config());
+    let input = json!({ "input": { "prompt": "Hello", "max_tokens": 6, "temperature": 0 } });
+    let prediction = post(&app, "/predictions", input).await;
+    assert_eq!(prediction.status, StatusCode::OK, "{}", prediction.text());
+    let completion = post(
+        &app,
+        "/v1/completions",
+        json!({ "model": MODEL, "prompt": "Hello", "max_tokens": 5, "ignore_eos": true }),
+    )
+    .await;
+    assert_eq!(completion.status, StatusCode::OK, "{}", completion.text());
+    state.gateway().wait_idle().await;
+
+    let ledger = state.gateway().ledger();
+    let run_id = prediction.header("x-hearth-run-id");
+    assert!(run_id.starts_with("run_"), "{:?}", prediction.headers);
+    assert_eq!(prediction.header("x-hearth-route"), "local/tiny-llama");
+    let record = ledger.get(run_id).await.unwrap().expect("the prediction's ledger record");
+    let metrics = &prediction.json()["metrics"];
+    assert_eq!(record.output_tokens, metrics["output_token_count"].as_u64().unwrap());
+    assert_eq!(record.input_tokens, metrics["input_token_count"].as_u64().unwrap());
+
+    let run_id = completion.header("x-hearth-run-id");
+    let record = ledger.get(run_id).await.unwrap().expect("the completion's ledger record");
+    assert_eq!(record.output_tokens, 5);
+    assert_eq!(completion.json()["id"], format!("cmpl-{}", &run_id["run_".len()..]));
+
+    let usage = get(&app, "/v1/usage").await.json();
+    assert_eq!(usage["data"][0]["requests"], 2, "{usage}");
+}

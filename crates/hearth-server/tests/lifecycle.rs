@@ -183,22 +183,25 @@ async fn cog_sse_disconnect_marks_the_prediction_canceled() {
     assert_eq!(again.json()["status"], "canceled");
 }
 
+/// Overload is answered alike on every surface: 429 with `Retry-After`.
 #[tokio::test]
-async fn overloaded_engine_is_409_for_cog_and_503_with_retry_after_for_openai() {
+async fn an_overloaded_engine_is_429_with_retry_after_on_every_surface() {
     let mut config = EngineConfig::default();
     config.scheduler.max_waiting = 0;
     let (_, app) = app_with(catalog_with(local_model(config)), test_config());
-
-    let cog = post(&app, "/predictions", json!({ "input": { "prompt": "hi" } })).await;
-    assert_eq!(cog.status, StatusCode::CONFLICT);
-    assert_eq!(
-        cog.json(),
-        json!({ "error": "At capacity - all prediction slots busy", "status": "failed" })
-    );
-
-    let openai = post(&app, "/v1/completions", json!({ "model": MODEL, "prompt": "hi" })).await;
-    assert_eq!(openai.status, StatusCode::TOO_MANY_REQUESTS, "{}", openai.text());
-    assert!(openai.headers.contains_key("retry-after"));
+    let chat = json!({ "model": MODEL, "messages": [{ "role": "user", "content": "hi" }] });
+    let cases = [
+        ("/predictions", json!({ "input": { "prompt": "hi" } })),
+        ("/v1/completions", json!({ "model": MODEL, "prompt": "hi" })),
+        ("/v1/chat/completions", chat.clone()),
+        ("/v1/messages", json!({ "model": MODEL, "max_tokens": 4, "messages": chat["messages"] })),
+        ("/v1/run/tiny-llama", json!({ "input": "hi" })),
+    ];
+    for (path, body) in cases {
+        let reply = post(&app, path, body).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{path}: {}", reply.text());
+        assert_eq!(reply.header("retry-after"), "1", "{path}");
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! Every way a Cog request can fail, and the one place each maps to a status and a body.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_engine::SubmitError;
+use hearth_gateway::{RunError, StartError};
+use hearth_protocol::ErrorKind;
 use serde::Serialize;
 use serde_json::json;
 
@@ -37,6 +38,9 @@ impl Detail {
         }
     }
 }
+
+/// Seconds an overloaded caller is told to wait, as on the other surfaces.
+const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CogError {
@@ -74,7 +78,8 @@ impl CogError {
             // an object fails its schema: 422.
             CogError::Body(BodyError::NotAnObject) => StatusCode::UNPROCESSABLE_ENTITY,
             CogError::Body(e) => e.status(),
-            CogError::AtCapacity => StatusCode::CONFLICT,
+            // The same answer to overload as every other surface: 429 with `Retry-After`.
+            CogError::AtCapacity => StatusCode::TOO_MANY_REQUESTS,
             CogError::UnknownPrediction(_) | CogError::UnknownModel { .. } => StatusCode::NOT_FOUND,
             CogError::BadPredictionId => StatusCode::BAD_REQUEST,
             CogError::ModelFailed { .. } | CogError::ShuttingDown => {
@@ -101,24 +106,33 @@ impl IntoResponse for CogError {
             }
             _ => json!({ "error": self.to_string(), "status": "failed" }),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, CogError::AtCapacity) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
     }
 }
 
-impl From<SubmitError> for CogError {
-    fn from(err: SubmitError) -> Self {
+impl From<StartError> for CogError {
+    fn from(err: StartError) -> Self {
         match err {
-            SubmitError::Overloaded { .. } => CogError::AtCapacity,
-            SubmitError::ShuttingDown => CogError::ShuttingDown,
-            SubmitError::Invalid(invalid) => {
+            StartError::Invalid(invalid) => {
                 CogError::input(cog_field(&invalid.field), invalid.message)
             }
-            SubmitError::TooLarge { .. } => CogError::input("max_tokens", err.to_string()),
-            SubmitError::PromptTooLong { .. }
-            | SubmitError::EmptyPrompt
-            | SubmitError::BadToken { .. }
-            | SubmitError::Tokenize(_) => CogError::input("prompt", err.to_string()),
-            SubmitError::Internal(message) => CogError::Internal(message),
+            StartError::Runs(RunError::Full { .. }) => CogError::AtCapacity,
+            StartError::Failed { error, .. } => match error.kind {
+                ErrorKind::InvalidRequest => {
+                    let field = error.param.as_deref().unwrap_or("prompt");
+                    CogError::input(cog_field(field), error.message)
+                }
+                ErrorKind::Overloaded => CogError::AtCapacity,
+                ErrorKind::Cancelled => CogError::ShuttingDown,
+                ErrorKind::Upstream | ErrorKind::Timeout | ErrorKind::Internal => {
+                    CogError::Internal(error.message)
+                }
+            },
+            other => CogError::Internal(other.to_string()),
         }
     }
 }

@@ -1,11 +1,12 @@
-//! Validating a Cog prediction's `input` and turning it into an engine request.
+//! Validating a Cog prediction's `input` and turning it into a canonical request.
 //!
 //! Every problem is reported, not just the first, in pydantic's 422 shape, as Cog does.
 
 use std::collections::HashMap;
 
-use hearth_engine::{Engine, GenerateRequest, Prompt};
-use hearth_protocol::{ChatMessage, Role, SamplingParams};
+use hearth_protocol::{
+    CanonicalRequest, Message, MessageRole, RawPrompt, SamplingOptions, SamplingParams,
+};
 use serde_json::{Map, Value};
 
 use super::error::{cog_field, CogError, Detail};
@@ -20,7 +21,7 @@ enum Checked {
     Null,
 }
 
-/// A validated Cog input, ready to become an engine request.
+/// A validated Cog input, ready to become a canonical request.
 #[derive(Debug, Clone)]
 pub(crate) struct CogInput {
     pub prompt: String,
@@ -85,29 +86,42 @@ impl CogInput {
         Self { prompt: text("prompt"), system_prompt: text("system_prompt"), sampling }
     }
 
-    /// The engine request. With a chat template, `system_prompt` and `prompt` become a
-    /// conversation the template formats (as Replicate's language models do); without one, the
-    /// text is used raw.
-    pub(crate) fn to_request(&self, engine: &Engine) -> Result<GenerateRequest, CogError> {
-        self.sampling
-            .validate()
-            .map_err(|err| CogError::input(cog_field(&err.field), err.message))?;
-        let prompt = if engine.has_chat_template() {
-            let mut messages = Vec::with_capacity(2);
-            if !self.system_prompt.is_empty() {
-                messages.push(ChatMessage::new(Role::System, self.system_prompt.clone()));
-            }
-            messages.push(ChatMessage::new(Role::User, self.prompt.clone()));
-            let text = engine
-                .render_chat(&messages)
-                .map_err(|e| CogError::input("prompt", e.to_string()))?;
-            Prompt::Templated(text)
-        } else if self.system_prompt.is_empty() {
-            Prompt::Text(self.prompt.clone())
-        } else {
-            Prompt::Text(format!("{}\n\n{}", self.system_prompt, self.prompt))
+    /// The canonical request for model `model`: with a chat template, `system_prompt` and
+    /// `prompt` become a conversation the template formats (as Replicate's language models
+    /// do); without one, the text is given to the model raw. Sampling is validated here, so
+    /// errors name Cog's fields.
+    pub(crate) fn to_canonical(
+        &self,
+        model: &str,
+        has_chat_template: bool,
+    ) -> Result<CanonicalRequest, CogError> {
+        let s = &self.sampling;
+        s.validate().map_err(|err| CogError::input(cog_field(&err.field), err.message))?;
+        let mut request = CanonicalRequest {
+            model: model.to_owned(),
+            sampling: SamplingOptions {
+                temperature: Some(s.temperature),
+                top_p: Some(s.top_p),
+                top_k: (s.top_k > 0).then(|| u32::try_from(s.top_k).unwrap_or(u32::MAX)),
+                seed: s.seed,
+                presence_penalty: Some(s.presence_penalty),
+                frequency_penalty: Some(s.frequency_penalty),
+                ..SamplingOptions::default()
+            },
+            max_tokens: Some(u32::try_from(s.max_tokens).unwrap_or(u32::MAX)),
+            stop: s.stop.clone(),
+            ..CanonicalRequest::default()
         };
-        Ok(GenerateRequest { prompt, sampling: self.sampling.clone() })
+        if has_chat_template {
+            request.system = Some(self.system_prompt.clone()).filter(|s| !s.is_empty());
+            request.messages = vec![Message::text(MessageRole::User, self.prompt.clone())];
+        } else if self.system_prompt.is_empty() {
+            request.prompt = Some(RawPrompt::Text(self.prompt.clone()));
+        } else {
+            let text = format!("{}\n\n{}", self.system_prompt, self.prompt);
+            request.prompt = Some(RawPrompt::Text(text));
+        }
+        Ok(request)
     }
 }
 

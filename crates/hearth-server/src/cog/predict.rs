@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_engine::{run_blocking, GenerationStream};
+use hearth_gateway::Caller;
 use serde_json::json;
 
 use super::error::{CogError, Detail};
@@ -19,6 +19,7 @@ use super::run::{Run, Update};
 use super::sse;
 use super::target::{path_param, CogModel};
 use super::webhook::{WebhookSender, WebhookTarget};
+use crate::relay;
 use crate::state::AppState;
 
 /// The `{id}` of `/predictions/{id}/…`.
@@ -78,10 +79,10 @@ async fn predict(
     mode: Mode,
     request: PredictionRequest,
 ) -> Result<Response, CogError> {
-    let engine = &target.model.engine;
-    let input = CogInput::parse(request.input.as_ref(), engine.info().context_length)?;
-    // The chat template renders on a blocking thread, as the tokenizer runs in `submit_async`.
-    let generate = run_blocking(engine.clone(), move |engine| input.to_request(engine)).await??;
+    let info = target.model.engine.info();
+    let input = CogInput::parse(request.input.as_ref(), info.context_length)?;
+    let has_template = target.model.engine.has_chat_template();
+    let canonical = input.to_canonical(&target.name, has_template)?;
     let id = request.id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let prediction = Prediction::new(id.clone(), request.input.unwrap_or_default());
     let cancel = state.cancel_all().child_token();
@@ -89,21 +90,26 @@ async fn predict(
         Claim::Existing(entry) => return Ok(existing(&state, entry, mode)),
         Claim::New(entry) => entry,
     };
-    let stream = engine.submit_async(generate).await.map_err(|err| {
+    // Cog's semantics: a prediction whose client leaves is cancelled.
+    let caller = Caller { cancel_on_disconnect: true, ..Caller::default() };
+    let run = state.gateway().start_run(canonical, caller).await.map_err(|err| {
         state.predictions().forget(&target.name, &id);
         CogError::from(err)
     })?;
-    Ok(match mode {
-        Mode::Sync => run_to_end(Run::start(entry, stream)).await.into_response(),
-        Mode::Stream => {
-            sse::respond(sse::live(Run::start(entry, stream)), state.config().sse_keep_alive)
-        }
+    let (run_id, route) = (run.run_id.clone(), run.route.clone());
+    // An async prediction is answered as it was accepted, before it starts processing.
+    let accepted = entry.snapshot();
+    let run = Run::start(entry, state.gateway().clone(), run);
+    let mut response = match mode {
+        Mode::Sync => run_to_end(run).await.into_response(),
+        Mode::Stream => sse::respond(sse::live(run), state.config().sse_keep_alive),
         Mode::Async => {
-            let accepted = entry.snapshot();
-            spawn_async(&state, entry, stream, request.webhook);
+            spawn_async(&state, run, request.webhook);
             (StatusCode::ACCEPTED, Json(accepted)).into_response()
         }
-    })
+    };
+    relay::set_run_headers(response.headers_mut(), &run_id, Some(&route));
+    Ok(response)
 }
 
 /// A prediction with this id already exists: report it rather than run it twice.
@@ -128,12 +134,7 @@ async fn run_to_end(mut run: Run) -> Json<Prediction> {
 
 /// Runs an async prediction in the background, sending webhooks as it goes. The task owns the
 /// run, so cancelling the prediction or the shutdown deadline ends it.
-fn spawn_async(
-    state: &AppState,
-    entry: Arc<PredictionEntry>,
-    stream: GenerationStream,
-    webhook: Option<WebhookTarget>,
-) {
+fn spawn_async(state: &AppState, mut run: Run, webhook: Option<WebhookTarget>) {
     let mut webhooks = webhook.map(|target| {
         let stop = state.cancel_all().clone();
         WebhookSender::spawn(
@@ -145,7 +146,6 @@ fn spawn_async(
         )
     });
     state.tasks().spawn(async move {
-        let mut run = Run::start(entry, stream);
         if let Some(hooks) = webhooks.as_mut() {
             hooks.start(run.entry().snapshot());
         }

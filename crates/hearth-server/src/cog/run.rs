@@ -1,19 +1,27 @@
-//! Running one Cog prediction: reading its generation and keeping its shared record current.
+//! Running one Cog prediction: reading its gateway run and keeping its shared record current.
 //!
-//! A [`Run`] is owned by whatever waits on the prediction — the sync handler, the SSE body, or
-//! the async task — so the prediction lives exactly as long as someone wants it. Dropping an
-//! unfinished run cancels the generation and records the prediction as `canceled`.
+//! A prediction is a gateway run started with [`Caller::cancel_on_disconnect`], and a [`Run`]
+//! owns that run's subscription. It is owned by whatever waits on the prediction — the sync
+//! handler, the SSE body, or the async task — so the prediction lives exactly as long as
+//! someone wants it: dropping an unfinished run cancels the gateway run (which ends with a
+//! `cancelled` ledger record) and records the prediction as `canceled`. Cog's cancel route and
+//! the shutdown deadline fire the prediction's cancel token, which does the same.
+//!
+//! [`Caller::cancel_on_disconnect`]: hearth_gateway::Caller::cancel_on_disconnect
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use hearth_engine::GenerationStream;
-use hearth_protocol::{FinishReason, GenerationEvent, Usage};
+use futures::StreamExt;
+use hearth_gateway::{Gateway, RunEvent, StartedRun, Subscription};
+use hearth_protocol::{CanonicalEvent, ErrorKind, TokenUsage};
 
 use super::prediction::{Metrics, Prediction, Status};
 use super::registry::PredictionEntry;
-use crate::generation::Generation;
+
+/// Shown when a run's events end without a terminal event, which they never should.
+const RUN_LOST: &str = "the run ended without finishing";
 
 /// What a run produced next.
 pub(crate) enum Update {
@@ -27,16 +35,18 @@ pub(crate) enum Update {
 
 pub(crate) struct Run {
     entry: Arc<PredictionEntry>,
-    generation: Generation,
+    gateway: Gateway,
+    run_id: String,
+    events: Subscription,
+    usage: TokenUsage,
     started: Instant,
     time_to_first_token: Option<Duration>,
     finished: bool,
 }
 
 impl Run {
-    /// Starts reading `stream` and marks the prediction `processing`.
-    pub(crate) fn start(entry: Arc<PredictionEntry>, stream: GenerationStream) -> Self {
-        let generation = Generation::new(stream, entry.cancel_token().clone());
+    /// Starts reading `run` and marks the prediction `processing`.
+    pub(crate) fn start(entry: Arc<PredictionEntry>, gateway: Gateway, run: StartedRun) -> Self {
         entry.update(|p| {
             p.status = Status::Processing;
             p.started_at = Some(Utc::now());
@@ -44,7 +54,10 @@ impl Run {
         });
         Self {
             entry,
-            generation,
+            gateway,
+            run_id: run.run_id,
+            events: run.events,
+            usage: TokenUsage::default(),
             started: Instant::now(),
             time_to_first_token: None,
             finished: false,
@@ -57,42 +70,69 @@ impl Run {
 
     /// The next chunk of output, or the final state; `None` after that.
     pub(crate) async fn next(&mut self) -> Option<Update> {
-        if self.finished {
-            return None;
+        while !self.finished {
+            let next = tokio::select! {
+                // A cancel wins over events already buffered: a fast engine must not starve it.
+                biased;
+                () = self.entry.cancel_token().cancelled() => {
+                    return Some(Update::Done(self.cancel().await));
+                }
+                next = self.events.next() => next,
+            };
+            let Some(RunEvent { event, .. }) = next else {
+                return Some(Update::Done(self.finish(Status::Failed, Some(RUN_LOST.into()))));
+            };
+            if let Some(update) = self.apply(event) {
+                return Some(update);
+            }
         }
-        let update = match self.generation.next().await {
-            Some(GenerationEvent::Text { text, .. }) => {
+        None
+    }
+
+    fn apply(&mut self, event: CanonicalEvent) -> Option<Update> {
+        match event {
+            CanonicalEvent::TextDelta { text } => {
                 self.time_to_first_token.get_or_insert_with(|| self.started.elapsed());
                 let index = self.entry.update(|p| {
                     let output = p.output.get_or_insert_with(Vec::new);
                     output.push(text.clone());
                     output.len() - 1
                 });
-                Update::Output { chunk: text, index }
+                Some(Update::Output { chunk: text, index })
             }
-            Some(GenerationEvent::Finished { reason, usage }) => {
-                let status = match reason {
-                    FinishReason::Cancelled => Status::Canceled,
-                    FinishReason::Stop | FinishReason::Length => Status::Succeeded,
-                };
-                Update::Done(self.finish(status, None, usage))
+            CanonicalEvent::Usage { usage } => {
+                self.usage = usage;
+                None
             }
-            Some(GenerationEvent::Failed { message }) => {
-                let usage = self.generation.usage_so_far();
-                Update::Done(self.finish(Status::Failed, Some(message), usage))
+            CanonicalEvent::Finish { .. } => {
+                Some(Update::Done(self.finish(Status::Succeeded, None)))
             }
-            // `Generation` always ends with a terminal event; reaching here means it already did.
-            None => Update::Done(self.entry.snapshot()),
-        };
-        Some(update)
+            CanonicalEvent::Error { error } if error.kind == ErrorKind::Cancelled => {
+                Some(Update::Done(self.finish(Status::Canceled, None)))
+            }
+            CanonicalEvent::Error { error } => {
+                Some(Update::Done(self.finish(Status::Failed, Some(error.message))))
+            }
+            CanonicalEvent::MessageStart { .. }
+            | CanonicalEvent::ToolCallStart { .. }
+            | CanonicalEvent::ToolCallDelta { .. } => None,
+        }
     }
 
-    fn finish(&mut self, status: Status, error: Option<String>, usage: Usage) -> Prediction {
+    /// Stops the gateway run (its ledger record says `cancelled`) and records the prediction
+    /// as `canceled` at once.
+    async fn cancel(&mut self) -> Prediction {
+        // A run that already ended stays as it is; either answer is fine here.
+        let _ = self.gateway.cancel(&self.run_id).await;
+        self.finish(Status::Canceled, None)
+    }
+
+    fn finish(&mut self, status: Status, error: Option<String>) -> Prediction {
         self.finished = true;
         let metrics = Metrics {
             predict_time: self.started.elapsed().as_secs_f64(),
-            input_token_count: usage.prompt_tokens,
-            output_token_count: usage.completion_tokens,
+            input_token_count: self.usage.input_tokens as usize,
+            output_token_count: self.usage.output_tokens as usize,
             time_to_first_token: self.time_to_first_token.map(|t| t.as_secs_f64()),
         };
         self.entry.update(|p| {
@@ -105,13 +145,13 @@ impl Run {
     }
 }
 
-/// Whoever waited on the prediction (a sync or SSE client) left before it finished.
+/// Whoever waited on the prediction (a sync or SSE client) left before it finished. The
+/// subscription drops with the run, which cancels the gateway run.
 impl Drop for Run {
     fn drop(&mut self) {
         if !self.finished {
-            let usage = self.generation.usage_so_far();
-            let prediction = self.finish(Status::Canceled, None, usage);
-            tracing::info!(id = %prediction.id, "client disconnected; prediction canceled");
+            let prediction = self.finish(Status::Canceled, None);
+            tracing::info!(id = %prediction.id, run_id = %self.run_id, "client disconnected; prediction canceled");
         }
     }
 }
