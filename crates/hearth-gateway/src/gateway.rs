@@ -219,6 +219,17 @@ impl Gateway {
         self.inner.runs.cancel(run_id).await
     }
 
+    /// Records how the edge encodes the run's stream, for resumes ([`RunInfo::format`]).
+    pub async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError> {
+        self.inner.runs.set_format(run_id, format).await
+    }
+
+    /// Asks every running run to stop (a shutdown out of grace): each producer ends its run
+    /// with a `cancelled` error and writes its ledger record. Returns how many were running.
+    pub async fn cancel_all(&self) -> usize {
+        self.inner.runs.cancel_running().await
+    }
+
     pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
         self.inner.ledger.usage(query).await
     }

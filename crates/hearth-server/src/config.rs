@@ -15,9 +15,6 @@ pub struct ServerConfig {
     pub sse_keep_alive: Duration,
     /// Finished Cog predictions kept for idempotent `PUT` and cancel; the oldest go first.
     pub max_retained_predictions: usize,
-    /// Runs whose stream format is remembered for resuming; the oldest are forgotten first (a
-    /// forgotten run still resumes, in the run API's own format).
-    pub max_resumable_runs: usize,
     /// Whether `POST /shutdown` (Cog) may stop the daemon. Off by default: one daemon serves
     /// many models, so one model's caller should not be able to stop the others.
     pub allow_shutdown_route: bool,
@@ -41,7 +38,6 @@ impl Default for ServerConfig {
             max_body_bytes: 8 << 20,
             sse_keep_alive: Duration::from_secs(15),
             max_retained_predictions: 1024,
-            max_resumable_runs: 100_000,
             allow_shutdown_route: false,
             setup_started_at: None,
             webhook: WebhookConfig::default(),

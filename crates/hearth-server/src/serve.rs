@@ -16,7 +16,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::connections::serve_connections;
-use crate::relay;
 use crate::router::router;
 use crate::state::AppState;
 
@@ -83,7 +82,8 @@ async fn drain(state: &AppState, server: &mut Server) {
     }
     tracing::warn!("shutdown grace period over; cancelling the requests still running");
     state.cancel_all().cancel();
-    relay::cancel_all(state).await;
+    let cancelled = state.gateway().cancel_all().await;
+    tracing::info!(runs = cancelled, "cancelled the runs still going");
     let all_done = async {
         server.finished().await;
         state.tasks().wait().await;

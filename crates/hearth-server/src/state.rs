@@ -10,7 +10,6 @@ use tokio_util::task::TaskTracker;
 use crate::admin::AdminState;
 use crate::cog::registry::Registry;
 use crate::config::ServerConfig;
-use crate::relay::FormatRegistry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -26,8 +25,6 @@ pub struct AppState {
 
 struct Inner {
     gateway: Gateway,
-    /// How each recent run's stream was encoded, so a resume speaks the same wire format.
-    formats: FormatRegistry,
     config: ServerConfig,
     webhooks: reqwest::Client,
     predictions: Registry,
@@ -55,7 +52,6 @@ impl AppState {
                 predictions: Registry::new(config.max_retained_predictions),
                 setup_started_at: config.setup_started_at.unwrap_or(now),
                 setup_completed_at: now,
-                formats: FormatRegistry::new(config.max_resumable_runs),
                 gateway,
                 config,
                 webhooks,
@@ -85,10 +81,6 @@ impl AppState {
 
     pub fn gateway(&self) -> &Gateway {
         &self.inner.gateway
-    }
-
-    pub(crate) fn formats(&self) -> &FormatRegistry {
-        &self.inner.formats
     }
 
     pub fn config(&self) -> &ServerConfig {

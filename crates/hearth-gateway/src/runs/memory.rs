@@ -55,6 +55,7 @@ struct RunBuffer {
 struct BufferState {
     model: String,
     route: Option<String>,
+    format: Option<String>,
     status: RunStatus,
     events: Vec<CanonicalEvent>,
     bytes: usize,
@@ -131,6 +132,7 @@ impl RunBuffer {
             run_id: self.id.clone(),
             model: state.model.clone(),
             route: state.route.clone(),
+            format: state.format.clone(),
             status: state.status,
             num_events: state.events.len() as u64,
             num_subscribers: self.subscribers.load(Ordering::Acquire),
@@ -171,6 +173,7 @@ impl RunStore for InMemoryRunStore {
             state: Mutex::new(BufferState {
                 model: model.into(),
                 route: None,
+                format: None,
                 status: RunStatus::Running,
                 events: Vec::new(),
                 bytes: 0,
@@ -189,6 +192,11 @@ impl RunStore for InMemoryRunStore {
 
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError> {
         self.get(run_id)?.state().route = Some(route.into());
+        Ok(())
+    }
+
+    async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError> {
+        self.get(run_id)?.state().format = Some(format.into());
         Ok(())
     }
 
@@ -250,6 +258,14 @@ impl RunStore for InMemoryRunStore {
             run.cancel.cancel();
         }
         Ok(run.info())
+    }
+
+    async fn cancel_running(&self) -> usize {
+        let runs: Vec<Arc<RunBuffer>> = self.runs().by_id.values().cloned().collect();
+        let running: Vec<_> =
+            runs.iter().filter(|run| run.state().status == RunStatus::Running).collect();
+        running.iter().for_each(|run| run.cancel.cancel());
+        running.len()
     }
 }
 
@@ -414,5 +430,24 @@ mod tests {
         store.finish("done", RunStatus::Finished).await.unwrap();
         store.cancel("done").await.unwrap();
         assert!(!token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn cancel_running_reaches_every_running_run_and_no_other() {
+        let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
+        let running: Vec<_> = futures::future::join_all((0..3).map(|i| {
+            let store = &store;
+            async move { store.create(&format!("r{i}"), "m").await.unwrap() }
+        }))
+        .await;
+        let done = store.create("done", "m").await.unwrap();
+        store.finish("done", RunStatus::Finished).await.unwrap();
+        store.set_format("r0", "{\"format\":\"run\"}").await.unwrap();
+        assert_eq!(store.cancel_running().await, 3);
+        assert!(running.iter().all(CancellationToken::is_cancelled) && !done.is_cancelled());
+        assert_eq!(
+            store.status("r0").await.unwrap().format.as_deref(),
+            Some("{\"format\":\"run\"}")
+        );
     }
 }

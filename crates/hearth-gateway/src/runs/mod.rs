@@ -47,6 +47,10 @@ pub struct RunInfo {
     pub delivered: bool,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// How the edge that started the run encodes its stream (opaque to the gateway), so that a
+    /// resume, on any replica sharing the store, speaks the same wire format.
+    #[serde(skip)]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +86,8 @@ pub trait RunStore: Send + Sync {
     /// the producer watches it.
     async fn create(&self, run_id: &str, model: &str) -> Result<CancellationToken, RunError>;
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError>;
+    /// Records the edge's stream format for the run (see [`RunInfo::format`]).
+    async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError>;
     /// Appends one event and returns its sequence number.
     async fn append(&self, run_id: &str, event: CanonicalEvent) -> Result<u64, RunError>;
     /// Marks the run ended; its TTL starts now.
@@ -91,4 +97,6 @@ pub trait RunStore: Send + Sync {
     async fn status(&self, run_id: &str) -> Result<RunInfo, RunError>;
     /// Asks the producer to stop; a run that has already ended is left as it is.
     async fn cancel(&self, run_id: &str) -> Result<RunInfo, RunError>;
+    /// Asks every running run's producer to stop (shutdown); returns how many were running.
+    async fn cancel_running(&self) -> usize;
 }

@@ -1,16 +1,16 @@
-//! The wire format a run's stream is written in, and a bounded memory of it per run, so that a
-//! caller who resumes gets the rest in the format its first connection used.
-
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+//! The wire format a run's stream is written in. It is stored with the run (in the gateway's run
+//! store, as JSON the gateway does not read), so that a caller who resumes, on this replica or
+//! another sharing the store, gets the rest in the format its first connection used.
 
 use hearth_protocol::wire::{anthropic, openai, SseFrame};
 use hearth_protocol::CanonicalEvent;
+use serde::{Deserialize, Serialize};
 
 /// Enough to rebuild a run's encoder from scratch. Encoders hold state (Anthropic's open block,
 /// OpenAI's usage until the end), so a resume replays the run's earlier events into a fresh
 /// encoder and drops what it writes for them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
 pub(crate) enum StreamFormat {
     /// OpenAI `chat.completion.chunk`s, ending with `[DONE]`.
     OpenAiChat(OpenAiChat),
@@ -24,7 +24,7 @@ pub(crate) enum StreamFormat {
 
 /// What every chunk (and the whole answer) of one OpenAI chat completion or completion shares.
 /// Ids derive from the run id, so a chunk id in a client's log leads to the run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct OpenAiChat {
     pub id: String,
     pub created: i64,
@@ -53,7 +53,7 @@ impl OpenAiChat {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct AnthropicMessage {
     pub id: String,
     pub model: String,
@@ -66,6 +66,18 @@ impl AnthropicMessage {
 }
 
 impl StreamFormat {
+    /// As stored with the run.
+    pub(crate) fn to_stored(&self) -> String {
+        // Plain data with string keys: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The stored format, or the run API's own for a run stored without one (or with one this
+    /// version does not know).
+    pub(crate) fn from_stored(stored: Option<&str>) -> Self {
+        stored.and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Self::Run)
+    }
+
     pub(crate) fn encoder(&self) -> Encoder {
         match self {
             Self::OpenAiChat(c) => Encoder::OpenAiChat(openai::StreamEncoder::new(
@@ -127,65 +139,24 @@ fn run_frame(event: &CanonicalEvent) -> SseFrame {
     SseFrame::named(name, serde_json::to_string(event).unwrap_or_default())
 }
 
-/// Formats of the most recent runs, oldest forgotten first. Memory stays bounded however many
-/// runs pass; a forgotten run (long expired in practice) resumes in the run API's format.
-pub(crate) struct FormatRegistry {
-    capacity: usize,
-    inner: Mutex<Formats>,
-}
-
-#[derive(Default)]
-struct Formats {
-    by_run: HashMap<String, StreamFormat>,
-    order: VecDeque<String>,
-}
-
-impl FormatRegistry {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), inner: Mutex::default() }
-    }
-
-    // A std Mutex: never held across an await, and each critical section is one map operation.
-    fn lock(&self) -> MutexGuard<'_, Formats> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn insert(&self, run_id: &str, format: StreamFormat) {
-        let mut formats = self.lock();
-        while formats.order.len() >= self.capacity {
-            if let Some(oldest) = formats.order.pop_front() {
-                formats.by_run.remove(&oldest);
-            }
-        }
-        formats.order.push_back(run_id.to_owned());
-        formats.by_run.insert(run_id.to_owned(), format);
-    }
-
-    pub(crate) fn get(&self, run_id: &str) -> StreamFormat {
-        self.lock().by_run.get(run_id).cloned().unwrap_or(StreamFormat::Run)
-    }
-
-    /// Every remembered run, for cancelling what still runs at shutdown.
-    pub(crate) fn run_ids(&self) -> Vec<String> {
-        self.lock().order.iter().cloned().collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hearth_protocol::StopReason;
 
     #[test]
-    fn the_registry_forgets_the_oldest_runs_first() {
-        let registry = FormatRegistry::new(2);
-        let message = |id| StreamFormat::Anthropic(AnthropicMessage::new(id, "m"));
-        registry.insert("run_a", message("run_a"));
-        registry.insert("run_b", StreamFormat::Run);
-        registry.insert("run_c", message("run_c"));
-        assert_eq!(registry.get("run_a"), StreamFormat::Run, "forgotten");
-        assert_eq!(registry.get("run_c"), message("run_c"));
-        assert_eq!(registry.run_ids(), ["run_b", "run_c"]);
+    fn formats_survive_being_stored() {
+        let formats = [
+            StreamFormat::OpenAiChat(OpenAiChat::new("run_a", "m", true)),
+            StreamFormat::OpenAiCompletion(OpenAiChat::completion("run_a", "m", false)),
+            StreamFormat::Anthropic(AnthropicMessage::new("run_a", "m")),
+            StreamFormat::Run,
+        ];
+        for format in formats {
+            assert_eq!(StreamFormat::from_stored(Some(&format.to_stored())), format);
+        }
+        assert_eq!(StreamFormat::from_stored(None), StreamFormat::Run);
+        assert_eq!(StreamFormat::from_stored(Some("{\"format\":\"future\"}")), StreamFormat::Run);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use hearth_protocol::{CanonicalRequest, CanonicalResponse, ResponseAssembler, St
 use serde::de::DeserializeOwned;
 
 pub(crate) use error::{decorate, error_type, RelayError};
-pub(crate) use format::{AnthropicMessage, Encoder, FormatRegistry, OpenAiChat, StreamFormat};
+pub(crate) use format::{AnthropicMessage, Encoder, OpenAiChat, StreamFormat};
 pub(crate) use headers::{caller, set_run_headers};
 
 use crate::body::{read_object, typed};
@@ -50,7 +50,7 @@ pub(crate) async fn start(
 }
 
 /// Answers a started run: as SSE in `format`, or, when the caller did not ask for a stream, as
-/// the JSON body `whole` builds from the assembled answer. The format is remembered either way,
+/// the JSON body `whole` builds from the assembled answer. The format is stored either way,
 /// so the run can be resumed as a stream.
 pub(crate) async fn answer(
     state: &AppState,
@@ -59,7 +59,11 @@ pub(crate) async fn answer(
     stream: bool,
     whole: impl FnOnce(CanonicalResponse) -> Response,
 ) -> Result<Response, RelayError> {
-    state.formats().insert(&run.run_id, format.clone());
+    // Stored with the run, so a resume speaks this format; a run that already expired (it
+    // cannot have: it was just started) would only lose that.
+    if let Err(err) = state.gateway().set_format(&run.run_id, &format.to_stored()).await {
+        tracing::warn!(run_id = %run.run_id, error = %err, "could not store the run's stream format");
+    }
     let mut response = if stream {
         sse(run.events, format.encoder(), state.config().sse_keep_alive, ResumePoint::default())
             .into_response()
@@ -162,14 +166,5 @@ pub(crate) async fn prime(encoder: &mut Encoder, head: Subscription, from: u64) 
     let mut head = head.take_while(move |e| std::future::ready(e.seq < from));
     while let Some(RunEvent { event, .. }) = head.next().await {
         encoder.encode(&event);
-    }
-}
-
-/// For a shutdown that ran out of grace: asks every remembered run that still runs to stop, so
-/// its producer ends it with an explicit `cancelled` error and writes its ledger record.
-pub(crate) async fn cancel_all(state: &AppState) {
-    for run_id in state.formats().run_ids() {
-        // Finished and expired runs answer with their status or NotFound; both are fine.
-        let _ = state.gateway().cancel(&run_id).await;
     }
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::ApiError;
-use crate::relay::{self, FrameId, RelayError, ResumePoint};
+use crate::relay::{self, FrameId, RelayError, ResumePoint, StreamFormat};
 use crate::state::AppState;
 
 /// `GET /v1/runs/{id}`: the run's state, and its ledger record once it has ended.
@@ -53,12 +53,13 @@ pub(crate) async fn events(
     let gateway = state.gateway();
     // Subscribing from `from` first checks the cursor (a finished run refuses one past its end).
     let tail = gateway.subscribe(&run_id, from).await.map_err(RelayError::from)?;
-    let mut encoder = state.formats().get(&run_id).encoder();
+    let info = gateway.status(&run_id).await.map_err(RelayError::from)?;
+    let mut encoder = StreamFormat::from_stored(info.format.as_deref()).encoder();
     if from > 0 {
         let head = gateway.subscribe(&run_id, 0).await.map_err(RelayError::from)?;
         relay::prime(&mut encoder, head, from).await;
     }
-    let route = gateway.status(&run_id).await.map_err(RelayError::from)?.route;
+    let route = info.route;
     let mut response =
         relay::sse(tail, encoder, state.config().sse_keep_alive, resume).into_response();
     relay::set_run_headers(response.headers_mut(), &run_id, route.as_deref());
