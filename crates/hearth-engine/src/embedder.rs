@@ -99,7 +99,7 @@ pub enum EmbedError {
     #[error("input {index} could not be tokenized: {message}")]
     Tokenize { index: usize, message: String },
     #[error("the model is overloaded: {num_waiting} requests are already waiting")]
-    Overloaded { num_waiting: usize, retry_after_secs: u64 },
+    Overloaded { num_waiting: usize },
     #[error("the embedder is shutting down")]
     ShuttingDown,
     #[error("embedding failed: {0}")]
@@ -336,7 +336,7 @@ impl Embedder {
         let num_waiting = inner.num_waiting.fetch_add(1, Ordering::AcqRel);
         if num_waiting >= inner.max_waiting {
             inner.num_waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(EmbedError::Overloaded { num_waiting, retry_after_secs: 1 });
+            return Err(EmbedError::Overloaded { num_waiting });
         }
         let (reply, answer) = oneshot::channel();
         if inner.commands.send(Command::Embed(Job { inputs: ids, reply })).is_err() {

@@ -119,7 +119,7 @@ pub enum EngineError {
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("the model is overloaded: {num_waiting} requests are already waiting")]
-    Overloaded { num_waiting: usize, retry_after_secs: u64 },
+    Overloaded { num_waiting: usize },
     #[error("the prompt has {prompt_tokens} tokens; this model's context holds {context_length}")]
     PromptTooLong { prompt_tokens: usize, context_length: usize },
     #[error(
@@ -340,7 +340,7 @@ impl Engine {
         let num_waiting = inner.shared.num_queued.fetch_add(1, Ordering::AcqRel);
         if num_waiting >= inner.max_waiting {
             inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubmitError::Overloaded { num_waiting, retry_after_secs: 1 });
+            return Err(SubmitError::Overloaded { num_waiting });
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let prompt_tokens = prompt_ids.len();
@@ -348,9 +348,7 @@ impl Engine {
         if let Err(err) = inner.submissions.try_send(Command::Submit(submission)) {
             inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
             return Err(match err {
-                mpsc::error::TrySendError::Full(_) => {
-                    SubmitError::Overloaded { num_waiting, retry_after_secs: 1 }
-                }
+                mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { num_waiting },
                 mpsc::error::TrySendError::Closed(_) => SubmitError::ShuttingDown,
             });
         }

@@ -44,7 +44,7 @@ pub struct StartedRun {
     pub events: Subscription,
 }
 
-/// Why a run did not start. Each variant maps to one HTTP status, see [`StartError::http_status`].
+/// Why a run did not start. The edge maps each to an HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
@@ -62,15 +62,6 @@ pub enum StartError {
 }
 
 impl StartError {
-    pub fn http_status(&self) -> u16 {
-        match self {
-            StartError::Invalid(_) | StartError::Metadata(_) => 400,
-            StartError::Model(e) => e.http_status(),
-            StartError::Runs(e) => e.http_status(),
-            StartError::Failed { error, .. } => error.kind.http_status(),
-        }
-    }
-
     pub fn run_id(&self) -> Option<&str> {
         match self {
             StartError::Failed { run_id, .. } => Some(run_id),

@@ -20,6 +20,9 @@ use crate::config::LOCAL_PROVIDER;
 /// `max_tokens` when the caller set none; the same default as the Cog surface.
 const DEFAULT_MAX_TOKENS: usize = 512;
 
+/// How long the router waits before retrying a local engine whose queue was full.
+const LOCAL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 // Struct.
 
 pub struct LocalProvider {
@@ -146,10 +149,10 @@ fn sampling_params(request: &CanonicalRequest, context_length: usize) -> Samplin
 fn submit_error(model: &str, error: SubmitError) -> ProviderError {
     let message = format!("local model `{model}`: {error}");
     match error {
-        SubmitError::Overloaded { retry_after_secs, .. } => ProviderError::Overloaded {
+        SubmitError::Overloaded { .. } => ProviderError::Overloaded {
             provider: LOCAL_PROVIDER.into(),
             message,
-            retry_after: Some(std::time::Duration::from_secs(retry_after_secs)),
+            retry_after: Some(LOCAL_RETRY_AFTER),
         },
         SubmitError::ShuttingDown => ProviderError::Unsupported { message },
         SubmitError::PromptTooLong { .. } => ProviderError::Rejected {

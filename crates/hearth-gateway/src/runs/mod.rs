@@ -67,17 +67,6 @@ pub enum RunError {
     Full { used_bytes: usize, max_bytes: usize },
 }
 
-impl RunError {
-    pub fn http_status(&self) -> u16 {
-        match self {
-            RunError::NotFound(_) => 404,
-            RunError::AlreadyExists(_) | RunError::Ended(_) => 409,
-            RunError::BadCursor { .. } => 416,
-            RunError::Full { .. } => 503,
-        }
-    }
-}
-
 /// Where run buffers live. The in-memory store is the default; a shared store (Redis) lets
 /// another replica serve a resume.
 #[async_trait::async_trait]

@@ -224,7 +224,8 @@ async fn when_every_route_fails_the_error_names_each() {
     let Err(err @ StartError::Failed { .. }) = h.start(hello("m")).await else {
         panic!("all routes fail")
     };
-    assert_eq!(err.http_status(), 502);
+    let StartError::Failed { error, .. } = &err else { unreachable!() };
+    assert_eq!(error.kind, ErrorKind::Upstream);
     let message = err.to_string();
     assert!(message.starts_with("every route failed: primary/gpt: "), "{message}");
     assert!(message.contains("; backup/gpt: "), "{message}");

@@ -175,20 +175,6 @@ pub enum ErrorKind {
     Internal,
 }
 
-impl ErrorKind {
-    /// The HTTP status an edge would answer with, had no byte of the answer been sent yet.
-    pub fn http_status(self) -> u16 {
-        match self {
-            Self::InvalidRequest => 400,
-            Self::Upstream => 502,
-            Self::Timeout => 504,
-            Self::Overloaded => 429,
-            Self::Cancelled => 499,
-            Self::Internal => 500,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct StreamError {

@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hearth_gateway::{RunError, StartError};
 use hearth_protocol::ErrorKind;
+
+use crate::relay::status::RETRY_AFTER_SECS;
 use serde::Serialize;
 use serde_json::json;
 
@@ -38,9 +40,6 @@ impl Detail {
         }
     }
 }
-
-/// Seconds an overloaded caller is told to wait, as on the other surfaces.
-const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CogError {

@@ -207,9 +207,7 @@ fn embedding_models_hint(state: &AppState) -> String {
 
 fn embed_error(err: EmbedError) -> OpenAiError {
     match err {
-        EmbedError::Overloaded { num_waiting, retry_after_secs } => {
-            OpenAiError::Overloaded { num_waiting, retry_after_secs }
-        }
+        EmbedError::Overloaded { num_waiting } => OpenAiError::Overloaded { num_waiting },
         EmbedError::ShuttingDown => OpenAiError::ShuttingDown,
         EmbedError::Failed(message) => OpenAiError::Generation(message),
         other => OpenAiError::invalid("input", capitalized(&other.to_string())),

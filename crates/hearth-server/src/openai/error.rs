@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::body::{BodyError, FieldError};
+use crate::relay::status::RETRY_AFTER_SECS;
 use crate::relay::{decorate, RelayError};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +20,8 @@ pub(crate) enum OpenAiError {
     ModelUnavailable { model: String, reason: String },
     #[error("{0}")]
     Body(#[from] BodyError),
-    #[error("The model is overloaded: {num_waiting} requests are already waiting. Retry after {retry_after_secs} s.")]
-    Overloaded { num_waiting: usize, retry_after_secs: u64 },
+    #[error("The model is overloaded: {num_waiting} requests are already waiting. Retry after {RETRY_AFTER_SECS} s.")]
+    Overloaded { num_waiting: usize },
     #[error("The server is shutting down")]
     ShuttingDown,
     #[error("Generation failed: {0}")]
@@ -42,9 +43,9 @@ impl OpenAiError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Body(e) => e.status(),
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            Self::ModelUnavailable { .. } | Self::Overloaded { .. } | Self::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ModelUnavailable { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            // The same answer to overload as every other surface.
+            Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Generation(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Relay(e) => e.status(),
         }
@@ -121,10 +122,8 @@ impl IntoResponse for OpenAiError {
         if let Self::Relay(relay) = &self {
             return decorate(response, relay);
         }
-        if let Self::Overloaded { retry_after_secs, .. } = self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        if let Self::Overloaded { .. } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
     }

@@ -9,12 +9,8 @@ use hearth_gateway::{CatalogError, RunError, StartError};
 use hearth_protocol::{StreamError, ValidationError};
 
 use super::headers::set_run_headers;
+use super::status::{self, RETRY_AFTER_SECS};
 use crate::body::{BodyError, FieldError};
-
-/// Seconds a caller is told to wait after a 429 or 503. The gateway does not pass an upstream's
-/// own `Retry-After` through (it already waited out the short ones before failing over), so
-/// this is a fixed, short hint.
-const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RelayError {
@@ -64,16 +60,15 @@ impl RelayError {
     }
 
     pub(crate) fn status(&self) -> StatusCode {
-        let code = match self {
-            Self::Body(e) => e.status().as_u16(),
-            Self::Field(_) | Self::Invalid(_) => 400,
-            Self::Header { .. } | Self::Query { .. } => 400,
-            Self::Start(e) => e.http_status(),
-            Self::Failed { error, .. } => error.kind.http_status(),
-            Self::Run(e) => e.http_status(),
-            Self::Ledger(_) => 500,
-        };
-        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        match self {
+            Self::Body(e) => e.status(),
+            Self::Field(_) | Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Header { .. } | Self::Query { .. } => StatusCode::BAD_REQUEST,
+            Self::Start(e) => status::of_start(e),
+            Self::Failed { error, .. } => status::of_kind(error.kind),
+            Self::Run(e) => status::of_run(e),
+            Self::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 
     /// The request field, header or query parameter at fault, when one is.

@@ -10,6 +10,7 @@
 mod error;
 mod format;
 mod headers;
+pub(crate) mod status;
 
 use std::convert::Infallible;
 use std::time::Duration;
