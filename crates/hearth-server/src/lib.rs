@@ -13,6 +13,7 @@ mod body;
 mod cog;
 mod config;
 mod connections;
+mod defaults;
 mod health;
 mod metrics;
 mod openai;

@@ -247,3 +247,33 @@ async fn unknown_v1_route_is_openai_shaped_404() {
     let reply = get(&app(), "/v1/embeddings-nope").await;
     assert_openai_error(&reply, StatusCode::NOT_FOUND, None, Some("unknown_url"));
 }
+
+/// OpenAI's documented defaults: with no temperature a chat completion samples at 1, so two
+/// answers to one prompt differ; at temperature 0 they are equal.
+#[tokio::test]
+async fn chat_samples_at_openais_default_temperature() {
+    let app = app();
+    let ask = |temperature: Option<f64>| {
+        let mut body = chat_body();
+        body["max_tokens"] = json!(24);
+        body["ignore_eos"] = json!(true);
+        match temperature {
+            Some(t) => body["temperature"] = json!(t),
+            None => {
+                body.as_object_mut().unwrap().remove("temperature");
+            }
+        }
+        let app = app.clone();
+        async move {
+            let reply = post(&app, "/v1/chat/completions", body).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            reply.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(ask(Some(0.0)).await, ask(Some(0.0)).await);
+    let sampled: Vec<String> = vec![ask(None).await, ask(None).await, ask(None).await];
+    assert!(
+        sampled.iter().any(|s| *s != sampled[0]),
+        "three default answers were equal: {sampled:?}"
+    );
+}

@@ -17,9 +17,6 @@ use crate::config::LOCAL_PROVIDER;
 
 // Constants.
 
-/// `max_tokens` when the caller set none; the same default as the Cog surface.
-const DEFAULT_MAX_TOKENS: usize = 512;
-
 /// How long the router waits before retrying a local engine whose queue was full.
 const LOCAL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -138,10 +135,9 @@ fn sampling_params(request: &CanonicalRequest, context_length: usize) -> Samplin
         repetition_penalty: s.repetition_penalty.unwrap_or(defaults.repetition_penalty),
         ignore_eos: s.ignore_eos.unwrap_or(defaults.ignore_eos),
         seed: s.seed,
-        // The default never asks for more than the context holds, which would be refused.
-        max_tokens: request
-            .max_tokens
-            .map_or(DEFAULT_MAX_TOKENS.min(context_length), |m| m as usize),
+        // No limit given: up to the end of the context (the engine stops the request there,
+        // with `length`), as OpenAI documents for its APIs.
+        max_tokens: request.max_tokens.map_or(context_length, |m| m as usize),
         stop: request.stop.clone(),
     }
 }
@@ -289,7 +285,6 @@ mod tests {
         let params = sampling_params(&request, 2048);
         assert_eq!((params.max_tokens, params.top_p), (9, 1.0));
         let default = CanonicalRequest::default();
-        assert_eq!(sampling_params(&default, 2048).max_tokens, DEFAULT_MAX_TOKENS);
-        assert_eq!(sampling_params(&default, 300).max_tokens, 300, "never more than the context");
+        assert_eq!(sampling_params(&default, 2048).max_tokens, 2048, "up to the context");
     }
 }

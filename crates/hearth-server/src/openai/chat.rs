@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::error::OpenAiError;
 use super::extract::OpenAiJson;
+use crate::defaults;
 use crate::relay::{self, OpenAiChat, StreamFormat};
 use crate::state::AppState;
 
@@ -56,7 +57,8 @@ pub(crate) async fn chat_completions(
     body.parse::<Unsupported>()?.check()?;
     let wire: ChatCompletionRequest = body.into_typed()?;
     let include_usage = wire.stream_options.is_some_and(|o| o.include_usage);
-    let request = openai::to_canonical(wire)?;
+    let mut request = openai::to_canonical(wire)?;
+    defaults::openai(&mut request);
     let (model, stream) = (request.model.clone(), request.stream);
     let caller = relay::caller(&headers)?;
     let run = relay::start(&state, caller, request).await?;

@@ -5,6 +5,7 @@ use hearth_protocol::{SamplingOptions, SamplingParams};
 use serde::Deserialize;
 
 use super::error::OpenAiError;
+use crate::defaults;
 use crate::state::AppState;
 
 /// `stop`: one string or a list of them.
@@ -75,9 +76,9 @@ impl CommonFields {
         };
         let defaults = SamplingParams::default();
         let params = SamplingParams {
-            temperature: self.temperature.unwrap_or(1.0),
+            temperature: self.temperature.unwrap_or(defaults::OPENAI_TEMPERATURE),
             top_k,
-            top_p: self.top_p.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(defaults::OPENAI_TOP_P),
             min_p: self.min_p.unwrap_or(defaults.min_p),
             repetition_penalty: self.repetition_penalty.unwrap_or(defaults.repetition_penalty),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
