@@ -142,6 +142,30 @@ fn openai_embeddings_match_sentence_transformers() {
     let (_, _, hi) = &reference[0];
     assert!(cosine(&floats(&body["data"][1]["embedding"]), hi) >= MIN_COSINE);
     assert_eq!(body["usage"]["prompt_tokens"].as_u64(), Some(6));
+
+    // Each request is a run with one ledger record, counted by `/v1/usage` with its tokens.
+    let resp = client()
+        .post(daemon.url("/v1/embeddings"))
+        .header("x-hearth-metadata", r#"{"team": "search"}"#)
+        .json(&json!({"model": MODEL, "input": text}))
+        .send()
+        .unwrap();
+    let run_id = resp.headers()["x-hearth-run-id"].to_str().unwrap().to_owned();
+    assert_eq!(resp.headers()["x-hearth-route"], "local/all-minilm-l6-v2");
+    let run: Value =
+        client().get(daemon.url(&format!("/v1/runs/{run_id}"))).send().unwrap().json().unwrap();
+    assert_eq!(run["status"], "finished", "{run}");
+    assert_eq!(run["ledger"]["input_tokens"].as_u64(), Some(*tokens as u64), "{run}");
+    let usage: Value = client()
+        .get(daemon.url("/v1/usage?group_by=metadata.team"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let search = usage["data"].as_array().unwrap().iter().find(|g| g["key"] == "search");
+    assert_eq!(search.map(|g| g["requests"].clone()), Some(json!(1)), "{usage}");
+    let all: Value = client().get(daemon.url("/v1/usage")).send().unwrap().json().unwrap();
+    assert_eq!(all["data"][0]["requests"], 5, "five embedding requests: {all}");
 }
 
 /// `(status, error.param, error.message)` of a refused request.
@@ -217,6 +241,8 @@ fn cog_predictions_of_an_embedding_package() {
     assert_eq!(output.len(), 1);
     assert!(cosine(&floats(&output[0]), &reference[2].2) >= MIN_COSINE);
     assert_eq!(body["metrics"]["input_token_count"].as_u64(), Some(reference[2].1 as u64));
+    let usage: Value = client().get(daemon.url("/v1/usage")).send().unwrap().json().unwrap();
+    assert_eq!(usage["data"][0]["requests"], 1, "the prediction is a run: {usage}");
 
     let texts: Vec<&str> = reference.iter().take(4).map(|(t, _, _)| t.as_str()).collect();
     let request = json!({"id": "emb-1", "input": {"texts": texts}});

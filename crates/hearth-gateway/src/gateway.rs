@@ -72,7 +72,7 @@ impl StartError {
 
 #[derive(Clone)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -85,7 +85,7 @@ pub(crate) struct Inner {
     pub health: RouteHealth,
     pub runs: Arc<dyn RunStore>,
     pub ledger: Arc<dyn Ledger>,
-    tasks: TaskTracker,
+    pub(crate) tasks: TaskTracker,
 }
 
 impl Gateway {
@@ -149,22 +149,12 @@ impl Gateway {
         caller: Caller,
     ) -> Result<StartedRun, StartError> {
         request.validate()?;
-        let metadata = match caller.metadata.as_ref() {
-            Some(value) => CallerMetadata::from_json(value)?,
-            None => match &request.metadata {
-                Some(map) => CallerMetadata::from_json(&Value::Object(map.clone()))?,
-                None => CallerMetadata::default(),
-            },
-        };
+        let metadata = caller_metadata(&caller, request.metadata.as_ref())?;
         let catalog = self.inner.catalog.load();
         let resolved = catalog.resolve(&request.model)?;
         let targets = catalog.targets(&resolved.routes);
         drop(catalog);
-        // Time-ordered (UUIDv7: a millisecond timestamp, then 74 random bits), so the ledger's
-        // primary key grows at its right edge: with random v4 ids every insert dirtied a
-        // different B-tree page, and SQLite's writer took a fifth of the daemon's CPU at
-        // 1,000 runs a second.
-        let run_id = format!("run_{}", uuid::Uuid::now_v7().simple());
+        let run_id = new_run_id();
         let cancel = self.inner.runs.create(&run_id, &request.model).await?;
         // Subscribed before the producer starts, so the run is never seen without a reader.
         let mut events = self.inner.runs.subscribe(&run_id, 0).await?;
@@ -233,6 +223,26 @@ impl Gateway {
         self.inner.tasks.reopen();
         self.inner.ledger.flush().await;
     }
+}
+
+/// The caller's metadata (a header) or else the request's own, validated.
+pub(crate) fn caller_metadata(
+    caller: &Caller,
+    request_metadata: Option<&serde_json::Map<String, Value>>,
+) -> Result<CallerMetadata, MetadataError> {
+    match (caller.metadata.as_ref(), request_metadata) {
+        (Some(value), _) => CallerMetadata::from_json(value),
+        (None, Some(map)) => CallerMetadata::from_json(&Value::Object(map.clone())),
+        (None, None) => Ok(CallerMetadata::default()),
+    }
+}
+
+/// A run id: time-ordered (UUIDv7: a millisecond timestamp, then 74 random bits), so the
+/// ledger's primary key grows at its right edge: with random v4 ids every insert dirtied a
+/// different B-tree page, and SQLite's writer took a fifth of the daemon's CPU at 1,000 runs a
+/// second.
+pub(crate) fn new_run_id() -> String {
+    format!("run_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// A run's first subscription that cancels the run when it is dropped before the terminal

@@ -9,6 +9,7 @@
 
 mod catalog;
 pub mod config;
+mod embeddings;
 mod gateway;
 pub mod ledger;
 mod pricing;
@@ -24,6 +25,7 @@ pub use catalog::{
 pub use config::{
     ConfigError, GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, ProviderKind,
 };
+pub use embeddings::{EmbedRunError, EmbeddingRun};
 pub use gateway::{Caller, Gateway, StartError, StartedRun};
 pub use ledger::{GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery};
 pub use pricing::Prices;

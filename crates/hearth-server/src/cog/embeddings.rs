@@ -16,13 +16,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use hearth_engine::{EmbedError, EmbedInput};
-use hearth_gateway::EmbeddingModel;
+use hearth_gateway::{Caller, EmbedRunError, EmbeddingModel};
 use serde_json::{json, Map, Value};
 
 use super::error::{CogError, Detail};
 use super::handlers;
 use super::request::PredictionRequest;
 use super::schema;
+use crate::relay;
 use crate::state::AppState;
 
 /// An embedding model addressed by a Cog route.
@@ -181,19 +182,23 @@ async fn run_prediction(
     let (field, texts) = parse_input(body.input.as_ref())?;
     let inputs: Vec<EmbedInput> = texts.into_iter().map(EmbedInput::Text).collect();
     let created_at = Utc::now();
-    let ticket =
-        target.model.embedder.submit_async(inputs).await.map_err(|e| submit_error(field, e))?;
-    let input_tokens = ticket.prompt_tokens;
-    let answer = ticket.wait().await;
+    let answer = state.gateway().embed(&target.name, inputs, Caller::default()).await;
     let completed_at = Utc::now();
-    let (status, output, error) = match answer {
-        Ok(embeddings) => ("succeeded", f32_rows(&embeddings.vectors), Value::Null),
-        Err(EmbedError::ShuttingDown) => return Err(CogError::ShuttingDown),
-        Err(err) => ("failed", Value::Null, json!(err.to_string())),
+    let (run_id, route, status, output, error, input_tokens) = match answer {
+        Ok(run) => {
+            let output = f32_rows(&run.embeddings.vectors);
+            let tokens = run.embeddings.prompt_tokens;
+            (run.run_id, run.route, "succeeded", output, Value::Null, tokens)
+        }
+        Err(EmbedRunError::Start(error)) => return Err(CogError::from(error)),
+        Err(EmbedRunError::Embed { error: EmbedError::Failed(message), run_id, route }) => {
+            (run_id, route, "failed", Value::Null, json!(message), 0)
+        }
+        Err(EmbedRunError::Embed { error, .. }) => return Err(submit_error(field, error)),
     };
     let seconds = (completed_at - created_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
     let id = url_id.or(body.id).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    Ok(Json(json!({
+    let mut response = Json(json!({
         "id": id,
         "status": status,
         "input": body.input,
@@ -209,7 +214,9 @@ async fn run_prediction(
             "output_token_count": 0,
         },
     }))
-    .into_response())
+    .into_response();
+    relay::set_run_headers(response.headers_mut(), &run_id, Some(&route));
+    Ok(response)
 }
 
 /// The vectors as JSON numbers that print as f32 does: a plain conversion widens each to f64 and

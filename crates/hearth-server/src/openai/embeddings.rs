@@ -1,4 +1,5 @@
-//! `POST /v1/embeddings`: OpenAI's embeddings endpoint over the loaded embedding models.
+//! `POST /v1/embeddings`: OpenAI's embeddings endpoint over the loaded embedding models. Each
+//! request is a gateway run (`x-hearth-run-id`, one ledger record, counted in `/v1/usage`).
 //!
 //! `input` is a string, an array of strings, an array of token ids, or an array of token-id
 //! arrays (token ids are used as they are, so they should include the model's special tokens).
@@ -8,15 +9,18 @@
 //! 400 too, and an unknown model a 404.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use hearth_engine::{EmbedError, EmbedInput};
-use hearth_gateway::{CatalogEntry, EmbeddingModel};
+use hearth_gateway::{CatalogEntry, EmbedRunError, EmbeddingModel};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::OpenAiError;
 use super::extract::OpenAiJson;
+use crate::relay::{self, RelayError};
 use crate::state::AppState;
 
 const INPUT_SHAPES: &str =
@@ -68,8 +72,9 @@ struct Usage {
 
 pub(crate) async fn embeddings(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: OpenAiJson,
-) -> Result<Json<EmbeddingsResponse>, OpenAiError> {
+) -> Result<Response, OpenAiError> {
     let request: EmbeddingsRequest = body.parse()?;
     let encoding = match request.encoding_format.as_deref() {
         None | Some("float") => Encoding::Float,
@@ -94,10 +99,19 @@ pub(crate) async fn embeddings(
             ),
         ));
     }
-    let ticket = model.embedder.submit_async(inputs).await.map_err(embed_error)?;
-    let embeddings = ticket.wait().await.map_err(embed_error)?;
-    let prompt_tokens = embeddings.prompt_tokens;
-    let data = embeddings
+    let caller = relay::caller(&headers)?;
+    let run = match state.gateway().embed(&request.model, inputs, caller).await {
+        Ok(run) => run,
+        Err(EmbedRunError::Start(error)) => return Err(RelayError::from(error).into()),
+        Err(EmbedRunError::Embed { run_id, route, error }) => {
+            let mut response = embed_error(error).into_response();
+            relay::set_run_headers(response.headers_mut(), &run_id, Some(&route));
+            return Ok(response);
+        }
+    };
+    let prompt_tokens = run.embeddings.prompt_tokens;
+    let data = run
+        .embeddings
         .vectors
         .into_iter()
         .enumerate()
@@ -110,12 +124,15 @@ pub(crate) async fn embeddings(
             },
         })
         .collect();
-    Ok(Json(EmbeddingsResponse {
+    let mut response = Json(EmbeddingsResponse {
         object: "list",
         data,
         model: request.model,
         usage: Usage { prompt_tokens, total_tokens: prompt_tokens },
-    }))
+    })
+    .into_response();
+    relay::set_run_headers(response.headers_mut(), &run.run_id, Some(&run.route));
+    Ok(response)
 }
 
 /// The inputs of `input`, each checked for shape; the embedder checks lengths and token ids.
