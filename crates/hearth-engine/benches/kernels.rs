@@ -13,8 +13,8 @@ use std::hint::black_box;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hearth_engine::models::q8_matmul::{self, PackedQ8_0};
-use hearth_engine::models::split_matmul;
+use hearth_engine::kernels::q8_matmul::{self, PackedQ8_0};
+use hearth_engine::kernels::split_matmul;
 
 /// (name, out, in): the MLP's up projection and the LM head.
 const SHAPES: [(&str, usize, usize); 2] = [("mlp_up", 1_536, 576), ("lm_head", 49_152, 576)];

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use hearth_engine::block_manager::BlockManager;
-use hearth_engine::detokenizer::IncrementalDetokenizer;
-use hearth_engine::sampler::Sampler;
-use hearth_engine::scheduler::{Scheduler, SchedulerConfig};
-use hearth_engine::sequence::Sequence;
+use hearth_engine::generation::block_manager::BlockManager;
+use hearth_engine::generation::detokenizer::IncrementalDetokenizer;
+use hearth_engine::generation::sampler::Sampler;
+use hearth_engine::generation::scheduler::{Scheduler, SchedulerConfig};
+use hearth_engine::generation::sequence::Sequence;
 use hearth_protocol::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

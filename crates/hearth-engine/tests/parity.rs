@@ -16,7 +16,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use hearth_engine::kv_cache::{KvCache, KvCacheConfig, PackedBatch, SeqInput, WantLogits};
+use hearth_engine::generation::kv_cache::{
+    KvCache, KvCacheConfig, PackedBatch, SeqInput, WantLogits,
+};
 use hearth_engine::models::llama::{expected_tensors, Llama, LlamaConfig};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use hearth_engine::kv_cache::{KvCache, KvCacheConfig, PackedBatch, SeqInput, WantLogits};
-use hearth_engine::models::linear::Quantization;
+use hearth_engine::generation::kv_cache::{
+    KvCache, KvCacheConfig, PackedBatch, SeqInput, WantLogits,
+};
+use hearth_engine::kernels::linear::Quantization;
+use hearth_engine::loading::weights::{gguf_name, GgufWeights, WeightSource};
 use hearth_engine::models::llama::{Llama, LlamaConfig};
-use hearth_engine::models::quantized::{gguf_name, GgufWeights, WeightSource};
 use hearth_engine::{Engine, EngineConfig, GenerateRequest, Prompt};
 use hearth_package::Package;
 use hearth_protocol::{GenerationEvent, SamplingParams};

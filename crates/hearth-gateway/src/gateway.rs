@@ -20,6 +20,7 @@ use crate::ledger::{
 use crate::producer::{self, RunJob};
 use crate::router::{RetryPolicy, RouteHealth};
 use crate::runs::{InMemoryRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription};
+use crate::shared::Inner;
 
 /// Who is calling, as the edge authenticated it.
 #[derive(Debug, Clone, Default)]
@@ -73,19 +74,6 @@ impl StartError {
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    /// Swapped whole when a package is pushed or removed at run time; a request resolves
-    /// against the snapshot it loaded, so a swap never changes a model under it.
-    pub catalog: ArcSwap<Catalog>,
-    /// Serialises catalog updates, so two concurrent updates cannot lose one another.
-    catalog_writer: Mutex<()>,
-    pub policy: RetryPolicy,
-    pub health: RouteHealth,
-    pub runs: Arc<dyn RunStore>,
-    pub ledger: Arc<dyn Ledger>,
-    pub(crate) tasks: TaskTracker,
 }
 
 impl Gateway {

@@ -17,6 +17,7 @@ mod producer;
 pub mod providers;
 mod router;
 pub mod runs;
+mod shared;
 
 pub use catalog::{
     Catalog, CatalogEntry, CatalogError, EmbeddingModel, LocalModel, ModelListing, ResolvedModel,

@@ -11,12 +11,12 @@ use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Inner;
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
 use crate::pricing::Prices;
 use crate::providers::EventStream;
 use crate::router::{self, Committed, Target};
 use crate::runs::{RunInfo, RunStatus};
+use crate::shared::Inner;
 
 pub(crate) struct RunJob {
     pub run_id: String,

@@ -5,18 +5,18 @@
 //! own position; attention runs per sequence over its cached context read from the engine-owned
 //! paged cache. Numerics follow Hugging Face `transformers` (see `tests/parity.rs`).
 
-mod config;
+pub mod config;
 
 pub use config::{expected_tensors, ConfigError, Family, LlamaConfig, Rope, RopeScaling};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{rotary_emb::rope_thd, Embedding, RmsNorm, VarBuilder};
 
-use super::decode_attention::DecodeAttention;
-use super::linear::Linear;
-use super::quantized::WeightSource;
+use crate::kernels::decode_attention::DecodeAttention;
+use crate::kernels::linear::Linear;
+use crate::loading::weights::WeightSource;
 
-use crate::kv_cache::{KvCache, PackedBatch, SeqSlice, SlotWriteIndex};
+use crate::generation::kv_cache::{KvCache, PackedBatch, SeqSlice, SlotWriteIndex};
 
 /// Inverse RoPE frequencies, `[1, head_dim / 2]` f32.
 struct Rotary {

@@ -6,6 +6,13 @@
 //! is decided elsewhere (the block manager); this module only stores tensors and turns block
 //! tables into index tensors, once per step, so the layer loop does no host work.
 
+/// Index of one KV-cache block.
+pub type BlockId = u32;
+
+/// Content hash of a full block, chained over every block before it (the block manager's
+/// prefix cache key).
+pub type BlockHash = u64;
+
 use candle_core::{bail, DType, Device, Result, Tensor};
 
 /// Shape and element type of the cache.

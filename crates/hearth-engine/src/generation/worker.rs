@@ -15,16 +15,16 @@ use hearth_protocol::{FinishReason, GenerationEvent, SamplingParams, Usage};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
-use crate::block_manager::BlockManager;
-use crate::detokenizer::{IncrementalDetokenizer, StopMatcher};
-use crate::engine::Shared;
-use crate::kv_cache::KvCache;
-use crate::metrics::RequestTimer;
+use crate::generation::block_manager::BlockManager;
+use crate::generation::detokenizer::{IncrementalDetokenizer, StopMatcher};
+use crate::generation::kv_cache::KvCache;
+use crate::generation::metrics::RequestTimer;
+use crate::generation::runner;
+use crate::generation::sampler::Sampler;
+use crate::generation::scheduler::{AdmitError, ScheduledSeq, Scheduler, SchedulerConfig};
+use crate::generation::sequence::{SeqId, Sequence};
+use crate::generation::shared::Shared;
 use crate::models::llama::Llama;
-use crate::runner;
-use crate::sampler::Sampler;
-use crate::scheduler::{AdmitError, ScheduledSeq, Scheduler, SchedulerConfig};
-use crate::sequence::{SeqId, Sequence};
 
 /// What a handle sends to the worker.
 pub(crate) enum Command {

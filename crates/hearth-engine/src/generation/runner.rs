@@ -4,9 +4,9 @@
 
 use candle_core::{Device, Result};
 
-use crate::kv_cache::{KvCache, PackedBatch, SeqInput, WantLogits};
+use crate::generation::kv_cache::{KvCache, PackedBatch, SeqInput, WantLogits};
+use crate::generation::scheduler::{ScheduledSeq, Scheduler};
 use crate::models::llama::Llama;
-use crate::scheduler::{ScheduledSeq, Scheduler};
 
 /// Runs one forward pass over `scheduled` and returns one logits row per sequence whose
 /// `samples` flag is set, in the order they appear in `scheduled`.

@@ -1,7 +1,7 @@
 //! One generation request as the scheduler sees it: its tokens, how many of them are already in
 //! the KV cache, and the blocks that hold them. No tensors, no sampling state.
 
-use crate::block_manager::{BlockHash, BlockId};
+use crate::generation::kv_cache::{BlockHash, BlockId};
 
 /// Identifier of a sequence, unique within one engine.
 pub type SeqId = u64;
@@ -18,7 +18,7 @@ pub struct Sequence {
     /// The KV blocks of this sequence, in token order; empty while it waits.
     pub block_table: Vec<BlockId>,
     /// Content hash of each full block of `token_ids`, chained from the first block (see
-    /// [`BlockManager`](crate::block_manager::BlockManager)). Depends on the tokens only, so it
+    /// [`BlockManager`](crate::generation::block_manager::BlockManager)). Depends on the tokens only, so it
     /// survives preemption. Empty when prefix caching is off.
     pub block_hashes: Vec<BlockHash>,
     /// Leading entries of `block_table` that are in the prefix cache: attached on a hit, or
@@ -37,7 +37,7 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// A sequence that has computed nothing yet. [`Scheduler::add`](crate::scheduler::Scheduler::add)
+    /// A sequence that has computed nothing yet. [`Scheduler::add`](crate::generation::scheduler::Scheduler::add)
     /// restamps `arrival_step` with its own step count.
     pub fn new(id: SeqId, prompt_ids: Vec<u32>, max_tokens: usize, arrival_step: u64) -> Self {
         Self {

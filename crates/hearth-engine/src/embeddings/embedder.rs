@@ -20,7 +20,7 @@ use hearth_package::{EmbeddingConfig, Package, PoolingMode};
 use tokenizers::Tokenizer;
 use tokio::sync::oneshot;
 
-use crate::engine::EngineError;
+use crate::error::{EmbedError, EngineError};
 use crate::loading::{var_builder, Progress};
 use crate::models::bert::{self, Bert, BertConfig};
 
@@ -81,42 +81,6 @@ pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     /// Tokens over all inputs, special tokens included.
     pub prompt_tokens: usize,
-}
-
-/// Why a request was not embedded. Input errors carry the input's index.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum EmbedError {
-    #[error("there is nothing to embed")]
-    NoInputs,
-    #[error("{count} inputs is more than the {max} one request may hold")]
-    TooManyInputs { count: usize, max: usize },
-    #[error("input {index} is empty")]
-    EmptyInput { index: usize },
-    #[error("input {index} has {tokens} tokens; this model takes at most {max_tokens}")]
-    TooLong { index: usize, tokens: usize, max_tokens: usize },
-    #[error("input {index}: token id {token} is outside the vocabulary (size {vocab_size})")]
-    BadToken { index: usize, token: u32, vocab_size: usize },
-    #[error("input {index} could not be tokenized: {message}")]
-    Tokenize { index: usize, message: String },
-    #[error("the model is overloaded: {num_waiting} requests are already waiting")]
-    Overloaded { num_waiting: usize },
-    #[error("the embedder is shutting down")]
-    ShuttingDown,
-    #[error("embedding failed: {0}")]
-    Failed(String),
-}
-
-impl EmbedError {
-    /// The index of the input at fault, for errors about one input.
-    pub fn input_index(&self) -> Option<usize> {
-        match self {
-            Self::EmptyInput { index }
-            | Self::TooLong { index, .. }
-            | Self::BadToken { index, .. }
-            | Self::Tokenize { index, .. } => Some(*index),
-            _ => None,
-        }
-    }
 }
 
 /// One submitted request.

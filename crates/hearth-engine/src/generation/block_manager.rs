@@ -25,13 +25,9 @@ use std::collections::HashMap;
 use ahash::RandomState;
 
 use self::free_queue::FreeQueue;
-use crate::sequence::Sequence;
+use crate::generation::sequence::Sequence;
 
-/// Index of one KV-cache block.
-pub type BlockId = u32;
-
-/// Content hash of a full block, chained over every block before it.
-pub type BlockHash = u64;
+pub use crate::generation::kv_cache::{BlockHash, BlockId};
 
 /// A bookkeeping error of the block manager: a bug, reported instead of corrupting the pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

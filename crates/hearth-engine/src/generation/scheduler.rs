@@ -23,8 +23,8 @@ mod tests;
 use std::collections::VecDeque;
 
 pub use self::config::{ConfigError, SchedulerConfig};
-use crate::block_manager::BlockManager;
-use crate::sequence::{SeqId, Sequence};
+use crate::generation::block_manager::BlockManager;
+use crate::generation::sequence::{SeqId, Sequence};
 
 /// Why [`Scheduler::add`] refused a sequence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

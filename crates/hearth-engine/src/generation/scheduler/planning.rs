@@ -2,7 +2,7 @@
 //! preempted when blocks run out.
 
 use super::{ScheduledSeq, Scheduler};
-use crate::sequence::Sequence;
+use crate::generation::sequence::Sequence;
 
 /// One step being planned.
 struct Plan<'a> {

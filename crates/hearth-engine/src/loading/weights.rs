@@ -20,8 +20,8 @@ use candle_core::quantized::{gguf_file, QStorage, QTensor};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::{Embedding, Init, RmsNorm, VarBuilder};
 
-use super::linear::{Linear, Quantization};
-use super::llama::LlamaConfig;
+use crate::kernels::linear::{Linear, Quantization};
+use crate::models::llama::config::LlamaConfig;
 
 /// A GGUF file, its parsed header and what the model needs to read it.
 pub struct GgufWeights {

@@ -1,6 +1,8 @@
 //! Weight loading with progress: a thin wrapper over candle's memory-mapped safetensors backend
 //! that counts the tensors the model asks for, so a person waiting on a large model sees it move.
 
+pub mod weights;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

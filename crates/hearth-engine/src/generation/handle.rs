@@ -1,7 +1,7 @@
 //! The engine handle: how the rest of Hearth talks to one loaded model.
 //!
 //! [`Engine::start`] validates a package's weights, places them on a device and spawns the engine
-//! thread ([`crate::worker`]), which owns the model, the KV cache and the scheduler. Callers submit
+//! thread ([`crate::generation::worker`]), which owns the model, the KV cache and the scheduler. Callers submit
 //! requests with [`Engine::submit`] and read events from the returned [`GenerationStream`];
 //! dropping the stream cancels the request and frees its KV memory at the next step.
 
@@ -15,14 +15,16 @@ use hearth_protocol::{ChatMessage, GenerationEvent, SamplingParams, ValidationEr
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
-use crate::kv_cache::{KvCache, KvCacheConfig};
+use crate::error::{EngineError, SubmitError};
+use crate::generation::kv_cache::{KvCache, KvCacheConfig};
+use crate::generation::metrics::{EngineMetrics, MetricsSnapshot};
+use crate::generation::scheduler::SchedulerConfig;
+use crate::generation::shared::{EngineStats, Shared};
+use crate::generation::worker::{Command, Submission, Worker, WorkerParts};
+use crate::kernels::linear::Quantization;
+use crate::loading::weights::{gguf_name, GgufWeights, WeightSource};
 use crate::loading::{var_builder, Progress};
-use crate::metrics::{EngineMetrics, MetricsSnapshot};
-use crate::models::linear::Quantization;
 use crate::models::llama::{self, Llama, LlamaConfig};
-use crate::models::quantized::{gguf_name, GgufWeights, WeightSource};
-use crate::scheduler::SchedulerConfig;
-use crate::worker::{Command, Submission, Worker, WorkerParts};
 
 /// How an engine runs; the defaults suit a CPU.
 #[derive(Debug, Clone)]
@@ -61,31 +63,6 @@ pub struct ModelInfo {
     pub device: String,
 }
 
-/// A snapshot of the engine's load, refreshed after every step. The `u64` counts run from the
-/// engine's start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EngineStats {
-    pub num_running: usize,
-    pub num_waiting: usize,
-    pub kv_blocks_total: usize,
-    /// Blocks held by sequences; the rest are free (cached or not).
-    pub kv_blocks_used: usize,
-    /// Blocks in the prefix cache, held or free.
-    pub kv_blocks_cached: usize,
-    pub block_size: usize,
-    /// Tokens of admitted sequences looked up in the prefix cache (re-admissions after a
-    /// preemption included).
-    pub num_prefix_queried_tokens: u64,
-    /// Of those, tokens whose KV came from the cache.
-    pub num_prefix_hit_tokens: u64,
-    /// Running sequences whose KV was dropped to make room, to be recomputed.
-    pub num_preemptions: u64,
-    /// Prompt tokens of accepted requests.
-    pub num_prompt_tokens: u64,
-    /// Tokens generated.
-    pub num_generated_tokens: u64,
-}
-
 /// Input to generate from.
 #[derive(Debug, Clone)]
 pub enum Prompt {
@@ -101,43 +78,6 @@ pub enum Prompt {
 pub struct GenerateRequest {
     pub prompt: Prompt,
     pub sampling: SamplingParams,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("package `{package}`: {message}")]
-    Load { package: String, message: String },
-    #[error(transparent)]
-    Package(#[from] hearth_package::PackageError),
-    #[error("model has no chat template; use the completions endpoint or a package with one")]
-    NoChatTemplate,
-    #[error("chat template failed: {0}")]
-    Template(String),
-}
-
-/// Why a request was not accepted. Each variant maps to one HTTP status at the edge.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error("the model is overloaded: {num_waiting} requests are already waiting")]
-    Overloaded { num_waiting: usize },
-    #[error("the prompt has {prompt_tokens} tokens; this model's context holds {context_length}")]
-    PromptTooLong { prompt_tokens: usize, context_length: usize },
-    #[error(
-        "the request needs {needed_tokens} tokens of KV cache; this engine has {capacity_tokens}"
-    )]
-    TooLarge { needed_tokens: usize, capacity_tokens: usize },
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    #[error("token id {token} is outside the vocabulary (size {vocab_size})")]
-    BadToken { token: u32, vocab_size: usize },
-    #[error("could not tokenize the prompt: {0}")]
-    Tokenize(String),
-    #[error(transparent)]
-    Invalid(#[from] ValidationError),
-    #[error("the engine is shutting down")]
-    ShuttingDown,
-    #[error("preparing the request failed: {0}")]
-    Internal(String),
 }
 
 /// Runs `work` with `engine` on tokio's blocking pool: CPU-bound preparation of a request
@@ -162,16 +102,6 @@ impl GenerationStream {
     pub async fn recv(&mut self) -> Option<GenerationEvent> {
         self.events.recv().await
     }
-}
-
-/// State shared between handles and the worker thread.
-pub(crate) struct Shared {
-    pub stats: Mutex<EngineStats>,
-    /// Requests submitted but not yet given their first prefill chunk; bounds the queue.
-    pub num_queued: AtomicUsize,
-    pub shutting_down: AtomicBool,
-    /// Latency histograms and request outcomes, recorded by the worker.
-    pub metrics: EngineMetrics,
 }
 
 /// A cheap, cloneable handle to one loaded model.
@@ -274,7 +204,7 @@ impl Engine {
         self.inner.shared.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
-    /// Request latencies and outcomes since the engine started (see [`crate::metrics`]).
+    /// Request latencies and outcomes since the engine started (see [`crate::generation::metrics`]).
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.shared.metrics.snapshot()
     }

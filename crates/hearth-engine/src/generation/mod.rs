@@ -1,0 +1,17 @@
+//! One generative model's engine: the handle callers submit to ([`handle`]), the engine thread
+//! ([`worker`]) that runs each step, the scheduler deciding what runs, the block manager and
+//! paged KV cache holding what was computed, the sampler, the detokenizer and the metrics.
+
+pub mod block_manager;
+pub mod detokenizer;
+pub mod handle;
+pub mod kv_cache;
+pub mod metrics;
+mod runner;
+pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+mod shared;
+mod worker;
+
+pub use shared::EngineStats;

@@ -1,0 +1,10 @@
+//! The CPU products the models run on. [`linear`] is the generative models' linear layer (dense
+//! or quantized, chosen once at load); [`split_matmul`] spreads decode's few-row products over
+//! the CPU cores, [`q8_matmul`] runs q8_0 products (decode and prefill) with AVX-512 VNNI, and
+//! [`decode_attention`] attends all of a step's decode rows at once from the paged cache. Each
+//! chooses its path at run time from what the CPU has.
+
+pub mod decode_attention;
+pub mod linear;
+pub mod q8_matmul;
+pub mod split_matmul;
