@@ -1,6 +1,6 @@
 //! Accepting connections, with the limits that keep silent or slow clients from holding the
 //! daemon: a header-read timeout (which is also the idle timeout of a kept-alive connection), a
-//! body-read timeout (a layer in [`crate::router`]) and a bound on open connections.
+//! body-read timeout (a layer of the router) and a bound on open connections.
 //!
 //! Written over hyper directly rather than `axum::serve`, which sets no timer (so no timeout
 //! can fire) and has no connection limit.

@@ -7,7 +7,7 @@ use hearth_gateway::{Catalog, Gateway};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::AdminState;
+use crate::admin::state::AdminState;
 use crate::cog::registry::Registry;
 use crate::config::ServerConfig;
 
@@ -32,7 +32,7 @@ struct Inner {
     setup_completed_at: DateTime<Utc>,
     /// Fired when the shutdown grace period runs out: every generation still running stops.
     cancel_all: CancellationToken,
-    /// Fired by Cog's `POST /shutdown`; [`crate::serve`] treats it like its own shutdown signal.
+    /// Fired by Cog's `POST /shutdown`; `serve` treats it like its own shutdown signal.
     shutdown_requested: CancellationToken,
     /// Background work that outlives its request (async predictions and their webhooks), so that
     /// shutdown can wait for it.

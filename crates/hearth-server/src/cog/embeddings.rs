@@ -20,9 +20,9 @@ use hearth_gateway::{Caller, EmbedRunError, EmbeddingModel};
 use serde_json::{json, Map, Value};
 
 use super::error::{CogError, Detail};
-use super::handlers;
 use super::request::PredictionRequest;
 use super::schema;
+use super::{handlers, prediction};
 use crate::relay;
 use crate::state::AppState;
 
@@ -205,9 +205,9 @@ async fn run_prediction(
         "output": output,
         "logs": "",
         "error": error,
-        "created_at": handlers::timestamp(created_at),
-        "started_at": handlers::timestamp(created_at),
-        "completed_at": handlers::timestamp(completed_at),
+        "created_at": prediction::timestamp(created_at),
+        "started_at": prediction::timestamp(created_at),
+        "completed_at": prediction::timestamp(completed_at),
         "metrics": {
             "predict_time": seconds,
             "input_token_count": input_tokens,

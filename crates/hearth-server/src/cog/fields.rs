@@ -1,5 +1,5 @@
 //! The inputs a Hearth language model takes over the Cog API: one table that drives both input
-//! validation ([`super::input`]) and the OpenAPI schema ([`super::schema`]).
+//! validation (`input.rs`) and the OpenAPI schema (`schema.rs`).
 //!
 //! The names and defaults follow the language models Replicate hosts (Llama 3 and kin), so Cog
 //! clients written for those work unchanged: `temperature` 0.7, `top_p` 0.95, `top_k` 50,

@@ -5,6 +5,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::CogError;
+use super::prediction;
 use super::schema;
 use super::target::{CogModel, CogModelState};
 use crate::state::AppState;
@@ -44,18 +45,13 @@ pub(crate) async fn health_check(
     Json(health_body(&state, status, setup_status, &logs))
 }
 
-/// RFC 3339 with microseconds, as Cog writes its times.
-pub(super) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 /// Cog's health-check document (generative and embedding models alike).
 pub(super) fn health_body(state: &AppState, status: &str, setup_status: &str, logs: &str) -> Value {
     json!({
         "status": status,
         "setup": {
-            "started_at": timestamp(state.setup_started_at()),
-            "completed_at": timestamp(state.setup_completed_at()),
+            "started_at": prediction::timestamp(state.setup_started_at()),
+            "completed_at": prediction::timestamp(state.setup_completed_at()),
             "status": setup_status,
             "logs": logs,
         },

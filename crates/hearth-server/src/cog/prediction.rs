@@ -38,11 +38,11 @@ pub(crate) struct Prediction {
     pub output: Option<Vec<String>>,
     pub logs: String,
     pub error: Option<String>,
-    #[serde(serialize_with = "timestamp")]
+    #[serde(serialize_with = "serialize_timestamp")]
     pub created_at: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "timestamp")]
+    #[serde(serialize_with = "serialize_timestamp")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "timestamp")]
+    #[serde(serialize_with = "serialize_timestamp")]
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
@@ -66,12 +66,17 @@ impl Prediction {
 }
 
 /// RFC 3339 with microseconds, as Cog writes them.
-fn timestamp<S: Serializer>(
+fn serialize_timestamp<S: Serializer>(
     value: &Option<DateTime<Utc>>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     match value {
-        Some(t) => serializer.serialize_str(&super::handlers::timestamp(*t)),
+        Some(t) => serializer.serialize_str(&timestamp(*t)),
         None => serializer.serialize_none(),
     }
+}
+
+/// RFC 3339 with microseconds, as Cog writes its times.
+pub(crate) fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }

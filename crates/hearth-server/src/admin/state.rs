@@ -1,0 +1,121 @@
+//! The admin API's own state: its settings, the loader it installs packages with, and which
+//! model names are busy with an operation. Kept apart from the handlers so the server's shared
+//! state can hold it without depending on them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hearth_gateway::{EmbeddingModel, LocalModel};
+use hearth_package::archive::ArchiveLimits;
+
+use super::error::AdminError;
+
+/// How the admin API is set up.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// Bearer token every admin call must carry; `None` restricts the API to loopback clients.
+    pub token: Option<String>,
+    /// Where pushed packages are installed; `None` (a daemon serving `--model` directories)
+    /// refuses pushes.
+    pub models_dir: Option<PathBuf>,
+    pub limits: ArchiveLimits,
+}
+
+/// A package loaded into an engine, ready to be served.
+pub enum LoadedModel {
+    Generative(LocalModel),
+    Embedding(EmbeddingModel),
+}
+
+/// Loads a package the way the daemon does at start-up: fetches `hf://` weights, validates it
+/// completely and starts its engine. It blocks; the admin API calls it on a blocking thread.
+pub trait ModelLoader: Send + Sync + 'static {
+    /// The package's name and its loaded model, or why it was refused.
+    fn load(&self, dir: &Path) -> Result<(String, LoadedModel), String>;
+}
+
+/// What a name is busy with; one operation per name at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Receiving,
+    Loading,
+    Removing,
+}
+
+impl Phase {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Phase::Receiving => "receiving",
+            Phase::Loading => "loading",
+            Phase::Removing => "removing",
+        }
+    }
+}
+
+/// The admin API's own state, shared by its handlers.
+pub struct AdminState {
+    pub(crate) settings: AdminSettings,
+    pub(crate) loader: Arc<dyn ModelLoader>,
+    busy: Mutex<BTreeMap<String, Phase>>,
+}
+
+impl AdminState {
+    pub fn new(settings: AdminSettings, loader: Arc<dyn ModelLoader>) -> Self {
+        Self { settings, loader, busy: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn busy(&self) -> MutexGuard<'_, BTreeMap<String, Phase>> {
+        // The map holds plain values; a panic elsewhere cannot leave it inconsistent.
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `name` busy until the guard drops; 409 when another operation holds it.
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        name: &str,
+        phase: Phase,
+    ) -> Result<BusyGuard, AdminError> {
+        let mut busy = self.busy();
+        if let Some(current) = busy.get(name) {
+            return Err(AdminError::Conflict(format!(
+                "model `{name}` is busy ({}); try again when that finishes",
+                current.as_str()
+            )));
+        }
+        busy.insert(name.to_owned(), phase);
+        Ok(BusyGuard { admin: self.clone(), name: name.to_owned() })
+    }
+
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, Phase> {
+        self.busy().clone()
+    }
+
+    pub(crate) fn models_dir(&self) -> Result<&Path, AdminError> {
+        self.settings.models_dir.as_deref().ok_or_else(|| {
+            AdminError::Conflict(
+                "this daemon serves --model directories, not a models directory, so it has \
+                 nowhere to install a package; start it with --models DIR"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// Holds a name busy; frees it when dropped, whatever path the operation took.
+pub(crate) struct BusyGuard {
+    admin: Arc<AdminState>,
+    name: String,
+}
+
+impl BusyGuard {
+    pub(crate) fn set(&self, phase: Phase) {
+        self.admin.busy().insert(self.name.clone(), phase);
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.admin.busy().remove(&self.name);
+    }
+}
