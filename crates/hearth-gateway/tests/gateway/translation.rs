@@ -133,7 +133,12 @@ fn check_provider_request(wire: Wire, seen: &Recorded, name: &str) {
 fn encode_for_entry(wire: Wire, events: &[CanonicalEvent]) -> Vec<CanonicalEvent> {
     let frames: Vec<SseFrame> = match wire {
         Wire::OpenAi => {
-            let mut enc = openai::StreamEncoder::new("chatcmpl-x", "m", 0, true);
+            let mut enc = openai::StreamEncoder::new(openai::StreamHeader {
+                id: "chatcmpl-x".into(),
+                model: "m".into(),
+                created: 0,
+                include_usage: true,
+            });
             events.iter().flat_map(|e| enc.encode(e)).collect()
         }
         Wire::Anthropic => {

@@ -43,6 +43,16 @@ impl OpenAiChat {
         Self::with_prefix("cmpl", run_id, model, include_usage)
     }
 
+    /// The protocol encoders' view of it.
+    pub(crate) fn header(&self) -> openai::StreamHeader {
+        openai::StreamHeader {
+            id: self.id.clone(),
+            model: self.model.clone(),
+            created: self.created,
+            include_usage: self.include_usage,
+        }
+    }
+
     fn with_prefix(prefix: &str, run_id: &str, model: &str, include_usage: bool) -> Self {
         Self {
             id: format!("{prefix}-{}", run_suffix(run_id)),
@@ -80,19 +90,9 @@ impl StreamFormat {
 
     pub(crate) fn encoder(&self) -> Encoder {
         match self {
-            Self::OpenAiChat(c) => Encoder::OpenAiChat(openai::StreamEncoder::new(
-                c.id.as_str(),
-                c.model.as_str(),
-                c.created,
-                c.include_usage,
-            )),
+            Self::OpenAiChat(c) => Encoder::OpenAiChat(openai::StreamEncoder::new(c.header())),
             Self::OpenAiCompletion(c) => {
-                Encoder::OpenAiCompletion(openai::CompletionStreamEncoder::new(
-                    c.id.as_str(),
-                    c.model.as_str(),
-                    c.created,
-                    c.include_usage,
-                ))
+                Encoder::OpenAiCompletion(openai::CompletionStreamEncoder::new(c.header()))
             }
             Self::Anthropic(m) => {
                 Encoder::Anthropic(anthropic::StreamEncoder::new(m.id.as_str(), m.model.as_str()))

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::convert::usage_to_wire;
-use super::stream::error_frame;
+use super::stream::{error_frame, StreamHeader};
 use super::Usage;
 use crate::canonical::{CanonicalEvent, CanonicalResponse, StopReason, TokenUsage};
 use crate::wire::{to_json, SseFrame};
@@ -73,21 +73,13 @@ fn envelope(
 /// `data: [DONE]`. An error ends the stream with OpenAI's error object and no `[DONE]`.
 #[derive(Debug)]
 pub struct CompletionStreamEncoder {
-    id: String,
-    model: String,
-    created: i64,
-    include_usage: bool,
+    header: StreamHeader,
     usage: Option<TokenUsage>,
 }
 
 impl CompletionStreamEncoder {
-    pub fn new(
-        id: impl Into<String>,
-        model: impl Into<String>,
-        created: i64,
-        include_usage: bool,
-    ) -> Self {
-        Self { id: id.into(), model: model.into(), created, include_usage, usage: None }
+    pub fn new(header: StreamHeader) -> Self {
+        Self { header, usage: None }
     }
 
     pub fn encode(&mut self, event: &CanonicalEvent) -> Vec<SseFrame> {
@@ -99,7 +91,7 @@ impl CompletionStreamEncoder {
             }
             CanonicalEvent::Finish { reason } => {
                 let mut frames = vec![self.chunk(String::new(), Some(*reason))];
-                if self.include_usage {
+                if self.header.include_usage {
                     let mut last = self.envelope(String::new(), None);
                     last.choices.clear();
                     last.usage = Some(usage_to_wire(&self.usage.unwrap_or_default()));
@@ -117,7 +109,8 @@ impl CompletionStreamEncoder {
     }
 
     fn envelope(&self, text: String, finish: Option<StopReason>) -> TextCompletion {
-        envelope(&self.id, &self.model, self.created, text, finish)
+        let h = &self.header;
+        envelope(&h.id, &h.model, h.created, text, finish)
     }
 
     fn chunk(&self, text: String, finish: Option<StopReason>) -> SseFrame {
@@ -130,13 +123,17 @@ mod tests {
     use super::*;
     use crate::canonical::{ErrorKind, StreamError};
 
+    fn header(include_usage: bool) -> StreamHeader {
+        StreamHeader { id: "cmpl-1".into(), model: "m".into(), created: 7, include_usage }
+    }
+
     fn json(frame: &SseFrame) -> Value {
         serde_json::from_str(&frame.data).unwrap()
     }
 
     #[test]
     fn a_stream_is_text_chunks_a_finish_chunk_usage_and_done() {
-        let mut encoder = CompletionStreamEncoder::new("cmpl-1", "m", 7, true);
+        let mut encoder = CompletionStreamEncoder::new(header(true));
         let usage = TokenUsage { input_tokens: 3, output_tokens: 2, cached_input_tokens: 1 };
         let events = [
             CanonicalEvent::MessageStart { model: "m".into() },
@@ -161,7 +158,7 @@ mod tests {
 
     #[test]
     fn an_error_ends_the_stream_without_done() {
-        let mut encoder = CompletionStreamEncoder::new("cmpl-1", "m", 7, false);
+        let mut encoder = CompletionStreamEncoder::new(header(false));
         let error = StreamError::new(ErrorKind::Upstream, "boom");
         let frames = encoder.encode(&CanonicalEvent::Error { error });
         assert_eq!(frames.len(), 1);

@@ -10,7 +10,7 @@ pub use completions::{
     completion_from_canonical, CompletionStreamEncoder, TextChoice, TextCompletion,
 };
 pub use convert::{from_canonical, response_from_canonical, to_canonical};
-pub use stream::{StreamDecoder, StreamEncoder};
+pub use stream::{StreamDecoder, StreamEncoder, StreamHeader};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -175,21 +175,23 @@ fn in_band_error(error: &Value) -> CanonicalEvent {
 /// (the caller's `stream_options.include_usage`), a last chunk with empty `choices` carries usage.
 #[derive(Debug)]
 pub struct StreamEncoder {
-    id: String,
-    model: String,
-    created: i64,
-    include_usage: bool,
+    header: StreamHeader,
     usage: Option<TokenUsage>,
 }
 
+/// What every chunk of one OpenAI stream (chat or completion) shares, and whether the stream
+/// ends with a usage chunk (the caller's `stream_options.include_usage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub id: String,
+    pub model: String,
+    pub created: i64,
+    pub include_usage: bool,
+}
+
 impl StreamEncoder {
-    pub fn new(
-        id: impl Into<String>,
-        model: impl Into<String>,
-        created: i64,
-        include_usage: bool,
-    ) -> Self {
-        Self { id: id.into(), model: model.into(), created, include_usage, usage: None }
+    pub fn new(header: StreamHeader) -> Self {
+        Self { header, usage: None }
     }
 
     pub fn encode(&mut self, event: &CanonicalEvent) -> Vec<SseFrame> {
@@ -240,7 +242,7 @@ impl StreamEncoder {
         let mut last = self.chunk(Delta::default());
         last.choices[0].finish_reason = Some(reason.as_openai().into());
         let mut frames = vec![SseFrame::data(to_json(&last))];
-        if self.include_usage {
+        if self.header.include_usage {
             let mut usage_chunk = self.chunk(Delta::default());
             usage_chunk.choices.clear();
             usage_chunk.usage = Some(usage_to_wire(&self.usage.unwrap_or_default()));
@@ -256,10 +258,10 @@ impl StreamEncoder {
 
     fn chunk(&self, delta: Delta) -> ChatCompletionChunk {
         ChatCompletionChunk {
-            id: self.id.clone(),
+            id: self.header.id.clone(),
             object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
+            created: self.header.created,
+            model: self.header.model.clone(),
             choices: vec![ChunkChoice { index: 0, delta, finish_reason: None }],
             usage: None,
         }
@@ -361,7 +363,12 @@ mod tests {
             },
             CanonicalEvent::Finish { reason: StopReason::ToolCalls },
         ];
-        let mut enc = StreamEncoder::new("id", "m", 0, true);
+        let mut enc = StreamEncoder::new(StreamHeader {
+            id: "id".into(),
+            model: "m".into(),
+            created: 0,
+            include_usage: true,
+        });
         let frames: Vec<SseFrame> = events.iter().flat_map(|e| enc.encode(e)).collect();
         assert_eq!(frames.last().unwrap().data, "[DONE]");
         let mut dec = StreamDecoder::new();
@@ -372,7 +379,12 @@ mod tests {
 
     #[test]
     fn errors_are_sent_without_done() {
-        let mut enc = StreamEncoder::new("id", "m", 0, false);
+        let mut enc = StreamEncoder::new(StreamHeader {
+            id: "id".into(),
+            model: "m".into(),
+            created: 0,
+            include_usage: false,
+        });
         let frames = enc.encode(&CanonicalEvent::error(ErrorKind::Timeout, "stalled"));
         assert_eq!(frames.len(), 1);
         assert!(frames[0].data.contains("stalled"));
