@@ -7,7 +7,6 @@ use hearth_protocol::wire::anthropic::{self, MessagesRequest};
 use hearth_protocol::CanonicalResponse;
 
 use super::AnthropicError;
-use crate::defaults;
 use crate::relay::{self, AnthropicMessage, RelayError, StreamFormat};
 use crate::state::AppState;
 
@@ -17,8 +16,7 @@ pub(crate) async fn create(
 ) -> Result<Response, AnthropicError> {
     let caller = relay::caller(request.headers())?;
     let wire: MessagesRequest = relay::read_json(request, &state).await?;
-    let mut request = anthropic::to_canonical(wire).map_err(RelayError::from)?;
-    defaults::anthropic(&mut request);
+    let request = anthropic::to_canonical(wire).map_err(RelayError::from)?;
     let (model, stream) = (request.model.clone(), request.stream);
     let run = relay::start(&state, caller, request).await?;
     let message = AnthropicMessage::new(&run.run_id, &model);
