@@ -1,11 +1,9 @@
 //! Google Gemini (`generativelanguage` API), streamed with `alt=sse`.
 
-use eventsource_stream::Event;
-use hearth_protocol::wire::{gemini, DecodeError};
-use hearth_protocol::{CanonicalEvent, CanonicalRequest};
+use hearth_protocol::wire::gemini;
+use hearth_protocol::CanonicalRequest;
 
-use super::http::{SseDecoder, Upstream};
-use super::{ApiKey, EventStream, Provider, ProviderError};
+use super::http::{impl_sse_decoder, Api};
 
 // Constants.
 
@@ -13,62 +11,31 @@ pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1
 
 // Struct.
 
-pub struct GeminiProvider {
-    upstream: Upstream,
+pub struct GeminiApi {
     base_url: String,
-    client: reqwest::Client,
 }
 
-impl GeminiProvider {
-    pub fn new(
-        name: impl Into<String>,
-        base_url: Option<String>,
-        key: Option<ApiKey>,
-        client: reqwest::Client,
-    ) -> Self {
-        let base_url = base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        Self {
-            upstream: Upstream { name: name.into(), key },
-            base_url: base_url.trim_end_matches('/').to_string(),
-            client,
-        }
+impl GeminiApi {
+    pub fn new(base_url: Option<&str>) -> Self {
+        let base_url = base_url.unwrap_or(DEFAULT_BASE_URL);
+        Self { base_url: base_url.trim_end_matches('/').to_string() }
     }
 }
 
 // Credentials: the key goes in `x-goog-api-key`, never in the URL, where it would end up in
 // logs and error texts.
 
-impl GeminiProvider {
-    fn request(
-        &self,
-        model: &str,
-        body: &gemini::GenerateContentRequest,
-    ) -> reqwest::RequestBuilder {
-        let url = stream_url(&self.base_url, model);
-        let mut request = self.client.post(url).json(body);
-        if let Some(key) = self.upstream.key_header("") {
-            request = request.header("x-goog-api-key", key);
-        }
-        request
-    }
-}
+impl Api for GeminiApi {
+    type Body = gemini::GenerateContentRequest;
+    const KEY_HEADER: (&'static str, &'static str) = ("x-goog-api-key", "");
+    type Decoder = gemini::StreamDecoder;
 
-// Trait impl.
-
-#[async_trait::async_trait]
-impl Provider for GeminiProvider {
-    fn name(&self) -> &str {
-        &self.upstream.name
+    fn body(&self, request: &CanonicalRequest, _model: &str) -> Self::Body {
+        gemini::from_canonical(request)
     }
 
-    async fn stream(
-        &self,
-        request: &CanonicalRequest,
-        model: &str,
-    ) -> Result<EventStream, ProviderError> {
-        let body = gemini::from_canonical(request);
-        let response = self.upstream.send(self.request(model, &body)).await?;
-        Ok(self.upstream.decode(response, Decoder::default()))
+    fn post(&self, client: &reqwest::Client, model: &str) -> reqwest::RequestBuilder {
+        client.post(stream_url(&self.base_url, model))
     }
 }
 
@@ -82,18 +49,7 @@ fn stream_url(base_url: &str, model: &str) -> String {
 
 // Response conversion.
 
-#[derive(Default)]
-struct Decoder(gemini::StreamDecoder);
-
-impl SseDecoder for Decoder {
-    fn push(&mut self, event: &Event) -> Result<Vec<CanonicalEvent>, DecodeError> {
-        self.0.push(&event.data)
-    }
-
-    fn finish(&mut self) -> Result<Vec<CanonicalEvent>, DecodeError> {
-        self.0.finish()
-    }
-}
+impl_sse_decoder!(gemini::StreamDecoder);
 
 #[cfg(test)]
 mod tests {

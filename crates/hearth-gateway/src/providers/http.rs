@@ -8,10 +8,10 @@ use eventsource_stream::{Event, Eventsource};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use hearth_protocol::wire::DecodeError;
-use hearth_protocol::CanonicalEvent;
+use hearth_protocol::{CanonicalEvent, CanonicalRequest};
 use reqwest::header::{HeaderMap, HeaderValue};
 
-use super::{ApiKey, EventStream, ProviderError};
+use super::{ApiKey, EventStream, Provider, ProviderError};
 
 /// Upstream error bodies are short; a longer one is cut rather than held in memory.
 const MAX_ERROR_BODY: usize = 16 * 1024;
@@ -30,6 +30,90 @@ pub(crate) trait SseDecoder: Send + 'static {
         None
     }
 }
+
+/// What differs between the upstream HTTP APIs: the request body, where a call goes and how
+/// the key travels, and the stream decoder. Sending, error answers and decoding are
+/// [`HttpProvider`]'s, once for all of them.
+pub(crate) trait Api: Send + Sync + 'static {
+    type Body: serde::Serialize + Send + Sync;
+    type Decoder: SseDecoder + Default;
+
+    /// The header that carries the key, and what goes before the key in it.
+    const KEY_HEADER: (&'static str, &'static str);
+
+    /// The body of a streamed call of `model`.
+    fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body;
+    /// A POST of a streamed call of `model`, with any header every call of the API needs.
+    fn post(&self, client: &reqwest::Client, model: &str) -> reqwest::RequestBuilder;
+}
+
+/// An upstream provider over HTTP, speaking the API `A`.
+pub(crate) struct HttpProvider<A> {
+    upstream: Upstream,
+    client: reqwest::Client,
+    api: A,
+}
+
+impl<A: Api> HttpProvider<A> {
+    pub(crate) fn new(upstream: Upstream, client: reqwest::Client, api: A) -> Self {
+        Self { upstream, client, api }
+    }
+}
+
+#[async_trait::async_trait]
+impl<A: Api> Provider for HttpProvider<A> {
+    fn name(&self) -> &str {
+        &self.upstream.name
+    }
+
+    async fn stream(
+        &self,
+        request: &CanonicalRequest,
+        model: &str,
+    ) -> Result<EventStream, ProviderError> {
+        let body = self.api.body(request, model);
+        let mut call = self.api.post(&self.client, model).json(&body);
+        let (header, prefix) = A::KEY_HEADER;
+        if let Some(key) = self.upstream.key_header(prefix) {
+            call = call.header(header, key);
+        }
+        let response = self.upstream.send(call).await?;
+        Ok(self.upstream.decode(response, A::Decoder::default()))
+    }
+}
+
+/// Makes a protocol crate stream decoder an [`SseDecoder`]: each SSE event's `data` goes to its
+/// `push`; `whole = path` names its decoder of a whole JSON answer, where the API has one.
+macro_rules! impl_sse_decoder {
+    ($decoder:ty $(, whole = $whole:path)?) => {
+        impl $crate::providers::http::SseDecoder for $decoder {
+            fn push(
+                &mut self,
+                event: &eventsource_stream::Event,
+            ) -> Result<Vec<hearth_protocol::CanonicalEvent>, hearth_protocol::wire::DecodeError> {
+                <$decoder>::push(self, &event.data)
+            }
+
+            fn finish(
+                &mut self,
+            ) -> Result<Vec<hearth_protocol::CanonicalEvent>, hearth_protocol::wire::DecodeError> {
+                <$decoder>::finish(self)
+            }
+
+            $(
+                fn whole(
+                    &mut self,
+                    body: &str,
+                ) -> Option<
+                    Result<Vec<hearth_protocol::CanonicalEvent>, hearth_protocol::wire::DecodeError>,
+                > {
+                    Some($whole(self, body))
+                }
+            )?
+        }
+    };
+}
+pub(crate) use impl_sse_decoder;
 
 /// A provider's fixed endpoint, parsed once: given a string, reqwest parses the URL (IDNA
 /// mapping and all) again on every call, a few percent of the gateway's CPU per request. A URL

@@ -16,10 +16,11 @@ use hearth_protocol::{CanonicalEvent, CanonicalRequest, ErrorKind, StreamError};
 
 use crate::config::{ConfigError, GatewayConfig, ProviderKind};
 
-pub use anthropic::AnthropicProvider;
-pub use gemini::GeminiProvider;
+use anthropic::AnthropicApi;
+use gemini::GeminiApi;
+use http::{HttpProvider, Upstream};
 pub use local::LocalProvider;
-pub use openai::OpenAiProvider;
+use openai::OpenAiApi;
 
 /// A provider's answer. It ends after its terminal event, or with an `Err` (an in-band error
 /// event of the provider arrives as `Err` too, so the router can fail over on it).
@@ -195,20 +196,22 @@ pub(crate) fn build_providers(
                 )
             })?)),
         };
-        let (name, url, client) = (p.name.clone(), p.base_url.clone(), client.clone());
+        let upstream = Upstream { name: p.name.clone(), key };
+        let (url, client) = (p.base_url.as_deref(), client.clone());
         out.push(match p.kind {
-            ProviderKind::Openai => Arc::new(OpenAiProvider::new(name, url, key, client, false)),
-            ProviderKind::OpenaiCompatible => {
-                Arc::new(OpenAiProvider::new(name, url, key, client, true))
+            ProviderKind::Openai => {
+                Arc::new(HttpProvider::new(upstream, client, OpenAiApi::new(url, false)))
             }
-            ProviderKind::Anthropic => Arc::new(AnthropicProvider::new(
-                name,
-                url,
-                key,
-                client,
-                config.gateway.anthropic_default_max_tokens,
-            )),
-            ProviderKind::Gemini => Arc::new(GeminiProvider::new(name, url, key, client)),
+            ProviderKind::OpenaiCompatible => {
+                Arc::new(HttpProvider::new(upstream, client, OpenAiApi::new(url, true)))
+            }
+            ProviderKind::Anthropic => {
+                let max_tokens = config.gateway.anthropic_default_max_tokens;
+                Arc::new(HttpProvider::new(upstream, client, AnthropicApi::new(url, max_tokens)))
+            }
+            ProviderKind::Gemini => {
+                Arc::new(HttpProvider::new(upstream, client, GeminiApi::new(url)))
+            }
         });
     }
     Ok(out)

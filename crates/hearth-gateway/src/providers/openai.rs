@@ -1,11 +1,9 @@
 //! OpenAI chat completions, and any OpenAI-compatible server (vLLM, llama.cpp, Together, …).
 
-use eventsource_stream::Event;
-use hearth_protocol::wire::{openai, DecodeError};
-use hearth_protocol::{CanonicalEvent, CanonicalRequest};
+use hearth_protocol::wire::openai;
+use hearth_protocol::CanonicalRequest;
 
-use super::http::{Endpoint, SseDecoder, Upstream};
-use super::{ApiKey, EventStream, Provider, ProviderError};
+use super::http::{impl_sse_decoder, Api, Endpoint};
 
 // Constants.
 
@@ -13,61 +11,34 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
 // Struct.
 
-pub struct OpenAiProvider {
-    upstream: Upstream,
+/// OpenAI's chat completions API, or a compatible server's.
+pub struct OpenAiApi {
     endpoint: Endpoint,
-    client: reqwest::Client,
     /// OpenAI itself refuses parameters that compatible servers accept, and the reverse.
     compatible: bool,
 }
 
-impl OpenAiProvider {
+impl OpenAiApi {
     /// `compatible` selects the OpenAI-compatible dialect (`max_tokens`, `top_k`).
-    pub fn new(
-        name: impl Into<String>,
-        base_url: Option<String>,
-        key: Option<ApiKey>,
-        client: reqwest::Client,
-        compatible: bool,
-    ) -> Self {
-        let base_url = base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        Self {
-            upstream: Upstream { name: name.into(), key },
-            endpoint: Endpoint::new(format!("{}/chat/completions", base_url.trim_end_matches('/'))),
-            client,
-            compatible,
-        }
+    pub fn new(base_url: Option<&str>, compatible: bool) -> Self {
+        let base_url = base_url.unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/');
+        Self { endpoint: Endpoint::new(format!("{base_url}/chat/completions")), compatible }
     }
 }
 
 // Credentials: `Authorization: Bearer <key>`; a compatible server may need none.
 
-impl OpenAiProvider {
-    fn request(&self, body: &openai::ChatCompletionRequest) -> reqwest::RequestBuilder {
-        let mut request = self.endpoint.post(&self.client).json(body);
-        if let Some(auth) = self.upstream.key_header("Bearer ") {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
-        }
-        request
-    }
-}
+impl Api for OpenAiApi {
+    type Body = openai::ChatCompletionRequest;
+    const KEY_HEADER: (&'static str, &'static str) = ("authorization", "Bearer ");
+    type Decoder = openai::StreamDecoder;
 
-// Trait impl.
-
-#[async_trait::async_trait]
-impl Provider for OpenAiProvider {
-    fn name(&self) -> &str {
-        &self.upstream.name
+    fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body {
+        wire_request(request, model, self.compatible)
     }
 
-    async fn stream(
-        &self,
-        request: &CanonicalRequest,
-        model: &str,
-    ) -> Result<EventStream, ProviderError> {
-        let body = wire_request(request, model, self.compatible);
-        let response = self.upstream.send(self.request(&body)).await?;
-        Ok(self.upstream.decode(response, Decoder::default()))
+    fn post(&self, client: &reqwest::Client, _model: &str) -> reqwest::RequestBuilder {
+        self.endpoint.post(client)
     }
 }
 
@@ -91,25 +62,10 @@ fn wire_request(
     body
 }
 
-// Response conversion.
+// Response conversion: OpenAI-compatible servers may answer a streamed request with one JSON
+// body, which decodes as the stream it stands for.
 
-#[derive(Default)]
-struct Decoder(openai::StreamDecoder);
-
-impl SseDecoder for Decoder {
-    fn push(&mut self, event: &Event) -> Result<Vec<CanonicalEvent>, DecodeError> {
-        self.0.push(&event.data)
-    }
-
-    fn finish(&mut self) -> Result<Vec<CanonicalEvent>, DecodeError> {
-        self.0.finish()
-    }
-
-    fn whole(&mut self, body: &str) -> Option<Result<Vec<CanonicalEvent>, DecodeError>> {
-        Some(self.0.push_whole(body))
-    }
-}
-
+impl_sse_decoder!(openai::StreamDecoder, whole = openai::StreamDecoder::push_whole);
 #[cfg(test)]
 mod tests {
     use super::*;
