@@ -68,46 +68,69 @@ impl SamplingParams {
         self.temperature == 0.0 || self.top_k == 1
     }
 
-    /// Checks every field's range. Field names are the canonical ones; surfaces that use other
+    /// Checks every field's range (the rules are [`check_value`]'s, the same that a canonical
+    /// request is checked by). Field names are the canonical ones; surfaces that use other
     /// names map the error's `field` back to theirs.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        let finite_in = |field: &str, v: f32, lo: f32, hi: f32| {
-            if v.is_finite() && v >= lo && v <= hi {
-                Ok(())
-            } else {
-                Err(ValidationError::new(field, format!("must be between {lo} and {hi}, got {v}")))
-            }
-        };
-        finite_in("temperature", self.temperature, 0.0, 100.0)?;
-        if !(self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ValidationError::new(
-                "top_p",
-                format!("must be > 0 and <= 1, got {}", self.top_p),
-            ));
-        }
-        finite_in("min_p", self.min_p, 0.0, 1.0)?;
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(ValidationError::new(
-                "repetition_penalty",
-                format!("must be > 0, got {}", self.repetition_penalty),
-            ));
-        }
-        finite_in("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
-        finite_in("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
-        if self.max_tokens == 0 {
-            return Err(ValidationError::new("max_tokens", "must be at least 1"));
-        }
-        if self.stop.len() > MAX_STOP_SEQUENCES {
-            return Err(ValidationError::new(
-                "stop",
-                format!("may hold at most {MAX_STOP_SEQUENCES} sequences"),
-            ));
-        }
-        if self.stop.iter().any(String::is_empty) {
-            return Err(ValidationError::new("stop", "must not contain empty strings"));
-        }
-        Ok(())
+        check_value("temperature", self.temperature)?;
+        check_value("top_p", self.top_p)?;
+        check_value("min_p", self.min_p)?;
+        check_value("repetition_penalty", self.repetition_penalty)?;
+        check_value("presence_penalty", self.presence_penalty)?;
+        check_value("frequency_penalty", self.frequency_penalty)?;
+        check_max_tokens(self.max_tokens as u64)?;
+        check_stop(&self.stop)
     }
+}
+
+/// The one rule for each sampling value, wherever it is checked: a canonical request at the
+/// gateway's door, and the engine's parameters. A surface whose wire format promises a
+/// narrower range (OpenAI's temperature up to 2, a Cog schema's maximum) checks that at its
+/// edge too.
+pub fn check_value(field: &str, v: f32) -> Result<(), ValidationError> {
+    let in_range = |lo: f32, hi: f32| v.is_finite() && v >= lo && v <= hi;
+    let ok = match field {
+        "temperature" => in_range(0.0, MAX_TEMPERATURE),
+        "top_p" => v.is_finite() && v > 0.0 && v <= 1.0,
+        "min_p" => in_range(0.0, 1.0),
+        "repetition_penalty" => v.is_finite() && v > 0.0,
+        "presence_penalty" | "frequency_penalty" => in_range(-2.0, 2.0),
+        _ => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    let range = match field {
+        "temperature" => format!("between 0 and {MAX_TEMPERATURE}"),
+        "top_p" => "> 0 and <= 1".to_owned(),
+        "min_p" => "between 0 and 1".to_owned(),
+        "repetition_penalty" => "> 0".to_owned(),
+        _ => "between -2 and 2".to_owned(),
+    };
+    Err(ValidationError::new(field, format!("must be {range}, got {v}")))
+}
+
+/// The highest temperature any route is asked for: far past any useful value, but finite.
+pub const MAX_TEMPERATURE: f32 = 100.0;
+
+pub fn check_max_tokens(max_tokens: u64) -> Result<(), ValidationError> {
+    if max_tokens == 0 {
+        return Err(ValidationError::new("max_tokens", "must be at least 1"));
+    }
+    Ok(())
+}
+
+pub fn check_stop(stop: &[String]) -> Result<(), ValidationError> {
+    if stop.len() > MAX_STOP_SEQUENCES {
+        return Err(ValidationError::new(
+            "stop",
+            format!("may hold at most {MAX_STOP_SEQUENCES} sequences"),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ValidationError::new("stop", "must not contain empty strings"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -351,3 +351,19 @@ async fn predictions_and_completions_are_runs_with_one_ledger_record_each() {
     let usage = get(&app, "/v1/usage").await.json();
     assert_eq!(usage["data"][0]["requests"], 2, "{usage}");
 }
+
+/// A value the Cog schema allows is served: the gateway checks sampling values by the same
+/// rules as the engine (a temperature of 3 is within Cog's maximum of 5, though above OpenAI's 2).
+#[tokio::test]
+async fn a_temperature_the_schema_allows_is_served() {
+    let input =
+        json!({ "input": { "prompt": "Hi", "max_tokens": 4, "temperature": 3.0, "seed": 5 } });
+    let reply = post(&app(), "/predictions", input).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["status"], "succeeded", "{}", reply.text());
+    let too_hot = json!({ "input": { "prompt": "Hi", "temperature": 6.0 } });
+    assert_eq!(
+        post(&app(), "/predictions", too_hot).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}

@@ -253,7 +253,7 @@ async fn bad_run_requests_are_400_naming_the_problem() {
         (json!({}), "input"),
         (both, "input"),
         (json!({ "input": "a", "temprature": 1 }), "temprature"),
-        (json!({ "input": "a", "temperature": 9 }), "temperature"),
+        (json!({ "input": "a", "temperature": 900 }), "temperature"),
         (json!({ "input": "a", "metadata": { "nested": { "no": 1 } } }), "metadata"),
         (json!({ "messages": [{ "role": "tool", "content": "x" }] }), "messages[0].role"),
     ];

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::sampling::{check_max_tokens, check_stop, check_value};
 use crate::ValidationError;
 
 /// One chat request, independent of any wire format.
@@ -180,36 +181,31 @@ impl CanonicalRequest {
             }
             Some(_) => {}
         }
-        if self.max_tokens == Some(0) {
-            return Err(ValidationError::new("max_tokens", "must be at least 1"));
+        if let Some(max_tokens) = self.max_tokens {
+            check_max_tokens(u64::from(max_tokens))?;
         }
         self.validate_sampling()?;
         self.validate_tools()?;
-        if self.stop.iter().any(String::is_empty) {
-            return Err(ValidationError::new("stop", "must not contain empty strings"));
-        }
-        Ok(())
+        check_stop(&self.stop)
     }
 
+    /// The values given, by the same rules the engine's parameters follow.
     fn validate_sampling(&self) -> Result<(), ValidationError> {
         let s = &self.sampling;
-        let check = |field: &str, v: Option<f32>, lo: f32, hi: f32| match v {
-            Some(v) if !(v.is_finite() && v >= lo && v <= hi) => {
-                Err(ValidationError::new(field, format!("must be between {lo} and {hi}, got {v}")))
+        let given = [
+            ("temperature", s.temperature),
+            ("top_p", s.top_p),
+            ("presence_penalty", s.presence_penalty),
+            ("frequency_penalty", s.frequency_penalty),
+            ("min_p", s.min_p),
+            ("repetition_penalty", s.repetition_penalty),
+        ];
+        for (field, value) in given {
+            if let Some(value) = value {
+                check_value(field, value)?;
             }
-            _ => Ok(()),
-        };
-        check("temperature", s.temperature, 0.0, 2.0)?;
-        check("top_p", s.top_p, 0.0, 1.0)?;
-        check("presence_penalty", s.presence_penalty, -2.0, 2.0)?;
-        check("frequency_penalty", s.frequency_penalty, -2.0, 2.0)?;
-        check("min_p", s.min_p, 0.0, 1.0)?;
-        match s.repetition_penalty {
-            Some(v) if !(v.is_finite() && v > 0.0) => {
-                Err(ValidationError::new("repetition_penalty", format!("must be > 0, got {v}")))
-            }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     fn validate_tools(&self) -> Result<(), ValidationError> {
@@ -269,7 +265,7 @@ mod tests {
         r.messages.clear();
         assert_eq!(r.validate().unwrap_err().field, "messages");
         let mut r = request();
-        r.sampling.temperature = Some(3.0);
+        r.sampling.temperature = Some(300.0);
         assert_eq!(r.validate().unwrap_err().field, "temperature");
         let mut r = request();
         let tool = ToolDefinition { name: "t".into(), description: None, parameters: Value::Null };
