@@ -342,6 +342,9 @@ async fn predictions_and_completions_are_runs_with_one_ledger_record_each() {
     let metrics = &prediction.json()["metrics"];
     assert_eq!(record.output_tokens, metrics["output_token_count"].as_u64().unwrap());
     assert_eq!(record.input_tokens, metrics["input_token_count"].as_u64().unwrap());
+    // The prediction's clock starts before its run does, so it covers the run's first token.
+    let ttft = record.ttft_ms.expect("the run had a first token") as f64 / 1000.0;
+    assert!(metrics["predict_time"].as_f64().unwrap() >= ttft, "{metrics} vs ttft {ttft}");
 
     let run_id = completion.header("x-hearth-run-id");
     let record = ledger.get(run_id).await.unwrap().expect("the completion's ledger record");

@@ -15,7 +15,7 @@ use super::input::CogInput;
 use super::prediction::Prediction;
 use super::registry::{Claim, PredictionEntry};
 use super::request::{Mode, PredictionRequest};
-use super::run::{Run, Update};
+use super::run::{Run, Started, Update};
 use super::sse;
 use super::target::{path_param, CogModel};
 use super::webhook::{WebhookSender, WebhookTarget};
@@ -92,6 +92,7 @@ async fn predict(
     };
     // Cog's semantics: a prediction whose client leaves is cancelled.
     let caller = Caller { cancel_on_disconnect: true, ..Caller::default() };
+    let started = Started::now();
     let run = state.gateway().start_run(canonical, caller).await.map_err(|err| {
         state.predictions().forget(&target.name, &id);
         CogError::from(err)
@@ -99,7 +100,7 @@ async fn predict(
     let (run_id, route) = (run.run_id.clone(), run.route.clone());
     // An async prediction is answered as it was accepted, before it starts processing.
     let accepted = entry.snapshot();
-    let run = Run::start(entry, state.gateway().clone(), run);
+    let run = Run::start(entry, state.gateway().clone(), run, started);
     let mut response = match mode {
         Mode::Sync => run_to_end(run).await.into_response(),
         Mode::Stream => sse::respond(sse::live(run), state.config().sse_keep_alive),

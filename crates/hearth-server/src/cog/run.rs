@@ -33,6 +33,19 @@ pub(crate) enum Update {
     Done(Prediction),
 }
 
+/// When a prediction's run was asked for, by the wall clock and by a monotonic one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started {
+    pub at: chrono::DateTime<Utc>,
+    pub clock: Instant,
+}
+
+impl Started {
+    pub(crate) fn now() -> Self {
+        Self { at: Utc::now(), clock: Instant::now() }
+    }
+}
+
 pub(crate) struct Run {
     entry: Arc<PredictionEntry>,
     gateway: Gateway,
@@ -45,11 +58,18 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    /// Starts reading `run` and marks the prediction `processing`.
-    pub(crate) fn start(entry: Arc<PredictionEntry>, gateway: Gateway, run: StartedRun) -> Self {
+    /// Starts reading `run` and marks the prediction `processing` since `started` (when the
+    /// run was asked for: the gateway answers once the first token is in, so timing from here
+    /// would leave out the prompt's processing).
+    pub(crate) fn start(
+        entry: Arc<PredictionEntry>,
+        gateway: Gateway,
+        run: StartedRun,
+        started: Started,
+    ) -> Self {
         entry.update(|p| {
             p.status = Status::Processing;
-            p.started_at = Some(Utc::now());
+            p.started_at = Some(started.at);
             p.output = Some(Vec::new());
         });
         Self {
@@ -58,7 +78,7 @@ impl Run {
             run_id: run.run_id,
             events: run.events,
             usage: TokenUsage::default(),
-            started: Instant::now(),
+            started: started.clock,
             time_to_first_token: None,
             finished: false,
         }
