@@ -28,6 +28,11 @@ pub use config::{
 };
 pub use embeddings::{EmbedRunError, EmbeddingRun};
 pub use gateway::{Caller, Gateway, StartError, StartedRun};
+/// The engine's types that are part of the gateway's own interface: embedding inputs and
+/// refusals (`Gateway::embed`), and the load and latency figures of a local model that the
+/// edge exports as metrics. The edge depends on the gateway alone.
+pub use hearth_engine::metrics::HistogramSnapshot;
+pub use hearth_engine::{EmbedError, EmbedInput, EngineStats, MetricsSnapshot};
 pub use ledger::{GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery};
 pub use pricing::Prices;
 pub use runs::{RunError, RunEvent, RunInfo, RunStatus, RunStore, Subscription};

@@ -2,8 +2,8 @@
 //! (version 0.0.4), one series per model under the label `model`.
 //!
 //! Nothing is kept here: each scrape reads the catalog as it is now, the engines' load and
-//! counters ([`hearth_engine::EngineStats`]) and their latency histograms
-//! ([`hearth_engine::MetricsSnapshot`]). A model removed from the catalog simply stops being
+//! counters ([`hearth_gateway::EngineStats`]) and their latency histograms
+//! ([`hearth_gateway::MetricsSnapshot`]). A model removed from the catalog simply stops being
 //! reported; a model replaced under the same name starts its counters again from zero, which
 //! Prometheus treats as a counter reset. The metric names are listed in the README.
 //!
@@ -19,8 +19,7 @@ use std::fmt::Write;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use hearth_engine::metrics::HistogramSnapshot;
-use hearth_engine::{EngineStats, MetricsSnapshot};
+use hearth_gateway::{EngineStats, HistogramSnapshot, MetricsSnapshot};
 
 use crate::state::AppState;
 

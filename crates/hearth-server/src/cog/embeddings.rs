@@ -15,8 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use hearth_engine::{EmbedError, EmbedInput};
-use hearth_gateway::{Caller, EmbedRunError, EmbeddingModel};
+use hearth_gateway::{Caller, EmbedError, EmbedInput, EmbedRunError, EmbeddingModel};
 use serde_json::{json, Map, Value};
 
 use super::error::{CogError, Detail};

@@ -13,8 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
-use hearth_engine::{EmbedError, EmbedInput};
-use hearth_gateway::{CatalogEntry, EmbedRunError, EmbeddingModel};
+use hearth_gateway::{CatalogEntry, EmbedError, EmbedInput, EmbedRunError, EmbeddingModel};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
