@@ -83,7 +83,10 @@ async fn first_token(engine: &Engine, prompt: Vec<u32>) -> (Duration, usize) {
     let sampling = SamplingParams { max_tokens: 1, ignore_eos: true, ..SamplingParams::default() };
     let started = Instant::now();
     let mut stream = engine
-        .submit(GenerateRequest { prompt: Prompt::Tokens(prompt), sampling })
+        .submit(GenerateRequest {
+            prompt: Prompt::Tokens(prompt),
+            sampling: sampling.validated().expect("valid"),
+        })
         .expect("accepted");
     let mut ttft = None;
     loop {

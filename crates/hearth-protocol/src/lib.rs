@@ -18,4 +18,4 @@ pub use canonical::{
 };
 pub use chat::{ChatMessage, Role};
 pub use events::{FinishReason, GenerationEvent, Usage};
-pub use sampling::{SamplingParams, ValidationError};
+pub use sampling::{SamplingParams, ValidSampling, ValidationError};

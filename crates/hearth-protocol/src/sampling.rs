@@ -83,6 +83,32 @@ impl SamplingParams {
     }
 }
 
+/// Sampling parameters that passed [`SamplingParams::validate`]. [`SamplingParams::validated`]
+/// is the only way to make one, so whoever is handed one (the engine) need not check again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSampling(SamplingParams);
+
+impl SamplingParams {
+    pub fn validated(self) -> Result<ValidSampling, ValidationError> {
+        self.validate()?;
+        Ok(ValidSampling(self))
+    }
+}
+
+impl ValidSampling {
+    pub fn into_inner(self) -> SamplingParams {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidSampling {
+    type Target = SamplingParams;
+
+    fn deref(&self) -> &SamplingParams {
+        &self.0
+    }
+}
+
 /// The one rule for each sampling value, wherever it is checked: a canonical request at the
 /// gateway's door, and the engine's parameters. A surface whose wire format promises a
 /// narrower range (OpenAI's temperature up to 2, a Cog schema's maximum) checks that at its

@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 
 use candle_core::{DType, Device};
 use hearth_package::{ChatTemplate, Package};
-use hearth_protocol::{ChatMessage, GenerationEvent, SamplingParams, ValidationError};
+use hearth_protocol::{
+    ChatMessage, GenerationEvent, SamplingParams, ValidSampling, ValidationError,
+};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
@@ -77,7 +79,8 @@ pub enum Prompt {
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: Prompt,
-    pub sampling: SamplingParams,
+    /// Checked once, before it gets here (`SamplingParams::validated`).
+    pub sampling: ValidSampling,
 }
 
 /// Runs `work` with `engine` on tokio's blocking pool: CPU-bound preparation of a request
@@ -262,9 +265,8 @@ impl Engine {
         if inner.shared.shutting_down.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        request.sampling.validate()?;
         let prompt_ids = self.tokenize(&request.prompt)?;
-        let mut sampling = request.sampling;
+        let mut sampling = request.sampling.into_inner();
         self.check_fits(&prompt_ids, &mut sampling)?;
 
         let num_waiting = inner.shared.num_queued.fetch_add(1, Ordering::AcqRel);

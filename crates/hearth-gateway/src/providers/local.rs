@@ -48,7 +48,9 @@ impl Provider for LocalProvider {
         model: &str,
     ) -> Result<EventStream, ProviderError> {
         let input = prompt_input(request, model)?;
-        let sampling = sampling_params(request, self.engine.info().context_length);
+        let sampling = sampling_params(request, self.engine.info().context_length)
+            .validated()
+            .map_err(|e| submit_error(model, SubmitError::Invalid(e)))?;
         // Rendering and tokenizing a long history is CPU work for a blocking thread.
         let submitted = run_blocking(self.engine.clone(), move |engine| {
             let prompt = match input {
