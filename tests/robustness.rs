@@ -201,28 +201,33 @@ fn health_answers_while_huge_prompts_are_tokenized_and_refused() {
             std::thread::spawn(move || client().post(url).json(&huge).send().unwrap().status())
         })
         .collect();
-    let mut slowest = Duration::ZERO;
-    let mut checks = 0;
+    let mut during = Vec::new();
     while !senders.iter().all(|s| s.is_finished()) {
         let started = Instant::now();
         assert_eq!(client().get(daemon.url("/health")).send().unwrap().status(), 200);
         if !senders.iter().all(|s| s.is_finished()) {
-            slowest = slowest.max(started.elapsed());
-            checks += 1;
+            during.push(started.elapsed());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     for sender in senders {
         assert_eq!(sender.join().unwrap(), 400, "a prompt over the context is refused");
     }
-    eprintln!("{checks} health checks while the prompts were tokenized; slowest {slowest:?}");
-    assert!(checks > 0, "the prompts were refused before any health check ran");
-    assert!(slowest < Duration::from_millis(HEALTH_BOUND_MS), "slowest health check: {slowest:?}");
+    during.sort();
+    assert!(!during.is_empty(), "the prompts were refused before any health check ran");
+    let (median, slowest) = (during[during.len() / 2], during[during.len() - 1]);
+    eprintln!(
+        "{} health checks while the prompts were tokenized; median {median:?}, slowest {slowest:?}",
+        during.len()
+    );
+    assert!(median < Duration::from_millis(100), "median health check: {median:?}");
+    assert!(slowest < Duration::from_millis(SLOWEST_BOUND_MS), "slowest health check: {slowest:?}");
 }
 
-/// Before tokenizing moved off the async workers, a health check waited out a whole
-/// tokenization (about 3 s); a bound far below that and far above a normal answer.
-const HEALTH_BOUND_MS: u64 = 500;
+/// Before tokenizing moved off the async workers, every health check meanwhile waited out a
+/// whole tokenization (about 3 s). The median is held to 100 ms; a single check is allowed
+/// more, since this test shares two cores with another test's daemon.
+const SLOWEST_BOUND_MS: u64 = 500;
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
