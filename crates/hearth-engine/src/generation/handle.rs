@@ -247,16 +247,6 @@ impl Engine {
         Ok(ids)
     }
 
-    /// [`Engine::submit`] for async callers: tokenizing runs on a blocking thread, because a
-    /// long prompt takes the tokenizer seconds of CPU, which must not stall an async worker
-    /// (and with it every other request on that worker, health checks included).
-    pub async fn submit_async(
-        &self,
-        request: GenerateRequest,
-    ) -> Result<GenerationStream, SubmitError> {
-        run_blocking(self.clone(), move |engine| engine.submit(request)).await?
-    }
-
     /// Queues a request. The stream's first events arrive after the engine's next step.
     pub fn submit(&self, request: GenerateRequest) -> Result<GenerationStream, SubmitError> {
         let inner = &self.inner;

@@ -1,12 +1,12 @@
 //! Every way a Cog request can fail, and the one place each maps to a status and a body.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hearth_gateway::{RunError, StartError};
 use hearth_protocol::ErrorKind;
 
-use crate::relay::status::RETRY_AFTER_SECS;
+use crate::relay::status::add_retry_after;
 use serde::Serialize;
 use serde_json::json;
 
@@ -106,9 +106,7 @@ impl IntoResponse for CogError {
             _ => json!({ "error": self.to_string(), "status": "failed" }),
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, CogError::AtCapacity) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-        }
+        add_retry_after(&mut response);
         response
     }
 }

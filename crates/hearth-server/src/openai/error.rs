@@ -1,13 +1,13 @@
 //! Every way an OpenAI-compatible request can fail, and the one place each maps to a status and
 //! OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
 use crate::body::{BodyError, FieldError};
-use crate::relay::status::RETRY_AFTER_SECS;
+use crate::relay::status::{add_retry_after, RETRY_AFTER_SECS};
 use crate::relay::{decorate, RelayError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub(crate) enum OpenAiError {
     Generation(String),
     /// A request through the gateway failed; the relay knows its status.
     #[error(transparent)]
-    Relay(Box<RelayError>),
+    Relay(#[from] RelayError),
 }
 
 impl OpenAiError {
@@ -87,14 +87,6 @@ impl OpenAiError {
     }
 }
 
-impl From<RelayError> for OpenAiError {
-    fn from(err: RelayError) -> Self {
-        // Boxed: a relay error carries a stream error and ids, which would make every
-        // `Result<_, OpenAiError>` as large as the largest of them.
-        Self::Relay(Box::new(err))
-    }
-}
-
 impl From<FieldError> for OpenAiError {
     fn from(err: FieldError) -> Self {
         // serde names a missing field only in its message ("missing field `model`").
@@ -122,9 +114,7 @@ impl IntoResponse for OpenAiError {
         if let Self::Relay(relay) = &self {
             return decorate(response, relay);
         }
-        if let Self::Overloaded { .. } = self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-        }
+        add_retry_after(&mut response);
         response
     }
 }

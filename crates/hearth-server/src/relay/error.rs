@@ -2,14 +2,14 @@
 //! status, a parameter name and a `Retry-After`. Each surface renders a [`RelayError`] in its
 //! own error shape (OpenAI, Anthropic, the run API) and decorates it with [`decorate`].
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use hearth_gateway::ledger::LedgerError;
 use hearth_gateway::{CatalogError, RunError, StartError};
 use hearth_protocol::{StreamError, ValidationError};
 
 use super::headers::set_run_headers;
-use super::status::{self, RETRY_AFTER_SECS};
+use super::status;
 use crate::body::{BodyError, FieldError};
 
 #[derive(Debug, thiserror::Error)]
@@ -140,9 +140,7 @@ pub(crate) fn error_type(status: StatusCode) -> &'static str {
 /// What every surface's error response carries besides its body: `Retry-After` on 429 and 503,
 /// and the run's headers when the run exists.
 pub(crate) fn decorate(mut response: Response, error: &RelayError) -> Response {
-    if matches!(response.status().as_u16(), 429 | 503) {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-    }
+    status::add_retry_after(&mut response);
     if let Some((run_id, route)) = error.run() {
         set_run_headers(response.headers_mut(), run_id, route);
     }

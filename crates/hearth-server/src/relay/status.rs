@@ -11,6 +11,16 @@ use hearth_protocol::ErrorKind;
 /// failing over), so this is a fixed, short hint.
 pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
+/// Sets `Retry-After` on a 429 or 503, whichever surface wrote the answer: every overloaded
+/// or unavailable answer tells the caller when to come back, in one place.
+pub(crate) fn add_retry_after(response: &mut axum::response::Response) {
+    if matches!(response.status(), StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+    {
+        let value = axum::http::HeaderValue::from(RETRY_AFTER_SECS);
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+    }
+}
+
 /// The status an edge answers with for an error of `kind`, had no byte of the answer been sent.
 pub(crate) fn of_kind(kind: ErrorKind) -> StatusCode {
     match kind {
