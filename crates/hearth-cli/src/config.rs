@@ -49,6 +49,11 @@ pub struct ServerSection {
     pub body_read_timeout_secs: Option<f64>,
     /// Open connections served at once; more are answered 503.
     pub max_connections: Option<usize>,
+    /// Where Python predictors' file outputs are uploaded (`PUT {upload_url}/{filename}`);
+    /// unset, they are answered as `data:` URIs.
+    pub upload_url: Option<String>,
+    /// Largest file input a Python predictor may fetch, in MiB (default 100).
+    pub max_input_file_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,25 +1,28 @@
 //! Loading packages into engines at start-up, with a progress bar per package. A generative
-//! package gets an [`Engine`], an embedding (encoder) package an [`Embedder`]. A package that
-//! fails is recorded with its reason and the others still load.
+//! package gets an [`Engine`], an embedding (encoder) package an [`Embedder`], and a package
+//! whose Cog predictor runs in Python gets its environment and a worker. A package that fails
+//! is recorded with its reason and the others still load.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 use hearth_engine::{Embedder, EmbedderConfig, Engine, EngineConfig};
-use hearth_gateway::{Catalog, EmbeddingModel, LocalModel};
-use hearth_package::{ModelKind, Package};
+use hearth_gateway::{Catalog, EmbeddingModel, LocalModel, PythonModel, WorkerStatus};
+use hearth_package::{CogConfig, ModelKind, Package, PackageSettings};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{choose_device, choose_dtype};
 
-/// Loads every package in `dirs` into `catalog`.
+/// Loads every package in `dirs` into `catalog`. Python predictors' setups go on in the
+/// background (`/health-check` says STARTING meanwhile), as in Cog.
 pub fn load_all(dirs: &[PathBuf], base: &EngineConfig, device_arg: &str, catalog: &mut Catalog) {
     for dir in dirs {
         let name = fallback_name(dir);
-        match load_one(dir, base, device_arg) {
+        match load_one(dir, base, device_arg, SetupWait::Background) {
             Ok((name, Loaded::Generative(model))) => catalog.insert_ready(name, model),
             Ok((name, Loaded::Embedding(model))) => catalog.insert_embedder(name, model),
+            Ok((name, Loaded::Python(model))) => catalog.insert_python(name, model),
             Err(err) => {
                 let reason = format!("{err:#}");
                 tracing::error!(package = %name, %reason, "package refused; serving the others");
@@ -33,14 +36,32 @@ pub fn load_all(dirs: &[PathBuf], base: &EngineConfig, device_arg: &str, catalog
 pub(crate) enum Loaded {
     Generative(LocalModel),
     Embedding(EmbeddingModel),
+    Python(PythonModel),
+}
+
+/// Whether loading a Python package waits for its `setup()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetupWait {
+    /// Start-up: serve the other packages meanwhile.
+    Background,
+    /// A push: a package whose setup fails is refused, and the one it would replace stays.
+    Finish,
 }
 
 pub(crate) fn load_one(
     dir: &Path,
     base: &EngineConfig,
     device_arg: &str,
+    wait: SetupWait,
 ) -> anyhow::Result<(String, Loaded)> {
     let started = Instant::now();
+    let cog = CogConfig::load(dir)?;
+    let settings = PackageSettings::load(dir)?;
+    if hearth_package::runs_in_python(dir, &cog, &settings) {
+        let name = hearth_package::name_of(dir, &cog, &settings)?;
+        let model = load_python(&name, dir, cog, settings, wait)?;
+        return Ok((name, Loaded::Python(model)));
+    }
     crate::weights::fetch_hf_weights(dir)?;
     let package = Package::load(dir)?;
     let device = choose_device(device_arg, package.cog.build.gpu)?;
@@ -72,6 +93,43 @@ pub(crate) fn load_one(
     );
     let model = LocalModel { engine, cog: package.cog.clone(), settings: package.settings.clone() };
     Ok((package.name, Loaded::Generative(model)))
+}
+
+fn load_python(
+    name: &str,
+    dir: &Path,
+    cog: CogConfig,
+    settings: PackageSettings,
+    wait: SetupWait,
+) -> anyhow::Result<PythonModel> {
+    let cache = python_env_cache();
+    let progress = |step: &str| tracing::info!(model = %name, "{step}");
+    let timeout = settings.setup_timeout_s.map(std::time::Duration::from_secs);
+    let worker = hearth_python::start(name, dir, &cog, &cache, timeout, &progress)?;
+    tracing::info!(model = %name, slots = worker.slots(), "Python predictor starting");
+    if wait == SetupWait::Finish {
+        let status = tokio::runtime::Handle::current().block_on(worker.wait_ready());
+        if let WorkerStatus::SetupFailed { error } = status {
+            let logs = worker.setup_report().logs;
+            let tail: Vec<&str> = logs.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow::bail!("setup() failed: {error}\n{}", tail.join("\n"));
+        }
+    }
+    Ok(PythonModel { worker, cog, settings })
+}
+
+/// Where Python environments are kept: `$HEARTH_CACHE_DIR/python`, else
+/// `$XDG_CACHE_HOME/hearth/python`, else `~/.cache/hearth/python`.
+fn python_env_cache() -> PathBuf {
+    let base = std::env::var_os("HEARTH_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+            home.join(".cache")
+        });
+        cache.join("hearth")
+    });
+    base.join("python")
 }
 
 fn load_embedder(

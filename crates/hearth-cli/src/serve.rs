@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Model served at the Cog root routes when several are loaded.
     #[arg(long)]
     default_model: Option<String>,
+    /// Upload Python predictors' file outputs with `PUT {URL}/{filename}` (Cog's
+    /// `--upload-url`) instead of answering them as `data:` URIs.
+    #[arg(long)]
+    upload_url: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -42,6 +46,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::serve_admin::clean(models_dir.as_deref())?;
     let package_dirs = package_dirs(&args, &config)?;
     let engine_config = engine_config(&config);
+    // Python predictors' workers are supervised by tasks, so the runtime comes first.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let _in_runtime = runtime.enter();
     let mut catalog = Catalog::new();
     load_all(&package_dirs, &engine_config, &args.device, &mut catalog);
     catalog.set_default(args.default_model.or(config.server.default_model.clone()));
@@ -51,7 +58,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("no model loaded or configured; the daemon serves only health and errors");
     }
 
-    let server_config = server_config(&config.server)?;
+    let mut server_config = server_config(&config.server)?;
+    if let Some(url) = args.upload_url {
+        server_config.upload_url = Some(url);
+    }
     let addr = args.addr.or(config.server.addr).unwrap_or_else(|| "127.0.0.1:8080".to_string());
     let admin = AdminWiring {
         section: config.admin,
@@ -59,7 +69,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         engine: engine_config.clone(),
         device: args.device.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let settings = &gateway_config.gateway;
         let gateway = Gateway::open(catalog, settings)
@@ -183,6 +192,10 @@ fn server_config(section: &crate::config::ServerSection) -> anyhow::Result<Serve
             defaults.body_read_timeout,
         )?,
         max_connections: section.max_connections.unwrap_or(defaults.max_connections),
+        upload_url: section.upload_url.clone(),
+        max_input_file_bytes: section
+            .max_input_file_mb
+            .map_or(defaults.max_input_file_bytes, |mb| mb << 20),
         ..defaults
     })
 }

@@ -11,7 +11,7 @@ use hearth_package::archive::ArchiveLimits;
 use hearth_server::{AdminSettings, AdminState, AppState, LoadedModel, ModelLoader};
 use serde::Deserialize;
 
-use crate::load::{load_one, Loaded};
+use crate::load::{load_one, Loaded, SetupWait};
 
 /// `[admin]` in hearth.toml.
 #[derive(Debug, Default, Deserialize)]
@@ -88,9 +88,10 @@ struct CliLoader {
 
 impl ModelLoader for CliLoader {
     fn load(&self, dir: &Path) -> Result<(String, LoadedModel), String> {
-        match load_one(dir, &self.engine, &self.device) {
+        match load_one(dir, &self.engine, &self.device, SetupWait::Finish) {
             Ok((name, Loaded::Generative(model))) => Ok((name, LoadedModel::Generative(model))),
             Ok((name, Loaded::Embedding(model))) => Ok((name, LoadedModel::Embedding(model))),
+            Ok((name, Loaded::Python(model))) => Ok((name, LoadedModel::Python(model))),
             Err(err) => Err(format!("{err:#}")),
         }
     }

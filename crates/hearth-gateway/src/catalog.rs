@@ -32,6 +32,14 @@ pub struct EmbeddingModel {
     pub settings: PackageSettings,
 }
 
+/// A package whose Cog predictor runs in its own Python, behind a supervised worker.
+#[derive(Clone)]
+pub struct PythonModel {
+    pub worker: hearth_python::Worker,
+    pub cog: CogConfig,
+    pub settings: PackageSettings,
+}
+
 /// What the catalog knows about one model id.
 // Entries are few and live as long as the daemon; boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
@@ -49,6 +57,7 @@ pub enum CatalogEntry {
 pub struct Catalog {
     entries: BTreeMap<String, CatalogEntry>,
     embedders: BTreeMap<String, EmbeddingModel>,
+    python: BTreeMap<String, PythonModel>,
     default_model: Option<String>,
     providers: BTreeMap<String, Arc<dyn Provider>>,
     models: BTreeMap<String, ModelEntry>,
@@ -147,13 +156,38 @@ impl Catalog {
     pub fn remove(&mut self, name: &str) -> bool {
         let entry = self.entries.remove(name).is_some();
         let embedder = self.embedders.remove(name).is_some();
-        entry || embedder
+        // A worker process ends with its last handle, after its predictions in flight.
+        let python = self.python.remove(name).is_some();
+        entry || embedder || python
     }
 
     /// Adds a loaded embedding package under `name`.
     pub fn insert_embedder(&mut self, name: String, model: EmbeddingModel) {
         self.entries.remove(&name);
         self.embedders.insert(name, model);
+    }
+
+    /// Adds a package served by its Python predictor under `name`.
+    pub fn insert_python(&mut self, name: String, model: PythonModel) {
+        self.entries.remove(&name);
+        self.embedders.remove(&name);
+        self.python.insert(name, model);
+    }
+
+    /// The Python-served model called `id`, if one is loaded.
+    pub fn python(&self, id: &str) -> Option<&PythonModel> {
+        self.python.get(id)
+    }
+
+    /// Every Python-served model, sorted by name.
+    pub fn python_models(&self) -> impl Iterator<Item = (&String, &PythonModel)> {
+        self.python.iter()
+    }
+
+    /// The Python-served model at the Cog root routes, when the default model is one.
+    pub fn default_python(&self) -> Option<(&str, &PythonModel)> {
+        let name = self.default_model.as_deref()?;
+        self.python(name).map(|m| (name, m))
     }
 
     /// The embedding model called `id`, if one is loaded.
@@ -180,6 +214,7 @@ impl Catalog {
                 .ready()
                 .map(|(n, m)| (n, m.settings.default))
                 .chain(self.embedders.iter().map(|(n, m)| (n, m.settings.default)))
+                .chain(self.python.iter().map(|(n, m)| (n, m.settings.default)))
                 .collect();
             match ready.as_slice() {
                 [(name, _)] => Some((*name).clone()),
@@ -367,6 +402,11 @@ impl Catalog {
                 out.push(embedding_listing(name, model));
             }
         }
+        for (name, model) in &self.python {
+            if !self.models.contains_key(name) {
+                out.push(python_listing(name, model));
+            }
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -403,6 +443,37 @@ impl Catalog {
         for model in self.embedders.values() {
             model.embedder.shutdown();
         }
+        for model in self.python.values() {
+            model.worker.shutdown();
+        }
+    }
+}
+
+fn python_listing(name: &str, model: &PythonModel) -> ModelListing {
+    let modality =
+        model.worker.schema().map_or("prediction", |schema| python_modality(&schema.output));
+    ModelListing {
+        id: name.into(),
+        kind: RouteKind::Local,
+        providers: vec![LOCAL_PROVIDER.into()],
+        modality,
+        context_length: None,
+        prices: Prices::default(),
+    }
+}
+
+/// What a Python predictor makes, read off its output schema: `text` (a string, or a stream
+/// of them), `file` (a `Path`, or a list or stream of them), or `json` (anything else).
+/// `prediction` until setup has told.
+pub fn python_modality(output: &serde_json::Value) -> &'static str {
+    let item = output.get("items").unwrap_or(output);
+    let is = |key: &str, value: &str| item.get(key).and_then(|v| v.as_str()) == Some(value);
+    if is("format", "uri") {
+        "file"
+    } else if is("type", "string") {
+        "text"
+    } else {
+        "json"
     }
 }
 

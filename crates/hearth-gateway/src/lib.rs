@@ -15,13 +15,14 @@ pub mod ledger;
 mod pricing;
 mod producer;
 pub mod providers;
+mod python;
 mod router;
 pub mod runs;
 mod shared;
 
 pub use catalog::{
-    Catalog, CatalogEntry, CatalogError, EmbeddingModel, LocalModel, ModelListing, ResolvedModel,
-    Route, RouteKind,
+    python_modality, Catalog, CatalogEntry, CatalogError, EmbeddingModel, LocalModel, ModelListing,
+    PythonModel, ResolvedModel, Route, RouteKind,
 };
 pub use config::{
     ConfigError, GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, ProviderKind,
@@ -33,6 +34,12 @@ pub use gateway::{Caller, Gateway, StartError, StartedRun};
 /// edge exports as metrics. The edge depends on the gateway alone.
 pub use hearth_engine::metrics::HistogramSnapshot;
 pub use hearth_engine::{EmbedError, EmbedInput, EngineStats, MetricsSnapshot};
+/// The Python bridge's types that are part of the gateway's interface.
+pub use hearth_python::{
+    files::FileConfig, Event as PredictionEvent, Schema as PredictorSchema, SetupReport, Worker,
+    WorkerStatus,
+};
 pub use ledger::{GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery};
 pub use pricing::Prices;
+pub use python::{PredictRunError, PredictionRun};
 pub use runs::{RunError, RunEvent, RunInfo, RunStatus, RunStore, Subscription};

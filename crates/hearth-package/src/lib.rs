@@ -37,7 +37,7 @@ pub use embedding::{EmbeddingConfig, PoolingMode};
 pub use error::{PackageError, TensorProblem};
 pub use gguf::{GgufFile, GgufTensor};
 pub use model_config::{ModelConfig, ModelKind, EMBEDDING_ARCHITECTURES, SUPPORTED_ARCHITECTURES};
-pub use settings::{DType, PackageSettings, Quantize};
+pub use settings::{DType, PackageSettings, Quantize, Runtime};
 pub use template::ChatTemplate;
 pub use tokens::SpecialTokens;
 pub use weights::{TensorDtype, TensorInfo, Weights};
@@ -65,6 +65,33 @@ pub struct Package {
     /// How an embedding package pools and normalises (`modules.json` and friends); `None` for a
     /// generative package.
     pub embedding: Option<EmbeddingConfig>,
+}
+
+/// Whether the package in `dir` runs its Cog predictor in Python: `hearth.yaml` says
+/// `runtime: python`, or it says nothing and the package has a predictor but no model files
+/// Hearth's engine reads (`config.json`, a `.gguf`).
+pub fn runs_in_python(dir: &Path, cog: &CogConfig, settings: &PackageSettings) -> bool {
+    match settings.runtime {
+        Some(Runtime::Python) => true,
+        Some(Runtime::Native) => false,
+        None => {
+            let has_gguf =
+                std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+                    e.path().extension().is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"))
+                });
+            cog.predictor().is_some() && !dir.join("config.json").is_file() && !has_gguf
+        }
+    }
+}
+
+/// The name a package is served under, read without loading the rest of it (for packages
+/// that run in Python).
+pub fn name_of(
+    dir: &Path,
+    cog: &CogConfig,
+    settings: &PackageSettings,
+) -> Result<String, PackageError> {
+    package_name(dir, cog, settings)
 }
 
 impl Package {

@@ -67,6 +67,16 @@ impl Quantize {
     }
 }
 
+/// How a package's predictions are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Hearth's own engine (the model family must be one it knows).
+    Native,
+    /// The package's `predict.py`, in its own Python environment.
+    Python,
+}
+
 /// The parsed `hearth.yaml`, or its defaults when the file is absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +97,16 @@ pub struct PackageSettings {
     /// Serve this package when a request names no model.
     #[serde(default)]
     pub default: bool,
+    /// `python` runs the package's Cog predictor even when Hearth knows its model family;
+    /// unset, a package with no `config.json` or GGUF file but a predictor runs in Python.
+    pub runtime: Option<Runtime>,
+    /// Price of a second of prediction time, for the ledger (Python predictors).
+    pub price_per_second: Option<f64>,
+    /// Seconds a Python predictor's `setup()` may take before the package is marked failed.
+    pub setup_timeout_s: Option<u64>,
+    /// Seconds a Python prediction may take; then it is cancelled (and, if it will not stop,
+    /// its worker is restarted).
+    pub predict_timeout_s: Option<u64>,
 }
 
 impl PackageSettings {
@@ -117,12 +137,19 @@ impl PackageSettings {
         if self.context_length == Some(0) {
             return Err(invalid("context_length", "must be at least 1"));
         }
+        if self.setup_timeout_s == Some(0) {
+            return Err(invalid("setup_timeout_s", "must be at least 1"));
+        }
+        if self.predict_timeout_s == Some(0) {
+            return Err(invalid("predict_timeout_s", "must be at least 1"));
+        }
         if self.kv_cache_mb == Some(0) {
             return Err(invalid("kv_cache_mb", "must be at least 1"));
         }
         let prices = [
             ("input_price_per_mtok", self.input_price_per_mtok),
             ("output_price_per_mtok", self.output_price_per_mtok),
+            ("price_per_second", self.price_per_second),
         ];
         for (field, price) in prices {
             if price.is_some_and(|p| !p.is_finite() || p < 0.0) {

@@ -108,14 +108,28 @@ pub enum PredictError {
     WorkerLost(String),
 }
 
-/// A handle to a package's worker; clones share it.
+/// A handle to a package's worker; clones share it. The process stops when the last handle
+/// is dropped (or at [`Worker::shutdown`]).
 #[derive(Clone)]
 pub struct Worker {
     shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+/// Held by the handles only (the supervisor holds [`Shared`] alone), so that its drop means
+/// no one can use the worker any more.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.stop.send_replace(true);
+    }
 }
 
 struct Shared {
     config: WorkerConfig,
+    /// Where the package is now; a pushed package moves from staging to its place after load.
+    package_dir: Mutex<PathBuf>,
     status: watch::Sender<WorkerStatus>,
     schema: Mutex<Option<Arc<Schema>>>,
     setup: Mutex<SetupReport>,
@@ -147,6 +161,7 @@ impl Worker {
         let script = tempfile::Builder::new().prefix("hearth-worker-").suffix(".py").tempfile()?;
         std::fs::write(script.path(), WORKER_PY)?;
         let shared = Arc::new(Shared {
+            package_dir: Mutex::new(config.package_dir.clone()),
             slots: Arc::new(Semaphore::new(config.slots.max(1))),
             config,
             status: watch::Sender::new(WorkerStatus::Starting),
@@ -159,7 +174,7 @@ impl Worker {
             script: script.into_temp_path(),
         });
         tokio::spawn(supervise(shared.clone()));
-        Ok(Worker { shared })
+        Ok(Worker { _owner: Arc::new(Owner(shared.clone())), shared })
     }
 
     pub fn name(&self) -> &str {
@@ -243,6 +258,12 @@ impl Worker {
         if let Some(kill) = lock(&self.shared.kill).take() {
             let _ = kill.send(());
         }
+    }
+
+    /// The package moved to `dir` (a push installs it after loading it from staging). The
+    /// running process keeps its working directory, which moved with it; restarts use `dir`.
+    pub fn relocate(&self, dir: PathBuf) {
+        *lock(&self.shared.package_dir) = dir;
     }
 
     /// Stops the worker for good (the daemon shuts down or the package is replaced).
@@ -361,7 +382,7 @@ fn spawn(shared: &Shared) -> std::io::Result<Child> {
         .arg(&shared.script)
         .arg(&config.predictor_ref)
         .arg(config.slots.max(1).to_string())
-        .current_dir(&config.package_dir)
+        .current_dir(&*lock(&shared.package_dir))
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -14,7 +14,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/python-envs")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache/python")
 }
 
 /// Building environments is slow and uses the package index: one at a time across tests.

@@ -29,6 +29,11 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Open connections served at once; one more is answered 503 and closed.
     pub max_connections: usize,
+    /// Largest file a Python predictor's `Path`/`File` input may fetch.
+    pub max_input_file_bytes: u64,
+    /// Cog's `--upload-url`: file outputs of Python predictors are `PUT` to
+    /// `{upload_url}/{filename}` and answered as that URL; unset, they are `data:` URIs.
+    pub upload_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -44,6 +49,8 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
+            max_input_file_bytes: 100 << 20,
+            upload_url: None,
         }
     }
 }

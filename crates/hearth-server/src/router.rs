@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), cog::embeddings::hook))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cog::python::hook))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyTimeoutLayer::new(state.config().body_read_timeout))
         .layer(TraceLayer::new_for_http())

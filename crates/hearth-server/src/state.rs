@@ -1,15 +1,19 @@
 //! The state every handler shares.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hearth_gateway::{Catalog, Gateway};
+use hearth_gateway::{Catalog, FileConfig, Gateway};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::state::AdminState;
 use crate::cog::registry::Registry;
 use crate::config::ServerConfig;
+
+/// Longest a file input's fetch or an output's upload may take.
+const FILE_FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -27,6 +31,8 @@ struct Inner {
     gateway: Gateway,
     config: ServerConfig,
     webhooks: reqwest::Client,
+    /// How Python predictors' files are fetched and returned.
+    files: FileConfig,
     predictions: Registry,
     setup_started_at: DateTime<Utc>,
     setup_completed_at: DateTime<Utc>,
@@ -46,6 +52,11 @@ impl AppState {
     pub fn new(gateway: Gateway, config: ServerConfig) -> Result<Self, StateError> {
         let webhooks =
             reqwest::Client::builder().timeout(config.webhook.request_timeout).build()?;
+        let files = FileConfig {
+            client: reqwest::Client::builder().timeout(FILE_FETCH_TIMEOUT).build()?,
+            max_input_bytes: config.max_input_file_bytes,
+            upload_url: config.upload_url.clone(),
+        };
         let now = Utc::now();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -55,6 +66,7 @@ impl AppState {
                 gateway,
                 config,
                 webhooks,
+                files,
                 cancel_all: CancellationToken::new(),
                 shutdown_requested: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -89,6 +101,10 @@ impl AppState {
 
     pub(crate) fn webhooks(&self) -> &reqwest::Client {
         &self.inner.webhooks
+    }
+
+    pub(crate) fn files(&self) -> &FileConfig {
+        &self.inner.files
     }
 
     pub(crate) fn predictions(&self) -> &Registry {

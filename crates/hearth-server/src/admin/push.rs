@@ -140,8 +140,12 @@ impl Push {
         let kind = match model {
             LoadedModel::Generative(_) => "generative",
             LoadedModel::Embedding(_) => "embedding",
+            LoadedModel::Python(_) => "python",
         };
         let trash = self.install(staging).await?;
+        if let LoadedModel::Python(python) = &model {
+            python.worker.relocate(self.models_dir.join(&self.name));
+        }
         let replaced = self.swap(model);
         // The set-aside package may be large; delete it off the async threads.
         tokio::task::spawn_blocking(move || drop(trash));
@@ -190,9 +194,13 @@ impl Push {
             match model {
                 LoadedModel::Generative(model) => catalog.insert_ready(name, model),
                 LoadedModel::Embedding(model) => catalog.insert_embedder(name, model),
+                LoadedModel::Python(model) => catalog.insert_python(name, model),
             }
             // A daemon without a default model (none loaded, or several) may have one now.
-            if catalog.default_model().is_none() && catalog.default_embedder().is_none() {
+            let has_default = catalog.default_model().is_some()
+                || catalog.default_embedder().is_some()
+                || catalog.default_python().is_some();
+            if !has_default {
                 catalog.set_default(None);
             }
             replaced

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hearth_gateway::{EmbeddingModel, LocalModel};
+use hearth_gateway::{EmbeddingModel, LocalModel, PythonModel};
 use hearth_package::archive::ArchiveLimits;
 
 use super::error::AdminError;
@@ -26,6 +26,8 @@ pub struct AdminSettings {
 pub enum LoadedModel {
     Generative(LocalModel),
     Embedding(EmbeddingModel),
+    /// A package served by its own Python predictor; its setup already succeeded.
+    Python(PythonModel),
 }
 
 /// Loads a package the way the daemon does at start-up: fetches `hf://` weights, validates it

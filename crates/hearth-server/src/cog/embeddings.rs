@@ -36,7 +36,7 @@ struct Target {
 }
 
 /// Routes the Cog API serves at the root, which go to the default model.
-fn is_root_cog_route(path: &str) -> bool {
+pub(super) fn is_root_cog_route(path: &str) -> bool {
     matches!(path, "/" | "/health-check" | "/openapi.json" | "/predictions")
         || path.starts_with("/predictions/")
 }

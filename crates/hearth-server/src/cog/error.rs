@@ -59,6 +59,11 @@ pub(crate) enum CogError {
     ModelFailed { model: String, reason: String },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A Python model whose setup has not finished, failed, or whose worker restarts.
+    #[error("{0}")]
+    NotReady(String),
+    #[error("This model does not stream its output; send the request without `Accept: text/event-stream`")]
+    NotStreaming,
     #[error("shutdown over HTTP is disabled in this server's configuration")]
     ShutdownDisabled,
     #[error("internal error: {0}")]
@@ -81,7 +86,8 @@ impl CogError {
             CogError::AtCapacity => StatusCode::TOO_MANY_REQUESTS,
             CogError::UnknownPrediction(_) | CogError::UnknownModel { .. } => StatusCode::NOT_FOUND,
             CogError::BadPredictionId => StatusCode::BAD_REQUEST,
-            CogError::ModelFailed { .. } | CogError::ShuttingDown => {
+            CogError::NotStreaming => StatusCode::NOT_ACCEPTABLE,
+            CogError::ModelFailed { .. } | CogError::ShuttingDown | CogError::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             CogError::ShutdownDisabled => StatusCode::FORBIDDEN,

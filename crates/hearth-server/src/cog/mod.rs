@@ -8,6 +8,8 @@ mod handlers;
 mod input;
 mod predict;
 mod prediction;
+pub(crate) mod python;
+mod python_run;
 pub(crate) mod registry;
 mod request;
 mod run;

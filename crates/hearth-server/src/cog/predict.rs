@@ -15,7 +15,7 @@ use super::input::CogInput;
 use super::prediction::Prediction;
 use super::registry::{Claim, PredictionEntry};
 use super::request::{Mode, PredictionRequest};
-use super::run::{Run, Started, Update};
+use super::run::{AnyRun, Run, Started, Update};
 use super::sse;
 use super::target::{path_param, CogModel};
 use super::webhook::{WebhookSender, WebhookTarget};
@@ -100,21 +100,33 @@ async fn predict(
     let (run_id, route) = (run.run_id.clone(), run.route.clone());
     // An async prediction is answered as it was accepted, before it starts processing.
     let accepted = entry.snapshot();
-    let run = Run::start(entry, state.gateway().clone(), run, started);
-    let mut response = match mode {
-        Mode::Sync => run_to_end(run).await.into_response(),
-        Mode::Stream => sse::respond(sse::live(run), state.config().sse_keep_alive),
-        Mode::Async => {
-            spawn_async(&state, run, request.webhook);
-            (StatusCode::ACCEPTED, Json(accepted)).into_response()
-        }
-    };
+    let run = AnyRun::Engine(Run::start(entry, state.gateway().clone(), run, started));
+    let mut response = respond(&state, run, mode, accepted, request.webhook).await;
     relay::set_run_headers(response.headers_mut(), &run_id, Some(&route));
     Ok(response)
 }
 
+/// Answers a prediction that started, as the caller asked: the finished prediction, a stream
+/// of server-sent events, or 202 with the prediction as accepted (progress goes to webhooks).
+pub(super) async fn respond(
+    state: &AppState,
+    run: AnyRun,
+    mode: Mode,
+    accepted: Prediction,
+    webhook: Option<WebhookTarget>,
+) -> Response {
+    match mode {
+        Mode::Sync => run_to_end(run).await.into_response(),
+        Mode::Stream => sse::respond(sse::live(run), state.config().sse_keep_alive),
+        Mode::Async => {
+            spawn_async(state, run, webhook);
+            (StatusCode::ACCEPTED, Json(accepted)).into_response()
+        }
+    }
+}
+
 /// A prediction with this id already exists: report it rather than run it twice.
-fn existing(state: &AppState, entry: Arc<PredictionEntry>, mode: Mode) -> Response {
+pub(super) fn existing(state: &AppState, entry: Arc<PredictionEntry>, mode: Mode) -> Response {
     if mode == Mode::Stream {
         return sse::respond(sse::follow(entry), state.config().sse_keep_alive);
     }
@@ -124,7 +136,7 @@ fn existing(state: &AppState, entry: Arc<PredictionEntry>, mode: Mode) -> Respon
     (status, Json(prediction)).into_response()
 }
 
-async fn run_to_end(mut run: Run) -> Json<Prediction> {
+async fn run_to_end(mut run: AnyRun) -> Json<Prediction> {
     while let Some(update) = run.next().await {
         if let Update::Done(prediction) = update {
             return Json(prediction);
@@ -135,7 +147,7 @@ async fn run_to_end(mut run: Run) -> Json<Prediction> {
 
 /// Runs an async prediction in the background, sending webhooks as it goes. The task owns the
 /// run, so cancelling the prediction or the shutdown deadline ends it.
-fn spawn_async(state: &AppState, mut run: Run, webhook: Option<WebhookTarget>) {
+fn spawn_async(state: &AppState, mut run: AnyRun, webhook: Option<WebhookTarget>) {
     let mut webhooks = webhook.map(|target| {
         let stop = state.cancel_all().clone();
         WebhookSender::spawn(
@@ -154,6 +166,7 @@ fn spawn_async(state: &AppState, mut run: Run, webhook: Option<WebhookTarget>) {
             let Some(hooks) = webhooks.as_mut() else { continue };
             match update {
                 Update::Output { .. } => hooks.output(|| run.entry().snapshot()),
+                Update::Log { .. } => hooks.logs(|| run.entry().snapshot()),
                 Update::Done(prediction) => {
                     if let Some(hooks) = webhooks.take() {
                         hooks.completed(prediction).await;

@@ -24,8 +24,12 @@ impl Status {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Metrics {
     pub predict_time: f64,
-    pub input_token_count: usize,
-    pub output_token_count: usize,
+    /// Token counts and time to first token: language models only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_token_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_token_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time_to_first_token: Option<f64>,
 }
 
@@ -34,8 +38,9 @@ pub(crate) struct Prediction {
     pub id: String,
     pub status: Status,
     pub input: Value,
-    /// The token stream so far, one chunk per engine text event (Cog's iterator output).
-    pub output: Option<Vec<String>>,
+    /// The output so far: for a streaming prediction a list with one item per chunk (Cog's
+    /// iterator output: for a language model, one per engine text event), else the value.
+    pub output: Option<Value>,
     pub logs: String,
     pub error: Option<String>,
     #[serde(serialize_with = "serialize_timestamp")]

@@ -16,6 +16,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use hearth_gateway::{Gateway, RunEvent, StartedRun, Subscription};
 use hearth_protocol::{CanonicalEvent, ErrorKind, TokenUsage};
+use serde_json::Value;
 
 use super::prediction::{Metrics, Prediction, Status};
 use super::registry::PredictionEntry;
@@ -26,8 +27,13 @@ const RUN_LOST: &str = "the run ended without finishing";
 /// What a run produced next.
 pub(crate) enum Update {
     Output {
-        chunk: String,
+        chunk: Value,
         index: usize,
+    },
+    /// A line the predictor printed (Python predictors).
+    Log {
+        source: String,
+        data: String,
     },
     /// The prediction ended; this is its final state.
     Done(Prediction),
@@ -70,7 +76,7 @@ impl Run {
         entry.update(|p| {
             p.status = Status::Processing;
             p.started_at = Some(started.at);
-            p.output = Some(Vec::new());
+            p.output = Some(Value::Array(Vec::new()));
         });
         Self {
             entry,
@@ -113,12 +119,9 @@ impl Run {
         match event {
             CanonicalEvent::TextDelta { text } => {
                 self.time_to_first_token.get_or_insert_with(|| self.started.elapsed());
-                let index = self.entry.update(|p| {
-                    let output = p.output.get_or_insert_with(Vec::new);
-                    output.push(text.clone());
-                    output.len() - 1
-                });
-                Some(Update::Output { chunk: text, index })
+                let chunk = Value::String(text);
+                let index = self.entry.update(|p| push_chunk(&mut p.output, chunk.clone()));
+                Some(Update::Output { chunk, index })
             }
             CanonicalEvent::Usage { usage } => {
                 self.usage = usage;
@@ -151,8 +154,8 @@ impl Run {
         self.finished = true;
         let metrics = Metrics {
             predict_time: self.started.elapsed().as_secs_f64(),
-            input_token_count: self.usage.input_tokens as usize,
-            output_token_count: self.usage.output_tokens as usize,
+            input_token_count: Some(self.usage.input_tokens as usize),
+            output_token_count: Some(self.usage.output_tokens as usize),
             time_to_first_token: self.time_to_first_token.map(|t| t.as_secs_f64()),
         };
         self.entry.update(|p| {
@@ -162,6 +165,39 @@ impl Run {
             p.metrics = Some(metrics);
             p.clone()
         })
+    }
+}
+
+/// Appends a chunk to a streaming prediction's output list; answers its index.
+pub(crate) fn push_chunk(output: &mut Option<Value>, chunk: Value) -> usize {
+    let list = output.get_or_insert_with(|| Value::Array(Vec::new()));
+    if !list.is_array() {
+        *list = Value::Array(Vec::new());
+    }
+    let Value::Array(items) = list else { return 0 };
+    items.push(chunk);
+    items.len() - 1
+}
+
+/// A prediction being run: by the engine (through a gateway run) or by a Python worker.
+pub(crate) enum AnyRun {
+    Engine(Run),
+    Python(super::python_run::PythonRun),
+}
+
+impl AnyRun {
+    pub(crate) fn entry(&self) -> &Arc<PredictionEntry> {
+        match self {
+            AnyRun::Engine(run) => run.entry(),
+            AnyRun::Python(run) => run.entry(),
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> Option<Update> {
+        match self {
+            AnyRun::Engine(run) => run.next().await,
+            AnyRun::Python(run) => run.next().await,
+        }
     }
 }
 

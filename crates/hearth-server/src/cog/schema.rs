@@ -16,6 +16,16 @@ pub(crate) fn openapi(model: &str, prefix: &str, context_length: usize) -> Value
     })
 }
 
+/// The same document around another model's own `Input` and `Output` schemas (a Python
+/// predictor's, as Cog's SDK reads them off its signature).
+pub(crate) fn openapi_with(model: &str, prefix: &str, input: &Value, output: &Value) -> Value {
+    let mut document = openapi(model, prefix, 0);
+    let schemas = &mut document["components"]["schemas"];
+    schemas["Input"] = input.clone();
+    schemas["Output"] = output.clone();
+    document
+}
+
 fn input_property(field: &Field, order: usize, context_length: usize) -> Value {
     let mut p = Map::new();
     p.insert("type".into(), json!(field.kind.as_str()));

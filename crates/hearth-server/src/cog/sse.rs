@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::prediction::{Prediction, Status};
 use super::registry::PredictionEntry;
-use super::run::{Run, Update};
+use super::run::{AnyRun, Update};
 
 fn event(name: &str, data: &impl Serialize) -> Event {
     Event::default().event(name).json_data(data).unwrap_or_else(|err| {
@@ -29,8 +29,12 @@ fn start_event(prediction: &Prediction) -> Event {
     event("start", &json!({ "id": prediction.id, "status": prediction.status }))
 }
 
-fn output_event(chunk: &str, index: usize) -> Event {
+fn output_event(chunk: &serde_json::Value, index: usize) -> Event {
     event("output", &json!({ "chunk": chunk, "index": index }))
+}
+
+fn log_event(source: &str, data: &str) -> Event {
+    event("log", &json!({ "source": source, "data": data }))
 }
 
 /// The closing events of a finished prediction.
@@ -56,12 +60,13 @@ pub(crate) fn respond(
 }
 
 /// Streams a prediction as it runs.
-pub(crate) fn live(run: Run) -> impl Stream<Item = Event> + Send + 'static {
+pub(crate) fn live(run: AnyRun) -> impl Stream<Item = Event> + Send + 'static {
     let start = start_event(&run.entry().snapshot());
     let rest = stream::unfold(Some(run), |run| async move {
         let mut run = run?;
         match run.next().await? {
             Update::Output { chunk, index } => Some((vec![output_event(&chunk, index)], Some(run))),
+            Update::Log { source, data } => Some((vec![log_event(&source, &data)], Some(run))),
             Update::Done(prediction) => Some((final_events(&prediction), None)),
         }
     });
@@ -77,7 +82,10 @@ pub(crate) fn follow(entry: Arc<PredictionEntry>) -> impl Stream<Item = Event> +
         let (entry, mut changes, sent) = state?;
         loop {
             let prediction = entry.snapshot();
-            let output = prediction.output.as_deref().unwrap_or_default();
+            let output = match &prediction.output {
+                Some(serde_json::Value::Array(items)) => items.as_slice(),
+                _ => &[],
+            };
             if sent < output.len() {
                 let events: Vec<Event> = output[sent..]
                     .iter()

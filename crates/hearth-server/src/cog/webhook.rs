@@ -73,6 +73,7 @@ pub(crate) struct WebhookSender {
     filter: EventFilter,
     config: WebhookConfig,
     last_output: Option<Instant>,
+    last_logs: Option<Instant>,
 }
 
 impl WebhookSender {
@@ -87,7 +88,7 @@ impl WebhookSender {
         let (queue, inbox) = mpsc::channel(QUEUE);
         let deliverer = Deliverer { client, url: target.url, config: config.clone(), stop };
         let task = tasks.spawn(deliverer.run(inbox));
-        Self { queue, task, filter: target.filter, config, last_output: None }
+        Self { queue, task, filter: target.filter, config, last_output: None, last_logs: None }
     }
 
     pub(crate) fn start(&mut self, prediction: Prediction) {
@@ -102,6 +103,15 @@ impl WebhookSender {
         let due = self.last_output.is_none_or(|t| t.elapsed() >= self.config.output_interval);
         if self.filter.output && due {
             self.last_output = Some(Instant::now());
+            self.enqueue(prediction());
+        }
+    }
+
+    /// Sends `prediction` for new logs, throttled as [`Self::output`] is.
+    pub(crate) fn logs(&mut self, prediction: impl FnOnce() -> Prediction) {
+        let due = self.last_logs.is_none_or(|t| t.elapsed() >= self.config.output_interval);
+        if self.filter.logs && due {
+            self.last_logs = Some(Instant::now());
             self.enqueue(prediction());
         }
     }
