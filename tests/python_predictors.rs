@@ -474,3 +474,47 @@ fn a_pushed_python_package_builds_its_environment_and_serves() {
     assert!(!failing.status.success() && stderr.contains("weights.bin is missing"), "{stderr}");
     assert!(!models.path().join("setup-fails").exists());
 }
+
+#[test]
+fn the_run_api_takes_a_predictors_input_and_the_ledger_bills_its_seconds() {
+    let models = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("echo"), &models.path().join("echo"));
+    std::fs::write(models.path().join("echo/hearth.yaml"), "price_per_second: 1000\n").unwrap();
+    let env = [("HEARTH_CACHE_DIR", cache_dir())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = Daemon::start_with_env(&["--models", models.path().to_str().unwrap()], &env);
+    wait_until("setup", Duration::from_secs(300), || get(&daemon, "/cog/echo/health-check")["status"] == "READY");
+
+    let body = json!({"input": {"text": "one two", "delay": 0.1}, "metadata": {"team": "search"}});
+    let (status, answer) = post(&daemon, "/v1/run/echo", body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "succeeded", "{answer}");
+    assert_eq!(answer["output"], json!(["one ", "two "]));
+    assert_eq!(answer["route"], "local/echo");
+    assert!(answer["logs"].as_str().unwrap().contains("echoing 7 characters"), "{answer}");
+
+    let text = client()
+        .post(daemon.url("/v1/run/echo"))
+        .json(&json!({"input": {"text": "x y"}, "stream": true}))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let events = parse_sse(&text);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "output").count(), 2, "{text}");
+    assert_eq!(names.last(), Some(&"completed"), "{text}");
+
+    let (status, error) = post(&daemon, "/v1/run/echo", json!({"input": {"text": "x", "repeat": 0}}));
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "repeat", "{error}");
+    let (status, error) = post(&daemon, "/v1/run/echo", json!({"inputs": {}}));
+    assert_eq!(status, 400, "{error}");
+
+    // The first run took at least 0.2 s at 1000 per second.
+    let usage = get(&daemon, "/v1/usage?group_by=metadata.team");
+    let row = usage["data"].as_array().unwrap().iter().find(|r| r["key"] == "search").unwrap().clone();
+    assert_eq!(row["requests"], 1, "{usage}");
+    let cost: f64 = row["cost"].as_str().unwrap().parse().unwrap();
+    assert!(cost >= 200.0, "billed by prediction time: {row}");
+}

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::Response;
 use hearth_gateway::ledger::LedgerError;
-use hearth_gateway::{CatalogError, RunError, StartError};
+use hearth_gateway::{CatalogError, PredictRunError, RunError, StartError};
 use hearth_protocol::{StreamError, ValidationError};
 
 use super::headers::set_run_headers;
@@ -34,6 +34,9 @@ pub(crate) enum RelayError {
     Run(#[from] RunError),
     #[error("usage query failed: {0}")]
     Ledger(#[from] LedgerError),
+    /// A Python predictor refused a prediction, or was not ready for it.
+    #[error(transparent)]
+    Predict(#[from] PredictRunError),
 }
 
 impl From<FieldError> for RelayError {
@@ -68,6 +71,10 @@ impl RelayError {
             Self::Failed { error, .. } => status::of_kind(error.kind),
             Self::Run(e) => status::of_run(e),
             Self::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Predict(PredictRunError::Start(e)) => status::of_start(e),
+            Self::Predict(PredictRunError::Invalid { .. }) => StatusCode::BAD_REQUEST,
+            Self::Predict(PredictRunError::Busy) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Predict(PredictRunError::NotReady(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -79,6 +86,8 @@ impl RelayError {
             Self::Header { name, .. } => Some(name),
             Self::Query { param, .. } => Some(param),
             Self::Start(StartError::Model(_)) => Some("model"),
+            Self::Predict(PredictRunError::Invalid { field, .. }) => field.as_deref(),
+            Self::Predict(PredictRunError::Start(StartError::Model(_))) => Some("model"),
             Self::Start(StartError::Metadata(_)) => Some("metadata"),
             Self::Start(StartError::Failed { error, .. }) => error.param.as_deref(),
             Self::Failed { error, .. } => error.param.as_deref(),

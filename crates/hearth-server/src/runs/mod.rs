@@ -1,8 +1,10 @@
 //! Hearth's own API: the unified run endpoint (`POST /v1/run/{model}`, the analog of
 //! `AI.run(model, input, options)`), control of runs (status, resume, cancel) and the spend
-//! ledger's usage report. Errors: `{"error": {"type", "message", "param", "code"}}`.
+//! ledger's usage report. A model served by its Python predictor takes its own input
+//! (`{"input": {...}}`, see `predict.rs`). Errors: `{"error": {"type", "message", "param", "code"}}`.
 
 mod control;
+mod predict;
 mod run;
 mod usage;
 

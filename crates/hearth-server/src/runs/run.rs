@@ -108,6 +108,10 @@ pub(crate) async fn run(
     request: Request,
 ) -> Result<Response, ApiError> {
     let caller = relay::caller(request.headers())?;
+    if state.catalog().python(&model).is_some() {
+        let body: super::predict::PredictBody = relay::read_json(request, &state).await?;
+        return super::predict::run(state, model, caller, body).await;
+    }
     let body: RunBody = relay::read_json(request, &state).await?;
     let request = body.into_canonical(model).map_err(RelayError::from)?;
     let stream = request.stream;
