@@ -86,11 +86,7 @@ struct Peer {
 fn peer(files: Vec<(&'static str, Vec<u8>)>) -> Peer {
     use axum::extract::{Path as UrlPath, State};
     use axum::routing::{get, post, put};
-    type Shared = (
-        Received,
-        Arc<Mutex<Vec<Value>>>,
-        Arc<Vec<(&'static str, Vec<u8>)>>,
-    );
+    type Shared = (Received, Arc<Mutex<Vec<Value>>>, Arc<Vec<(&'static str, Vec<u8>)>>);
     let uploads = Arc::new(Mutex::new(Vec::new()));
     let webhooks = Arc::new(Mutex::new(Vec::new()));
     let state: Shared = (uploads.clone(), webhooks.clone(), Arc::new(files));
@@ -483,7 +479,9 @@ fn the_run_api_takes_a_predictors_input_and_the_ledger_bills_its_seconds() {
     let env = [("HEARTH_CACHE_DIR", cache_dir())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let daemon = Daemon::start_with_env(&["--models", models.path().to_str().unwrap()], &env);
-    wait_until("setup", Duration::from_secs(300), || get(&daemon, "/cog/echo/health-check")["status"] == "READY");
+    wait_until("setup", Duration::from_secs(300), || {
+        get(&daemon, "/cog/echo/health-check")["status"] == "READY"
+    });
 
     let body = json!({"input": {"text": "one two", "delay": 0.1}, "metadata": {"team": "search"}});
     let (status, answer) = post(&daemon, "/v1/run/echo", body);
@@ -505,7 +503,8 @@ fn the_run_api_takes_a_predictors_input_and_the_ledger_bills_its_seconds() {
     assert_eq!(names.iter().filter(|n| **n == "output").count(), 2, "{text}");
     assert_eq!(names.last(), Some(&"completed"), "{text}");
 
-    let (status, error) = post(&daemon, "/v1/run/echo", json!({"input": {"text": "x", "repeat": 0}}));
+    let (status, error) =
+        post(&daemon, "/v1/run/echo", json!({"input": {"text": "x", "repeat": 0}}));
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["error"]["param"], "repeat", "{error}");
     let (status, error) = post(&daemon, "/v1/run/echo", json!({"inputs": {}}));
@@ -513,7 +512,8 @@ fn the_run_api_takes_a_predictors_input_and_the_ledger_bills_its_seconds() {
 
     // The first run took at least 0.2 s at 1000 per second.
     let usage = get(&daemon, "/v1/usage?group_by=metadata.team");
-    let row = usage["data"].as_array().unwrap().iter().find(|r| r["key"] == "search").unwrap().clone();
+    let row =
+        usage["data"].as_array().unwrap().iter().find(|r| r["key"] == "search").unwrap().clone();
     assert_eq!(row["requests"], 1, "{usage}");
     let cost: f64 = row["cost"].as_str().unwrap().parse().unwrap();
     assert!(cost >= 200.0, "billed by prediction time: {row}");

@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(cog::model_routes())
         .merge(cog::routes())
+        .merge(cog::replicate::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), cog::embeddings::hook))

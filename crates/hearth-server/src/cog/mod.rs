@@ -11,6 +11,7 @@ mod prediction;
 pub(crate) mod python;
 mod python_run;
 pub(crate) mod registry;
+pub(crate) mod replicate;
 mod request;
 mod run;
 mod schema;

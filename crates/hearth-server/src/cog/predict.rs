@@ -147,7 +147,7 @@ async fn run_to_end(mut run: AnyRun) -> Json<Prediction> {
 
 /// Runs an async prediction in the background, sending webhooks as it goes. The task owns the
 /// run, so cancelling the prediction or the shutdown deadline ends it.
-fn spawn_async(state: &AppState, mut run: AnyRun, webhook: Option<WebhookTarget>) {
+pub(super) fn spawn_async(state: &AppState, mut run: AnyRun, webhook: Option<WebhookTarget>) {
     let mut webhooks = webhook.map(|target| {
         let stop = state.cancel_all().clone();
         WebhookSender::spawn(

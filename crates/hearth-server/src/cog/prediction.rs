@@ -36,6 +36,9 @@ pub(crate) struct Metrics {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Prediction {
     pub id: String,
+    /// The model as the caller named it, for Replicate's API (Cog's object has no model).
+    #[serde(skip)]
+    pub model: Option<String>,
     pub status: Status,
     pub input: Value,
     /// The output so far: for a streaming prediction a list with one item per chunk (Cog's
@@ -57,6 +60,7 @@ impl Prediction {
     pub(crate) fn new(id: String, input: Value) -> Self {
         Self {
             id,
+            model: None,
             status: Status::Starting,
             input,
             output: None,

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_gateway::{Caller, PredictRunError, PythonModel, WorkerStatus};
+use hearth_gateway::{Caller, PredictRunError, PredictorSchema, PythonModel, WorkerStatus};
 use serde_json::{json, Value};
 
 use super::error::{CogError, Detail};
@@ -126,7 +126,7 @@ fn openapi(target: &Target) -> Result<Response, CogError> {
     Ok(Json(document).into_response())
 }
 
-fn not_ready(model: &PythonModel) -> CogError {
+pub(super) fn not_ready(model: &PythonModel) -> CogError {
     CogError::NotReady(match model.worker.status() {
         WorkerStatus::Starting => {
             "Setup has not finished yet. Wait until it has finished, or GET /health-check for status."
@@ -173,12 +173,7 @@ async fn start(
             )]))
         }
     };
-    let mut shown = input.clone();
-    for secret in schema.secret_inputs() {
-        if let Some(value) = shown.get_mut(secret).filter(|v| !v.is_null()) {
-            *value = json!(REDACTED);
-        }
-    }
+    let shown = redact_secrets(&schema, &input);
     let id = url_id.or(body.id).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let cancel = state.cancel_all().child_token();
     let entry =
@@ -203,7 +198,18 @@ async fn start(
     Ok(response)
 }
 
-fn start_error(err: PredictRunError) -> CogError {
+/// The input as a prediction shows it: secrets replaced, as Cog's `Secret` prints.
+pub(super) fn redact_secrets(schema: &PredictorSchema, input: &Value) -> Value {
+    let mut shown = input.clone();
+    for secret in schema.secret_inputs() {
+        if let Some(value) = shown.get_mut(secret).filter(|v| !v.is_null()) {
+            *value = json!(REDACTED);
+        }
+    }
+    shown
+}
+
+pub(super) fn start_error(err: PredictRunError) -> CogError {
     match err {
         PredictRunError::Start(err) => CogError::from(err),
         PredictRunError::NotReady(reason) => CogError::NotReady(reason),

@@ -18,6 +18,8 @@ pub(crate) struct PredictionRequest {
     pub id: Option<String>,
     pub input: Option<Value>,
     pub webhook: Option<WebhookTarget>,
+    /// The body's other fields (Replicate's `version` and `model`); Cog ignores them.
+    pub extra: Map<String, Value>,
 }
 
 /// How the caller wants the answer.
@@ -57,7 +59,8 @@ impl FromRequest<AppState> for PredictionRequest {
         // Cog's request model ignores fields it does not know (`created_at`, `context`, …).
         let id = parse_id(body.remove("id"))?;
         let webhook = parse_webhook(&mut body)?;
-        Ok(Self { id, input: body.remove("input"), webhook })
+        let input = body.remove("input");
+        Ok(Self { id, input, webhook, extra: body })
     }
 }
 

@@ -20,5 +20,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         // A wildcard, since model ids may contain `/`.
-        .route("/v1/models/{*model}", get(models::retrieve))
+        // The same path carries Replicate's `POST /v1/models/{owner}/{name}/predictions`.
+        .route(
+            "/v1/models/{*model}",
+            get(models::retrieve).post(crate::cog::replicate::create_for_model),
+        )
 }

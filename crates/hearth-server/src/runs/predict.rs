@@ -48,7 +48,8 @@ pub(super) async fn run(
         .await
         .map_err(RelayError::from)?;
     let (run_id, route) = (run.run_id.clone(), run.route.clone());
-    let answer = Answer { run_id: run_id.clone(), model, route: route.clone(), ..Answer::default() };
+    let answer =
+        Answer { run_id: run_id.clone(), model, route: route.clone(), ..Answer::default() };
     let mut response = if body.stream {
         stream_answer(run, answer, state.config().sse_keep_alive)
     } else {
@@ -106,7 +107,9 @@ async fn whole(mut run: PredictionRun, mut answer: Answer) -> Value {
             return whole;
         }
     }
-    answer.take(PredictionEvent::Failed { error: "the prediction was lost".into() }).unwrap_or_default()
+    answer
+        .take(PredictionEvent::Failed { error: "the prediction was lost".into() })
+        .unwrap_or_default()
 }
 
 fn stream_answer(run: PredictionRun, answer: Answer, keep_alive: std::time::Duration) -> Response {
