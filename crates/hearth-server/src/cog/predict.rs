@@ -139,7 +139,7 @@ pub(super) fn existing(state: &AppState, entry: Arc<PredictionEntry>, mode: Mode
 async fn run_to_end(mut run: AnyRun) -> Json<Prediction> {
     while let Some(update) = run.next().await {
         if let Update::Done(prediction) = update {
-            return Json(prediction);
+            return Json(*prediction);
         }
     }
     Json(run.entry().snapshot())
@@ -169,7 +169,7 @@ pub(super) fn spawn_async(state: &AppState, mut run: AnyRun, webhook: Option<Web
                 Update::Log { .. } => hooks.logs(|| run.entry().snapshot()),
                 Update::Done(prediction) => {
                     if let Some(hooks) = webhooks.take() {
-                        hooks.completed(prediction).await;
+                        hooks.completed(*prediction).await;
                     }
                 }
             }

@@ -74,13 +74,18 @@ impl PythonRun {
             }
             PredictionEvent::Done { output, predict_time } => {
                 let output = (!self.streams).then_some(output);
-                Update::Done(self.finish(Status::Succeeded, output, None, Some(predict_time)))
+                Update::Done(Box::new(self.finish(
+                    Status::Succeeded,
+                    output,
+                    None,
+                    Some(predict_time),
+                )))
             }
             PredictionEvent::Failed { error } => {
-                Update::Done(self.finish(Status::Failed, None, Some(error), None))
+                Update::Done(Box::new(self.finish(Status::Failed, None, Some(error), None)))
             }
             PredictionEvent::Cancelled => {
-                Update::Done(self.finish(Status::Canceled, None, None, None))
+                Update::Done(Box::new(self.finish(Status::Canceled, None, None, None)))
             }
         }
     }

@@ -36,7 +36,7 @@ pub(crate) enum Update {
         data: String,
     },
     /// The prediction ended; this is its final state.
-    Done(Prediction),
+    Done(Box<Prediction>),
 }
 
 /// When a prediction's run was asked for, by the wall clock and by a monotonic one.
@@ -101,12 +101,14 @@ impl Run {
                 // A cancel wins over events already buffered: a fast engine must not starve it.
                 biased;
                 () = self.entry.cancel_token().cancelled() => {
-                    return Some(Update::Done(self.cancel().await));
+                    return Some(Update::Done(Box::new(self.cancel().await)));
                 }
                 next = self.events.next() => next,
             };
             let Some(RunEvent { event, .. }) = next else {
-                return Some(Update::Done(self.finish(Status::Failed, Some(RUN_LOST.into()))));
+                return Some(Update::Done(Box::new(
+                    self.finish(Status::Failed, Some(RUN_LOST.into())),
+                )));
             };
             if let Some(update) = self.apply(event) {
                 return Some(update);
@@ -128,13 +130,13 @@ impl Run {
                 None
             }
             CanonicalEvent::Finish { .. } => {
-                Some(Update::Done(self.finish(Status::Succeeded, None)))
+                Some(Update::Done(Box::new(self.finish(Status::Succeeded, None))))
             }
             CanonicalEvent::Error { error } if error.kind == ErrorKind::Cancelled => {
-                Some(Update::Done(self.finish(Status::Canceled, None)))
+                Some(Update::Done(Box::new(self.finish(Status::Canceled, None))))
             }
             CanonicalEvent::Error { error } => {
-                Some(Update::Done(self.finish(Status::Failed, Some(error.message))))
+                Some(Update::Done(Box::new(self.finish(Status::Failed, Some(error.message)))))
             }
             CanonicalEvent::MessageStart { .. }
             | CanonicalEvent::ToolCallStart { .. }
