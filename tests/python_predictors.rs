@@ -475,7 +475,11 @@ fn a_pushed_python_package_builds_its_environment_and_serves() {
 fn the_run_api_takes_a_predictors_input_and_the_ledger_bills_its_seconds() {
     let models = tempfile::tempdir().unwrap();
     copy_dir(&fixture("echo"), &models.path().join("echo"));
-    std::fs::write(models.path().join("echo/hearth.yaml"), "price_per_second: 1000\n").unwrap();
+    std::fs::write(
+        models.path().join("echo/hearth.yaml"),
+        "price_per_second: 1000\npredict_timeout_s: 2\n",
+    )
+    .unwrap();
     let env = [("HEARTH_CACHE_DIR", cache_dir())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let daemon = Daemon::start_with_env(&["--models", models.path().to_str().unwrap()], &env);
@@ -509,6 +513,12 @@ fn the_run_api_takes_a_predictors_input_and_the_ledger_bills_its_seconds() {
     assert_eq!(error["error"]["param"], "repeat", "{error}");
     let (status, error) = post(&daemon, "/v1/run/echo", json!({"inputs": {}}));
     assert_eq!(status, 400, "{error}");
+
+    // A prediction that overruns predict_timeout_s is cancelled and reported as timed out.
+    let (_, answer) =
+        post(&daemon, "/v1/run/echo", json!({"input": {"text": "a b c d e f g h", "delay": 0.5}}));
+    assert_eq!(answer["status"], "failed", "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("timed out after 2 s"), "{answer}");
 
     // The first run took at least 0.2 s at 1000 per second.
     let usage = get(&daemon, "/v1/usage?group_by=metadata.team");

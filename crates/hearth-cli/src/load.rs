@@ -55,6 +55,8 @@ pub(crate) fn load_one(
     wait: SetupWait,
 ) -> anyhow::Result<(String, Loaded)> {
     let started = Instant::now();
+    // First: fetched weights may bring the config.json that says the package is native.
+    crate::weights::fetch_hf_weights(dir)?;
     let cog = CogConfig::load(dir)?;
     let settings = PackageSettings::load(dir)?;
     if hearth_package::runs_in_python(dir, &cog, &settings) {
@@ -62,7 +64,6 @@ pub(crate) fn load_one(
         let model = load_python(&name, dir, cog, settings, wait)?;
         return Ok((name, Loaded::Python(model)));
     }
-    crate::weights::fetch_hf_weights(dir)?;
     let package = Package::load(dir)?;
     let device = choose_device(device_arg, package.cog.build.gpu)?;
     if package.model.kind() == ModelKind::Embedding {

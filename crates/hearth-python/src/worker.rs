@@ -334,25 +334,30 @@ async fn supervise(shared: Arc<Shared>) {
     let mut stop = shared.stop.subscribe();
     loop {
         let outcome = run_once(&shared).await;
-        fail_in_flight(&shared, &outcome.reason);
         *lock(&shared.commands) = None;
+        // The status changes before the predictions in flight hear of the exit, so none of
+        // their callers can find the worker still `Ready`.
         let is_stopped = *stop.borrow();
-        if is_stopped {
-            shared.status.send_replace(WorkerStatus::Stopped);
-            return;
-        }
-        if !outcome.was_ready {
+        let next = if is_stopped {
+            WorkerStatus::Stopped
+        } else if !outcome.was_ready {
             let status = shared.status.borrow().clone();
             let error = match status {
                 WorkerStatus::SetupFailed { error } => error,
                 _ => outcome.reason.clone(),
             };
             tracing::error!(model = %shared.config.name, %error, "Python predictor setup failed");
-            shared.status.send_replace(WorkerStatus::SetupFailed { error });
+            WorkerStatus::SetupFailed { error }
+        } else {
+            tracing::warn!(model = %shared.config.name, reason = %outcome.reason, pause_ms = pause.as_millis() as u64, "Python worker exited; restarting");
+            WorkerStatus::Restarting { reason: outcome.reason.clone() }
+        };
+        let restarting = matches!(next, WorkerStatus::Restarting { .. });
+        shared.status.send_replace(next);
+        fail_in_flight(&shared, &outcome.reason);
+        if !restarting {
             return;
         }
-        tracing::warn!(model = %shared.config.name, reason = %outcome.reason, pause_ms = pause.as_millis() as u64, "Python worker exited; restarting");
-        shared.status.send_replace(WorkerStatus::Restarting { reason: outcome.reason });
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = stopped(&mut stop) => {
@@ -588,11 +593,12 @@ fn route(shared: &Shared, id: &str, event: Event) {
 
 fn fail_in_flight(shared: &Shared, reason: &str) {
     let lost: Vec<InFlight> = lock(&shared.in_flight).drain().map(|(_, p)| p).collect();
-    for mut prediction in lost {
-        if let Some(accepted) = prediction.accepted.take() {
+    for InFlight { events, accepted, _slot: slot } in lost {
+        drop(slot); // free before the caller hears, as for any ending
+        if let Some(accepted) = accepted {
             let _ = accepted.send(Err(PredictError::WorkerLost(reason.to_owned())));
         }
         let error = format!("{reason} during this prediction");
-        let _ = prediction.events.send(Event::Failed { error });
+        let _ = events.send(Event::Failed { error });
     }
 }

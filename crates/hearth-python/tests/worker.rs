@@ -225,3 +225,14 @@ fn a_package_whose_requirements_cannot_install_is_refused_with_the_installer_err
     let leftovers: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
     assert!(leftovers.is_empty(), "a failed build leaves nothing behind: {leftovers:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setup_that_overruns_its_timeout_fails() {
+    let worker = tokio::task::block_in_place(|| start("setup-slow", Some(Duration::from_secs(2))));
+    match worker.wait_ready().await {
+        WorkerStatus::SetupFailed { error } => {
+            assert!(error.contains("did not finish within 2 s"), "{error}")
+        }
+        other => panic!("expected a failed setup, got {other:?}"),
+    }
+}
