@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: every Rust test (unit, parity, end-to-end against the real binary), then
-# the official client libraries against a running daemon.
+# the official client libraries against a running daemon, and the Cog conformance suite (Hearth
+# beside Cog's own server on the same predictors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,4 +12,4 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
-HEARTH_BIN="$PWD/target/debug/hearth" .venv/bin/python -m pytest tests/clients -q
+HEARTH_BIN="$PWD/target/debug/hearth" .venv/bin/python -m pytest tests/clients tests/conformance -q

@@ -5,7 +5,9 @@ The predictors return their input (`identity`, and `identity-stream` as one SSE 
 is measured is everything around `predict()`: HTTP, input checking, the hop to the Python
 worker and back, and the answer. For each server, mode (sync JSON, SSE) and number of
 concurrent callers (1, 8), callers send back-to-back requests on kept-alive connections;
-latencies are per request, client-side.
+latencies are per request, client-side. Both servers get 16 slots for the 8 callers. A request
+answered "busy" (coglet's 409, Hearth's 429) is sent again at once and counted; only answered
+predictions are timed.
 
 Usage: python bench.py --hearth BIN --python PYTHON [--requests N]
 PYTHON is an interpreter with `cog==0.23.1` installed (which brings coglet).
@@ -16,6 +18,8 @@ import http.client
 import json
 import os
 import platform
+import shutil
+import tempfile
 import socket
 import statistics
 import subprocess
@@ -49,9 +53,16 @@ def wait_ready(port, model_prefix, limit=300):
     raise RuntimeError(f"server on {port} never became ready")
 
 
-def start_coglet(python, package, port):
+def start_coglet(python, package, port, openapi):
+    """coglet on a copy of `package` holding `openapi` where `cog build` would write it (coglet
+    streams only for a predictor its schema marks `x-cog-streaming`)."""
+    copy = Path(tempfile.mkdtemp(prefix="bench-coglet-")) / package.name
+    shutil.copytree(package, copy)
+    (copy / ".cog").mkdir()
+    (copy / ".cog" / "openapi_schema.json").write_text(json.dumps(openapi))
+    package = copy
     env = {**os.environ, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
-           "COG_MAX_CONCURRENCY": "8", "PATH": f"{Path(python).parent}:{os.environ['PATH']}"}
+           "COG_MAX_CONCURRENCY": "16", "PATH": f"{Path(python).parent}:{os.environ['PATH']}"}
     proc = subprocess.Popen([python, "-m", "cog.server.http", "--host", "127.0.0.1"], cwd=package,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(port, "")
@@ -67,6 +78,10 @@ def start_hearth(binary, package, port, cache):
     return proc
 
 
+class Busy(Exception):
+    """Every slot was taken (409 from coglet, 429 from Hearth)."""
+
+
 def one(conn, stream):
     headers = {"content-type": "application/json"}
     if stream:
@@ -76,6 +91,8 @@ def one(conn, stream):
     response = conn.getresponse()
     body = response.read()
     elapsed = time.perf_counter() - started
+    if response.status in (409, 429):
+        raise Busy()
     if response.status != 200:
         raise RuntimeError(f"{response.status}: {body[:200]!r}")
     if stream and b"hello" not in body:
@@ -84,20 +101,26 @@ def one(conn, stream):
 
 
 def measure(port, stream, callers, requests):
-    latencies, errors = [], []
+    latencies, errors, refused = [], [], []
     per_caller = max(1, requests // callers)
 
     def caller():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for _ in range(10):  # warm-up, not counted
-            one(conn, stream)
-        mine = []
+        mine, busy = [], 0
         try:
-            for _ in range(per_caller):
-                mine.append(one(conn, stream))
+            for i in range(10 + per_caller):  # the first 10 warm up and are not counted
+                while True:
+                    try:
+                        elapsed = one(conn, stream)
+                        break
+                    except Busy:
+                        busy += 1
+                if i >= 10:
+                    mine.append(elapsed)
         except Exception as e:  # noqa: BLE001 — reported below
             errors.append(e)
         latencies.extend(mine)
+        refused.append(busy)
 
     threads = [threading.Thread(target=caller) for _ in range(callers)]
     started = time.perf_counter()
@@ -110,7 +133,8 @@ def measure(port, stream, callers, requests):
         raise RuntimeError(f"{len(errors)} callers failed: {errors[0]}")
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
-    return {"p50": p(0.50), "p99": p(0.99), "rps": len(latencies) / wall, "n": len(latencies)}
+    return {"p50": p(0.50), "p99": p(0.99), "rps": len(latencies) / wall, "n": len(latencies),
+            "busy": sum(refused)}
 
 
 def cpu_name():
@@ -133,27 +157,32 @@ def main():
     os.makedirs(args.cache, exist_ok=True)
     rows = []
     for mode, package in (("sync", HERE / "identity"), ("sse", HERE / "identity-stream")):
-        for server in ("coglet", "hearth"):
+        openapi = None
+        for server in ("hearth", "coglet"):
             port = free_port()
             if server == "coglet":
-                proc = start_coglet(args.python, package, port)
+                proc = start_coglet(args.python, package, port, openapi)
             else:
                 proc = start_hearth(args.hearth, package, port, args.cache)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/openapi.json")
+                openapi = json.loads(conn.getresponse().read())
             try:
                 for callers in (1, 8):
                     r = measure(port, mode == "sse", callers, args.requests)
                     rows.append((mode, callers, server, r))
                     print(f"{mode:4} {callers} callers {server:6}: p50 {r['p50']:.2f} ms  "
-                          f"p99 {r['p99']:.2f} ms  {r['rps']:.0f} req/s  (n={r['n']})",
+                          f"p99 {r['p99']:.2f} ms  {r['rps']:.0f} req/s  (n={r['n']}, busy {r['busy']})",
                           file=sys.stderr, flush=True)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
     print(f"\nCPU: {cpu_name()}, {os.cpu_count()} cores; {args.requests} requests per row\n")
-    print("| mode | callers | server | p50 ms | p99 ms | req/s |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | callers | server | p50 ms | p99 ms | req/s | busy answers |")
+    print("|---|---|---|---|---|---|---|")
     for mode, callers, server, r in rows:
-        print(f"| {mode} | {callers} | {server} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} |")
+        print(f"| {mode} | {callers} | {server} | {r['p50']:.2f} | {r['p99']:.2f} | "
+              f"{r['rps']:.0f} | {r['busy']} |")
 
 
 if __name__ == "__main__":

@@ -9,4 +9,4 @@ if [ ! -x "$venv/bin/python" ]; then
     python3.11 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "cog==0.23.1"
 fi
-exec "$venv/bin/python" benches/python-bridge/bench.py --hearth target/release/hearth --python "$venv/bin/python" "$@"
+exec "$venv/bin/python" benches/python-bridge/bench.py --hearth "$PWD/target/release/hearth" --python "$PWD/$venv/bin/python" "$@"

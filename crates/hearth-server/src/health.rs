@@ -3,11 +3,13 @@
 //! It always answers 200 while the daemon serves; each model reports whether it loaded and, when
 //! it did, its engine's load and KV-cache use (tests read `kv_blocks_used` to see a cancelled
 //! request's memory come back). Embedding models are listed too, with `"kind": "embedding"`
-//! and their vector size in place of the engine's load.
+//! and their vector size in place of the engine's load; Python predictors with `"kind":
+//! "python"`, their worker's state (`starting`, `ready`, `failed` with the setup's error,
+//! `restarting` with why) and slots.
 
 use axum::extract::State;
 use axum::Json;
-use hearth_gateway::CatalogEntry;
+use hearth_gateway::{CatalogEntry, WorkerStatus};
 use serde::Serialize;
 use serde_json::Map;
 
@@ -75,6 +77,26 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<serde_json::Va
             max_input_tokens: info.max_input_tokens,
         };
         models.insert(name.clone(), serde_json::json!(health));
+    }
+    for (name, model) in catalog.python_models() {
+        let worker = &model.worker;
+        let (state, reason) = match worker.status() {
+            WorkerStatus::Starting => ("starting", None),
+            WorkerStatus::Ready => ("ready", None),
+            WorkerStatus::SetupFailed { error } => ("failed", Some(error)),
+            WorkerStatus::Restarting { reason } => ("restarting", Some(reason)),
+            WorkerStatus::Stopped => ("stopped", None),
+        };
+        let mut health = serde_json::json!({
+            "state": state,
+            "kind": "python",
+            "slots": worker.slots(),
+            "busy_slots": worker.busy_slots(),
+        });
+        if let Some(reason) = reason {
+            health["reason"] = reason.into();
+        }
+        models.insert(name.clone(), health);
     }
     Json(serde_json::json!({ "status": "ok", "models": models }))
 }

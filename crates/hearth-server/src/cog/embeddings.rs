@@ -114,6 +114,8 @@ fn health_check(state: &AppState, target: &Target) -> Response {
 fn openapi(target: &Target) -> Response {
     let info = target.model.embedder.info();
     let mut document = schema::openapi(&target.name, &target.prefix, info.max_input_tokens);
+    // Answered synchronously whatever `Accept` says.
+    schema::set_streaming(&mut document, &target.prefix, false);
     let dimension = info.dimension;
     let schemas = &mut document["components"]["schemas"];
     schemas["Input"] = json!({

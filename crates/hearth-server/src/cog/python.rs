@@ -121,8 +121,13 @@ fn health_check(target: &Target) -> Response {
 
 fn openapi(target: &Target) -> Result<Response, CogError> {
     let schema = target.model.worker.schema().ok_or_else(|| not_ready(&target.model))?;
-    let document =
-        schema::openapi_with(&target.name, &target.prefix, &schema.input, &schema.output);
+    let document = schema::openapi_with(
+        &target.name,
+        &target.prefix,
+        &schema.input,
+        &schema.output,
+        schema.streams,
+    );
     Ok(Json(document).into_response())
 }
 

@@ -6,20 +6,45 @@ use serde_json::{json, Map, Value};
 
 use super::fields::{DefaultValue, Field, FIELDS};
 
-/// The document for one model whose routes live under `prefix` ("" at the root).
+/// The document for one (generative, so streaming) model whose routes live under `prefix`
+/// ("" at the root).
 pub(crate) fn openapi(model: &str, prefix: &str, context_length: usize) -> Value {
-    json!({
+    let mut document = json!({
         "openapi": "3.0.2",
         "info": { "title": format!("Cog: {model}"), "version": "0.1.0" },
         "paths": paths(prefix),
         "components": { "schemas": schemas(context_length) },
-    })
+    });
+    set_streaming(&mut document, prefix, true);
+    document
+}
+
+/// Marks the prediction operation as streaming or not, as `cog build` does with
+/// `x-cog-streaming`: Cog's server answers `Accept: text/event-stream` only when it is set.
+pub(crate) fn set_streaming(document: &mut Value, prefix: &str, streams: bool) {
+    let operation = &mut document["paths"][format!("{prefix}/predictions")]["post"];
+    match operation.as_object_mut() {
+        Some(operation) if streams => {
+            operation.insert("x-cog-streaming".into(), Value::Bool(true));
+        }
+        Some(operation) => {
+            operation.remove("x-cog-streaming");
+        }
+        None => {}
+    }
 }
 
 /// The same document around another model's own `Input` and `Output` schemas (a Python
 /// predictor's, as Cog's SDK reads them off its signature).
-pub(crate) fn openapi_with(model: &str, prefix: &str, input: &Value, output: &Value) -> Value {
+pub(crate) fn openapi_with(
+    model: &str,
+    prefix: &str,
+    input: &Value,
+    output: &Value,
+    streams: bool,
+) -> Value {
     let mut document = openapi(model, prefix, 0);
+    set_streaming(&mut document, prefix, streams);
     let schemas = &mut document["components"]["schemas"];
     schemas["Input"] = input.clone();
     schemas["Output"] = output.clone();

@@ -1,0 +1,95 @@
+"""Conformance: the same predictors (tests/fixtures/python) served by Cog's own server
+(coglet, `cog==0.23.1` from PyPI) and by Hearth, the same request corpus (corpus.py), and the
+answers reduced to status codes, JSON shapes and event vocabularies must be identical — except
+for the differences listed in KNOWN, each with its reason, which must still be exactly as
+recorded (so a change on either side is noticed).
+
+One rule is wider than identity: a prediction object of Hearth's may carry keys coglet's lacks
+(`input`, `error`, `created_at`, `started_at`, `completed_at`: Cog's earlier server and
+Replicate's API have them, and clients read them), as long as it has every key of coglet's with
+the same shape."""
+
+import json
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import corpus
+import servers
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "python"
+
+# (fixture, case) -> (coglet's answer, Hearth's answer, why they differ).
+KNOWN = {
+    ("echo", "cancel"): (
+        (202, 200, {}, "succeeded"),
+        (202, 200, {}, "canceled"),
+        "coglet 0.23.1 answers the cancel but lets a sync generator predictor run to the end; "
+        "Hearth raises CancelationException in it, as Cog documents",
+    ),
+    ("async", "fifth"): (
+        (409, {"error": "str", "status": "str"}),
+        (429, {"error": "str", "status": "str"}),
+        "every slot busy: Hearth answers 429 with Retry-After on every surface; coglet 409",
+    ),
+}
+
+
+def conforms(theirs, ours):
+    """Equal, except that an object of ours may have keys theirs has not."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        return all(k in ours and conforms(v, ours[k]) for k, v in theirs.items())
+    if isinstance(theirs, (list, tuple)) and isinstance(ours, (list, tuple)):
+        return len(theirs) == len(ours) and all(conforms(a, b) for a, b in zip(theirs, ours))
+    return theirs == ours
+
+
+def test_conforms_is_strict_where_it_must_be():
+    assert conforms({"id": "str"}, {"id": "str", "input": {}})
+    assert not conforms({"id": "str", "output": "int"}, {"id": "str"})
+    assert not conforms((200, "READY"), (200, "BUSY"))
+    assert not conforms([1, 2], [1])
+
+
+def hearth_bin():
+    return os.environ.get("HEARTH_BIN", str(ROOT / "target" / "debug" / "hearth"))
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    return corpus.Webhooks()
+
+
+@pytest.mark.parametrize("fixture,run", [
+    ("echo", corpus.echo_corpus),
+    ("async", corpus.async_corpus),
+    ("setup-fails", corpus.setup_fails_corpus),
+])
+def test_hearth_answers_as_coglet_does(fixture, run, hooks):
+    work = tempfile.mkdtemp(prefix="conformance-")
+    package = FIXTURES / fixture
+    hearth = servers.start_hearth(hearth_bin(), package, work, ROOT / "target" / "test-cache")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{hearth.port}/openapi.json") as response:
+            openapi = json.load(response) if response.status == 200 else {}
+    except OSError:
+        openapi = {}  # a predictor whose setup failed has no schema on either server
+    coglet = servers.start_coglet(package, work, openapi)
+    try:
+        theirs = run(coglet.port, hooks)
+        ours = run(hearth.port, hooks)
+    finally:
+        hearth.stop()
+        coglet.stop()
+    assert theirs.keys() == ours.keys()
+    for case in theirs:
+        known = KNOWN.get((fixture, case))
+        if known:
+            assert (theirs[case], ours[case]) == known[:2], f"{case} changed: {known[2]}"
+        else:
+            assert conforms(theirs[case], ours[case]), \
+                f"{fixture}/{case}: coglet {theirs[case]!r}, hearth {ours[case]!r}"
