@@ -218,6 +218,9 @@ fn a_python_predictor_answers_every_cog_surface() {
     let logs = prediction["logs"].as_str().unwrap();
     assert!(logs.contains("echoing 11 characters") && logs.contains("a line on stderr"), "{logs}");
     assert!(!prediction.to_string().contains("hunter2"), "{prediction}");
+    let leaked: Vec<String> =
+        daemon.all_logs().into_iter().filter(|l| l.contains("hunter2")).collect();
+    assert!(leaked.is_empty(), "the secret reached the daemon's log: {leaked:?}");
     assert!(prediction["metrics"]["predict_time"].as_f64().unwrap() > 0.0);
 
     // SSE: Cog's event vocabulary.

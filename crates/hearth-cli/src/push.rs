@@ -64,8 +64,16 @@ async fn upload(
     let (chunks, receiver) = mpsc::channel::<io::Result<Vec<u8>>>(CHUNKS_IN_FLIGHT);
     let writer = std::thread::spawn(move || write_archive(&plan, chunks));
     let counted = bar.clone();
-    let stream = futures::stream::unfold(receiver, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let stream = futures::stream::unfold((receiver, bar.clone()), |(mut rx, bar)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, bar))),
+            None => {
+                // Uploaded: what remains is the daemon's load, which for a Python package
+                // includes building its environment and running setup() (minutes, once).
+                show_loading(&bar);
+                None
+            }
+        }
     })
     .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
     let response = daemon
@@ -79,6 +87,17 @@ async fn upload(
         bail!("packing the package failed: {err}");
     }
     answer(response.with_context(|| format!("uploading to {}", daemon.to))?).await
+}
+
+/// Turns the upload bar into a spinner with the time spent loading on the daemon.
+fn show_loading(bar: &ProgressBar) {
+    let style = ProgressStyle::with_template(
+        "{prefix} {spinner} loading on the daemon (validating; a Python package builds its \
+         environment and runs setup) {elapsed}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
 }
 
 fn byte_bar(total: u64, name: &str) -> ProgressBar {
