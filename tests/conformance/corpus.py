@@ -194,3 +194,32 @@ def setup_fails_corpus(port, hooks):
     status, _, text = request(port, "POST", "/predictions", {"input": {"text": "x"}})
     out["predict"] = (status, shape(json_or_text(text)))
     return out
+
+
+# A 2×2 red PNG.
+PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEklEQVR4nGP4z8DAwMDAxMDAAAAL"
+       "+QEBqgA/DAAAAABJRU5ErkJggg==")
+
+
+def image_corpus(port, hooks):
+    """The canonical Cog example's shape: a `Path` in, a scaled `Path` out."""
+    import base64
+
+    out = {}
+    status, _, text = request(port, "POST", "/predictions", {"input": {"image": PNG, "scale": 2}})
+    prediction = json_or_text(text)
+    output = prediction.get("output") or ""
+    head, _, data = output.partition(",")
+    size = None
+    if head == "data:image/png;base64":
+        png = base64.b64decode(data)
+        size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
+    out["scaled"] = (status, prediction.get("status"), head, size)
+    status, _, text = request(port, "POST", "/predictions", {"input": {"scale": 2}})
+    out["missing_image"] = (status, [d.get("loc") for d in json_or_text(text).get("detail", [])])
+    status, _, text = request(port, "POST", "/predictions", {"input": {"image": PNG, "scale": 11}})
+    out["scale_out_of_range"] = (status, [d.get("loc") for d in json_or_text(text).get("detail", [])])
+    status, _, text = request(port, "POST", "/predictions", {"input": {"image": "/etc/hostname"}})
+    answer = json_or_text(text)
+    out["local_path"] = (status, answer.get("status") if isinstance(answer, dict) else None)
+    return out

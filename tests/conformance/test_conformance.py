@@ -31,6 +31,12 @@ KNOWN = {
         "coglet 0.23.1 answers the cancel but lets a sync generator predictor run to the end; "
         "Hearth raises CancelationException in it, as Cog documents",
     ),
+    ("image", "local_path"): (
+        (200, "failed"),
+        (422, None),
+        "a Path input naming a file on the server's disk: coglet hands it to the predictor, "
+        "Hearth refuses it (a caller must not make a predictor read the daemon's files)",
+    ),
     ("async", "fifth"): (
         (409, {"error": "str", "status": "str"}),
         (429, {"error": "str", "status": "str"}),
@@ -68,6 +74,7 @@ def hooks():
     ("echo", corpus.echo_corpus),
     ("async", corpus.async_corpus),
     ("setup-fails", corpus.setup_fails_corpus),
+    ("image", corpus.image_corpus),
 ])
 def test_hearth_answers_as_coglet_does(fixture, run, hooks):
     work = tempfile.mkdtemp(prefix="conformance-")
