@@ -54,16 +54,14 @@ routes = ["up-anthropic/claude-fake"]
     return config
 
 
-@pytest.fixture(scope="session")
-def hearth_url(tmp_path_factory):
-    upstream = fake_provider.start()
-    directory = tmp_path_factory.mktemp("hearth")
-    config = write_config(directory, f"http://127.0.0.1:{upstream.server_address[1]}")
+def start_hearth(args, directory, env):
+    """Starts `hearth serve ARGS` on a free port in `directory`; answers the process and the
+    address it listens on once it does."""
     proc = subprocess.Popen(
         [hearth_bin(), "--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--device", "cpu",
-         "--model", str(ROOT / "models" / "tiny-llama"), "--config", str(config)],
+         *args],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=directory,
-        env={**os.environ, "HEARTH_CLIENT_TEST_KEY": UPSTREAM_KEY},
+        env={**os.environ, **env},
     )
     addr = None
     for line in proc.stderr:
@@ -80,6 +78,18 @@ def hearth_url(tmp_path_factory):
         raise RuntimeError("hearth exited before it listened")
     # Keep draining logs so the daemon never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, addr
+
+
+@pytest.fixture(scope="session")
+def hearth_url(tmp_path_factory):
+    upstream = fake_provider.start()
+    directory = tmp_path_factory.mktemp("hearth")
+    config = write_config(directory, f"http://127.0.0.1:{upstream.server_address[1]}")
+    proc, addr = start_hearth(
+        ["--model", str(ROOT / "models" / "tiny-llama"), "--config", str(config)], directory,
+        {"HEARTH_CLIENT_TEST_KEY": UPSTREAM_KEY},
+    )
     yield f"http://{addr}"
     proc.terminate()
     proc.wait(timeout=60)

@@ -2,15 +2,13 @@
 create / get / cancel, for Python predictors (tests/fixtures/python) and a native model."""
 
 import json
-import os
-import pathlib
-import subprocess
 import time
+import urllib.request
 
 import pytest
 import replicate
 
-from conftest import ROOT, hearth_bin
+from conftest import ROOT, start_hearth
 
 FIXTURES = ROOT / "tests" / "fixtures" / "python"
 
@@ -18,30 +16,12 @@ FIXTURES = ROOT / "tests" / "fixtures" / "python"
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hearth-replicate")
-    env = {**os.environ, "HEARTH_CACHE_DIR": str(ROOT / "target" / "test-cache")}
-    proc = subprocess.Popen(
-        [hearth_bin(), "--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--device", "cpu",
-         "--model", str(FIXTURES / "echo"), "--model", str(FIXTURES / "image"),
+    proc, addr = start_hearth(
+        ["--model", str(FIXTURES / "echo"), "--model", str(FIXTURES / "image"),
          "--model", str(ROOT / "models" / "tiny-llama")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=directory, env=env,
+        directory, {"HEARTH_CACHE_DIR": str(ROOT / "target" / "test-cache")},
     )
-    addr = None
-    for line in proc.stderr:
-        try:
-            fields = json.loads(line).get("fields", {})
-        except ValueError:
-            continue
-        if fields.get("message") == "listening":
-            addr = fields["addr"]
-            break
-    if addr is None:
-        proc.kill()
-        raise RuntimeError("hearth exited before it listened")
-    # Keep reading the log so the daemon never blocks on a full pipe.
-    import threading
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     base = f"http://{addr}"
-    import urllib.request
     for name in ("echo", "image"):
         deadline = time.time() + 300
         while True:

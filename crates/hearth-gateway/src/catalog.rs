@@ -465,7 +465,7 @@ fn python_listing(name: &str, model: &PythonModel) -> ModelListing {
 /// What a Python predictor makes, read off its output schema: `text` (a string, or a stream
 /// of them), `file` (a `Path`, or a list or stream of them), or `json` (anything else).
 /// `prediction` until setup has told.
-pub fn python_modality(output: &serde_json::Value) -> &'static str {
+fn python_modality(output: &serde_json::Value) -> &'static str {
     let item = output.get("items").unwrap_or(output);
     let is = |key: &str, value: &str| item.get(key).and_then(|v| v.as_str()) == Some(value);
     if is("format", "uri") {

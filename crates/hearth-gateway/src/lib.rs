@@ -21,8 +21,8 @@ pub mod runs;
 mod shared;
 
 pub use catalog::{
-    python_modality, Catalog, CatalogEntry, CatalogError, EmbeddingModel, LocalModel, ModelListing,
-    PythonModel, ResolvedModel, Route, RouteKind,
+    Catalog, CatalogEntry, CatalogError, EmbeddingModel, LocalModel, ModelListing, PythonModel,
+    ResolvedModel, Route, RouteKind,
 };
 pub use config::{
     ConfigError, GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, ProviderKind,

@@ -104,8 +104,7 @@ impl Gateway {
             return Err(StartError::Model(CatalogError::NotFound(model.into())).into());
         };
         let Some(schema) = python.worker.schema() else {
-            let status = python.worker.status();
-            return Err(PredictRunError::NotReady(not_ready(&status)));
+            return Err(PredictRunError::NotReady(python.worker.status().describe()));
         };
         let inputs =
             files::fetch_inputs(&schema, &mut input, files).await.map_err(|e| match e {
@@ -298,19 +297,6 @@ impl Gateway {
         if let Err(e) = self.inner.ledger.record(&record).await {
             tracing::error!(run_id = %job.run_id, error = %e, "could not write the ledger record");
         }
-    }
-}
-
-fn not_ready(status: &hearth_python::WorkerStatus) -> String {
-    use hearth_python::WorkerStatus;
-    match status {
-        WorkerStatus::Starting => {
-            "Setup has not finished yet. Wait until it has finished, or GET /health-check for status.".into()
-        }
-        WorkerStatus::SetupFailed { error } => format!("setup failed: {error}"),
-        WorkerStatus::Restarting { reason } => format!("the Python worker is restarting ({reason})"),
-        WorkerStatus::Ready => "ready".into(),
-        WorkerStatus::Stopped => "the model has been stopped".into(),
     }
 }
 

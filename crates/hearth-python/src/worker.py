@@ -202,8 +202,8 @@ class Worker:
             self.loop = asyncio.new_event_loop()
             threading.Thread(target=self.loop.run_forever, name="predict-loop", daemon=True).start()
         output = self.info.output.json_type()
-        streams = output.get("x-cog-array-type") == "iterator"
-        return {"input": input_schema(self.info), "output": output, "streams": streams}
+        self.streams = output.get("x-cog-array-type") == "iterator"
+        return {"input": input_schema(self.info), "output": output, "streams": self.streams}
 
     # ---- predictions -----------------------------------------------------------------------
 
@@ -233,7 +233,7 @@ class Worker:
         started = time.monotonic()
         try:
             result = self.predict_fn(**kwargs)
-            if inspect.isgenerator(result) or _is_iterator_output(self.info):
+            if inspect.isgenerator(result) or self.streams:
                 for item in result:
                     self._send_chunk(pid, item)
                 self._done(pid, None, started)
@@ -314,10 +314,6 @@ def flush_logs(pid):
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, LogStream):
             stream.flush(pid)
-
-
-def _is_iterator_output(info):
-    return info.output.json_type().get("x-cog-array-type") == "iterator"
 
 
 def main():

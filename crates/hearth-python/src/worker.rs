@@ -220,7 +220,7 @@ impl Worker {
     pub async fn predict(&self, id: &str, input: Value) -> Result<Prediction, PredictError> {
         let status = self.status();
         if status != WorkerStatus::Ready {
-            return Err(PredictError::NotReady(describe(&status)));
+            return Err(PredictError::NotReady(status.describe()));
         }
         let slot = self.shared.slots.clone().try_acquire_owned().map_err(|_| PredictError::Busy)?;
         let (events, receiver) = mpsc::unbounded_channel();
@@ -276,13 +276,18 @@ impl Worker {
     }
 }
 
-fn describe(status: &WorkerStatus) -> String {
-    match status {
-        WorkerStatus::Starting => "setup has not finished yet".into(),
-        WorkerStatus::Ready => "ready".into(),
-        WorkerStatus::SetupFailed { error } => format!("setup failed: {error}"),
-        WorkerStatus::Restarting { reason } => format!("the worker is restarting ({reason})"),
-        WorkerStatus::Stopped => "the worker has stopped".into(),
+impl WorkerStatus {
+    /// Why a prediction cannot run now, in words for a caller (Cog's, where Cog has some).
+    pub fn describe(&self) -> String {
+        match self {
+            WorkerStatus::Starting => "Setup has not finished yet. Wait until it has finished, \
+                                       or GET /health-check for status."
+                .into(),
+            WorkerStatus::Ready => "ready".into(),
+            WorkerStatus::SetupFailed { error } => format!("Setup failed: {error}"),
+            WorkerStatus::Restarting { reason } => format!("The model is restarting: {reason}"),
+            WorkerStatus::Stopped => "The model has been stopped.".into(),
+        }
     }
 }
 

@@ -21,51 +21,21 @@ use serde_json::{json, Map, Value};
 use super::error::{CogError, Detail};
 use super::request::PredictionRequest;
 use super::schema;
+use super::target::{addressed, Addressed};
 use super::{handlers, prediction};
 use crate::relay;
 use crate::state::AppState;
 
 /// An embedding model addressed by a Cog route.
-struct Target {
-    name: String,
-    model: EmbeddingModel,
-    /// `""` at the root, `/cog/{name}` otherwise.
-    prefix: String,
-    /// The route below the prefix: `/predictions`, `/openapi.json`, …
-    route: String,
-}
-
-/// Routes the Cog API serves at the root, which go to the default model.
-pub(super) fn is_root_cog_route(path: &str) -> bool {
-    matches!(path, "/" | "/health-check" | "/openapi.json" | "/predictions")
-        || path.starts_with("/predictions/")
-}
+type Target = Addressed<EmbeddingModel>;
 
 fn target(state: &AppState, path: &str) -> Option<Target> {
     let catalog = state.catalog();
-    if let Some(rest) = path.strip_prefix("/cog/") {
-        let (name, route) = match rest.split_once('/') {
-            Some((name, route)) => (name, format!("/{route}")),
-            None => (rest, "/".to_owned()),
-        };
-        let model = catalog.embedder(name)?.clone();
-        return Some(Target {
-            name: name.to_owned(),
-            model,
-            prefix: format!("/cog/{name}"),
-            route,
-        });
-    }
-    if !is_root_cog_route(path) {
-        return None;
-    }
-    let (name, model) = catalog.default_embedder()?;
-    Some(Target {
-        name: name.to_owned(),
-        model: model.clone(),
-        prefix: String::new(),
-        route: path.to_owned(),
-    })
+    addressed(
+        path,
+        |name| catalog.embedder(name).cloned(),
+        || catalog.default_embedder().map(|(name, model)| (name.to_owned(), model.clone())),
+    )
 }
 
 /// Answers the Cog routes of embedding models; passes everything else on.

@@ -1,6 +1,7 @@
 //! The Cog container API, for one model: at `/cog/{model}/…`, and at the root for the catalog's
 //! default model.
 
+mod begin;
 pub(crate) mod embeddings;
 mod error;
 mod fields;

@@ -7,15 +7,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_gateway::Caller;
 use serde_json::json;
 
+use super::begin::{self, Begin, Begun, Claimed};
 use super::error::{CogError, Detail};
-use super::input::CogInput;
 use super::prediction::Prediction;
-use super::registry::{Claim, PredictionEntry};
+use super::registry::PredictionEntry;
 use super::request::{Mode, PredictionRequest};
-use super::run::{AnyRun, Run, Started, Update};
+use super::run::{AnyRun, Update};
 use super::sse;
 use super::target::{path_param, CogModel};
 use super::webhook::{WebhookSender, WebhookTarget};
@@ -79,36 +78,31 @@ async fn predict(
     mode: Mode,
     request: PredictionRequest,
 ) -> Result<Response, CogError> {
-    let info = target.model.engine.info();
-    let input = CogInput::parse(request.input.as_ref(), info.context_length)?;
-    let has_template = target.model.engine.has_chat_template();
-    let canonical = input.to_canonical(&target.name, has_template)?;
     let id = request.id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let prediction = Prediction::new(id.clone(), request.input.unwrap_or_default());
-    let cancel = state.cancel_all().child_token();
-    let entry = match state.predictions().claim(&target.name, prediction, cancel) {
-        Claim::Existing(entry) => return Ok(existing(&state, entry, mode)),
-        Claim::New(entry) => entry,
+    let at = Claimed { namespace: &target.name, id, label: None };
+    let begun = begin::native(&state, at, &target.name, &target.model, request.input).await?;
+    Ok(answer(&state, begun, mode, request.webhook).await)
+}
+
+/// Answers a prediction [`begin`] started (or found), as the caller asked.
+pub(super) async fn answer(
+    state: &AppState,
+    begun: Begin,
+    mode: Mode,
+    webhook: Option<WebhookTarget>,
+) -> Response {
+    let Begun { run, run_id, route, accepted } = match begun {
+        Begin::Started(begun) => *begun,
+        Begin::Existing(entry) => return existing(state, entry, mode),
     };
-    // Cog's semantics: a prediction whose client leaves is cancelled.
-    let caller = Caller { cancel_on_disconnect: true, ..Caller::default() };
-    let started = Started::now();
-    let run = state.gateway().start_run(canonical, caller).await.map_err(|err| {
-        state.predictions().forget(&target.name, &id);
-        CogError::from(err)
-    })?;
-    let (run_id, route) = (run.run_id.clone(), run.route.clone());
-    // An async prediction is answered as it was accepted, before it starts processing.
-    let accepted = entry.snapshot();
-    let run = AnyRun::Engine(Run::start(entry, state.gateway().clone(), run, started));
-    let mut response = respond(&state, run, mode, accepted, request.webhook).await;
+    let mut response = respond(state, run, mode, accepted, webhook).await;
     relay::set_run_headers(response.headers_mut(), &run_id, Some(&route));
-    Ok(response)
+    response
 }
 
 /// Answers a prediction that started, as the caller asked: the finished prediction, a stream
 /// of server-sent events, or 202 with the prediction as accepted (progress goes to webhooks).
-pub(super) async fn respond(
+async fn respond(
     state: &AppState,
     run: AnyRun,
     mode: Mode,
@@ -126,7 +120,7 @@ pub(super) async fn respond(
 }
 
 /// A prediction with this id already exists: report it rather than run it twice.
-pub(super) fn existing(state: &AppState, entry: Arc<PredictionEntry>, mode: Mode) -> Response {
+fn existing(state: &AppState, entry: Arc<PredictionEntry>, mode: Mode) -> Response {
     if mode == Mode::Stream {
         return sse::respond(sse::follow(entry), state.config().sse_keep_alive);
     }

@@ -15,49 +15,30 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_gateway::{Caller, PredictRunError, PredictorSchema, PythonModel, WorkerStatus};
+use hearth_gateway::{PredictRunError, PredictorSchema, PythonModel, WorkerStatus};
 use serde_json::{json, Value};
 
+use super::begin::{self, Claimed};
 use super::error::{CogError, Detail};
-use super::prediction::{self, Prediction};
-use super::python_run::PythonRun;
-use super::registry::Claim;
+use super::prediction;
 use super::request::{Mode, PredictionRequest};
-use super::run::{AnyRun, Started};
+use super::target::{addressed, Addressed};
 use super::{handlers, predict, schema};
-use crate::relay;
 use crate::state::AppState;
 
 /// How a secret input reads in a prediction, as Cog's `Secret` prints.
 const REDACTED: &str = "**********";
 
 /// A Python model addressed by a Cog route.
-struct Target {
-    name: String,
-    model: PythonModel,
-    /// `""` at the root, `/cog/{name}` otherwise.
-    prefix: String,
-    /// The route below the prefix: `/predictions`, `/openapi.json`, …
-    route: String,
-}
+type Target = Addressed<PythonModel>;
 
 fn target(state: &AppState, path: &str) -> Option<Target> {
     let catalog = state.catalog();
-    if let Some(rest) = path.strip_prefix("/cog/") {
-        let (name, route) = match rest.split_once('/') {
-            Some((name, route)) => (name, format!("/{route}")),
-            None => (rest, "/".to_owned()),
-        };
-        let model = catalog.python(name)?.clone();
-        let prefix = format!("/cog/{name}");
-        return Some(Target { name: name.to_owned(), model, prefix, route });
-    }
-    if !super::embeddings::is_root_cog_route(path) {
-        return None;
-    }
-    let (name, model) = catalog.default_python()?;
-    let route = path.to_owned();
-    Some(Target { name: name.to_owned(), model: model.clone(), prefix: String::new(), route })
+    addressed(
+        path,
+        |name| catalog.python(name).cloned(),
+        || catalog.default_python().map(|(name, model)| (name.to_owned(), model.clone())),
+    )
 }
 
 /// Answers the Cog routes of Python models; passes everything else on.
@@ -132,15 +113,7 @@ fn openapi(target: &Target) -> Result<Response, CogError> {
 }
 
 pub(super) fn not_ready(model: &PythonModel) -> CogError {
-    CogError::NotReady(match model.worker.status() {
-        WorkerStatus::Starting => {
-            "Setup has not finished yet. Wait until it has finished, or GET /health-check for status."
-                .into()
-        }
-        WorkerStatus::SetupFailed { error } => format!("Setup failed: {error}"),
-        WorkerStatus::Restarting { reason } => format!("The model is restarting: {reason}"),
-        WorkerStatus::Ready | WorkerStatus::Stopped => "The model is not available.".into(),
-    })
+    CogError::NotReady(model.worker.status().describe())
 }
 
 fn cancel(state: &AppState, target: &Target, id: String) -> Result<Response, CogError> {
@@ -157,50 +130,21 @@ async fn start(
     request: Request,
 ) -> Result<Response, CogError> {
     let mode = Mode::from_headers(request.headers());
-    let mut body = PredictionRequest::from_request(request, &state).await?;
+    let body = PredictionRequest::from_request(request, &state).await?;
     if let (Some(url_id), Some(body_id)) = (&url_id, &body.id) {
         if url_id != body_id {
             let msg = format!("prediction ID must match the ID supplied in the URL (`{url_id}`)");
             return Err(CogError::Invalid(vec![Detail::at(&["body", "id"], msg)]));
         }
     }
-    let schema = target.model.worker.schema().ok_or_else(|| not_ready(&target.model))?;
+    let schema = begin::schema_of(&target.model)?;
     if mode == Mode::Stream && !schema.streams {
         return Err(CogError::NotStreaming);
     }
-    let input = match body.input.take() {
-        None | Some(Value::Null) => json!({}),
-        Some(input @ Value::Object(_)) => input,
-        Some(_) => {
-            return Err(CogError::Invalid(vec![Detail::at(
-                &["body", "input"],
-                "input must be a JSON object",
-            )]))
-        }
-    };
-    let shown = redact_secrets(&schema, &input);
     let id = url_id.or(body.id).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let cancel = state.cancel_all().child_token();
-    let entry =
-        match state.predictions().claim(&target.name, Prediction::new(id.clone(), shown), cancel) {
-            Claim::Existing(entry) => return Ok(predict::existing(&state, entry, mode)),
-            Claim::New(entry) => entry,
-        };
-    let caller = Caller { cancel_on_disconnect: true, ..Caller::default() };
-    let started = Started::now();
-    let run =
-        state.gateway().predict(&target.name, &id, input, caller, state.files()).await.map_err(
-            |err| {
-                state.predictions().forget(&target.name, &id);
-                start_error(err)
-            },
-        )?;
-    let (run_id, route) = (run.run_id.clone(), run.route.clone());
-    let accepted = entry.snapshot();
-    let run = AnyRun::Python(PythonRun::start(entry, run, started, schema.streams));
-    let mut response = predict::respond(&state, run, mode, accepted, body.webhook).await;
-    relay::set_run_headers(response.headers_mut(), &run_id, Some(&route));
-    Ok(response)
+    let at = Claimed { namespace: &target.name, id, label: None };
+    let begun = begin::python(&state, at, &target.name, &schema, body.input).await?;
+    Ok(predict::answer(&state, begun, mode, body.webhook).await)
 }
 
 /// The input as a prediction shows it: secrets replaced, as Cog's `Secret` prints.

@@ -22,17 +22,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, StreamExt};
-use hearth_gateway::Caller;
 use serde_json::{json, Value};
 
+use super::begin::{self, Begin, Begun, Claimed};
 use super::error::{CogError, Detail};
-use super::input::CogInput;
+use super::predict;
 use super::prediction::Prediction;
-use super::python_run::PythonRun;
-use super::registry::{Claim, PredictionEntry};
+use super::registry::PredictionEntry;
 use super::request::PredictionRequest;
-use super::run::{AnyRun, Run, Started};
-use super::{predict, python};
 use crate::relay;
 use crate::state::AppState;
 
@@ -102,18 +99,9 @@ async fn start(
     mut body: PredictionRequest,
 ) -> Result<Response, CogError> {
     let name = resolve(&state, &reference)?;
-    let input = match body.input.take() {
-        None | Some(Value::Null) => json!({}),
-        Some(input @ Value::Object(_)) => input,
-        Some(_) => {
-            return Err(CogError::Invalid(vec![Detail::at(
-                &["body", "input"],
-                "input must be a JSON object",
-            )]))
-        }
-    };
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let (run, run_id, route) = start_run(&state, &name, &reference, id, input).await?;
+    let Begun { run, run_id, route, .. } =
+        start_run(&state, &name, &reference, id, body.input.take()).await?;
     let entry = run.entry().clone();
     predict::spawn_async(&state, run, body.webhook);
     if let Some(wait) = wait_time(headers) {
@@ -139,44 +127,23 @@ async fn start_run(
     name: &str,
     reference: &str,
     id: String,
-    input: Value,
-) -> Result<(AnyRun, String, String), CogError> {
+    input: Option<Value>,
+) -> Result<Begun, CogError> {
     let catalog = state.catalog();
-    let caller = Caller { cancel_on_disconnect: true, ..Caller::default() };
-    let claim = |shown: Value| {
-        let mut prediction = Prediction::new(id.clone(), shown);
-        prediction.model = Some(reference.to_owned());
-        match state.predictions().claim(NAMESPACE, prediction, state.cancel_all().child_token()) {
-            Claim::New(entry) => Ok(entry),
-            // Ids are fresh uuids; a clash would be a bug, not a repeat.
-            Claim::Existing(_) => Err(CogError::Internal("prediction id clash".into())),
+    let at = Claimed { namespace: NAMESPACE, id, label: Some(reference.to_owned()) };
+    let begun = match (catalog.python(name), catalog.get(name)) {
+        (Some(model), _) => {
+            let schema = begin::schema_of(model)?;
+            begin::python(state, at, name, &schema, input).await?
         }
+        (None, Some(model)) => begin::native(state, at, name, model, input).await?,
+        (None, None) => return Err(CogError::Internal(format!("`{name}` vanished"))),
     };
-    let started = Started::now();
-    if let Some(model) = catalog.python(name) {
-        let schema = model.worker.schema().ok_or_else(|| python::not_ready(model))?;
-        let entry = claim(python::redact_secrets(&schema, &input))?;
-        let run = state.gateway().predict(name, &id, input, caller, state.files()).await.map_err(
-            |e| {
-                state.predictions().forget(NAMESPACE, &id);
-                python::start_error(e)
-            },
-        )?;
-        let (run_id, route) = (run.run_id.clone(), run.route.clone());
-        let run = AnyRun::Python(PythonRun::start(entry, run, started, schema.streams));
-        return Ok((run, run_id, route));
+    match begun {
+        Begin::Started(begun) => Ok(*begun),
+        // Ids are fresh uuids; a clash would be a bug, not a repeat.
+        Begin::Existing(_) => Err(CogError::Internal("prediction id clash".into())),
     }
-    let model =
-        catalog.get(name).ok_or_else(|| CogError::Internal(format!("`{name}` vanished")))?;
-    let parsed = CogInput::parse(Some(&input), model.engine.info().context_length)?;
-    let canonical = parsed.to_canonical(name, model.engine.has_chat_template())?;
-    let entry = claim(input)?;
-    let run = state.gateway().start_run(canonical, caller).await.map_err(|e| {
-        state.predictions().forget(NAMESPACE, &id);
-        CogError::from(e)
-    })?;
-    let (run_id, route) = (run.run_id.clone(), run.route.clone());
-    Ok((AnyRun::Engine(Run::start(entry, state.gateway().clone(), run, started)), run_id, route))
 }
 
 /// `Prefer: wait` (the default time) or `Prefer: wait=n` seconds; `None` without it.

@@ -83,3 +83,43 @@ impl FromRequestParts<AppState> for CogModel {
         }
     }
 }
+
+/// A Cog request for a model that a middleware in front of the Cog routes serves (embedding
+/// models, Python predictors): the model `/cog/{name}/…` names, or the default one at the root.
+pub(crate) struct Addressed<M> {
+    pub name: String,
+    pub model: M,
+    /// `""` at the root, `/cog/{name}` otherwise.
+    pub prefix: String,
+    /// The route below the prefix: `/predictions`, `/openapi.json`, …
+    pub route: String,
+}
+
+/// Routes the Cog API serves at the root, which go to the default model.
+fn is_root_cog_route(path: &str) -> bool {
+    matches!(path, "/" | "/health-check" | "/openapi.json" | "/predictions")
+        || path.starts_with("/predictions/")
+}
+
+/// Reads `path` as a Cog route of a model `named` finds (under `/cog/{name}/`), or of the
+/// `default` one (at the root); `None` when it is neither.
+pub(crate) fn addressed<M: Clone>(
+    path: &str,
+    named: impl FnOnce(&str) -> Option<M>,
+    default: impl FnOnce() -> Option<(String, M)>,
+) -> Option<Addressed<M>> {
+    if let Some(rest) = path.strip_prefix("/cog/") {
+        let (name, route) = match rest.split_once('/') {
+            Some((name, route)) => (name, format!("/{route}")),
+            None => (rest, "/".to_owned()),
+        };
+        let model = named(name)?;
+        let prefix = format!("/cog/{name}");
+        return Some(Addressed { name: name.to_owned(), model, prefix, route });
+    }
+    if !is_root_cog_route(path) {
+        return None;
+    }
+    let (name, model) = default()?;
+    Some(Addressed { name, model, prefix: String::new(), route: path.to_owned() })
+}
