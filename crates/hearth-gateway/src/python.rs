@@ -165,14 +165,15 @@ impl Gateway {
         let started = Instant::now();
         let started_at = Utc::now();
         let timeout = job.python.settings.predict_timeout_s.map(Duration::from_secs);
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // The next deadline: the prediction's timeout, then (once it is cancelled for
+        // overrunning) the grace it gets to stop before its worker is killed.
+        let mut deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
         let mut cancelled = false;
         let terminal = loop {
             let overran = async {
                 match deadline {
-                    Some(at) if !timed_out => tokio::time::sleep_until(at).await,
-                    Some(_) => tokio::time::sleep(CANCEL_GRACE).await,
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -186,9 +187,11 @@ impl Gateway {
                 () = overran => {
                     if timed_out {
                         prediction.worker().kill("a prediction overran its timeout and did not stop");
+                        deadline = None;
                     } else {
                         timed_out = true;
                         prediction.cancel();
+                        deadline = Some(tokio::time::Instant::now() + CANCEL_GRACE);
                     }
                     continue;
                 }
@@ -196,31 +199,19 @@ impl Gateway {
             let Some(event) = event else {
                 break Event::Failed { error: "the prediction was lost".into() };
             };
-            let event = match event {
-                Event::Output(chunk) => match files::encode_outputs(chunk, &job.files).await {
-                    Ok(chunk) => Event::Output(chunk),
-                    Err(e) => {
-                        prediction.cancel();
-                        break Event::Failed { error: e.to_string() };
-                    }
-                },
-                Event::Done { output, predict_time } => {
-                    match files::encode_outputs(output, &job.files).await {
-                        Ok(output) => Event::Done { output, predict_time },
-                        Err(e) => Event::Failed { error: e.to_string() },
-                    }
+            let event = match encode_files(event, &job.files).await {
+                Ok(event) => event,
+                Err(error) => {
+                    prediction.cancel();
+                    break Event::Failed { error };
                 }
-                Event::Cancelled if timed_out => {
-                    let seconds = timeout.unwrap_or_default().as_secs();
-                    Event::Failed { error: format!("the prediction timed out after {seconds} s") }
+            };
+            let event = match (timeout, event) {
+                (Some(limit), Event::Cancelled | Event::Failed { .. }) if timed_out => {
+                    let error = format!("the prediction timed out after {} s", limit.as_secs());
+                    Event::Failed { error }
                 }
-                Event::Failed { error } if timed_out => {
-                    let seconds = timeout.unwrap_or_default().as_secs();
-                    Event::Failed {
-                        error: format!("the prediction timed out after {seconds} s ({error})"),
-                    }
-                }
-                other => other,
+                (_, event) => event,
             };
             if event.is_terminal() {
                 break event;
@@ -298,6 +289,19 @@ impl Gateway {
             tracing::error!(run_id = %job.run_id, error = %e, "could not write the ledger record");
         }
     }
+}
+
+/// An event with the files it holds turned into data URIs or uploaded URLs.
+async fn encode_files(event: Event, files: &FileConfig) -> Result<Event, String> {
+    let encode = |value| async move { files::encode_outputs(value, files).await };
+    Ok(match event {
+        Event::Output(chunk) => Event::Output(encode(chunk).await.map_err(|e| e.to_string())?),
+        Event::Done { output, predict_time } => {
+            let output = encode(output).await.map_err(|e| e.to_string())?;
+            Event::Done { output, predict_time }
+        }
+        other => other,
+    })
 }
 
 struct Job {
