@@ -197,7 +197,7 @@ fn a_python_predictor_answers_every_cog_surface() {
     let openapi = get(&daemon, "/cog/echo/openapi.json");
     let input = &openapi["components"]["schemas"]["Input"];
     assert_eq!(input["required"], json!(["text"]), "{input}");
-    assert_eq!(input["properties"]["repeat"]["maximum"], json!(100.0));
+    assert_eq!(input["properties"]["repeat"]["maximum"], json!(100));
     assert_eq!(input["properties"]["token"]["x-cog-secret"], true);
     assert_eq!(openapi["components"]["schemas"]["Output"]["x-cog-array-type"], "iterator");
     assert!(openapi["paths"]["/cog/echo/predictions"]["post"].is_object());
@@ -446,7 +446,11 @@ fn a_pushed_python_package_builds_its_environment_and_serves() {
             .unwrap()
     };
     let out = push(&fixture("echo"), "echo");
-    assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "push failed: {stderr}");
+    // The daemon's load, step by step: the environment (built or found in the cache), then setup.
+    assert!(stderr.contains("echo: ") && stderr.contains("Python 3.11"), "{stderr}");
+    assert!(stderr.contains("echo: running the predictor's setup()"), "{stderr}");
     let (_, prediction) =
         post(&daemon, "/cog/echo/predictions", json!({"input": {"text": "pushed"}}));
     assert_eq!(prediction["output"], json!(["pushed "]), "{prediction}");

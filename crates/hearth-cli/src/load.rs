@@ -19,7 +19,8 @@ use crate::device::{choose_device, choose_dtype};
 pub fn load_all(dirs: &[PathBuf], base: &EngineConfig, device_arg: &str, catalog: &mut Catalog) {
     for dir in dirs {
         let name = fallback_name(dir);
-        match load_one(dir, base, device_arg, SetupWait::Background) {
+        // Each step is logged where it happens; nobody else is waiting on them at start-up.
+        match load_one(dir, base, device_arg, SetupWait::Background, &|_| {}) {
             Ok((name, Loaded::Generative(model))) => catalog.insert_ready(name, model),
             Ok((name, Loaded::Embedding(model))) => catalog.insert_embedder(name, model),
             Ok((name, Loaded::Python(model))) => catalog.insert_python(name, model),
@@ -48,11 +49,13 @@ pub(crate) enum SetupWait {
     Finish,
 }
 
+/// Loads one package; `step` is told each long step as it begins (a push shows them).
 pub(crate) fn load_one(
     dir: &Path,
     base: &EngineConfig,
     device_arg: &str,
     wait: SetupWait,
+    step: &dyn Fn(&str),
 ) -> anyhow::Result<(String, Loaded)> {
     let started = Instant::now();
     // First: fetched weights may bring the config.json that says the package is native.
@@ -61,11 +64,12 @@ pub(crate) fn load_one(
     let settings = PackageSettings::load(dir)?;
     if hearth_package::runs_in_python(dir, &cog, &settings) {
         let name = hearth_package::name_of(dir, &cog, &settings)?;
-        let model = load_python(&name, dir, cog, settings, wait)?;
+        let model = load_python(&name, dir, cog, settings, wait, step)?;
         return Ok((name, Loaded::Python(model)));
     }
     let package = Package::load(dir)?;
     let device = choose_device(device_arg, package.cog.build.gpu)?;
+    step(&format!("loading the weights on {}", device_name(&device)));
     if package.model.kind() == ModelKind::Embedding {
         let model = load_embedder(&package, &device, started)?;
         return Ok((package.name, Loaded::Embedding(model)));
@@ -102,13 +106,18 @@ fn load_python(
     cog: CogConfig,
     settings: PackageSettings,
     wait: SetupWait,
+    step: &dyn Fn(&str),
 ) -> anyhow::Result<PythonModel> {
     let cache = python_env_cache();
-    let progress = |step: &str| tracing::info!(model = %name, "{step}");
+    let progress = |what: &str| {
+        tracing::info!(model = %name, "{what}");
+        step(what);
+    };
     let timeout = settings.setup_timeout_s.map(std::time::Duration::from_secs);
     let worker = hearth_python::start(name, dir, &cog, &cache, timeout, &progress)?;
     tracing::info!(model = %name, slots = worker.slots(), "Python predictor starting");
     if wait == SetupWait::Finish {
+        step("running the predictor's setup()");
         let status = tokio::runtime::Handle::current().block_on(worker.wait_ready());
         if let WorkerStatus::SetupFailed { error } = status {
             let logs = worker.setup_report().logs;

@@ -5,8 +5,10 @@
 //! file by file on a separate thread into a small bounded channel that feeds the request body:
 //! only a few chunks are ever in memory, whatever the package's size.
 
+use std::cell::Cell;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -22,6 +24,8 @@ use crate::models_cmd::{answer, DaemonArgs};
 const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks buffered between the tar writer and the connection.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// How often the daemon is asked how its load is going.
+const STEP_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Args)]
 pub struct PushArgs {
@@ -76,28 +80,92 @@ async fn upload(
         }
     })
     .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
-    let response = daemon
+    let put = daemon
         .request(&client, Method::PUT, &format!("/admin/models/{name}"))
         .header(header::CONTENT_TYPE, "application/x-tar")
         .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await;
-    bar.finish_and_clear();
+        .send();
+    let shown = Cell::new(0);
+    let response = tokio::select! {
+        response = put => response,
+        never = follow_steps(&client, daemon, name, &bar, &shown) => match never {},
+    };
     if let Ok(Err(err)) = writer.join() {
+        bar.finish_and_clear();
         bail!("packing the package failed: {err}");
     }
-    answer(response.with_context(|| format!("uploading to {}", daemon.to))?).await
+    let body = answer(response.with_context(|| format!("uploading to {}", daemon.to))?).await;
+    if let Ok(body) = &body {
+        // Whatever the polls missed: the answer lists every step.
+        show_steps(&bar, name, &steps_in(body), &shown);
+    }
+    bar.finish_and_clear();
+    body
+}
+
+/// Shows the steps of the daemon's load (building a Python environment, running setup())
+/// as they happen, read off `GET /admin/models` twice a second until the push answers.
+async fn follow_steps(
+    client: &reqwest::Client,
+    daemon: &DaemonArgs,
+    name: &str,
+    bar: &ProgressBar,
+    shown: &Cell<usize>,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(STEP_POLL).await;
+        let Ok(response) = daemon.request(client, Method::GET, "/admin/models").send().await else {
+            continue;
+        };
+        let Ok(listing) = response.json::<serde_json::Value>().await else { continue };
+        let row =
+            listing["models"].as_array().and_then(|rows| rows.iter().find(|r| r["id"] == name));
+        if let Some(row) = row {
+            show_steps(bar, name, &steps_in(row), shown);
+        }
+    }
+}
+
+/// The daemon's `steps` of a load: `(total, latest)`, the latest being the last of `total`.
+fn steps_in(value: &serde_json::Value) -> (usize, Vec<String>) {
+    let steps = &value["steps"];
+    let total = steps["total"].as_u64().unwrap_or(0) as usize;
+    let latest = steps["latest"].as_array().map(Vec::as_slice).unwrap_or_default();
+    (total, latest.iter().filter_map(|step| step.as_str().map(str::to_owned)).collect())
+}
+
+/// Prints the steps not shown yet, above the spinner (or as plain lines when stderr is not a
+/// terminal), and puts the latest in the spinner.
+fn show_steps(
+    bar: &ProgressBar,
+    name: &str,
+    (total, latest): &(usize, Vec<String>),
+    shown: &Cell<usize>,
+) {
+    let first = total.saturating_sub(latest.len());
+    for (number, step) in (first..).zip(latest) {
+        if number < shown.get() {
+            continue;
+        }
+        if bar.is_hidden() {
+            eprintln!("{name}: {step}");
+        } else {
+            bar.println(format!("{name}: {step}"));
+        }
+        bar.set_message(step.clone());
+    }
+    shown.set(shown.get().max(*total));
 }
 
 /// Turns the upload bar into a spinner with the time spent loading on the daemon.
 fn show_loading(bar: &ProgressBar) {
     let style = ProgressStyle::with_template(
-        "{prefix} {spinner} loading on the daemon (validating; a Python package builds its \
-         environment and runs setup) {elapsed}",
+        "{prefix} {spinner} loading on the daemon {elapsed}: {wide_msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_spinner());
     bar.set_style(style);
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar.set_message("validating the package");
+    bar.enable_steady_tick(Duration::from_millis(200));
 }
 
 fn byte_bar(total: u64, name: &str) -> ProgressBar {

@@ -87,8 +87,8 @@ struct CliLoader {
 }
 
 impl ModelLoader for CliLoader {
-    fn load(&self, dir: &Path) -> Result<(String, LoadedModel), String> {
-        match load_one(dir, &self.engine, &self.device, SetupWait::Finish) {
+    fn load(&self, dir: &Path, step: &dyn Fn(&str)) -> Result<(String, LoadedModel), String> {
+        match load_one(dir, &self.engine, &self.device, SetupWait::Finish, step) {
             Ok((name, Loaded::Generative(model))) => Ok((name, LoadedModel::Generative(model))),
             Ok((name, Loaded::Embedding(model))) => Ok((name, LoadedModel::Embedding(model))),
             Ok((name, Loaded::Python(model))) => Ok((name, LoadedModel::Python(model))),

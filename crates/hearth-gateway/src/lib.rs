@@ -37,7 +37,7 @@ pub use hearth_engine::{EmbedError, EmbedInput, EngineStats, MetricsSnapshot};
 /// The Python bridge's types that are part of the gateway's interface.
 pub use hearth_python::{
     files::FileConfig, Event as PredictionEvent, Schema as PredictorSchema, SetupReport, Worker,
-    WorkerStatus,
+    WorkerStatus, COG_SDK_VERSION,
 };
 pub use ledger::{GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery};
 pub use pricing::Prices;

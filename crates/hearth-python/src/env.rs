@@ -12,14 +12,23 @@
 //! (checked with `dpkg-query`), otherwise it is refused with their names.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use hearth_package::CogConfig;
 use sha2::{Digest, Sha256};
 
-/// Cog's Python SDK, installed into every environment. Pinned: the worker uses its predictor
-/// inspection (`cog._inspector`), whose shape is not a public API.
-pub const COG_SDK: &str = "cog==0.23.1";
+/// The one place the pin is written, so that both constants below say the same.
+macro_rules! cog_sdk_version {
+    () => {
+        "0.23.1"
+    };
+}
+
+/// The version of Cog's Python SDK installed into every environment. Pinned: the worker uses
+/// its predictor inspection (`cog._inspector`), whose shape is not a public API.
+pub const COG_SDK_VERSION: &str = cog_sdk_version!();
+/// The SDK as the installer names it.
+pub const COG_SDK: &str = concat!("cog==", cog_sdk_version!());
 
 /// A bump invalidates every cached environment (a change in how they are built).
 const LAYOUT_VERSION: &str = "hearth-python-env-1";
@@ -120,6 +129,9 @@ pub fn prepare_with(
     installer: Installer,
     progress: &dyn Fn(&str),
 ) -> Result<PythonEnv, EnvError> {
+    // A worker runs in its package's directory, where a relative path would point elsewhere.
+    let cache_dir = &std::path::absolute(cache_dir)
+        .map_err(io_error(format!("resolve {}", cache_dir.display())))?;
     check_system_packages(&cog.build.system_packages)?;
     let (interpreter, version) = find_interpreter(cog.build.python_version.as_deref())?;
     let requirements = match &cog.build.python_requirements {
@@ -179,22 +191,23 @@ fn build(
         Some(uv) => {
             let mut create = Command::new(uv);
             create.arg("venv").arg("--quiet").arg("--python").arg(&spec.interpreter).arg(&venv);
-            run("creating the virtual environment (uv venv)", &mut create)?;
+            run("creating the virtual environment (uv venv)", &mut create, progress)?;
             progress(&format!("installing {}", install_args.join(" ")));
             let mut install = Command::new(uv);
             install.args(["pip", "install", "--python"]).arg(&python).args(&install_args);
-            run("installing the Python packages (uv pip install)", &mut install)?;
+            run("installing the Python packages (uv pip install)", &mut install, progress)?;
         }
         None => {
             let mut create = Command::new(&spec.interpreter);
             create.args(["-m", "venv"]).arg(&venv);
-            run("creating the virtual environment (python -m venv)", &mut create)?;
+            run("creating the virtual environment (python -m venv)", &mut create, progress)?;
             progress(&format!("installing {}", install_args.join(" ")));
             let mut install = Command::new(&python);
             install
                 .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input"])
+                .args(["--progress-bar", "off"])
                 .args(&install_args);
-            run("installing the Python packages (pip install)", &mut install)?;
+            run("installing the Python packages (pip install)", &mut install, progress)?;
         }
     }
     match std::fs::rename(&venv, dir) {
@@ -207,20 +220,55 @@ fn build(
     Ok(())
 }
 
-fn run(step: &str, command: &mut Command) -> Result<Output, EnvError> {
+/// Runs one build command, passing each line it prints to `progress` as it comes (an install
+/// takes minutes, and its own lines are the best account of where it is). A failure keeps the
+/// last lines for the error.
+fn run(step: &str, command: &mut Command, progress: &dyn Fn(&str)) -> Result<(), EnvError> {
     tracing::debug!(?command, "{step}");
-    let output = command
+    let mut child = command
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(io_error(format!("start {:?}", command.get_program())))?;
-    if output.status.success() {
-        return Ok(output);
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let readers = [
+        child.stdout.take().map(|out| forward_lines(out, lines.clone())),
+        child.stderr.take().map(|err| forward_lines(err, lines)),
+    ];
+    let mut tail = std::collections::VecDeque::with_capacity(ERROR_TAIL_LINES);
+    for line in received {
+        progress(&line);
+        if tail.len() == ERROR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
     }
-    let text = String::from_utf8_lossy(&output.stderr).into_owned()
-        + &String::from_utf8_lossy(&output.stdout);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = lines[lines.len().saturating_sub(ERROR_TAIL_LINES)..].join("\n");
-    Err(EnvError::Install { step: format!("{step} ({})", output.status), tail })
+    for reader in readers.into_iter().flatten() {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(io_error(format!("wait for {:?}", command.get_program())))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail = Vec::from(tail).join("\n");
+    Err(EnvError::Install { step: format!("{step} ({status})"), tail })
+}
+
+/// Sends each non-blank line `from` prints, trimmed, until it closes.
+fn forward_lines(
+    from: impl std::io::Read + Send + 'static,
+    to: std::sync::mpsc::Sender<String>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+            let line = line.trim();
+            if !line.is_empty() && to.send(line.to_owned()).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// An interpreter for `version` (`3.11`, or `3.11.7`): `python3.11` on the `PATH`, then

@@ -10,7 +10,7 @@ pub mod files;
 pub mod protocol;
 pub mod worker;
 
-pub use env::{prepare, prepare_with, EnvError, Installer, PythonEnv, COG_SDK};
+pub use env::{prepare, prepare_with, EnvError, Installer, PythonEnv, COG_SDK, COG_SDK_VERSION};
 pub use protocol::Schema;
 pub use worker::{
     Event, PredictError, Prediction, SetupReport, Worker, WorkerConfig, WorkerStatus,

@@ -63,9 +63,10 @@ fn logs(events: &[Event]) -> String {
 async fn a_streaming_predictor_streams_logs_and_keeps_its_secret() {
     let worker = ready("echo").await;
     let schema = worker.schema().expect("schema once ready");
-    assert!(schema.streams);
+    assert!(schema.streams && schema.streaming, "an iterator output under @cog.streaming");
     assert_eq!(schema.output["x-cog-array-display"], "concatenate");
-    assert_eq!(schema.input["properties"]["repeat"]["maximum"], json!(100.0));
+    // As `cog build` writes it: Go prints the whole float 100.0 as 100.
+    assert_eq!(schema.input["properties"]["repeat"]["maximum"], json!(100));
     assert_eq!(schema.secret_inputs().collect::<Vec<_>>(), ["token"]);
     assert!(worker.setup_report().logs.contains("echo predictor set up"));
 
@@ -193,14 +194,22 @@ fn pip_builds_an_environment_when_uv_is_absent() {
     let cog = CogConfig::load(&dir).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let steps = std::sync::Mutex::new(Vec::<String>::new());
     let env = hearth_python::prepare_with(
         &dir,
         &cog,
         cache.path(),
         hearth_python::Installer::Pip,
-        &|_| {},
+        &|step| steps.lock().unwrap().push(step.to_owned()),
     )
     .expect("pip builds the environment");
+    // The installer's own lines come through as it prints them, for a person waiting on a push.
+    let steps = steps.into_inner().unwrap();
+    assert!(
+        steps.iter().any(|s| s.starts_with("Successfully installed") && s.contains("cog-0.23.1")),
+        "{steps:#?}"
+    );
+    assert_eq!(steps.last().map(String::as_str), Some("Python environment ready"));
     let status = std::process::Command::new(&env.python)
         .args(["-c", "import cog, coglet; print(cog.__version__)"])
         .output()
@@ -235,4 +244,17 @@ async fn a_setup_that_overruns_its_timeout_fails() {
         }
         other => panic!("expected a failed setup, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_cache_directory_is_resolved_before_the_worker_moves_into_its_package() {
+    let dir = fixture("crash");
+    let cog = CogConfig::load(&dir).unwrap();
+    // Tests run in the crate's directory; the worker runs in the package's.
+    let relative = Path::new("../../target/test-cache/python");
+    let worker = tokio::task::block_in_place(|| {
+        let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        hearth_python::start("crash", &dir, &cog, relative, None, &|_| {}).expect("worker starts")
+    });
+    assert_eq!(worker.wait_ready().await, WorkerStatus::Ready, "{:?}", worker.setup_report());
 }

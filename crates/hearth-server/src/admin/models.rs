@@ -14,7 +14,8 @@ use crate::state::AppState;
 
 /// Every model the daemon knows, sorted by id: `ready`, `failed` (with the reason), or
 /// `loading` while its first push is in progress. A ready model being replaced says so in
-/// `pushing`.
+/// `pushing`. A push in progress has the `steps` of its load: `{total, latest: [...]}`, the
+/// latest few of `total` in all (`hearth push` shows them as they come).
 pub(crate) async fn list(
     Admin(admin): Admin,
     State(state): State<AppState>,
@@ -35,14 +36,17 @@ pub(crate) async fn list(
     for (name, _) in catalog.embedders() {
         rows.insert(name.clone(), ready_row(name, "embedding", host));
     }
-    for (name, phase) in admin.snapshot() {
+    for (name, busy) in admin.snapshot() {
+        let phase = busy.phase.as_str();
         match rows.get_mut(&name) {
-            Some(row) => row["pushing"] = json!(phase.as_str()),
-            None if phase != Phase::Removing => {
-                rows.insert(
-                    name.clone(),
-                    json!({ "id": name, "state": "loading", "phase": phase.as_str() }),
-                );
+            Some(row) => {
+                row["pushing"] = json!(phase);
+                row["steps"] = json!(busy.steps);
+            }
+            None if busy.phase != Phase::Removing => {
+                let row =
+                    json!({ "id": name, "state": "loading", "phase": phase, "steps": busy.steps });
+                rows.insert(name.clone(), row);
             }
             None => {}
         }

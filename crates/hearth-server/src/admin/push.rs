@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::install::{install, Staging, Trash};
+use super::state::Steps;
 use super::{predict_url, Admin, AdminError, AdminState, BusyGuard, LoadedModel, Phase};
 use crate::state::AppState;
 
@@ -126,6 +127,8 @@ struct Pushed {
     kind: &'static str,
     replaced: bool,
     unpacked: Unpacked,
+    /// The steps of the load, so a client that polled too rarely still sees them.
+    steps: Steps,
 }
 
 impl Push {
@@ -156,14 +159,16 @@ impl Push {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "package pushed and serving"
         );
-        Ok(Pushed { name: self.name, kind, replaced, unpacked })
+        let steps = self.busy.steps();
+        Ok(Pushed { name: self.name, kind, replaced, unpacked, steps })
     }
 
     /// Loads the staged package; the staging directory comes back so it lives until install.
     async fn load(&self, staging: Staging) -> Result<(Staging, LoadedModel), AdminError> {
         let loader = self.admin.loader.clone();
         let dir = staging.package_dir().to_path_buf();
-        let loaded = tokio::task::spawn_blocking(move || loader.load(&dir))
+        let step = self.busy.step_sink();
+        let loaded = tokio::task::spawn_blocking(move || loader.load(&dir, &step))
             .await
             .map_err(|e| AdminError::Internal(format!("loading the package failed: {e}")))?;
         let (loaded_name, model) = loaded.map_err(AdminError::Refused)?;
@@ -218,6 +223,7 @@ impl Pushed {
             "predict_url": predict_url(host, &self.name),
             "files": self.unpacked.files,
             "bytes": self.unpacked.bytes,
+            "steps": self.steps,
         });
         (status, Json(body)).into_response()
     }
