@@ -5,10 +5,11 @@ for the differences listed in KNOWN, each with its reason, which must still be e
 recorded (so a change on either side is noticed).
 
 One rule is wider than identity: a prediction object of Hearth's may carry keys coglet's lacks
-(`input`, `error`, `created_at`, `started_at`, `completed_at`: Cog's earlier server and
-Replicate's API have them, and clients read them), as long as it has every key of coglet's with
-the same shape."""
+(`input`, `error`, `created_at`, `started_at`, `completed_at`: the `PredictionResponse` of Cog's
+own OpenAPI document lists them, Cog's earlier server and Replicate's API send them, and clients
+read them), as long as it has every key of coglet's with the same shape."""
 
+import difflib
 import json
 import os
 import tempfile
@@ -22,6 +23,9 @@ import servers
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "python"
+# The OpenAPI documents `cog build` writes for the fixtures (its Go CLI is not on PyPI, so they
+# were worked out from its generator, pkg/schema/openapi_spec.go; see expected/README.md).
+EXPECTED = Path(__file__).resolve().parent / "expected"
 
 # (fixture, case) -> (coglet's answer, Hearth's answer, why they differ).
 KNOWN = {
@@ -61,6 +65,25 @@ def test_conforms_is_strict_where_it_must_be():
     assert not conforms([1, 2], [1])
 
 
+@pytest.mark.parametrize("fixture", sorted(p.stem.removeprefix("openapi-")
+                                            for p in EXPECTED.glob("openapi-*.json")))
+def test_openapi_is_the_document_cog_build_writes(fixture):
+    """Byte for byte after sorting keys, so `1` and `1.0` differ as they do to a JSON reader."""
+    work = tempfile.mkdtemp(prefix="openapi-")
+    hearth = servers.start_hearth(hearth_bin(), FIXTURES / fixture, work,
+                                  ROOT / "target" / "test-cache")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{hearth.port}/openapi.json") as response:
+            ours = json.load(response)
+    finally:
+        hearth.stop()
+    theirs = json.loads((EXPECTED / f"openapi-{fixture}.json").read_text())
+    canonical = lambda doc: json.dumps(doc, sort_keys=True, indent=1).splitlines()
+    diff = "\n".join(difflib.unified_diff(canonical(theirs), canonical(ours), "cog build", "hearth",
+                                          lineterm=""))
+    assert not diff, diff
+
+
 def hearth_bin():
     return os.environ.get("HEARTH_BIN", str(ROOT / "target" / "debug" / "hearth"))
 
@@ -80,11 +103,9 @@ def test_hearth_answers_as_coglet_does(fixture, run, hooks):
     work = tempfile.mkdtemp(prefix="conformance-")
     package = FIXTURES / fixture
     hearth = servers.start_hearth(hearth_bin(), package, work, ROOT / "target" / "test-cache")
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{hearth.port}/openapi.json") as response:
-            openapi = json.load(response) if response.status == 200 else {}
-    except OSError:
-        openapi = {}  # a predictor whose setup failed has no schema on either server
+    # coglet serves the document `cog build` writes into the image (see EXPECTED).
+    expected = EXPECTED / f"openapi-{fixture}.json"
+    openapi = json.loads(expected.read_text()) if expected.exists() else None
     coglet = servers.start_coglet(package, work, openapi)
     try:
         theirs = run(coglet.port, hooks)

@@ -277,7 +277,10 @@ mod tests {
                 "scale": {"type": "number"},
             }}),
             output: json!({"type": "string", "format": "uri"}),
+            components: serde_json::Map::new(),
             streams: false,
+            streaming: false,
+            cog_version: String::new(),
         }
     }
 

@@ -79,15 +79,26 @@ pub enum Message {
     },
 }
 
-/// What Cog's SDK read off the predictor's signature.
+/// What Cog's SDK read off the predictor's signature, and the worker off its source: the
+/// parts of the OpenAPI document `cog build` writes that depend on the predictor.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Schema {
     /// The OpenAPI `Input` component.
     pub input: Value,
     /// The OpenAPI `Output` component.
     pub output: Value,
-    /// Whether the output is an iterator, so predictions can stream.
+    /// Further components: one enum per input with `choices`, named after the input.
+    #[serde(default)]
+    pub components: serde_json::Map<String, Value>,
+    /// Whether the output is an iterator, so predictions can stream their items.
     pub streams: bool,
+    /// Whether `@cog.streaming` marks the predictor (and its output is an iterator): Cog's
+    /// server answers `Accept: text/event-stream` only then, and says so in `x-cog-streaming`.
+    #[serde(default)]
+    pub streaming: bool,
+    /// The version of Cog's SDK in the environment, which the document's `info` names.
+    #[serde(default)]
+    pub cog_version: String,
 }
 
 impl Schema {

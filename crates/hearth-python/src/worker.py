@@ -94,62 +94,183 @@ def encode_paths(value):
     return value
 
 
-def input_schema(info):
-    """The `Input` component, as `cog build` writes it into the OpenAPI document."""
-    properties, required = {}, []
+# ---- the OpenAPI schema, as `cog build` writes it ------------------------------------------
+#
+# Cog's CLI reads the predictor's source (pkg/schema in Cog's repository); its SDK reads the
+# signature at run time. The SDK's reading gives the types; the few things it does not keep
+# (which inputs set a default, `accept`, the `@cog.streaming` decorator) are read off the
+# source here, so the document equals the CLI's.
+
+
+def predictor_schema(info, fn):
+    """The `Input` and `Output` components, the enum components of inputs with choices, and
+    whether the predictor streams (`@cog.streaming` on an iterator output)."""
+    with_default, decorated = source_facts(fn)
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    properties, required, enums = {}, [], {}
     for name, field in sorted(info.inputs.items(), key=lambda kv: kv[1].order):
-        prop = {"title": name.replace("_", " ").title(), "x-order": field.order}
-        prop.update(field.type.json_type())
-        default = _default_of(field)
-        if default is not _MISSING:
-            if default is not None:
-                prop["default"] = field.type.json_encode(default) if not isinstance(default, (list, dict)) else default
-        elif _is_required(field):
+        prop, enum = input_property(name, field)
+        if enum is not None:
+            enums[name] = enum
+        explicit = name in with_default if with_default is not None else field.default is not None
+        if apply_default(prop, field, explicit):
             required.append(name)
-        if field.description is not None:
-            prop["description"] = field.description
-        if field.ge is not None:
-            prop["minimum"] = field.ge
-        if field.le is not None:
-            prop["maximum"] = field.le
-        if field.min_length is not None:
-            prop["minLength"] = field.min_length
-        if field.max_length is not None:
-            prop["maxLength"] = field.max_length
-        if field.regex is not None:
-            prop["pattern"] = field.regex
-        if field.choices is not None:
-            prop["enum"] = list(field.choices)
-        if field.deprecated:
-            prop["deprecated"] = True
+        accept = getattr(getattr(parameters.get(name), "default", None), "accept", None)
+        if isinstance(accept, str):
+            prop["x-cog-accept"] = accept
         properties[name] = prop
     schema = {"title": "Input", "type": "object", "properties": properties}
     if required:
         schema["required"] = required
-    return schema
+    output = info.output.json_type()
+    if not any(k in output for k in ("type", "anyOf", "allOf", "$ref", "items")):
+        output["type"] = "object"  # `Any`: the CLI writes an object
+    streams = output.get("x-cog-array-type") == "iterator"
+    return {
+        "input": schema,
+        "output": output,
+        "components": enums,
+        "streams": streams,
+        "streaming": streams and decorated,
+        "cog_version": _cog_version(),
+    }
 
 
-_MISSING = object()
+def input_property(name, field):
+    """An input's property, and the enum component its choices become (else None)."""
+    prop = {"x-order": field.order}
+    enum = None
+    if field.choices is not None:
+        kind = field.type.primitive.json_type().get("type") or "string"
+        values = [json_number(_encode(field, c)) for c in field.choices]
+        enum = {"title": name, "description": "An enumeration.", "enum": values, "type": kind}
+        prop["allOf"] = [{"$ref": "#/components/schemas/" + name}]
+    else:
+        prop["title"] = title_case(name)
+        prop.update(field.type.json_type())
+    for key, value in (
+        ("description", field.description),
+        ("minimum", json_number(field.ge)),
+        ("maximum", json_number(field.le)),
+        ("minLength", field.min_length),
+        ("maxLength", field.max_length),
+        ("pattern", field.regex),
+    ):
+        if value is not None:
+            prop[key] = value
+    if field.deprecated:
+        prop["deprecated"] = True
+    return prop, enum
 
 
-def _default_of(field):
+def apply_default(prop, field, explicit):
+    """Adds the default and `nullable` by the CLI's rules; True when the input is required.
+    A default of None on an input that cannot be null means "no default" (a seed made up at
+    run time), except on a `Secret`, where it means an optional credential."""
+    from cog import _adt
+
+    repetition = field.type.repetition
+    nullable = repetition in (_adt.Repetition.OPTIONAL, _adt.Repetition.OPTIONAL_REPEATED)
+    default = _default_value(field) if explicit else None
+    if (
+        explicit
+        and default is None
+        and field.type.primitive == _adt.PrimitiveType.SECRET
+        and repetition == _adt.Repetition.REQUIRED
+    ):
+        nullable = True
+    has_default = explicit and (default is not None or nullable)
+    if has_default:
+        prop["default"] = json_number(_encode(field, default))
+    if nullable:
+        prop["nullable"] = True
+        for variant in prop.get("anyOf", []):
+            variant["nullable"] = True
+    union = field.type.union_variants is not None
+    return not has_default and (
+        union or repetition in (_adt.Repetition.REQUIRED, _adt.Repetition.REPEATED)
+    )
+
+
+def source_facts(fn):
+    """Off the predict function's source: the names of the inputs that set a default (`= x` or
+    `Input(default=x)`), and whether `@cog.streaming` decorates it. (None, False) when the
+    source cannot be read."""
+    import ast
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return None, False
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None, False
+    args = node.args
+    positional = args.posonlyargs + args.args
+    defaults = list(zip(positional[len(positional) - len(args.defaults) :], args.defaults))
+    defaults += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+    with_default = set()
+    for arg, default in defaults:
+        is_input = isinstance(default, ast.Call) and _callee(default.func) == "Input"
+        if not is_input or any(k.arg == "default" for k in default.keywords):
+            with_default.add(arg.arg)
+    decorated = any(_callee(d) == "streaming" for d in node.decorator_list)
+    return with_default, decorated
+
+
+def _callee(expr):
+    """`Input` of `Input`, `cog.Input` and `Input(...)`."""
+    import ast
+
+    if isinstance(expr, ast.Call):
+        return _callee(expr.func)
+    if isinstance(expr, ast.Attribute):
+        return expr.attr
+    if isinstance(expr, ast.Name):
+        return expr.id
+    return None
+
+
+def title_case(name):
+    """The CLI's titles: each `_`-separated part with its first letter upper-cased."""
+    return " ".join(part[:1].upper() + part[1:] for part in name.split("_"))
+
+
+def json_number(value):
+    """Whole floats as integers, as Go writes them (`1`, not `1.0`)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [json_number(v) for v in value]
+    return value
+
+
+def _encode(field, value):
+    if value is None or isinstance(value, (list, dict)):
+        return value
+    return field.type.json_encode(value)
+
+
+def _default_value(field):
     from dataclasses import MISSING, Field
 
     default = field.default
     if isinstance(default, Field):
-        if default.default is not MISSING:
-            return default.default
-        return _MISSING
-    return _MISSING if default is None and _is_required(field) else default
+        return None if default.default is MISSING else default.default
+    return default
 
 
-def _is_required(field):
-    from cog import _adt
+def _cog_version():
+    try:
+        import cog
 
-    return field.type.repetition not in (
-        _adt.Repetition.OPTIONAL,
-        _adt.Repetition.OPTIONAL_REPEATED,
-    )
+        return cog.__version__
+    except (ImportError, AttributeError):
+        return ""
 
 
 class Worker:
@@ -201,9 +322,9 @@ class Worker:
         if self.is_async:
             self.loop = asyncio.new_event_loop()
             threading.Thread(target=self.loop.run_forever, name="predict-loop", daemon=True).start()
-        output = self.info.output.json_type()
-        self.streams = output.get("x-cog-array-type") == "iterator"
-        return {"input": input_schema(self.info), "output": output, "streams": self.streams}
+        schema = predictor_schema(self.info, self.predict_fn)
+        self.streams = schema["streams"]
+        return schema
 
     # ---- predictions -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ mod handlers;
 mod input;
 mod predict;
 mod prediction;
+mod predictor_openapi;
 pub(crate) mod python;
 mod python_run;
 pub(crate) mod registry;

@@ -15,7 +15,9 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_gateway::{PredictRunError, PredictorSchema, PythonModel, WorkerStatus};
+use hearth_gateway::{
+    PredictRunError, PredictorSchema, PythonModel, WorkerStatus, COG_SDK_VERSION,
+};
 use serde_json::{json, Value};
 
 use super::begin::{self, Claimed};
@@ -23,7 +25,7 @@ use super::error::{CogError, Detail};
 use super::prediction;
 use super::request::{Mode, PredictionRequest};
 use super::target::{addressed, Addressed};
-use super::{handlers, predict, schema};
+use super::{handlers, predict, predictor_openapi};
 use crate::state::AppState;
 
 /// How a secret input reads in a prediction, as Cog's `Secret` prints.
@@ -95,21 +97,14 @@ fn health_check(target: &Target) -> Response {
             "status": setup_status,
             "logs": report.logs,
         },
-        "version": { "hearth": env!("CARGO_PKG_VERSION"), "cog": handlers::COG_VERSION },
+        "version": { "hearth": env!("CARGO_PKG_VERSION"), "cog": COG_SDK_VERSION },
     }))
     .into_response()
 }
 
 fn openapi(target: &Target) -> Result<Response, CogError> {
     let schema = target.model.worker.schema().ok_or_else(|| not_ready(&target.model))?;
-    let document = schema::openapi_with(
-        &target.name,
-        &target.prefix,
-        &schema.input,
-        &schema.output,
-        schema.streams,
-    );
-    Ok(Json(document).into_response())
+    Ok(Json(predictor_openapi::openapi(&target.prefix, &schema)).into_response())
 }
 
 pub(super) fn not_ready(model: &PythonModel) -> CogError {
@@ -138,7 +133,9 @@ async fn start(
         }
     }
     let schema = begin::schema_of(&target.model)?;
-    if mode == Mode::Stream && !schema.streams {
+    // As Cog: server-sent events for a predictor marked `@cog.streaming` (other surfaces
+    // stream any iterator output).
+    if mode == Mode::Stream && !schema.streaming {
         return Err(CogError::NotStreaming);
     }
     let id = url_id.or(body.id).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());

@@ -34,23 +34,6 @@ pub(crate) fn set_streaming(document: &mut Value, prefix: &str, streams: bool) {
     }
 }
 
-/// The same document around another model's own `Input` and `Output` schemas (a Python
-/// predictor's, as Cog's SDK reads them off its signature).
-pub(crate) fn openapi_with(
-    model: &str,
-    prefix: &str,
-    input: &Value,
-    output: &Value,
-    streams: bool,
-) -> Value {
-    let mut document = openapi(model, prefix, 0);
-    set_streaming(&mut document, prefix, streams);
-    let schemas = &mut document["components"]["schemas"];
-    schemas["Input"] = input.clone();
-    schemas["Output"] = output.clone();
-    document
-}
-
 fn input_property(field: &Field, order: usize, context_length: usize) -> Value {
     let mut p = Map::new();
     p.insert("type".into(), json!(field.kind.as_str()));
@@ -90,7 +73,7 @@ fn schemas(context_length: usize) -> Value {
         .filter(|f| matches!(f.default, DefaultValue::Required))
         .map(|f| f.name)
         .collect();
-    json!({
+    let mut schemas = json!({
         "Input": { "title": "Input", "type": "object", "required": required, "properties": properties },
         "Output": {
             "title": "Output",
@@ -98,12 +81,6 @@ fn schemas(context_length: usize) -> Value {
             "items": { "type": "string" },
             "x-cog-array-type": "iterator",
             "x-cog-array-display": "concatenate",
-        },
-        "Status": {
-            "title": "Status",
-            "description": "An enumeration.",
-            "type": "string",
-            "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
         },
         "WebhookEvent": {
             "title": "WebhookEvent",
@@ -142,35 +119,56 @@ fn schemas(context_length: usize) -> Value {
                 "metrics": { "title": "Metrics", "type": "object" },
             },
         },
-        "HTTPValidationError": {
-            "title": "HTTPValidationError",
-            "type": "object",
-            "properties": {
-                "detail": {
-                    "title": "Detail",
-                    "type": "array",
-                    "items": { "$ref": "#/components/schemas/ValidationError" },
-                },
-            },
-        },
-        "ValidationError": {
-            "title": "ValidationError",
-            "type": "object",
-            "required": ["loc", "msg", "type"],
-            "properties": {
-                "loc": {
-                    "title": "Location",
-                    "type": "array",
-                    "items": { "anyOf": [{ "type": "string" }, { "type": "integer" }] },
-                },
-                "msg": { "title": "Message", "type": "string" },
-                "type": { "title": "Error Type", "type": "string" },
-            },
-        },
-    })
+    });
+    if let Some(map) = schemas.as_object_mut() {
+        map.extend(shared_components());
+    }
+    schemas
 }
 
-fn json_response(schema: &str, description: &str) -> Value {
+/// The components every Cog document has, whatever the model: `Status` and the validation
+/// error shapes.
+pub(crate) fn shared_components() -> Map<String, Value> {
+    let components = json!({
+    "Status": {
+        "title": "Status",
+        "description": "An enumeration.",
+        "type": "string",
+        "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
+    },
+    "HTTPValidationError": {
+        "title": "HTTPValidationError",
+        "type": "object",
+        "properties": {
+            "detail": {
+                "title": "Detail",
+                "type": "array",
+                "items": { "$ref": "#/components/schemas/ValidationError" },
+            },
+        },
+    },
+    "ValidationError": {
+        "title": "ValidationError",
+        "type": "object",
+        "required": ["loc", "msg", "type"],
+        "properties": {
+            "loc": {
+                "title": "Location",
+                "type": "array",
+                "items": { "anyOf": [{ "type": "string" }, { "type": "integer" }] },
+            },
+            "msg": { "title": "Message", "type": "string" },
+            "type": { "title": "Error Type", "type": "string" },
+        },
+    },
+    });
+    match components {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+pub(crate) fn json_response(schema: &str, description: &str) -> Value {
     json!({
         "description": description,
         "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } },
