@@ -73,3 +73,23 @@ def test_models_list_upstream_models(client):
     assert {"tiny-llama", "upstream-gpt", "upstream-claude"} <= set(models)
     assert models["upstream-gpt"].model_extra["kind"] == "upstream"
     assert models["tiny-llama"].model_extra["providers"] == ["local"]
+
+
+def test_structured_output_parses_into_a_pydantic_model(client):
+    """`parse` sends the model's JSON Schema as a strict `response_format`; a local model's
+    answer always validates, whatever its weights (here random) would have said."""
+    from pydantic import BaseModel, Field
+
+    class Forecast(BaseModel):
+        city: str = Field(max_length=12)
+        days: int = Field(ge=1, le=7)
+        sunny: bool
+
+    for seed in range(3):
+        completion = client.chat.completions.parse(
+            model="tiny-llama", messages=[{"role": "user", "content": "Forecast, please"}],
+            response_format=Forecast, max_tokens=200, temperature=1, seed=seed,
+        )
+        message = completion.choices[0].message
+        assert isinstance(message.parsed, Forecast), message.content
+        assert 1 <= message.parsed.days <= 7

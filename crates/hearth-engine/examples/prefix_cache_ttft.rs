@@ -86,6 +86,7 @@ async fn first_token(engine: &Engine, prompt: Vec<u32>) -> (Duration, usize) {
         .submit(GenerateRequest {
             prompt: Prompt::Tokens(prompt),
             sampling: sampling.validated().expect("valid"),
+            constraint: None,
         })
         .expect("accepted");
     let mut ttft = None;

@@ -35,6 +35,9 @@ pub enum SubmitError {
     Tokenize(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// The requested output grammar (a JSON Schema, a regular expression, ...) cannot be used.
+    #[error("the output grammar cannot be used: {0}")]
+    Grammar(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("preparing the request failed: {0}")]

@@ -1,43 +1,11 @@
 //! The engine end to end on the tiny model package, with a KV cache too small for its load:
 //! preemption and prefix caching may change latency, never what a caller receives.
 
-use std::path::PathBuf;
+mod common;
 
-use candle_core::Device;
-use hearth_engine::{Engine, EngineConfig, GenerateRequest, GenerationStream, Prompt};
-use hearth_package::Package;
-use hearth_protocol::{FinishReason, GenerationEvent, SamplingParams, Usage};
-
-const BLOCK_SIZE: usize = 4;
-/// Bytes of one block of the tiny model's cache: K and V, 4 layers, 2 KV heads of 16 f32.
-const BYTES_PER_BLOCK: usize = 2 * 4 * BLOCK_SIZE * 2 * 16 * 4;
-
-fn start(num_blocks: usize, prefix_caching: bool) -> Engine {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-llama");
-    let package = Package::load(&dir).expect("models/tiny-llama is a valid package");
-    let config = EngineConfig {
-        block_size: BLOCK_SIZE,
-        kv_cache_bytes: num_blocks * BYTES_PER_BLOCK,
-        prefix_caching,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::start(&package, config, &Device::Cpu, &|_, _| {}).expect("engine starts");
-    assert_eq!(engine.stats().kv_blocks_total, num_blocks);
-    engine
-}
-
-/// Token ids from a seeded generator, inside the tiny vocabulary and clear of its special ids.
-fn tokens(seed: u64, len: usize) -> Vec<u32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            3 + (state % 500) as u32
-        })
-        .collect()
-}
+use common::{collect, start, tokens, Output, BLOCK_SIZE};
+use hearth_engine::{Engine, GenerateRequest, GenerationStream, Prompt};
+use hearth_protocol::{FinishReason, SamplingParams};
 
 fn greedy(max_tokens: usize) -> SamplingParams {
     SamplingParams { max_tokens, ignore_eos: true, ..SamplingParams::default() }
@@ -56,31 +24,9 @@ fn sampled(max_tokens: usize, seed: u64) -> SamplingParams {
 
 fn submit(engine: &Engine, prompt: Vec<u32>, sampling: SamplingParams) -> GenerationStream {
     let sampling = sampling.validated().expect("valid sampling");
-    engine.submit(GenerateRequest { prompt: Prompt::Tokens(prompt), sampling }).expect("accepted")
-}
-
-#[derive(Debug, PartialEq)]
-struct Output {
-    text: String,
-    reason: FinishReason,
-    usage: Usage,
-}
-
-/// Reads a stream to its end, checking that no Text event repeats tokens already reported.
-async fn collect(mut stream: GenerationStream) -> Output {
-    let mut text = String::new();
-    let mut num_reported = 0;
-    loop {
-        match stream.recv().await.expect("a terminal event") {
-            GenerationEvent::Text { text: piece, completion_tokens } => {
-                assert!(completion_tokens > num_reported, "tokens reported twice");
-                num_reported = completion_tokens;
-                text.push_str(&piece);
-            }
-            GenerationEvent::Finished { reason, usage } => return Output { text, reason, usage },
-            GenerationEvent::Failed { message } => panic!("generation failed: {message}"),
-        }
-    }
+    engine
+        .submit(GenerateRequest { prompt: Prompt::Tokens(prompt), sampling, constraint: None })
+        .expect("accepted")
 }
 
 async fn generate(engine: &Engine, prompt: Vec<u32>, sampling: SamplingParams) -> Output {

@@ -213,6 +213,16 @@ async fn attempt_once(
             ),
         });
     }
+    if let Some(constraint) = &request.response_format {
+        if !target.provider.enforces(constraint) {
+            return Err(ProviderError::Unsupported {
+                message: format!(
+                    "{}: cannot make its answer match the requested response_format",
+                    target.provider.name()
+                ),
+            });
+        }
+    }
     let deadline = Instant::now() + policy.ttfb_timeout;
     let mut stream = timeout_at(deadline, target.provider.stream(request, &target.model))
         .await

@@ -7,6 +7,7 @@
 
 pub mod canonical;
 mod chat;
+mod constraint;
 mod events;
 mod sampling;
 pub mod wire;
@@ -17,5 +18,6 @@ pub use canonical::{
     TokenUsage, ToolChoice, ToolDefinition,
 };
 pub use chat::{ChatMessage, Role};
+pub use constraint::OutputConstraint;
 pub use events::{FinishReason, GenerationEvent, Usage};
 pub use sampling::{SamplingParams, ValidSampling, ValidationError};

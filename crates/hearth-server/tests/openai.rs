@@ -277,3 +277,96 @@ async fn chat_samples_at_openais_default_temperature() {
         "three default answers were equal: {sampled:?}"
     );
 }
+
+fn forecast_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "city": { "type": "string", "maxLength": 12 },
+            "days": { "type": "integer", "minimum": 1, "maximum": 7 },
+        },
+        "required": ["city", "days"],
+        "additionalProperties": false,
+    })
+}
+
+fn structured_body(format: Value) -> Value {
+    let mut body = chat_body();
+    body["max_tokens"] = json!(200);
+    body["temperature"] = json!(1);
+    body["seed"] = json!(7);
+    body["response_format"] = format;
+    body
+}
+
+fn assert_forecast(content: &str) {
+    let value: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{e}: {content:?}"));
+    assert!(value["city"].as_str().is_some_and(|c| c.chars().count() <= 12), "{value}");
+    assert!(value["days"].as_u64().is_some_and(|d| (1..=7).contains(&d)), "{value}");
+    assert_eq!(value.as_object().map(|o| o.len()), Some(2), "{value}");
+}
+
+#[tokio::test]
+async fn response_format_json_schema_makes_a_local_answer_valid_whole_and_streamed() {
+    let app = app();
+    let format = json!({ "type": "json_schema",
+        "json_schema": { "name": "forecast", "schema": forecast_schema(), "strict": true } });
+    let reply = post(&app, "/v1/chat/completions", structured_body(format.clone())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{body}");
+    let whole = body["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    assert_forecast(&whole);
+
+    let mut streamed = structured_body(format);
+    streamed["stream"] = json!(true);
+    let reply = post(&app, "/v1/chat/completions", streamed).await;
+    let text: String = stream_payloads(&reply.text())
+        .iter()
+        .filter_map(|p| p["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    // The same seed: the stream reassembles to exactly the whole answer.
+    assert_eq!(text, whole);
+
+    // Any object: the random model rarely closes its free-text keys, so only an answer that
+    // ended must parse; every answer starts as one.
+    let reply =
+        post(&app, "/v1/chat/completions", structured_body(json!({ "type": "json_object" }))).await;
+    let choice = &reply.json()["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap().to_owned();
+    assert!(content.starts_with('{'), "{content:?}");
+    if choice["finish_reason"] == "stop" {
+        let value: Value =
+            serde_json::from_str(&content).unwrap_or_else(|e| panic!("{e}: {content:?}"));
+        assert!(value.is_object(), "{value}");
+    }
+    let reply =
+        post(&app, "/v1/chat/completions", structured_body(json!({ "type": "text" }))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn a_response_format_that_cannot_be_used_is_400_naming_it() {
+    let app = app();
+    let schema_format = |name: &str, schema: Value| json!({ "type": "json_schema", "json_schema": { "name": name, "schema": schema } });
+    let cases = [
+        (schema_format("has spaces", forecast_schema()), "response_format.json_schema.name"),
+        (schema_format("ok", json!("an object")), "response_format.json_schema.schema"),
+        (schema_format("ok", json!({ "type": "no-such-type" })), "response_format"),
+        (json!({ "type": "xml" }), "response_format"),
+    ];
+    for (format, param) in cases {
+        let reply = post(&app, "/v1/chat/completions", structured_body(format.clone())).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{format}: {}", reply.text());
+        let error = &reply.json()["error"];
+        assert!(error["param"].as_str().is_some_and(|p| p.starts_with(param)), "{format}: {error}");
+    }
+    let reply = post(
+        &app,
+        "/v1/chat/completions",
+        structured_body(schema_format("ok", json!({ "type": "no-such-type" }))),
+    )
+    .await;
+    let message = reply.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("no-such-type"), "the schema's problem is named: {message}");
+}

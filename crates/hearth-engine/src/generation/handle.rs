@@ -12,12 +12,13 @@ use std::thread::JoinHandle;
 use candle_core::{DType, Device};
 use hearth_package::{ChatTemplate, Package};
 use hearth_protocol::{
-    ChatMessage, GenerationEvent, SamplingParams, ValidSampling, ValidationError,
+    ChatMessage, GenerationEvent, OutputConstraint, SamplingParams, ValidSampling, ValidationError,
 };
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, SubmitError};
+use crate::generation::constraint::{GrammarCompiler, TokenConstraint};
 use crate::generation::kv_cache::{KvCache, KvCacheConfig};
 use crate::generation::metrics::{EngineMetrics, MetricsSnapshot};
 use crate::generation::scheduler::SchedulerConfig;
@@ -81,6 +82,8 @@ pub struct GenerateRequest {
     pub prompt: Prompt,
     /// Checked once, before it gets here (`SamplingParams::validated`).
     pub sampling: ValidSampling,
+    /// A grammar the output must match (structured outputs), enforced token by token.
+    pub constraint: Option<OutputConstraint>,
 }
 
 /// Runs `work` with `engine` on tokio's blocking pool: CPU-bound preparation of a request
@@ -116,6 +119,8 @@ pub struct Engine {
 struct EngineInner {
     info: ModelInfo,
     tokenizer: Arc<Tokenizer>,
+    /// Compiles requests' grammars; why not, for a tokenizer llguidance cannot read.
+    grammars: Result<GrammarCompiler, String>,
     chat_template: Option<ChatTemplate>,
     add_bos: bool,
     bos_token_id: Option<u32>,
@@ -159,6 +164,14 @@ impl Engine {
             metrics: EngineMetrics::default(),
         });
         let tokenizer = Arc::new(package.tokenizer.clone());
+        let grammars = GrammarCompiler::new(
+            &tokenizer,
+            &package.special_tokens.eos_token_ids,
+            model_cfg.vocab_size,
+        );
+        if let Err(why) = &grammars {
+            tracing::warn!(model = %package.name, %why, "structured outputs are unavailable for this tokenizer");
+        }
         let (submissions, inbox) = mpsc::channel(config.scheduler.max_waiting.max(1));
         let worker = Worker::new(WorkerParts {
             model,
@@ -187,6 +200,7 @@ impl Engine {
                     device: format!("{device:?}"),
                 },
                 tokenizer,
+                grammars,
                 chat_template: package.chat_template.clone(),
                 add_bos: package.special_tokens.add_bos_token,
                 bos_token_id: package.special_tokens.bos_token_id,
@@ -258,6 +272,7 @@ impl Engine {
         let prompt_ids = self.tokenize(&request.prompt)?;
         let mut sampling = request.sampling.into_inner();
         self.check_fits(&prompt_ids, &mut sampling)?;
+        let constraint = request.constraint.as_ref().map(|c| self.compile(c)).transpose()?;
 
         let num_waiting = inner.shared.num_queued.fetch_add(1, Ordering::AcqRel);
         if num_waiting >= inner.max_waiting {
@@ -266,7 +281,8 @@ impl Engine {
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let prompt_tokens = prompt_ids.len();
-        let submission = Submission { prompt_ids, sampling, events: events_tx, submitted_at };
+        let submission =
+            Submission { prompt_ids, sampling, constraint, events: events_tx, submitted_at };
         if let Err(err) = inner.submissions.try_send(Command::Submit(submission)) {
             inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
             return Err(match err {
@@ -275,6 +291,14 @@ impl Engine {
             });
         }
         Ok(GenerationStream { prompt_tokens, events })
+    }
+
+    /// A matcher for `constraint`, or why its grammar is refused.
+    fn compile(&self, constraint: &OutputConstraint) -> Result<TokenConstraint, SubmitError> {
+        let compiler = self.inner.grammars.as_ref().map_err(|why| {
+            SubmitError::Grammar(format!("this model's tokenizer cannot be constrained: {why}"))
+        })?;
+        compiler.compile(constraint).map_err(SubmitError::Grammar)
     }
 
     /// Refuses prompts that cannot fit, and caps `max_tokens` at what the context has left (the

@@ -3,6 +3,7 @@
 //! paged KV cache holding what was computed, the sampler, the detokenizer and the metrics.
 
 pub mod block_manager;
+mod constraint;
 pub mod detokenizer;
 pub mod handle;
 pub mod kv_cache;

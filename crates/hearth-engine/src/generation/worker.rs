@@ -16,6 +16,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::generation::block_manager::BlockManager;
+use crate::generation::constraint::{self, TokenConstraint, TokenMask};
 use crate::generation::detokenizer::{IncrementalDetokenizer, StopMatcher};
 use crate::generation::kv_cache::KvCache;
 use crate::generation::metrics::RequestTimer;
@@ -36,10 +37,16 @@ pub(crate) enum Command {
 pub(crate) struct Submission {
     pub prompt_ids: Vec<u32>,
     pub sampling: SamplingParams,
+    /// The grammar the output must match, compiled.
+    pub constraint: Option<TokenConstraint>,
     pub events: mpsc::UnboundedSender<GenerationEvent>,
     /// When `Engine::submit` was called: the start of the request's latencies.
     pub submitted_at: Instant,
 }
+
+/// A step's token masks, by sequence: what each constrained sequence may draw, or why its
+/// grammar failed.
+type Masks = HashMap<SeqId, Result<TokenMask, String>>;
 
 /// Per-request state that is not the scheduler's business.
 struct Active {
@@ -48,6 +55,7 @@ struct Active {
     detokenizer: IncrementalDetokenizer,
     stop: StopMatcher,
     sampling: SamplingParams,
+    constraint: Option<TokenConstraint>,
     /// Still counted in `Shared::num_queued` (no prefill chunk scheduled yet).
     queued: bool,
     /// Metrics: TTFT, inter-token and end-to-end latency.
@@ -134,7 +142,7 @@ impl Worker {
     }
 
     fn admit(&mut self, submission: Submission) {
-        let Submission { prompt_ids, sampling, events, submitted_at } = submission;
+        let Submission { prompt_ids, sampling, constraint, events, submitted_at } = submission;
         let id = self.next_id;
         self.next_id += 1;
         let active = Active {
@@ -142,6 +150,7 @@ impl Worker {
             detokenizer: IncrementalDetokenizer::new(self.tokenizer.clone(), &prompt_ids),
             stop: StopMatcher::new(sampling.stop.clone()),
             sampling,
+            constraint,
             events,
             queued: true,
             timer: RequestTimer::new(submitted_at),
@@ -199,20 +208,42 @@ impl Worker {
         }
         self.num_steps += 1;
         self.mark_started(scheduled);
-        let logits = runner::run_step(
-            &self.model,
-            &mut self.kv,
-            &self.scheduler,
-            scheduled,
-            &self.device,
-            self.block_size,
-        )?;
+        let (logits, mut masks) = self.forward_and_masks(scheduled);
+        let mut logits = logits?;
         self.scheduler.on_step_done(scheduled);
         let sampled = scheduled.iter().filter(|s| s.samples);
-        for (s, row) in sampled.zip(logits.iter()) {
-            self.on_logits(s.seq_id, row);
+        for (s, row) in sampled.zip(logits.iter_mut()) {
+            let mask = masks.remove(&s.seq_id);
+            self.on_logits(s.seq_id, row, mask);
         }
         Ok(())
+    }
+
+    /// The step's forward pass and, on a helper thread meanwhile, the token masks of the
+    /// constrained sequences that sample in it: computing a mask needs only the tokens drawn so
+    /// far, so it costs the step nothing while the forward pass is the longer of the two.
+    fn forward_and_masks(
+        &mut self,
+        scheduled: &[ScheduledSeq],
+    ) -> (candle_core::Result<Vec<Vec<f32>>>, Masks) {
+        let Worker { model, kv, scheduler, active, device, block_size, .. } = self;
+        let constrained: Vec<(SeqId, &mut TokenConstraint)> = active
+            .iter_mut()
+            .filter(|(id, _)| scheduled.iter().any(|s| s.samples && s.seq_id == **id))
+            .filter_map(|(&id, a)| a.constraint.as_mut().map(|c| (id, c)))
+            .collect();
+        let mut forward = || runner::run_step(model, kv, scheduler, scheduled, device, *block_size);
+        if constrained.is_empty() {
+            return (forward(), HashMap::new());
+        }
+        std::thread::scope(|scope| {
+            let masking = scope.spawn(move || {
+                constrained.into_iter().map(|(id, c)| (id, c.mask())).collect::<HashMap<_, _>>()
+            });
+            let logits = forward();
+            // A panic in the grammar engine fails those requests (their masks are missing).
+            (logits, masking.join().unwrap_or_default())
+        })
     }
 
     /// A caller that dropped its stream has cancelled; free its KV memory now.
@@ -249,11 +280,33 @@ impl Worker {
         }
     }
 
-    fn on_logits(&mut self, id: SeqId, logits: &[f32]) {
+    fn on_logits(
+        &mut self,
+        id: SeqId,
+        logits: &mut [f32],
+        mask: Option<Result<TokenMask, String>>,
+    ) {
         let (Some(seq), Some(active)) = (self.scheduler.get(id), self.active.get_mut(&id)) else {
             return;
         };
+        if active.constraint.is_some() {
+            match mask.unwrap_or_else(|| Err("no token mask was computed".to_owned())) {
+                Ok(mask) => constraint::apply(&mask, logits),
+                Err(why) => {
+                    let message = format!("constrained decoding failed: {why}");
+                    self.end(id, GenerationEvent::Failed { message });
+                    return;
+                }
+            }
+        }
         let token = active.sampler.sample(logits, &seq.token_ids[seq.num_prompt_tokens..]);
+        if let Some(grammar) = &mut active.constraint {
+            if let Err(why) = grammar.consume(token) {
+                let message = format!("constrained decoding failed: {why}");
+                self.end(id, GenerationEvent::Failed { message });
+                return;
+            }
+        }
         self.scheduler.append_token(id, token);
         let Some(seq) = self.scheduler.get(id) else { return };
         let num_generated = seq.num_generated();
@@ -263,8 +316,13 @@ impl Worker {
             cached_tokens: seq.num_cached_prompt_tokens,
         };
 
-        let is_eos = !active.sampling.ignore_eos && self.eos_token_ids.contains(&token);
-        let mut finish = if is_eos {
+        // A constrained request ends where its grammar does: on end-of-sequence (which the
+        // mask allows only once the grammar is complete), or when nothing more can follow.
+        let constrained = active.constraint.as_ref();
+        let is_eos = (!active.sampling.ignore_eos || constrained.is_some())
+            && self.eos_token_ids.contains(&token);
+        let grammar_done = constrained.is_some_and(TokenConstraint::is_finished);
+        let mut finish = if is_eos || grammar_done {
             Some(FinishReason::Stop)
         } else if num_generated >= active.sampling.max_tokens {
             Some(FinishReason::Length)

@@ -8,7 +8,7 @@ use eventsource_stream::{Event, Eventsource};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use hearth_protocol::wire::DecodeError;
-use hearth_protocol::{CanonicalEvent, CanonicalRequest};
+use hearth_protocol::{CanonicalEvent, CanonicalRequest, OutputConstraint};
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use super::{ApiKey, EventStream, Provider, ProviderError};
@@ -45,6 +45,11 @@ pub(crate) trait Api: Send + Sync + 'static {
     fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body;
     /// A POST of a streamed call of `model`, with any header every call of the API needs.
     fn post(&self, client: &reqwest::Client, model: &str) -> reqwest::RequestBuilder;
+    /// Whether the API's body carries `constraint` (see [`Provider::enforces`]).
+    fn enforces(&self, constraint: &OutputConstraint) -> bool {
+        let _ = constraint;
+        false
+    }
 }
 
 /// An upstream provider over HTTP, speaking the API `A`.
@@ -79,6 +84,10 @@ impl<A: Api> Provider for HttpProvider<A> {
         }
         let response = self.upstream.send(call).await?;
         Ok(self.upstream.decode(response, A::Decoder::default()))
+    }
+
+    fn enforces(&self, constraint: &OutputConstraint) -> bool {
+        self.api.enforces(constraint)
     }
 }
 

@@ -9,7 +9,7 @@ use hearth_engine::{
 };
 use hearth_protocol::{
     CanonicalEvent, CanonicalRequest, ChatMessage, FinishReason, GenerationEvent, MessageRole,
-    RawPrompt, Role, SamplingParams, StopReason, TokenUsage,
+    OutputConstraint, RawPrompt, Role, SamplingParams, StopReason, TokenUsage,
 };
 
 use super::{EventStream, Provider, ProviderError};
@@ -51,6 +51,7 @@ impl Provider for LocalProvider {
         let sampling = sampling_params(request, self.engine.info().context_length)
             .validated()
             .map_err(|e| submit_error(model, SubmitError::Invalid(e)))?;
+        let constraint = request.response_format.clone();
         // Rendering and tokenizing a long history is CPU work for a blocking thread.
         let submitted = run_blocking(self.engine.clone(), move |engine| {
             let prompt = match input {
@@ -60,7 +61,7 @@ impl Provider for LocalProvider {
                     Prompt::Templated(engine.render_chat(&messages).map_err(Refusal::Template)?)
                 }
             };
-            engine.submit(GenerateRequest { prompt, sampling }).map_err(Refusal::Submit)
+            engine.submit(GenerateRequest { prompt, sampling, constraint }).map_err(Refusal::Submit)
         })
         .await
         .map_err(|e| submit_error(model, e))?;
@@ -74,6 +75,11 @@ impl Provider for LocalProvider {
     }
 
     fn takes_raw_prompts(&self) -> bool {
+        true
+    }
+
+    /// The engine enforces every kind of constraint, token by token.
+    fn enforces(&self, _constraint: &OutputConstraint) -> bool {
         true
     }
 }
@@ -167,6 +173,9 @@ fn submit_error(model: &str, error: SubmitError) -> ProviderError {
         }
         SubmitError::EmptyPrompt | SubmitError::BadToken { .. } | SubmitError::Tokenize(_) => {
             ProviderError::Rejected { message, param: Some("prompt".into()), code: None }
+        }
+        SubmitError::Grammar(_) => {
+            ProviderError::Rejected { message, param: Some("response_format".into()), code: None }
         }
         SubmitError::Internal(_) => ProviderError::Rejected { message, param: None, code: None },
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use hearth_protocol::{CanonicalEvent, CanonicalRequest, ErrorKind, StreamError};
+use hearth_protocol::{CanonicalEvent, CanonicalRequest, ErrorKind, OutputConstraint, StreamError};
 
 use crate::config::{ConfigError, GatewayConfig, ProviderKind};
 
@@ -42,6 +42,13 @@ pub trait Provider: Send + Sync {
     /// Whether the provider serves a [`hearth_protocol::RawPrompt`] (text or token ids with no
     /// chat template). Only the local engine does; chat APIs take conversations.
     fn takes_raw_prompts(&self) -> bool {
+        false
+    }
+
+    /// Whether the provider makes its answer match `constraint` (structured outputs). One that
+    /// does not is skipped for such a request, never sent it with the constraint dropped.
+    fn enforces(&self, constraint: &OutputConstraint) -> bool {
+        let _ = constraint;
         false
     }
 }

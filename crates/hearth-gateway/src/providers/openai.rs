@@ -1,7 +1,7 @@
 //! OpenAI chat completions, and any OpenAI-compatible server (vLLM, llama.cpp, Together, …).
 
 use hearth_protocol::wire::openai;
-use hearth_protocol::CanonicalRequest;
+use hearth_protocol::{CanonicalRequest, OutputConstraint};
 
 use super::http::{impl_sse_decoder, Api, Endpoint};
 
@@ -39,6 +39,11 @@ impl Api for OpenAiApi {
 
     fn post(&self, client: &reqwest::Client, _model: &str) -> reqwest::RequestBuilder {
         self.endpoint.post(client)
+    }
+
+    /// OpenAI's `response_format` carries JSON Schemas and JSON objects, not grammars.
+    fn enforces(&self, constraint: &OutputConstraint) -> bool {
+        constraint.json_schema().is_some()
     }
 }
 

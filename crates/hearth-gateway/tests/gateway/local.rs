@@ -7,7 +7,7 @@ use candle_core::Device;
 use hearth_engine::{Engine, EngineConfig};
 use hearth_gateway::{Catalog, LedgerStatus, LocalModel, RouteKind, StartError};
 use hearth_package::Package;
-use hearth_protocol::{CanonicalEvent, ErrorKind, ToolDefinition};
+use hearth_protocol::{CanonicalEvent, ErrorKind, OutputConstraint, ToolDefinition};
 use serde_json::json;
 
 use crate::fake::{Answer, FakeProvider, Wire};
@@ -73,4 +73,40 @@ async fn local_packages_serve_text_and_send_tools_elsewhere() {
     };
     assert_eq!(error.kind, ErrorKind::InvalidRequest);
     assert!(error.message.contains("does not support tools"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn a_response_format_goes_only_to_routes_that_enforce_it() {
+    let anthropic = FakeProvider::start(Wire::Anthropic, Answer::Text).await;
+    let openai = FakeProvider::start(Wire::OpenAi, Answer::Text).await;
+    let h = harness_with(
+        &[
+            upstream("ant", Wire::Anthropic, anthropic.base_url()),
+            upstream("up", Wire::OpenAi, openai.base_url()),
+        ],
+        &["ant/claude", "up/gpt"],
+        test_settings(),
+        catalog_with_tiny_llama(),
+    )
+    .await;
+    let schema = json!({ "type": "object", "properties": { "ok": { "type": "boolean" } } });
+    let mut request = hello("m");
+    request.response_format = Some(OutputConstraint::JsonSchema { schema: schema.clone() });
+    let run = h.start(request).await.unwrap();
+    assert_eq!(run.route, "up/gpt", "Anthropic's API cannot carry the schema: skipped");
+    assert_eq!(anthropic.calls(), 0);
+    let sent = &openai.requests()[0].body;
+    assert_eq!(sent["response_format"]["type"], "json_schema", "{sent}");
+    assert_eq!(sent["response_format"]["json_schema"]["schema"], schema, "{sent}");
+
+    // The local engine enforces it; the answer is the schema's.
+    let mut request = hello(PACKAGE);
+    request.max_tokens = Some(64);
+    request.response_format = Some(OutputConstraint::JsonSchema {
+        schema: json!({ "type": "object", "properties": { "ok": { "type": "boolean" } },
+                        "required": ["ok"], "additionalProperties": false }),
+    });
+    let run = h.start(request).await.unwrap();
+    let text = text_of(&events(run.events).await);
+    assert!(text == r#"{"ok":true}"# || text == r#"{"ok":false}"#, "{text:?}");
 }

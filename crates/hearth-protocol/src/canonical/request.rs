@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::sampling::{check_max_tokens, check_stop, check_value};
+use crate::OutputConstraint;
 use crate::ValidationError;
 
 /// One chat request, independent of any wire format.
@@ -29,6 +30,10 @@ pub struct CanonicalRequest {
     pub tools: Vec<ToolDefinition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<ToolChoice>,
+    /// A grammar the answer must match (OpenAI's `response_format` `json_schema` or
+    /// `json_object`); local models enforce it token by token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<OutputConstraint>,
     #[serde(default)]
     pub sampling: SamplingOptions,
     /// Upper bound on generated tokens; `None` leaves the provider's default.

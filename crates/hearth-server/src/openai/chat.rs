@@ -15,12 +15,6 @@ use crate::defaults;
 use crate::relay::{self, OpenAiChat, StreamFormat};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
-struct ResponseFormat {
-    #[serde(rename = "type")]
-    kind: String,
-}
-
 /// Fields of OpenAI's API that Hearth does not implement. The wire type ignores unknown fields,
 /// as OpenAI-compatible servers do; these are refused instead, since ignoring them would change
 /// what the caller gets without telling them.
@@ -29,7 +23,6 @@ struct Unsupported {
     logprobs: Option<bool>,
     top_logprobs: Option<u64>,
     logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
-    response_format: Option<ResponseFormat>,
 }
 
 impl Unsupported {
@@ -39,11 +32,6 @@ impl Unsupported {
         }
         if self.logit_bias.as_ref().is_some_and(|bias| !bias.is_empty()) {
             return Err(OpenAiError::invalid("logit_bias", "logit_bias is not supported"));
-        }
-        if let Some(format) = self.response_format.as_ref().filter(|f| f.kind != "text") {
-            let message =
-                format!("response_format `{}` is not supported; only `text` is", format.kind);
-            return Err(OpenAiError::invalid("response_format", message));
         }
         Ok(())
     }

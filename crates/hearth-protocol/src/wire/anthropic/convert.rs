@@ -45,6 +45,8 @@ pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, Validation
             WireToolChoice::None => ToolChoice::None,
             WireToolChoice::Tool { name } => ToolChoice::Tool { name },
         }),
+        // No structured-output field in this API.
+        response_format: None,
         sampling: SamplingOptions {
             temperature: req.temperature,
             top_p: req.top_p,

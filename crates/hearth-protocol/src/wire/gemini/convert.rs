@@ -46,6 +46,8 @@ pub fn to_canonical(
         prompt: None,
         tools,
         tool_choice: req.tool_config.and_then(tool_choice_to_canonical),
+        // Gemini's `responseSchema` is not read yet.
+        response_format: None,
         sampling: SamplingOptions {
             temperature: config.temperature,
             top_p: config.top_p,

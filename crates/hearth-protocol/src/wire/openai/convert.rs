@@ -4,15 +4,16 @@ use serde_json::Value;
 
 use super::{
     ChatCompletion, ChatCompletionRequest, Choice, ContentPart, FunctionCall, FunctionDefinition,
-    MessageContent, NamedFunction, PromptTokensDetails, RequestMessage, ResponseMessage, Stop,
-    StreamOptions, Tool, ToolCall, ToolChoice as WireToolChoice, Usage,
+    JsonSchemaFormat, MessageContent, NamedFunction, PromptTokensDetails, RequestMessage,
+    ResponseFormat, ResponseMessage, Stop, StreamOptions, Tool, ToolCall,
+    ToolChoice as WireToolChoice, Usage,
 };
 use crate::canonical::{
     CanonicalRequest, CanonicalResponse, ContentBlock, Message, MessageRole, SamplingOptions,
     TokenUsage, ToolChoice, ToolDefinition,
 };
 use crate::wire::empty_object_schema;
-use crate::ValidationError;
+use crate::{OutputConstraint, ValidationError};
 
 /// An entry surface's request → canonical. Errors name the OpenAI field path.
 pub fn to_canonical(req: ChatCompletionRequest) -> Result<CanonicalRequest, ValidationError> {
@@ -52,6 +53,11 @@ pub fn to_canonical(req: ChatCompletionRequest) -> Result<CanonicalRequest, Vali
         prompt: None,
         tools: tools_to_canonical(req.tools)?,
         tool_choice: req.tool_choice.map(tool_choice_to_canonical).transpose()?,
+        response_format: req
+            .response_format
+            .map(response_format_to_canonical)
+            .transpose()?
+            .flatten(),
         sampling: SamplingOptions {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -163,6 +169,59 @@ fn tool_choice_to_canonical(choice: WireToolChoice) -> Result<ToolChoice, Valida
     }
 }
 
+/// `None` for free text, which constrains nothing.
+fn response_format_to_canonical(
+    format: ResponseFormat,
+) -> Result<Option<OutputConstraint>, ValidationError> {
+    Ok(Some(match format {
+        ResponseFormat::Text => return Ok(None),
+        ResponseFormat::JsonObject => OutputConstraint::JsonObject,
+        ResponseFormat::JsonSchema { json_schema } => {
+            let JsonSchemaFormat { name, schema, .. } = json_schema;
+            if !is_valid_format_name(&name) {
+                return Err(ValidationError::new(
+                    "response_format.json_schema.name",
+                    "must be 1 to 64 letters, digits, underscores or dashes",
+                ));
+            }
+            match schema {
+                Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+                    OutputConstraint::JsonSchema { schema }
+                }
+                Some(_) => {
+                    return Err(ValidationError::new(
+                        "response_format.json_schema.schema",
+                        "must be a JSON Schema (an object)",
+                    ))
+                }
+                None => OutputConstraint::JsonSchema { schema: Value::Bool(true) },
+            }
+        }
+    }))
+}
+
+/// OpenAI's rule for `json_schema.name`.
+fn is_valid_format_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn response_format_to_wire(constraint: &OutputConstraint) -> Option<ResponseFormat> {
+    match constraint {
+        OutputConstraint::JsonObject => Some(ResponseFormat::JsonObject),
+        OutputConstraint::JsonSchema { schema } => Some(ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaFormat {
+                name: "response".into(),
+                description: None,
+                schema: Some(schema.clone()),
+                strict: Some(true),
+            },
+        }),
+        // OpenAI's API has no grammar formats; the router never sends these upstream.
+        OutputConstraint::Regex { .. } | OutputConstraint::Lark { .. } => None,
+    }
+}
+
 /// Canonical → the request a provider adapter sends upstream. It always streams and asks for
 /// the final usage chunk, since usage is what the ledger bills.
 pub fn from_canonical(req: &CanonicalRequest, model: &str) -> ChatCompletionRequest {
@@ -182,6 +241,7 @@ pub fn from_canonical(req: &CanonicalRequest, model: &str) -> ChatCompletionRequ
         messages,
         tools: req.tools.iter().map(tool_to_wire).collect(),
         tool_choice: req.tool_choice.as_ref().map(tool_choice_to_wire),
+        response_format: req.response_format.as_ref().and_then(response_format_to_wire),
         temperature: s.temperature,
         top_p: s.top_p,
         top_k: s.top_k,

@@ -1,0 +1,127 @@
+//! Constrained decoding (structured outputs). A grammar — a JSON Schema, any JSON object, a
+//! regular expression or a Lark grammar — is compiled with llguidance against the model's own
+//! tokenizer when a request is submitted; per sequence, its matcher says which tokens may come
+//! next, the sampler never draws another, and the matcher then takes the drawn token.
+//!
+//! The masks of a step are computed on a helper thread while the forward pass runs (see
+//! `Worker::run_scheduled`): they depend only on the tokens already drawn. A matcher lives with
+//! its request, so a sequence that is preempted and recomputed, or that starts on a prefix-cache
+//! hit, keeps its place in the grammar (preemption never takes a drawn token back).
+
+use std::sync::Arc;
+
+use hearth_protocol::OutputConstraint;
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::SimpleVob;
+use llguidance::{JsonCompileOptions, Matcher, ParserFactory};
+use tokenizers::Tokenizer;
+
+/// Compiles grammars for one model's tokenizer. Built once per engine; compiling a request's
+/// grammar against it is cheap (milliseconds for a typical tool schema).
+pub(crate) struct GrammarCompiler {
+    factory: Arc<ParserFactory>,
+}
+
+impl GrammarCompiler {
+    /// `vocab_size` is the width of the model's logits, which may exceed the tokenizer's
+    /// vocabulary (padded embeddings): the extra ids are never allowed.
+    pub fn new(
+        tokenizer: &Tokenizer,
+        eos_token_ids: &[u32],
+        vocab_size: usize,
+    ) -> Result<Self, String> {
+        let json = tokenizer.to_string(false).map_err(|e| e.to_string())?;
+        let mut bytes = toktrie_hf_tokenizers::ByteTokenizer::from_json_bytes(json.as_bytes())
+            .map_err(|e| e.to_string())?;
+        // The model's end-of-sequence ids, not the adapter's guess from token names: a finished
+        // grammar allows exactly these.
+        let known = bytes.tokrx_info().vocab_size;
+        let eos: Vec<u32> = eos_token_ids.iter().copied().filter(|&id| id < known).collect();
+        if !eos.is_empty() {
+            bytes.set_eos_tokens(&eos);
+        }
+        let env = bytes.into_tok_env(Some(vocab_size)).map_err(|e| e.to_string())?;
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+        factory.quiet();
+        Ok(Self { factory: Arc::new(factory) })
+    }
+
+    /// A fresh matcher for `constraint`, or why the grammar is not acceptable (a 400 at the
+    /// edge, naming the problem).
+    pub fn compile(&self, constraint: &OutputConstraint) -> Result<TokenConstraint, String> {
+        let grammar = match constraint {
+            OutputConstraint::JsonSchema { .. } | OutputConstraint::JsonObject => {
+                TopLevelGrammar::from_json_schema(with_layout(constraint.json_schema()))
+            }
+            OutputConstraint::Regex { pattern } => TopLevelGrammar::from_regex(pattern),
+            OutputConstraint::Lark { grammar } => TopLevelGrammar::from_lark(grammar.clone()),
+        };
+        let parser = self.factory.create_parser(grammar).map_err(|e| e.to_string())?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(error) = matcher.get_error() {
+            return Err(error);
+        }
+        Ok(TokenConstraint { matcher: Box::new(matcher) })
+    }
+}
+
+/// The schema with the JSON layout Hearth asks for: compact, no whitespace between tokens.
+/// Free whitespace would let a model pad its answer until `max_tokens` cuts it short (a greedy
+/// model can loop on newlines). A schema that sets its own `x-guidance` options keeps them.
+fn with_layout(schema: Option<serde_json::Value>) -> serde_json::Value {
+    let mut schema = match schema {
+        Some(serde_json::Value::Bool(true)) | None => serde_json::json!({}),
+        Some(schema) => schema,
+    };
+    if schema.is_object() && schema.get("x-guidance").is_none() {
+        let compact =
+            JsonCompileOptions { whitespace_flexible: false, ..JsonCompileOptions::default() };
+        compact.apply_to(&mut schema);
+    }
+    schema
+}
+
+/// One request's place in its grammar.
+pub(crate) struct TokenConstraint {
+    /// Boxed: a matcher is large, and it travels in the engine's command channel.
+    matcher: Box<Matcher>,
+}
+
+/// The tokens a sequence may draw next.
+pub(crate) type TokenMask = SimpleVob;
+
+impl TokenConstraint {
+    /// The tokens allowed next (end-of-sequence once the grammar is complete).
+    pub fn mask(&mut self) -> Result<TokenMask, String> {
+        let mask = self.matcher.compute_mask().map_err(|e| e.to_string())?;
+        if mask.is_zero() {
+            return Err(self
+                .matcher
+                .get_error()
+                .unwrap_or_else(|| "the grammar allows no token here".to_owned()));
+        }
+        Ok(mask)
+    }
+
+    /// Takes the drawn token.
+    pub fn consume(&mut self, token: u32) -> Result<(), String> {
+        self.matcher.consume_token(token).map_err(|e| e.to_string())
+    }
+
+    /// True once the grammar can take nothing more.
+    pub fn is_finished(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+}
+
+/// Rules out, in `logits`, every token `mask` does not allow (and any id past its end).
+pub(crate) fn apply(mask: &TokenMask, logits: &mut [f32]) {
+    mask.iter_unset_entries(|token| {
+        if let Some(logit) = logits.get_mut(token) {
+            *logit = f32::NEG_INFINITY;
+        }
+    });
+    if let Some(beyond) = logits.get_mut(mask.len()..) {
+        beyond.fill(f32::NEG_INFINITY);
+    }
+}
