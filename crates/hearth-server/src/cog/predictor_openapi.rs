@@ -10,7 +10,7 @@
 use hearth_gateway::PredictorSchema;
 use serde_json::{json, Map, Value};
 
-use super::schema::{json_response, shared_components};
+use super::schema::{any_json, base_paths, json_response, shared_components};
 
 /// The document for a predictor whose routes live under `prefix` ("" at the root).
 pub(crate) fn openapi(prefix: &str, schema: &PredictorSchema) -> Value {
@@ -64,7 +64,6 @@ fn components(schema: &PredictorSchema) -> Map<String, Value> {
 }
 
 fn paths(prefix: &str, streaming: bool) -> Value {
-    let any_json = json!({ "description": "Successful Response", "content": { "application/json": { "schema": {} } } });
     let mut predict = json!({
         "summary": "Predict",
         "description": "Run a single prediction on the model",
@@ -86,22 +85,15 @@ fn paths(prefix: &str, streaming: bool) -> Value {
         "parameters": [{ "required": true, "schema": { "title": "Prediction Id", "type": "string" },
                          "name": "prediction_id", "in": "path" }],
         "responses": {
-            "200": any_json,
+            "200": any_json(),
             "422": json_response("HTTPValidationError", "Validation Error"),
         },
     });
-    let mut paths = Map::new();
-    let mut add = |path: &str, item: Value| paths.insert(format!("{prefix}{path}"), item);
-    add(
-        "/",
-        json!({ "get": { "summary": "Root", "operationId": "root__get", "responses": { "200": any_json } } }),
+    let mut paths = base_paths(prefix);
+    paths.insert(format!("{prefix}/predictions"), json!({ "post": predict }));
+    paths.insert(
+        format!("{prefix}/predictions/{{prediction_id}}/cancel"),
+        json!({ "post": cancel }),
     );
-    add(
-        "/health-check",
-        json!({ "get": { "summary": "Healthcheck", "operationId": "healthcheck_health_check_get",
-                         "responses": { "200": any_json } } }),
-    );
-    add("/predictions", json!({ "post": predict }));
-    add("/predictions/{prediction_id}/cancel", json!({ "post": cancel }));
     Value::Object(paths)
 }

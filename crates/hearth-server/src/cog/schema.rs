@@ -175,8 +175,26 @@ pub(crate) fn json_response(schema: &str, description: &str) -> Value {
     })
 }
 
+/// A 200 answer whose body is any JSON.
+pub(crate) fn any_json() -> Value {
+    json!({ "description": "Successful Response", "content": { "application/json": { "schema": {} } } })
+}
+
+/// The paths every Cog document has whatever the model, under `prefix`: the index and the
+/// health check.
+pub(crate) fn base_paths(prefix: &str) -> Map<String, Value> {
+    let get = |summary: &str, operation_id: &str| {
+        json!({ "get": { "summary": summary, "operationId": operation_id,
+                         "responses": { "200": any_json() } } })
+    };
+    Map::from_iter([
+        (format!("{prefix}/"), get("Root", "root__get")),
+        (format!("{prefix}/health-check"), get("Healthcheck", "healthcheck_health_check_get")),
+    ])
+}
+
 fn paths(prefix: &str) -> Value {
-    let any_json = json!({ "description": "Successful Response", "content": { "application/json": { "schema": {} } } });
+    let any_json = any_json();
     let predict = |operation_id: &str, path_param: bool| {
         let mut parameters = vec![json!({
             "in": "header", "name": "prefer", "required": false,
@@ -201,17 +219,8 @@ fn paths(prefix: &str) -> Value {
             },
         })
     };
-    let mut paths = Map::new();
+    let mut paths = base_paths(prefix);
     let mut add = |path: &str, item: Value| paths.insert(format!("{prefix}{path}"), item);
-    add(
-        "/",
-        json!({ "get": { "summary": "Root", "operationId": "root__get", "responses": { "200": any_json } } }),
-    );
-    add(
-        "/health-check",
-        json!({ "get": { "summary": "Healthcheck", "operationId": "healthcheck_health_check_get",
-                         "responses": { "200": any_json } } }),
-    );
     add("/predictions", json!({ "post": predict("predict_predictions_post", false) }));
     add(
         "/predictions/{prediction_id}",
