@@ -31,11 +31,11 @@ fn main() {
         .expect("the engine starts");
     let runtime = tokio::runtime::Builder::new_multi_thread().build().expect("a runtime");
     // Long answers: forty strings of eight or more characters outlast every stream.
-    let long = OutputConstraint::JsonSchema {
-        schema: json!({ "type": "object", "required": ["items"], "additionalProperties": false,
+    let long = OutputConstraint::schema(
+        json!({ "type": "object", "required": ["items"], "additionalProperties": false,
             "properties": { "items": { "type": "array", "minItems": 40, "maxItems": 40,
                 "items": { "type": "string", "minLength": 8, "maxLength": 16 } } } }),
-    };
+    );
     runtime.block_on(streams(&engine, None)); // warm-up
     let (mut free, mut constrained) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -47,13 +47,12 @@ fn main() {
     report("json schema", &mut constrained);
     println!("overhead at p50: {:+.1} %", 100.0 * (p(&constrained, 0.5) / p(&free, 0.5) - 1.0));
 
-    let tool = OutputConstraint::JsonSchema {
-        schema: json!({ "type": "object", "required": ["location", "unit"],
+    let tool =
+        OutputConstraint::schema(json!({ "type": "object", "required": ["location", "unit"],
             "additionalProperties": false, "properties": {
                 "location": { "type": "string", "description": "City and country" },
                 "unit": { "type": "string", "enum": ["celsius", "fahrenheit"] },
-                "days": { "type": "integer", "minimum": 1, "maximum": 14 } } }),
-    };
+                "days": { "type": "integer", "minimum": 1, "maximum": 14 } } }));
     let (mut plain, mut compiled) = (Vec::new(), Vec::new());
     for i in 0..TTFT_SAMPLES {
         // Prompts of their own: a prompt seen before would start on a prefix-cache hit.

@@ -129,7 +129,7 @@ async fn generated_json_schemas_always_parse_and_validate_at_temperature_one() {
         .iter()
         .enumerate()
         .map(|(i, schema)| {
-            let constraint = OutputConstraint::JsonSchema { schema: schema.clone() };
+            let constraint = OutputConstraint::schema(schema.clone());
             let prompt = tokens(i as u64 + 1, 8);
             submit(&engine, prompt, sampled(i as u64), Some(constraint)).expect("accepted")
         })
@@ -199,8 +199,7 @@ async fn constrained_and_free_requests_share_a_batch_and_each_gets_what_it_gets_
         "required": ["a", "b"], "additionalProperties": false });
     let requests: Vec<(Vec<u32>, Option<OutputConstraint>)> = (0..6u64)
         .map(|i| {
-            let constraint =
-                (i % 2 == 0).then(|| OutputConstraint::JsonSchema { schema: schema.clone() });
+            let constraint = (i % 2 == 0).then(|| OutputConstraint::schema(schema.clone()));
             (tokens(i + 50, 10 + i as usize), constraint)
         })
         .collect();
@@ -246,6 +245,6 @@ fn a_grammar_that_cannot_be_used_is_refused_with_its_problem() {
     };
     let why = refused(OutputConstraint::Regex { pattern: "(unclosed".into() });
     assert!(!why.is_empty());
-    let why = refused(OutputConstraint::JsonSchema { schema: json!({ "type": "no-such-type" }) });
+    let why = refused(OutputConstraint::schema(json!({ "type": "no-such-type" })));
     assert!(why.contains("no-such-type"), "{why}");
 }

@@ -255,18 +255,25 @@ fn run(step: &str, command: &mut Command, progress: &dyn Fn(&str)) -> Result<(),
     Err(EnvError::Install { step: format!("{step} ({status})"), tail })
 }
 
-/// Sends each non-blank line `from` prints, trimmed, until it closes.
+/// Sends each non-blank line `from` prints, trimmed, until it closes. Lines are read as bytes
+/// and decoded leniently: an installer printing something that is not UTF-8 must not have its
+/// pipe closed under it (it would die of SIGPIPE, with nothing useful to say).
 fn forward_lines(
     from: impl std::io::Read + Send + 'static,
     to: std::sync::mpsc::Sender<String>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
-            let line = line.trim();
-            if !line.is_empty() && to.send(line.to_owned()).is_err() {
-                return;
+        let mut reader = std::io::BufReader::new(from);
+        let mut line = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if !text.is_empty() {
+                // The receiver is gone only when the build was abandoned; keep draining.
+                let _ = to.send(text.to_owned());
             }
+            line.clear();
         }
     })
 }
@@ -374,6 +381,20 @@ fn check_system_packages(packages: &[String]) -> Result<(), EnvError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_installer_printing_bytes_that_are_not_utf8_is_read_to_its_end() {
+        let steps = std::cell::RefCell::new(Vec::<String>::new());
+        let mut command = Command::new("sh");
+        // Enough output after the bad line that a reader that stopped there would leave the
+        // writer blocked or killed by SIGPIPE.
+        command.args(["-c", "printf 'bad \\377\\376 bytes\\n'; seq 1 20000; echo done >&2"]);
+        run("printing", &mut command, &|line| steps.borrow_mut().push(line.to_owned()))
+            .expect("the command runs to its end");
+        let steps = steps.into_inner();
+        assert!(steps[0].starts_with("bad "), "{:?}", &steps[..3]);
+        assert!(steps.iter().any(|s| s == "20000") && steps.iter().any(|s| s == "done"));
+    }
 
     #[test]
     fn a_missing_python_version_names_what_was_searched() {

@@ -226,6 +226,12 @@ impl Engine {
         self.inner.shared.metrics.snapshot()
     }
 
+    /// Whether requests may carry an output grammar (structured outputs): false only for a
+    /// tokenizer llguidance cannot read, whose requests are better served by another route.
+    pub fn can_constrain(&self) -> bool {
+        self.inner.grammars.is_ok()
+    }
+
     pub fn has_chat_template(&self) -> bool {
         self.inner.chat_template.is_some()
     }

@@ -236,13 +236,27 @@ impl Worker {
         if constrained.is_empty() {
             return (forward(), HashMap::new());
         }
+        let compute = |constrained: Vec<(SeqId, &mut TokenConstraint)>| -> Masks {
+            constrained.into_iter().map(|(id, c)| (id, c.mask())).collect()
+        };
         std::thread::scope(|scope| {
-            let masking = scope.spawn(move || {
-                constrained.into_iter().map(|(id, c)| (id, c.mask())).collect::<HashMap<_, _>>()
-            });
-            let logits = forward();
-            // A panic in the grammar engine fails those requests (their masks are missing).
-            (logits, masking.join().unwrap_or_default())
+            // Without a thread to spare (the OS refused one), the masks are computed here.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let helper = std::thread::Builder::new()
+                .name("grammar-masks".into())
+                .spawn_scoped(scope, move || compute(rx.recv().unwrap_or_default()));
+            match helper {
+                Ok(helper) => {
+                    let _ = tx.send(constrained);
+                    let logits = forward();
+                    // A panic in the grammar engine fails those requests (no mask for them).
+                    (logits, helper.join().unwrap_or_default())
+                }
+                Err(_) => {
+                    let masks = compute(constrained);
+                    (forward(), masks)
+                }
+            }
         })
     }
 

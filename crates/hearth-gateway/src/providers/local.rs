@@ -78,9 +78,10 @@ impl Provider for LocalProvider {
         true
     }
 
-    /// The engine enforces every kind of constraint, token by token.
+    /// The engine enforces every kind of constraint, token by token, when its tokenizer can be
+    /// constrained at all.
     fn enforces(&self, _constraint: &OutputConstraint) -> bool {
-        true
+        self.engine.can_constrain()
     }
 }
 

@@ -91,21 +91,27 @@ async fn a_response_format_goes_only_to_routes_that_enforce_it() {
     .await;
     let schema = json!({ "type": "object", "properties": { "ok": { "type": "boolean" } } });
     let mut request = hello("m");
-    request.response_format = Some(OutputConstraint::JsonSchema { schema: schema.clone() });
+    request.response_format = Some(OutputConstraint::JsonSchema {
+        schema: schema.clone(),
+        name: Some("verdict".into()),
+        strict: Some(false),
+    });
     let run = h.start(request).await.unwrap();
     assert_eq!(run.route, "up/gpt", "Anthropic's API cannot carry the schema: skipped");
     assert_eq!(anthropic.calls(), 0);
     let sent = &openai.requests()[0].body;
     assert_eq!(sent["response_format"]["type"], "json_schema", "{sent}");
     assert_eq!(sent["response_format"]["json_schema"]["schema"], schema, "{sent}");
+    // The caller's own name and strictness go upstream as they came.
+    assert_eq!(sent["response_format"]["json_schema"]["name"], "verdict", "{sent}");
+    assert_eq!(sent["response_format"]["json_schema"]["strict"], false, "{sent}");
 
     // The local engine enforces it; the answer is the schema's.
     let mut request = hello(PACKAGE);
     request.max_tokens = Some(64);
-    request.response_format = Some(OutputConstraint::JsonSchema {
-        schema: json!({ "type": "object", "properties": { "ok": { "type": "boolean" } },
-                        "required": ["ok"], "additionalProperties": false }),
-    });
+    request.response_format = Some(OutputConstraint::schema(json!({
+        "type": "object", "properties": { "ok": { "type": "boolean" } },
+        "required": ["ok"], "additionalProperties": false })));
     let run = h.start(request).await.unwrap();
     let text = text_of(&events(run.events).await);
     assert!(text == r#"{"ok":true}"# || text == r#"{"ok":false}"#, "{text:?}");

@@ -62,7 +62,7 @@ pub(crate) enum CogError {
     /// A Python model whose setup has not finished, failed, or whose worker restarts.
     #[error("{0}")]
     NotReady(String),
-    #[error("This model does not stream its output; send the request without `Accept: text/event-stream`")]
+    #[error("This model does not stream its output (a Python predictor streams when `@cog.streaming` marks an iterator `predict`); send the request without `Accept: text/event-stream`")]
     NotStreaming,
     #[error("shutdown over HTTP is disabled in this server's configuration")]
     ShutdownDisabled,

@@ -177,7 +177,7 @@ fn response_format_to_canonical(
         ResponseFormat::Text => return Ok(None),
         ResponseFormat::JsonObject => OutputConstraint::JsonObject,
         ResponseFormat::JsonSchema { json_schema } => {
-            let JsonSchemaFormat { name, schema, .. } = json_schema;
+            let JsonSchemaFormat { name, schema, strict, .. } = json_schema;
             if !is_valid_format_name(&name) {
                 return Err(ValidationError::new(
                     "response_format.json_schema.name",
@@ -186,7 +186,7 @@ fn response_format_to_canonical(
             }
             match schema {
                 Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
-                    OutputConstraint::JsonSchema { schema }
+                    OutputConstraint::JsonSchema { schema, name: Some(name), strict }
                 }
                 Some(_) => {
                     return Err(ValidationError::new(
@@ -194,7 +194,11 @@ fn response_format_to_canonical(
                         "must be a JSON Schema (an object)",
                     ))
                 }
-                None => OutputConstraint::JsonSchema { schema: Value::Bool(true) },
+                None => OutputConstraint::JsonSchema {
+                    schema: Value::Bool(true),
+                    name: Some(name),
+                    strict,
+                },
             }
         }
     }))
@@ -209,12 +213,13 @@ fn is_valid_format_name(name: &str) -> bool {
 fn response_format_to_wire(constraint: &OutputConstraint) -> Option<ResponseFormat> {
     match constraint {
         OutputConstraint::JsonObject => Some(ResponseFormat::JsonObject),
-        OutputConstraint::JsonSchema { schema } => Some(ResponseFormat::JsonSchema {
+        OutputConstraint::JsonSchema { schema, name, strict } => Some(ResponseFormat::JsonSchema {
             json_schema: JsonSchemaFormat {
-                name: "response".into(),
+                name: name.clone().unwrap_or_else(|| "response".into()),
                 description: None,
-                schema: Some(schema.clone()),
-                strict: Some(true),
+                // No schema given stands for any JSON, as OpenAI reads it.
+                schema: (schema != &Value::Bool(true)).then(|| schema.clone()),
+                strict: *strict,
             },
         }),
         // OpenAI's API has no grammar formats; the router never sends these upstream.
