@@ -6,7 +6,7 @@
 //! dropping the stream cancels the request and frees its KV memory at the next step.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use candle_core::{DType, Device};
@@ -119,8 +119,10 @@ pub struct Engine {
 struct EngineInner {
     info: ModelInfo,
     tokenizer: Arc<Tokenizer>,
-    /// Compiles requests' grammars; why not, for a tokenizer llguidance cannot read.
-    grammars: Result<GrammarCompiler, String>,
+    /// Compiles requests' grammars; why not, for a tokenizer llguidance cannot read. Built on
+    /// the first structured request, so a model that never gets one never pays for it.
+    grammars: OnceLock<Result<GrammarCompiler, String>>,
+    eos_token_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
     add_bos: bool,
     bos_token_id: Option<u32>,
@@ -164,14 +166,6 @@ impl Engine {
             metrics: EngineMetrics::default(),
         });
         let tokenizer = Arc::new(package.tokenizer.clone());
-        let grammars = GrammarCompiler::new(
-            &tokenizer,
-            &package.special_tokens.eos_token_ids,
-            model_cfg.vocab_size,
-        );
-        if let Err(why) = &grammars {
-            tracing::warn!(model = %package.name, %why, "structured outputs are unavailable for this tokenizer");
-        }
         let (submissions, inbox) = mpsc::channel(config.scheduler.max_waiting.max(1));
         let worker = Worker::new(WorkerParts {
             model,
@@ -200,7 +194,8 @@ impl Engine {
                     device: format!("{device:?}"),
                 },
                 tokenizer,
-                grammars,
+                grammars: OnceLock::new(),
+                eos_token_ids: package.special_tokens.eos_token_ids.clone(),
                 chat_template: package.chat_template.clone(),
                 add_bos: package.special_tokens.add_bos_token,
                 bos_token_id: package.special_tokens.bos_token_id,
@@ -229,7 +224,7 @@ impl Engine {
     /// Whether requests may carry an output grammar (structured outputs): false only for a
     /// tokenizer llguidance cannot read, whose requests are better served by another route.
     pub fn can_constrain(&self) -> bool {
-        self.inner.grammars.is_ok()
+        self.grammars().is_ok()
     }
 
     pub fn has_chat_template(&self) -> bool {
@@ -299,9 +294,21 @@ impl Engine {
         Ok(GenerationStream { prompt_tokens, events })
     }
 
+    fn grammars(&self) -> &Result<GrammarCompiler, String> {
+        let inner = &self.inner;
+        inner.grammars.get_or_init(|| {
+            let compiler =
+                GrammarCompiler::new(&inner.tokenizer, &inner.eos_token_ids, inner.info.vocab_size);
+            if let Err(why) = &compiler {
+                tracing::warn!(model = %inner.info.name, %why, "structured outputs are unavailable for this tokenizer");
+            }
+            compiler
+        })
+    }
+
     /// A matcher for `constraint`, or why its grammar is refused.
     fn compile(&self, constraint: &OutputConstraint) -> Result<TokenConstraint, SubmitError> {
-        let compiler = self.inner.grammars.as_ref().map_err(|why| {
+        let compiler = self.grammars().as_ref().map_err(|why| {
             SubmitError::Grammar(format!("this model's tokenizer cannot be constrained: {why}"))
         })?;
         compiler.compile(constraint).map_err(SubmitError::Grammar)

@@ -227,10 +227,11 @@ impl Worker {
         scheduled: &[ScheduledSeq],
     ) -> (candle_core::Result<Vec<Vec<f32>>>, Masks) {
         let Worker { model, kv, scheduler, active, device, block_size, .. } = self;
+        // Constrained requests first: a step with none (the common case) scans nothing more.
         let constrained: Vec<(SeqId, &mut TokenConstraint)> = active
             .iter_mut()
-            .filter(|(id, _)| scheduled.iter().any(|s| s.samples && s.seq_id == **id))
             .filter_map(|(&id, a)| a.constraint.as_mut().map(|c| (id, c)))
+            .filter(|(id, _)| scheduled.iter().any(|s| s.samples && s.seq_id == *id))
             .collect();
         let mut forward = || runner::run_step(model, kv, scheduler, scheduled, device, *block_size);
         if constrained.is_empty() {
