@@ -25,6 +25,7 @@ pub use embeddings::{EmbedInput, EmbedTicket, Embedder, EmbedderConfig, Embedder
 pub use error::{EmbedError, EngineError, SubmitError};
 pub use generation::handle::{
     run_blocking, Engine, EngineConfig, GenerateRequest, GenerationStream, ModelInfo, Prompt,
+    ToolSupport,
 };
 pub use generation::metrics::{self, MetricsSnapshot};
 pub use generation::EngineStats;

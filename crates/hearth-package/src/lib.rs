@@ -255,8 +255,10 @@ fn check_vocab(tokenizer: &tokenizers::Tokenizer, model: &ModelConfig) -> Result
 }
 
 fn compile_template(config: &TokenizerConfig) -> Result<Option<ChatTemplate>, PackageError> {
-    config
-        .chat_template()
-        .map(|source| ChatTemplate::new(source, config.bos_token(), config.eos_token()))
-        .transpose()
+    let Some(source) = config.chat_template() else { return Ok(None) };
+    let template = ChatTemplate::new(source, config.bos_token(), config.eos_token())?;
+    match config.tool_use_template() {
+        Some(tool_use) => template.with_tool_template(tool_use).map(Some),
+        None => Ok(Some(template)),
+    }
 }

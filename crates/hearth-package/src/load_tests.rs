@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hearth_protocol::{ChatMessage, Role};
+use hearth_protocol::{ChatMessage, Conversation, Role};
 use tempfile::TempDir;
 
 use crate::synth::{write_llama_package, SynthSpec};
@@ -55,8 +55,10 @@ fn tiny_llama_loads_and_renders() {
     assert_eq!(norm.len(), 128 * 4);
     assert_eq!(&norm[..4], &1.0f32.to_le_bytes());
 
-    let messages =
-        [ChatMessage::new(Role::System, "Be kind."), ChatMessage::new(Role::User, "Hi!")];
+    let messages = Conversation::new(vec![
+        ChatMessage::new(Role::System, "Be kind."),
+        ChatMessage::new(Role::User, "Hi!"),
+    ]);
     let text = package.chat_template.as_ref().unwrap().render(&messages, true).unwrap();
     assert_eq!(
         text,

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use hearth_protocol::tools::ToolFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PackageError;
@@ -100,6 +101,9 @@ pub struct PackageSettings {
     /// `python` runs the package's Cog predictor even when Hearth knows its model family;
     /// unset, a package with no `config.json` or GGUF file but a predictor runs in Python.
     pub runtime: Option<Runtime>,
+    /// How the model writes tool calls (`hermes`, `llama3_json`, `mistral`); unset, it is read
+    /// off the chat template's markers.
+    pub tool_parser: Option<ToolFormat>,
     /// Price of a second of prediction time, for the ledger (Python predictors).
     pub price_per_second: Option<f64>,
     /// Seconds a Python predictor's `setup()` may take before the package is marked failed.
@@ -172,6 +176,14 @@ mod tests {
         assert_eq!(settings.dtype, Some(DType::Bf16));
         assert_eq!(settings.context_length, Some(4096));
         assert!(settings.default);
+    }
+
+    #[test]
+    fn tool_parser_names_a_format() {
+        let settings = PackageSettings::parse("tool_parser: mistral\n").unwrap();
+        assert_eq!(settings.tool_parser, Some(ToolFormat::Mistral));
+        let wrong = PackageSettings::parse("tool_parser: xml\n").unwrap_err().to_string();
+        assert!(wrong.contains("unknown variant `xml`"), "{wrong}");
     }
 
     #[test]

@@ -85,6 +85,16 @@ impl TokenizerConfig {
         }
     }
 
+    /// The template transformers uses for requests with tools, when the package names one.
+    pub(crate) fn tool_use_template(&self) -> Option<&str> {
+        match self.chat_template.as_ref()? {
+            TemplateField::One(_) => None,
+            TemplateField::Named(list) => {
+                list.iter().find(|t| t.name == "tool_use").map(|t| t.template.as_str())
+            }
+        }
+    }
+
     pub(crate) fn bos_token(&self) -> Option<&str> {
         self.bos_token.as_ref().map(TokenField::text)
     }
@@ -188,6 +198,7 @@ mod tests {
         assert_eq!(config.bos_token(), Some("<s>"));
         assert_eq!(config.eos_token(), Some("</s>"));
         assert_eq!(config.chat_template(), Some("D"));
+        assert_eq!(config.tool_use_template(), Some("T"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod chat;
 mod constraint;
 mod events;
 mod sampling;
+pub mod tools;
 pub mod wire;
 
 pub use canonical::{
@@ -17,7 +18,7 @@ pub use canonical::{
     MessageRole, RawPrompt, ResponseAssembler, SamplingOptions, StopReason, StreamError,
     TokenUsage, ToolChoice, ToolDefinition,
 };
-pub use chat::{ChatMessage, Role};
+pub use chat::{ChatFunctionCall, ChatMessage, ChatToolCall, Conversation, Role};
 pub use constraint::OutputConstraint;
 pub use events::{FinishReason, GenerationEvent, Usage};
 pub use sampling::{SamplingParams, ValidSampling, ValidationError};

@@ -125,3 +125,81 @@ pub(crate) fn apply(mask: &TokenMask, logits: &mut [f32]) {
         beyond.fill(f32::NEG_INFINITY);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hearth_protocol::tools::{forced_call_grammar, ToolFormat};
+    use hearth_protocol::{ToolChoice, ToolDefinition};
+    use rand::{Rng, SeedableRng};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn tokenizer() -> Tokenizer {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-llama");
+        Tokenizer::from_file(dir.join("tokenizer.json")).expect("the example model's tokenizer")
+    }
+
+    const EOS: u32 = 2;
+
+    fn auto_grammar(tokenizer: &Tokenizer) -> TokenConstraint {
+        let vocab = tokenizer.get_vocab_size(true);
+        let compiler = GrammarCompiler::new(tokenizer, &[EOS], vocab).expect("tokenizer loads");
+        let tool = ToolDefinition {
+            name: "get_weather".into(),
+            description: None,
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string",
+                "maxLength": 8}}, "required": ["city"], "additionalProperties": false}),
+        };
+        let grammar = forced_call_grammar(ToolFormat::Hermes, &[tool], &ToolChoice::Auto, false)
+            .expect("auto has a grammar");
+        compiler.compile(&grammar).expect("compiles")
+    }
+
+    /// Feeds `text` as the model's own tokens; each must be allowed.
+    fn feed(constraint: &mut TokenConstraint, tokenizer: &Tokenizer, text: &str) {
+        for &token in tokenizer.encode(text, false).unwrap().get_ids() {
+            let mask = constraint.mask().unwrap();
+            assert!(mask.is_allowed(token), "{text:?}: token {token} refused");
+            constraint.consume(token).unwrap();
+        }
+    }
+
+    #[test]
+    fn with_auto_the_model_may_answer_in_plain_text() {
+        let tokenizer = tokenizer();
+        let mut constraint = auto_grammar(&tokenizer);
+        feed(&mut constraint, &tokenizer, "It is sunny {in} Paris, I think.");
+        assert!(constraint.mask().unwrap().is_allowed(EOS), "plain text may end");
+    }
+
+    #[test]
+    fn with_auto_a_call_the_model_starts_is_held_to_its_schema() {
+        let tokenizer = tokenizer();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..20 {
+            let mut constraint = auto_grammar(&tokenizer);
+            feed(&mut constraint, &tokenizer, "Let me look.<tool_call>\n");
+            // Random allowed tokens from here on: whatever is drawn, the call must come out right.
+            let mut drawn = Vec::new();
+            while !constraint.is_finished() && drawn.len() < 200 {
+                let mask = constraint.mask().unwrap();
+                let allowed: Vec<u32> =
+                    (0..mask.len() as u32).filter(|&t| mask.is_allowed(t)).collect();
+                let token = allowed[rng.random_range(0..allowed.len())];
+                if token == EOS {
+                    break;
+                }
+                constraint.consume(token).unwrap();
+                drawn.push(token);
+            }
+            let text = tokenizer.decode(&drawn, false).unwrap();
+            let body = text.strip_suffix("\n</tool_call>").unwrap_or_else(|| panic!("{text:?}"));
+            let call: Value =
+                serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+            assert_eq!(call["name"], "get_weather", "{call}");
+            let city = call["arguments"]["city"].as_str().unwrap_or_else(|| panic!("{call}"));
+            assert!(city.chars().count() <= 8, "{call}");
+        }
+    }
+}

@@ -11,8 +11,9 @@ use std::thread::JoinHandle;
 
 use candle_core::{DType, Device};
 use hearth_package::{ChatTemplate, Package};
+use hearth_protocol::tools::ToolFormat;
 use hearth_protocol::{
-    ChatMessage, GenerationEvent, OutputConstraint, SamplingParams, ValidSampling, ValidationError,
+    Conversation, GenerationEvent, OutputConstraint, SamplingParams, ValidSampling, ValidationError,
 };
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
@@ -54,6 +55,13 @@ impl Default for EngineConfig {
             prefix_caching: true,
         }
     }
+}
+
+/// What the engine knows about a model's tool calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolSupport {
+    pub format: ToolFormat,
+    pub template_renders_tools: bool,
 }
 
 /// What the engine tells about its model.
@@ -124,6 +132,7 @@ struct EngineInner {
     grammars: OnceLock<Result<GrammarCompiler, String>>,
     eos_token_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
+    tool_parser: Option<ToolFormat>,
     add_bos: bool,
     bos_token_id: Option<u32>,
     max_waiting: usize,
@@ -197,6 +206,7 @@ impl Engine {
                 grammars: OnceLock::new(),
                 eos_token_ids: package.special_tokens.eos_token_ids.clone(),
                 chat_template: package.chat_template.clone(),
+                tool_parser: package.settings.tool_parser,
                 add_bos: package.special_tokens.add_bos_token,
                 bos_token_id: package.special_tokens.bos_token_id,
                 max_waiting: config.scheduler.max_waiting,
@@ -232,9 +242,23 @@ impl Engine {
     }
 
     /// Formats a conversation with the package's chat template, ending with the assistant's turn.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+    pub fn render_chat(&self, conversation: &Conversation) -> Result<String, EngineError> {
         let template = self.inner.chat_template.as_ref().ok_or(EngineError::NoChatTemplate)?;
-        template.render(messages, true).map_err(|e| EngineError::Template(e.to_string()))
+        template.render(conversation, true).map_err(|e| EngineError::Template(e.to_string()))
+    }
+
+    /// How the model writes tool calls: `hearth.yaml`'s `tool_parser`, else what the chat
+    /// template shows; and whether the template prints tool declarations itself.
+    pub fn tool_support(&self) -> ToolSupport {
+        let template = self.inner.chat_template.as_ref();
+        ToolSupport {
+            format: self
+                .inner
+                .tool_parser
+                .or(template.map(|t| t.tool_format()))
+                .unwrap_or(ToolFormat::Hermes),
+            template_renders_tools: template.is_some_and(|t| t.renders_tools()),
+        }
     }
 
     /// Tokenizes `prompt` the way [`Engine::submit`] would.

@@ -5,12 +5,12 @@ use std::path::Path;
 
 use candle_core::Device;
 use hearth_engine::{Engine, EngineConfig};
-use hearth_gateway::{Catalog, LedgerStatus, LocalModel, RouteKind, StartError};
+use hearth_gateway::{Catalog, LedgerStatus, LocalModel, RouteKind};
 use hearth_package::Package;
-use hearth_protocol::{CanonicalEvent, ErrorKind, OutputConstraint, ToolDefinition};
+use hearth_protocol::{CanonicalEvent, OutputConstraint, StopReason, ToolChoice, ToolDefinition};
 use serde_json::json;
 
-use crate::fake::{Answer, FakeProvider, Wire};
+use crate::fake::{Answer, FakeProvider, Fault, Wire};
 use crate::support::{events, harness_with, hello, test_settings, text_of, upstream};
 
 const PACKAGE: &str = "tiny-llama";
@@ -37,7 +37,7 @@ fn with_tool(model: &str) -> hearth_protocol::CanonicalRequest {
 }
 
 #[tokio::test]
-async fn local_packages_serve_text_and_send_tools_elsewhere() {
+async fn local_packages_serve_text_and_tool_calls() {
     let fake = FakeProvider::start(Wire::OpenAi, Answer::Text).await;
     let h = harness_with(
         &[upstream("up", Wire::OpenAi, fake.base_url())],
@@ -58,21 +58,56 @@ async fn local_packages_serve_text_and_send_tools_elsewhere() {
     request.max_tokens = Some(4);
     let run = h.start(request).await.unwrap();
     assert_eq!(run.route, "local/tiny-llama");
-    let events = events(run.events).await;
-    assert!(matches!(events.last(), Some(CanonicalEvent::Finish { .. })), "{events:?}");
-    assert!(!text_of(&events).is_empty());
+    let answer = events(run.events).await;
+    assert!(matches!(answer.last(), Some(CanonicalEvent::Finish { .. })), "{answer:?}");
+    assert!(!text_of(&answer).is_empty());
     h.gateway.wait_idle().await;
     let record = h.gateway.ledger().get(&run.run_id).await.unwrap().unwrap();
     assert_eq!(record.status, LedgerStatus::Finished);
     assert!(record.input_tokens > 0 && (1..=4).contains(&record.output_tokens), "{record:?}");
 
-    let run = h.start(with_tool("m")).await.unwrap();
-    assert_eq!(run.route, "up/gpt", "tools fail over from the local route");
-    let Err(StartError::Failed { error, .. }) = h.start(with_tool(PACKAGE)).await else {
-        panic!("a tool request for a local-only model is refused");
-    };
-    assert_eq!(error.kind, ErrorKind::InvalidRequest);
-    assert!(error.message.contains("does not support tools"), "{}", error.message);
+    // A forced call on the local route comes back as a call, arguments held to the schema.
+    let mut request = with_tool(PACKAGE);
+    request.tool_choice = Some(ToolChoice::Required);
+    request.parallel_tool_calls = Some(false);
+    request.max_tokens = Some(100);
+    let run = h.start(request).await.unwrap();
+    assert_eq!(run.route, "local/tiny-llama");
+    let events = events(run.events).await;
+    let started = events.iter().filter(
+        |e| matches!(e, CanonicalEvent::ToolCallStart { name, .. } if name == "get_weather"),
+    );
+    assert_eq!(started.count(), 1, "{events:?}");
+    let arguments: String = events
+        .iter()
+        .filter_map(|e| match e {
+            CanonicalEvent::ToolCallDelta { arguments, .. } => Some(arguments.as_str()),
+            _ => None,
+        })
+        .collect();
+    let arguments: serde_json::Value = serde_json::from_str(&arguments).unwrap();
+    assert!(arguments.is_object(), "{arguments}");
+    assert_eq!(events.last(), Some(&CanonicalEvent::Finish { reason: StopReason::ToolCalls }));
+}
+
+#[tokio::test]
+async fn a_tool_request_fails_over_from_an_upstream_to_the_local_route() {
+    let fake = FakeProvider::start(Wire::OpenAi, Answer::Text).await;
+    fake.push(Fault::Status(500)).push(Fault::Status(500)).push(Fault::Status(500));
+    let h = harness_with(
+        &[upstream("up", Wire::OpenAi, fake.base_url())],
+        &["up/gpt", "local/tiny-llama"],
+        test_settings(),
+        catalog_with_tiny_llama(),
+    )
+    .await;
+    let mut request = with_tool("m");
+    request.tool_choice = Some(ToolChoice::Tool { name: "get_weather".into() });
+    request.max_tokens = Some(100);
+    let run = h.start(request).await.unwrap();
+    assert_eq!(run.route, "local/tiny-llama", "the upstream failed: the local route answers");
+    let events = events(run.events).await;
+    assert!(events.iter().any(|e| matches!(e, CanonicalEvent::ToolCallStart { .. })), "{events:?}");
 }
 
 #[tokio::test]

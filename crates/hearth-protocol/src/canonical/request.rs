@@ -30,6 +30,14 @@ pub struct CanonicalRequest {
     pub tools: Vec<ToolDefinition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may make several tool calls in one answer (OpenAI's
+    /// `parallel_tool_calls`, Anthropic's `disable_parallel_tool_use` inverted); unset, it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// Extra variables for a local model's chat template (`enable_thinking`), as vLLM and
+    /// llama.cpp take them; upstream providers have no template and ignore them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<Map<String, Value>>,
     /// A grammar the answer must match (OpenAI's `response_format` `json_schema` or
     /// `json_object`); local models enforce it token by token.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,7 @@
 
 use super::{
     InputBlock, InputContent, InputMessage, MessageResponse, MessagesRequest, OutputBlock, Role,
-    SystemPrompt, Tool, ToolChoice as WireToolChoice, ToolResultContent, Usage,
+    SystemPrompt, Tool, ToolChoice as WireToolChoice, ToolChoiceMode, ToolResultContent, Usage,
 };
 use crate::canonical::{
     CanonicalRequest, CanonicalResponse, ContentBlock, Message, MessageRole, SamplingOptions,
@@ -39,12 +39,18 @@ pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, Validation
         messages,
         prompt: None,
         tools,
-        tool_choice: req.tool_choice.map(|c| match c {
-            WireToolChoice::Auto => ToolChoice::Auto,
-            WireToolChoice::Any => ToolChoice::Required,
-            WireToolChoice::None => ToolChoice::None,
-            WireToolChoice::Tool { name } => ToolChoice::Tool { name },
+        parallel_tool_calls: req
+            .tool_choice
+            .as_ref()
+            .and_then(|c| c.disable_parallel_tool_use)
+            .map(|disabled| !disabled),
+        tool_choice: req.tool_choice.map(|c| match c.mode {
+            ToolChoiceMode::Auto => ToolChoice::Auto,
+            ToolChoiceMode::Any => ToolChoice::Required,
+            ToolChoiceMode::None => ToolChoice::None,
+            ToolChoiceMode::Tool { name } => ToolChoice::Tool { name },
         }),
+        chat_template_kwargs: None,
         // No structured-output field in this API.
         response_format: None,
         sampling: SamplingOptions {
@@ -171,11 +177,18 @@ pub fn from_canonical(
                 input_schema: Some(t.parameters.clone()),
             })
             .collect(),
-        tool_choice: req.tool_choice.as_ref().map(|c| match c {
-            ToolChoice::Auto => WireToolChoice::Auto,
-            ToolChoice::Required => WireToolChoice::Any,
-            ToolChoice::None => WireToolChoice::None,
-            ToolChoice::Tool { name } => WireToolChoice::Tool { name: name.clone() },
+        tool_choice: req.tool_choice.as_ref().map(|c| WireToolChoice {
+            mode: match c {
+                ToolChoice::Auto => ToolChoiceMode::Auto,
+                ToolChoice::Required => ToolChoiceMode::Any,
+                ToolChoice::None => ToolChoiceMode::None,
+                ToolChoice::Tool { name } => ToolChoiceMode::Tool { name: name.clone() },
+            },
+            // `none` takes no such field.
+            disable_parallel_tool_use: match c {
+                ToolChoice::None => None,
+                _ => req.parallel_tool_calls.map(|parallel| !parallel),
+            },
         }),
         temperature: req.sampling.temperature.map(|t| t.min(1.0)),
         top_p: req.sampling.top_p,

@@ -135,9 +135,18 @@ pub struct Tool {
     pub input_schema: Option<Value>,
 }
 
+/// `tool_choice`: a mode, and whether the model must make at most one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolChoice {
+    #[serde(flatten)]
+    pub mode: ToolChoiceMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_parallel_tool_use: Option<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ToolChoice {
+pub enum ToolChoiceMode {
     Auto,
     Any,
     Tool { name: String },

@@ -53,6 +53,8 @@ pub fn to_canonical(req: ChatCompletionRequest) -> Result<CanonicalRequest, Vali
         prompt: None,
         tools: tools_to_canonical(req.tools)?,
         tool_choice: req.tool_choice.map(tool_choice_to_canonical).transpose()?,
+        parallel_tool_calls: req.parallel_tool_calls,
+        chat_template_kwargs: req.chat_template_kwargs,
         response_format: req
             .response_format
             .map(response_format_to_canonical)
@@ -246,6 +248,9 @@ pub fn from_canonical(req: &CanonicalRequest, model: &str) -> ChatCompletionRequ
         messages,
         tools: req.tools.iter().map(tool_to_wire).collect(),
         tool_choice: req.tool_choice.as_ref().map(tool_choice_to_wire),
+        // OpenAI takes the flag only alongside tools.
+        parallel_tool_calls: req.parallel_tool_calls.filter(|_| !req.tools.is_empty()),
+        chat_template_kwargs: None,
         response_format: req.response_format.as_ref().and_then(response_format_to_wire),
         temperature: s.temperature,
         top_p: s.top_p,

@@ -1,0 +1,167 @@
+use super::*;
+
+fn parser(format: ToolFormat) -> ToolCallParser {
+    let mut n = 0;
+    ToolCallParser::new(
+        format,
+        Box::new(move || {
+            n += 1;
+            format!("call_{n}")
+        }),
+    )
+}
+
+/// Feeds `text` in pieces of `size` bytes (on char boundaries) and returns every event.
+fn run(format: ToolFormat, text: &str, size: usize) -> Vec<CanonicalEvent> {
+    let mut p = parser(format);
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = size.min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out.extend(p.push(&rest[..cut]));
+        rest = &rest[cut..];
+    }
+    out.extend(p.finish());
+    out
+}
+
+/// Text, and each call as (id, name, arguments), reassembled from events.
+fn assemble(events: &[CanonicalEvent]) -> (String, Vec<(String, String, String)>) {
+    let mut text = String::new();
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    for event in events {
+        match event {
+            CanonicalEvent::TextDelta { text: t } => text.push_str(t),
+            CanonicalEvent::ToolCallStart { index, id, name } => {
+                assert_eq!(*index as usize, calls.len(), "indexes count up from 0");
+                calls.push((id.clone(), name.clone(), String::new()));
+            }
+            CanonicalEvent::ToolCallDelta { index, arguments } => {
+                calls[*index as usize].2.push_str(arguments)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (text, calls)
+}
+
+const HERMES: &str = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": \
+                      {\"city\": \"Paris}\", \"days\": [1, 2]}}\n</tool_call>\n<tool_call>\n\
+                      {\"name\": \"now\", \"arguments\": {}}\n</tool_call>";
+
+#[test]
+fn hermes_calls_reassemble_the_same_at_every_chunk_size() {
+    for size in 1..HERMES.len() {
+        let events = run(ToolFormat::Hermes, HERMES, size);
+        let (text, calls) = assemble(&events);
+        assert_eq!(text, "Let me check.", "chunk size {size}");
+        assert_eq!(
+            calls,
+            vec![
+                ("call_1".into(), "get_weather".into(), r#"{"city":"Paris}","days":[1,2]}"#.into()),
+                ("call_2".into(), "now".into(), "{}".into()),
+            ],
+            "chunk size {size}"
+        );
+    }
+}
+
+#[test]
+fn hermes_arguments_stream_before_the_call_ends() {
+    let mut p = parser(ToolFormat::Hermes);
+    let events = p.push("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": \"xy");
+    assert_eq!(
+        events,
+        vec![
+            CanonicalEvent::ToolCallStart { index: 0, id: "call_1".into(), name: "f".into() },
+            CanonicalEvent::ToolCallDelta { index: 0, arguments: "{\"a\":\"xy".into() },
+        ]
+    );
+    assert!(p.made_calls());
+}
+
+#[test]
+fn plain_text_passes_through_exactly() {
+    let text = "No tools needed: a < b, and <tool is not a call.  \n";
+    for size in [1, 3, 100] {
+        let (out, calls) = assemble(&run(ToolFormat::Hermes, text, size));
+        assert_eq!(out, text);
+        assert!(calls.is_empty());
+    }
+}
+
+#[test]
+fn a_malformed_call_is_left_as_text() {
+    let text = "<tool_call>\nnot json\n</tool_call>";
+    let (out, calls) = assemble(&run(ToolFormat::Hermes, text, 4));
+    assert_eq!(out, text);
+    assert!(calls.is_empty());
+}
+
+#[test]
+fn keys_in_another_order_are_read_whole() {
+    let text = "<tool_call>{\"arguments\": {\"x\": 1}, \"name\": \"f\"}</tool_call>";
+    let (_, calls) = assemble(&run(ToolFormat::Hermes, text, 5));
+    assert_eq!(calls, vec![("call_1".into(), "f".into(), r#"{"x":1}"#.into())]);
+}
+
+#[test]
+fn an_unclosed_call_at_the_end_still_counts() {
+    let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n";
+    for size in [7, 100] {
+        let (_, calls) = assemble(&run(ToolFormat::Hermes, text, size));
+        assert_eq!(calls, vec![("call_1".into(), "f".into(), r#"{"x":1}"#.into())]);
+    }
+}
+
+#[test]
+fn llama3_answers_that_are_calls_become_calls() {
+    let text = "{\"name\": \"f\", \"parameters\": {\"x\": \"a;b\"}}; {\"name\": \"g\", \"parameters\": {}}";
+    let (out, calls) = assemble(&run(ToolFormat::Llama3Json, text, 6));
+    assert_eq!(out, "");
+    assert_eq!(
+        calls,
+        vec![
+            ("call_1".into(), "f".into(), r#"{"x":"a;b"}"#.into()),
+            ("call_2".into(), "g".into(), "{}".into()),
+        ]
+    );
+    let (out, calls) = assemble(&run(ToolFormat::Llama3Json, "{not a call}", 3));
+    assert_eq!((out.as_str(), calls.len()), ("{not a call}", 0));
+    let (out, _) = assemble(&run(ToolFormat::Llama3Json, "Hello {there}", 2));
+    assert_eq!(out, "Hello {there}");
+}
+
+#[test]
+fn mistral_calls_with_or_without_the_marker() {
+    for text in [
+        "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"x\": 1}}]",
+        " [{\"name\": \"f\", \"arguments\": {\"x\": 1}}]",
+    ] {
+        let (out, calls) = assemble(&run(ToolFormat::Mistral, text, 4));
+        assert_eq!(out, "");
+        assert_eq!(calls, vec![("call_1".into(), "f".into(), r#"{"x":1}"#.into())]);
+    }
+    let (out, calls) = assemble(&run(ToolFormat::Mistral, "[1] is a footnote", 4));
+    assert_eq!((out.as_str(), calls.len()), ("[1] is a footnote", 0));
+}
+
+#[test]
+fn blanks_inside_strings_survive_compaction() {
+    let text = "<tool_call>{\"name\": \"f\", \"arguments\": {\"q\": \"a \\\" b\", \"n\": [1, 2]}}</tool_call>";
+    for size in [1, 2, 200] {
+        let (_, calls) = assemble(&run(ToolFormat::Hermes, text, size));
+        assert_eq!(calls[0].2, r#"{"q":"a \" b","n":[1,2]}"#, "chunk size {size}");
+    }
+}
+
+#[test]
+fn partial_markers_are_held_back_only_while_they_may_complete() {
+    assert_eq!(partial_suffix("abc<tool", OPEN), 5);
+    assert_eq!(partial_suffix("abc<", OPEN), 1);
+    assert_eq!(partial_suffix("abc", OPEN), 0);
+    assert_eq!(partial_suffix("é<", OPEN), 1);
+}
