@@ -24,8 +24,8 @@ pub mod models;
 pub use embeddings::{EmbedInput, EmbedTicket, Embedder, EmbedderConfig, EmbedderInfo, Embeddings};
 pub use error::{EmbedError, EngineError, SubmitError};
 pub use generation::handle::{
-    run_blocking, Engine, EngineConfig, GenerateRequest, GenerationStream, ModelInfo, Prompt,
-    ToolSupport,
+    run_blocking, ChatTraits, Engine, EngineConfig, GenerateRequest, GenerationStream, ModelInfo,
+    Prompt,
 };
 pub use generation::metrics::{self, MetricsSnapshot};
 pub use generation::EngineStats;

@@ -1,6 +1,7 @@
 //! Chat templates from `tokenizer_config.json`, rendered with minijinja the way Hugging Face's
 //! `apply_chat_template` renders them with Jinja2.
 
+use hearth_protocol::reasoning::template_thinks;
 use hearth_protocol::tools::{template_renders_tools, PythonFormatter, ToolFormat};
 use hearth_protocol::Conversation;
 use minijinja::syntax::SyntaxConfig;
@@ -25,6 +26,8 @@ pub struct ChatTemplate {
     /// Read off the template used for requests with tools.
     tool_format: ToolFormat,
     renders_tools: bool,
+    /// The template prints `<think>` markers: the model reasons before it answers.
+    thinks: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -68,6 +71,7 @@ impl ChatTemplate {
             has_tool_template: false,
             tool_format: ToolFormat::detect(source),
             renders_tools: template_renders_tools(source),
+            thinks: template_thinks(source),
         })
     }
 
@@ -79,6 +83,7 @@ impl ChatTemplate {
         self.has_tool_template = true;
         self.tool_format = ToolFormat::detect(source);
         self.renders_tools = template_renders_tools(source);
+        self.thinks |= template_thinks(source);
         Ok(self)
     }
 
@@ -90,6 +95,11 @@ impl ChatTemplate {
     /// Whether the template prints the `tools` it is given (else they would vanish).
     pub fn renders_tools(&self) -> bool {
         self.renders_tools
+    }
+
+    /// Whether the model writes its reasoning between `<think>` markers.
+    pub fn thinks(&self) -> bool {
+        self.thinks
     }
 
     /// Renders a conversation. With `add_generation_prompt` the text ends with the prompt that

@@ -9,6 +9,8 @@ pub mod canonical;
 mod chat;
 mod constraint;
 mod events;
+mod marker;
+pub mod reasoning;
 mod sampling;
 pub mod tools;
 pub mod wire;

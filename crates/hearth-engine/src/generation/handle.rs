@@ -57,11 +57,13 @@ impl Default for EngineConfig {
     }
 }
 
-/// What the engine knows about a model's tool calling.
+/// What the engine knows about a model's chat: its tool calls and its reasoning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ToolSupport {
+pub struct ChatTraits {
     pub format: ToolFormat,
     pub template_renders_tools: bool,
+    /// The model reasons between `<think>` markers before it answers.
+    pub thinks: bool,
 }
 
 /// What the engine tells about its model.
@@ -247,17 +249,19 @@ impl Engine {
         template.render(conversation, true).map_err(|e| EngineError::Template(e.to_string()))
     }
 
-    /// How the model writes tool calls: `hearth.yaml`'s `tool_parser`, else what the chat
-    /// template shows; and whether the template prints tool declarations itself.
-    pub fn tool_support(&self) -> ToolSupport {
+    /// What the chat template tells of the model: how it writes tool calls (`hearth.yaml`'s
+    /// `tool_parser`, else the template's markers), whether the template prints tool
+    /// declarations itself, and whether the model thinks before answering.
+    pub fn chat_traits(&self) -> ChatTraits {
         let template = self.inner.chat_template.as_ref();
-        ToolSupport {
+        ChatTraits {
             format: self
                 .inner
                 .tool_parser
                 .or(template.map(|t| t.tool_format()))
                 .unwrap_or(ToolFormat::Hermes),
             template_renders_tools: template.is_some_and(|t| t.renders_tools()),
+            thinks: template.is_some_and(|t| t.thinks()),
         }
     }
 

@@ -147,7 +147,9 @@ fn event_bytes(event: &CanonicalEvent) -> usize {
     EVENT_OVERHEAD_BYTES
         + match event {
             CanonicalEvent::MessageStart { model } => model.len(),
-            CanonicalEvent::TextDelta { text } => text.len(),
+            CanonicalEvent::TextDelta { text } | CanonicalEvent::ReasoningDelta { text } => {
+                text.len()
+            }
             CanonicalEvent::ToolCallStart { id, name, .. } => id.len() + name.len(),
             CanonicalEvent::ToolCallDelta { arguments, .. } => arguments.len(),
             CanonicalEvent::Error { error } => error.message.len(),

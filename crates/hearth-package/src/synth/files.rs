@@ -6,7 +6,9 @@ use std::path::Path;
 use hearth_protocol::SamplingParams;
 use serde::Serialize;
 
-use super::{write_file, SynthSpec, BOS_TOKEN_ID, END_OF_TEXT_ID, EOS_TOKEN_ID, SPECIAL_TOKENS};
+use super::{
+    write_file, SynthFamily, SynthSpec, BOS_TOKEN_ID, END_OF_TEXT_ID, EOS_TOKEN_ID, SPECIAL_TOKENS,
+};
 use crate::cog::COG_FILE;
 use crate::error::PackageError;
 use crate::model_config::CONFIG_FILE;
@@ -119,8 +121,14 @@ struct LlamaConfig {
 impl LlamaConfig {
     fn new(spec: &SynthSpec) -> Self {
         Self {
-            architectures: ["LlamaForCausalLM"],
-            model_type: "llama",
+            architectures: match spec.family {
+                SynthFamily::Llama => ["LlamaForCausalLM"],
+                SynthFamily::Qwen3 => ["Qwen3ForCausalLM"],
+            },
+            model_type: match spec.family {
+                SynthFamily::Llama => "llama",
+                SynthFamily::Qwen3 => "qwen3",
+            },
             hidden_size: spec.hidden_size,
             intermediate_size: spec.intermediate_size,
             num_hidden_layers: spec.num_hidden_layers,

@@ -37,6 +37,15 @@ pub struct SynthSpec {
     pub seed: u64,
     /// Written to cog.yaml `build.gpu`.
     pub gpu: bool,
+    pub family: SynthFamily,
+}
+
+/// The architecture written: Llama, or Qwen3 (Llama with RMS norms on each head's queries and
+/// keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynthFamily {
+    Llama,
+    Qwen3,
 }
 
 /// The names [`SynthSpec::preset`] knows.
@@ -70,6 +79,7 @@ impl SynthSpec {
             max_shard_bytes: None,
             seed: 0,
             gpu: false,
+            family: SynthFamily::Llama,
         }
     }
 
@@ -91,6 +101,7 @@ impl SynthSpec {
             max_shard_bytes: None,
             seed: 0,
             gpu: false,
+            family: SynthFamily::Llama,
         }
     }
 
@@ -112,6 +123,7 @@ impl SynthSpec {
             max_shard_bytes: Some(5_000_000_000),
             seed: 0,
             gpu: true,
+            family: SynthFamily::Llama,
         }
     }
 

@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Normal};
 use safetensors::tensor::{Metadata, TensorInfo};
 use serde::Serialize;
 
-use super::{write_file, SynthSpec};
+use super::{write_file, SynthFamily, SynthSpec};
 use crate::error::PackageError;
 use crate::settings::DType;
 use crate::weights::{TensorDtype, INDEX_FILE, SINGLE_FILE};
@@ -74,6 +74,12 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
         ];
         for (name, shape, init) in layer_tensors {
             tensors.push(PlannedTensor::new(format!("{prefix}.{name}.weight"), shape, init));
+        }
+        if spec.family == SynthFamily::Qwen3 {
+            for norm in ["self_attn.q_norm", "self_attn.k_norm"] {
+                let name = format!("{prefix}.{norm}.weight");
+                tensors.push(PlannedTensor::new(name, vec![spec.head_dim()], TensorInit::Ones));
+            }
         }
     }
     tensors.push(PlannedTensor::new(

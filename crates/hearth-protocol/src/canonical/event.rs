@@ -1,8 +1,8 @@
 //! The canonical stream event: what every producer (a provider adapter, the local engine) emits
 //! and every entry-surface encoder consumes.
 //!
-//! A well-formed stream is: one `MessageStart`; any number of `TextDelta`, `ToolCallStart`,
-//! `ToolCallDelta` and `Usage` events; then exactly one terminal event, `Finish` or `Error`.
+//! A well-formed stream is: one `MessageStart`; any number of `ReasoningDelta`, `TextDelta`,
+//! `ToolCallStart`, `ToolCallDelta` and `Usage` events; then exactly one terminal event, `Finish` or `Error`.
 //! Each `Usage` is a cumulative snapshot that replaces the previous one, so a stream cut short
 //! still tells what was consumed up to that point.
 
@@ -17,6 +17,11 @@ pub enum CanonicalEvent {
         model: String,
     },
     TextDelta {
+        text: String,
+    },
+    /// The model's reasoning before its answer (a local model's `<think>` text, an upstream's
+    /// thinking or `reasoning_content`), shown apart from the answer.
+    ReasoningDelta {
         text: String,
     },
     /// A tool call begins. `index` counts tool calls from 0 within this response.
@@ -53,6 +58,7 @@ impl CanonicalEvent {
         matches!(
             self,
             Self::TextDelta { .. }
+                | Self::ReasoningDelta { .. }
                 | Self::ToolCallStart { .. }
                 | Self::ToolCallDelta { .. }
                 | Self::Finish { .. }

@@ -13,6 +13,9 @@ pub struct CanonicalResponse {
     pub model: String,
     /// Text and tool-use blocks in the order the model produced them.
     pub content: Vec<ContentBlock>,
+    /// The model's reasoning, when it showed any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
     pub stop_reason: StopReason,
     pub usage: TokenUsage,
 }
@@ -46,6 +49,7 @@ impl CanonicalResponse {
 pub struct ResponseAssembler {
     model: String,
     blocks: Vec<Block>,
+    reasoning: Option<String>,
     /// Tool-call index → position in `blocks`.
     tools: BTreeMap<u32, usize>,
     usage: TokenUsage,
@@ -70,6 +74,9 @@ impl ResponseAssembler {
                 Some(Block::Text(current)) => current.push_str(text),
                 _ => self.blocks.push(Block::Text(text.clone())),
             },
+            CanonicalEvent::ReasoningDelta { text } => {
+                self.reasoning.get_or_insert_default().push_str(text)
+            }
             CanonicalEvent::ToolCallStart { index, id, name } => {
                 self.tools.insert(*index, self.blocks.len());
                 let tool =
@@ -101,7 +108,13 @@ impl ResponseAssembler {
             }
         };
         let content = self.blocks.into_iter().map(Block::into_content).collect();
-        Ok(CanonicalResponse { model: self.model, content, stop_reason, usage: self.usage })
+        Ok(CanonicalResponse {
+            model: self.model,
+            content,
+            reasoning: self.reasoning,
+            stop_reason,
+            usage: self.usage,
+        })
     }
 }
 

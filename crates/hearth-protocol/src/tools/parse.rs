@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::ToolFormat;
 use crate::canonical::CanonicalEvent;
+use crate::marker::partial_suffix;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
@@ -268,16 +269,6 @@ fn push_text(out: &mut Vec<CanonicalEvent>, text: String) {
     if !text.is_empty() {
         out.push(CanonicalEvent::TextDelta { text });
     }
-}
-
-/// The length of the longest tail of `text` that is a proper prefix of `marker`.
-fn partial_suffix(text: &str, marker: &str) -> usize {
-    (1..marker.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| {
-            text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
-        })
-        .unwrap_or(0)
 }
 
 enum Prefix {

@@ -157,11 +157,3 @@ fn blanks_inside_strings_survive_compaction() {
         assert_eq!(calls[0].2, r#"{"q":"a \" b","n":[1,2]}"#, "chunk size {size}");
     }
 }
-
-#[test]
-fn partial_markers_are_held_back_only_while_they_may_complete() {
-    assert_eq!(partial_suffix("abc<tool", OPEN), 5);
-    assert_eq!(partial_suffix("abc<", OPEN), 1);
-    assert_eq!(partial_suffix("abc", OPEN), 0);
-    assert_eq!(partial_suffix("é<", OPEN), 1);
-}

@@ -138,7 +138,9 @@ impl Run {
             CanonicalEvent::Error { error } => {
                 Some(Update::Done(Box::new(self.finish(Status::Failed, Some(error.message)))))
             }
+            // A Cog prediction's output is the answer; reasoning is not part of it.
             CanonicalEvent::MessageStart { .. }
+            | CanonicalEvent::ReasoningDelta { .. }
             | CanonicalEvent::ToolCallStart { .. }
             | CanonicalEvent::ToolCallDelta { .. } => None,
         }

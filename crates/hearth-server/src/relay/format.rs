@@ -129,6 +129,7 @@ fn run_frame(event: &CanonicalEvent) -> SseFrame {
     let name = match event {
         CanonicalEvent::MessageStart { .. } => "message_start",
         CanonicalEvent::TextDelta { .. } => "text_delta",
+        CanonicalEvent::ReasoningDelta { .. } => "reasoning_delta",
         CanonicalEvent::ToolCallStart { .. } => "tool_call_start",
         CanonicalEvent::ToolCallDelta { .. } => "tool_call_delta",
         CanonicalEvent::Usage { .. } => "usage",

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use hearth_engine::ToolSupport;
+use hearth_engine::ChatTraits;
 use hearth_protocol::tools::{
     calls_as_text, forced_call_grammar, result_as_text, tool_declarations, tool_prompt,
 };
@@ -15,7 +15,7 @@ use hearth_protocol::{
 };
 
 /// The conversation the template renders.
-pub(super) fn conversation(request: &CanonicalRequest, tools: ToolSupport) -> Conversation {
+pub(super) fn conversation(request: &CanonicalRequest, tools: ChatTraits) -> Conversation {
     let native = tools.template_renders_tools;
     let mut system = request.system.clone();
     if !native && !request.tools.is_empty() && request.tool_choice != Some(ToolChoice::None) {
@@ -55,7 +55,7 @@ pub(super) fn conversation(request: &CanonicalRequest, tools: ToolSupport) -> Co
 
 fn assistant_turn(
     message: &hearth_protocol::Message,
-    tools: ToolSupport,
+    tools: ChatTraits,
     native: bool,
 ) -> ChatMessage {
     let calls: Vec<(String, String, serde_json::Value)> = message
@@ -121,7 +121,7 @@ fn user_turns(
 /// starts), else its `response_format`.
 pub(super) fn output_constraint(
     request: &CanonicalRequest,
-    tools: ToolSupport,
+    tools: ChatTraits,
 ) -> Option<OutputConstraint> {
     if !request.tools.is_empty() {
         let choice = request.tool_choice.clone().unwrap_or(ToolChoice::Auto);

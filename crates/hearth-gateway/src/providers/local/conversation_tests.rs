@@ -41,10 +41,10 @@ fn exchange() -> CanonicalRequest {
     }
 }
 
-const NATIVE: ToolSupport =
-    ToolSupport { format: ToolFormat::Hermes, template_renders_tools: true };
-const PLAIN: ToolSupport =
-    ToolSupport { format: ToolFormat::Hermes, template_renders_tools: false };
+const NATIVE: ChatTraits =
+    ChatTraits { format: ToolFormat::Hermes, template_renders_tools: true, thinks: false };
+const PLAIN: ChatTraits =
+    ChatTraits { format: ToolFormat::Hermes, template_renders_tools: false, thinks: false };
 
 #[test]
 fn a_template_with_tools_gets_calls_results_and_declarations() {

@@ -1,20 +1,27 @@
-//! The engine's generation events as canonical events: text, or tool calls read out of it.
+//! The engine's generation events as canonical events. The model's text is read twice on its
+//! way out: its reasoning is split from its answer, and tool calls are read out of the answer.
 
 use std::collections::VecDeque;
 
 use futures::StreamExt;
 use hearth_engine::GenerationStream;
+use hearth_protocol::reasoning::{Piece, ReasoningParser};
 use hearth_protocol::tools::ToolCallParser;
 use hearth_protocol::{CanonicalEvent, FinishReason, GenerationEvent, StopReason, TokenUsage};
 
 use super::super::{EventStream, ProviderError};
 use crate::config::LOCAL_PROVIDER;
 
-pub(super) fn events(
-    model: String,
-    stream: GenerationStream,
-    parser: Option<ToolCallParser>,
-) -> EventStream {
+/// The readers a request's text goes through; `None` passes it on as answer text.
+#[derive(Default)]
+pub(super) struct Readers {
+    /// Present when the model thinks before it answers.
+    pub reasoning: Option<ReasoningParser>,
+    /// Present when the request has tools the model may call.
+    pub tools: Option<ToolCallParser>,
+}
+
+pub(super) fn events(model: String, stream: GenerationStream, readers: Readers) -> EventStream {
     let first = VecDeque::from([
         Ok(CanonicalEvent::MessageStart { model: model.clone() }),
         // The prompt's size is known now: a run cut short still bills it.
@@ -22,7 +29,7 @@ pub(super) fn events(
             usage: TokenUsage { input_tokens: stream.prompt_tokens as u64, ..Default::default() },
         }),
     ]);
-    let mapper = EventMapper { model, parser };
+    let mapper = EventMapper { model, readers };
     let state = (stream, first, false, mapper);
     futures::stream::unfold(state, |(mut stream, mut pending, mut done, mut mapper)| async move {
         loop {
@@ -42,8 +49,7 @@ pub(super) fn events(
 
 struct EventMapper {
     model: String,
-    /// Present when the request has tools the model may call.
-    parser: Option<ToolCallParser>,
+    readers: Readers,
 }
 
 impl EventMapper {
@@ -53,10 +59,13 @@ impl EventMapper {
         event: Option<GenerationEvent>,
     ) -> Vec<Result<CanonicalEvent, ProviderError>> {
         match event {
-            Some(GenerationEvent::Text { text, .. }) => match &mut self.parser {
-                Some(parser) => parser.push(&text).into_iter().map(Ok).collect(),
-                None => vec![Ok(CanonicalEvent::TextDelta { text })],
-            },
+            Some(GenerationEvent::Text { text, .. }) => {
+                let pieces = match &mut self.readers.reasoning {
+                    Some(reasoning) => reasoning.push(&text),
+                    None => vec![Piece::Answer(text)],
+                };
+                self.read(pieces)
+            }
             Some(GenerationEvent::Finished { reason, usage }) => self.finish(reason, usage),
             Some(GenerationEvent::Failed { message }) => vec![Err(ProviderError::Stream {
                 provider: LOCAL_PROVIDER.into(),
@@ -69,16 +78,31 @@ impl EventMapper {
         }
     }
 
+    /// Reasoning goes out as it is; the answer through the tool-call reader, if any.
+    fn read(&mut self, pieces: Vec<Piece>) -> Vec<Result<CanonicalEvent, ProviderError>> {
+        let mut out = Vec::new();
+        for piece in pieces {
+            match (piece, &mut self.readers.tools) {
+                (Piece::Reasoning(text), _) => out.push(CanonicalEvent::ReasoningDelta { text }),
+                (Piece::Answer(text), Some(tools)) => out.extend(tools.push(&text)),
+                (Piece::Answer(text), None) => out.push(CanonicalEvent::TextDelta { text }),
+            }
+        }
+        out.into_iter().map(Ok).collect()
+    }
+
     fn finish(
         &mut self,
         reason: FinishReason,
         usage: hearth_protocol::Usage,
     ) -> Vec<Result<CanonicalEvent, ProviderError>> {
-        let mut out: Vec<_> = match &mut self.parser {
-            Some(parser) => parser.finish().into_iter().map(Ok).collect(),
-            None => Vec::new(),
-        };
-        let made_calls = self.parser.as_ref().is_some_and(ToolCallParser::made_calls);
+        let pieces =
+            self.readers.reasoning.as_mut().map(ReasoningParser::finish).unwrap_or_default();
+        let mut out = self.read(pieces);
+        if let Some(tools) = &mut self.readers.tools {
+            out.extend(tools.finish().into_iter().map(Ok));
+        }
+        let made_calls = self.readers.tools.as_ref().is_some_and(ToolCallParser::made_calls);
         let usage = TokenUsage {
             input_tokens: usage.prompt_tokens as u64,
             output_tokens: usage.completion_tokens as u64,
@@ -102,8 +126,8 @@ mod tests {
 
     use super::*;
 
-    fn mapper(parser: Option<ToolCallParser>) -> EventMapper {
-        EventMapper { model: "m".into(), parser }
+    fn mapper(readers: Readers) -> EventMapper {
+        EventMapper { model: "m".into(), readers }
     }
 
     fn finished(reason: FinishReason) -> Option<GenerationEvent> {
@@ -113,7 +137,7 @@ mod tests {
 
     #[test]
     fn engine_events_become_canonical_events() {
-        let events: Vec<_> = mapper(None)
+        let events: Vec<_> = mapper(Readers::default())
             .map(finished(FinishReason::Length))
             .into_iter()
             .map(Result::unwrap)
@@ -128,14 +152,14 @@ mod tests {
             ]
         );
         let failed = Some(GenerationEvent::Failed { message: "oom".into() });
-        assert!(mapper(None).map(failed)[0].is_err());
-        assert!(mapper(None).map(None)[0].is_err());
+        assert!(mapper(Readers::default()).map(failed)[0].is_err());
+        assert!(mapper(Readers::default()).map(None)[0].is_err());
     }
 
     #[test]
     fn an_answer_with_calls_finishes_for_tool_calls() {
-        let parser = ToolCallParser::new(ToolFormat::Hermes, Box::new(|| "id".into()));
-        let mut mapper = mapper(Some(parser));
+        let tools = ToolCallParser::new(ToolFormat::Hermes, Box::new(|| "id".into()));
+        let mut mapper = mapper(Readers { reasoning: None, tools: Some(tools) });
         let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
         let mut events =
             mapper.map(Some(GenerationEvent::Text { text: text.into(), completion_tokens: 1 }));
@@ -145,6 +169,38 @@ mod tests {
             events[0],
             CanonicalEvent::ToolCallStart { index: 0, id: "id".into(), name: "f".into() }
         );
+        assert_eq!(events.last(), Some(&CanonicalEvent::Finish { reason: StopReason::ToolCalls }));
+    }
+
+    #[test]
+    fn reasoning_goes_apart_and_calls_are_read_from_the_answer() {
+        let tools = ToolCallParser::new(ToolFormat::Hermes, Box::new(|| "id".into()));
+        let reasoning = ReasoningParser::new(false);
+        let mut mapper = mapper(Readers { reasoning: Some(reasoning), tools: Some(tools) });
+        let text = "<think>\nweather, so call it\n</think>\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
+        let mut events = Vec::new();
+        for piece in text.split_inclusive(['>', '\n']) {
+            let event = GenerationEvent::Text { text: piece.into(), completion_tokens: 1 };
+            events.extend(mapper.map(Some(event)).into_iter().map(Result::unwrap));
+        }
+        events.extend(mapper.map(finished(FinishReason::Stop)).into_iter().map(Result::unwrap));
+        let reasoning: String = events
+            .iter()
+            .filter_map(|e| match e {
+                CanonicalEvent::ReasoningDelta { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reasoning, "weather, so call it");
+        assert!(
+            !events.iter().any(|e| matches!(e, CanonicalEvent::TextDelta { .. })),
+            "{events:?}"
+        );
+        assert!(events.contains(&CanonicalEvent::ToolCallStart {
+            index: 0,
+            id: "id".into(),
+            name: "f".into()
+        }));
         assert_eq!(events.last(), Some(&CanonicalEvent::Finish { reason: StopReason::ToolCalls }));
     }
 }

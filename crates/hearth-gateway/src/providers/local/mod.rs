@@ -11,11 +11,13 @@ mod conversation;
 mod events;
 
 use hearth_engine::{
-    run_blocking, Engine, EngineError, GenerateRequest, Prompt, SubmitError, ToolSupport,
+    run_blocking, ChatTraits, Engine, EngineError, GenerateRequest, GenerationStream, Prompt,
+    SubmitError,
 };
+use hearth_protocol::reasoning::{prompt_opens_thinking, ReasoningParser};
 use hearth_protocol::tools::{ToolCallParser, ToolFormat};
 use hearth_protocol::{
-    CanonicalRequest, Conversation, OutputConstraint, RawPrompt, SamplingParams,
+    CanonicalRequest, Conversation, OutputConstraint, RawPrompt, SamplingParams, ValidSampling,
 };
 use rand::distr::{Alphanumeric, SampleString};
 
@@ -54,42 +56,28 @@ impl Provider for LocalProvider {
         request: &CanonicalRequest,
         model: &str,
     ) -> Result<EventStream, ProviderError> {
-        let tools = self.engine.tool_support();
-        let input = prompt_input(request, model, tools)?;
+        let traits = self.engine.chat_traits();
+        let input = prompt_input(request, model, traits)?;
+        let is_chat = matches!(input, PromptInput::Chat(_));
         let sampling = sampling_params(request, self.engine.info().context_length)
             .validated()
             .map_err(|e| submit_error(model, SubmitError::Invalid(e)))?;
-        let constraint = conversation::output_constraint(request, tools);
+        let constraint = conversation::output_constraint(request, traits);
         // A grammar that fails to compile is the tools' fault when it came from them.
         let grammar_param =
             if constraint == request.response_format { "response_format" } else { "tools" };
-        // Rendering and tokenizing a long history is CPU work for a blocking thread.
-        let submitted = run_blocking(self.engine.clone(), move |engine| {
-            let prompt = match input {
-                PromptInput::Raw(RawPrompt::Text(text)) => Prompt::Text(text),
-                PromptInput::Raw(RawPrompt::Tokens(ids)) => Prompt::Tokens(ids),
-                PromptInput::Chat(conversation) => {
-                    Prompt::Templated(engine.render_chat(&conversation).map_err(Refusal::Template)?)
-                }
-            };
-            engine.submit(GenerateRequest { prompt, sampling, constraint }).map_err(Refusal::Submit)
-        })
-        .await
-        .map_err(|e| submit_error(model, e))?;
-        let stream = submitted.map_err(|refusal| match refusal {
-            Refusal::Template(e) => {
-                ProviderError::Unsupported { message: format!("local model `{model}`: {e}") }
-            }
-            Refusal::Submit(SubmitError::Grammar(e)) => ProviderError::Rejected {
-                message: format!("local model `{model}`: {}", SubmitError::Grammar(e)),
-                param: Some(grammar_param.into()),
-                code: None,
-            },
-            Refusal::Submit(e) => submit_error(model, e),
-        })?;
-        let parser = conversation::parses_tool_calls(request)
-            .then(|| ToolCallParser::new(tools.format, call_ids(tools.format)));
-        Ok(events::events(model.to_string(), stream, parser))
+        let request_for_engine = EngineInput { input, sampling, constraint };
+        let (stream, opens_thinking) = self
+            .submit(request_for_engine)
+            .await
+            .map_err(|e| submit_error(model, e))?
+            .map_err(|refusal| refusal.into_error(model, grammar_param))?;
+        let readers = events::Readers {
+            reasoning: (is_chat && traits.thinks).then(|| ReasoningParser::new(opens_thinking)),
+            tools: conversation::parses_tool_calls(request)
+                .then(|| ToolCallParser::new(traits.format, call_ids(traits.format))),
+        };
+        Ok(events::events(model.to_string(), stream, readers))
     }
 
     fn takes_raw_prompts(&self) -> bool {
@@ -105,6 +93,40 @@ impl Provider for LocalProvider {
 
 // Request.
 
+impl LocalProvider {
+    /// Renders and queues a request on a blocking thread (rendering and tokenizing a long
+    /// history is CPU work). Also says whether the rendered prompt left the model inside its
+    /// thinking.
+    async fn submit(
+        &self,
+        request: EngineInput,
+    ) -> Result<Result<(GenerationStream, bool), Refusal>, SubmitError> {
+        run_blocking(self.engine.clone(), move |engine| {
+            let EngineInput { input, sampling, constraint } = request;
+            let prompt = match input {
+                PromptInput::Raw(RawPrompt::Text(text)) => Prompt::Text(text),
+                PromptInput::Raw(RawPrompt::Tokens(ids)) => Prompt::Tokens(ids),
+                PromptInput::Chat(conversation) => {
+                    Prompt::Templated(engine.render_chat(&conversation).map_err(Refusal::Template)?)
+                }
+            };
+            let opens_thinking =
+                matches!(&prompt, Prompt::Templated(text) if prompt_opens_thinking(text));
+            let request = GenerateRequest { prompt, sampling, constraint };
+            let stream = engine.submit(request).map_err(Refusal::Submit)?;
+            Ok((stream, opens_thinking))
+        })
+        .await
+    }
+}
+
+/// Everything the engine is handed for one request.
+struct EngineInput {
+    input: PromptInput,
+    sampling: ValidSampling,
+    constraint: Option<OutputConstraint>,
+}
+
 /// What the engine is given: a conversation for the chat template, or a raw prompt.
 enum PromptInput {
     Chat(Conversation),
@@ -114,7 +136,7 @@ enum PromptInput {
 fn prompt_input(
     request: &CanonicalRequest,
     model: &str,
-    tools: ToolSupport,
+    tools: ChatTraits,
 ) -> Result<PromptInput, ProviderError> {
     match &request.prompt {
         Some(_) if request.uses_tools() => Err(ProviderError::Unsupported {
@@ -137,6 +159,23 @@ fn call_ids(format: ToolFormat) -> Box<dyn FnMut() -> String + Send> {
 enum Refusal {
     Template(EngineError),
     Submit(SubmitError),
+}
+
+impl Refusal {
+    /// `grammar_param` names the field whose grammar failed to compile.
+    fn into_error(self, model: &str, grammar_param: &str) -> ProviderError {
+        match self {
+            Refusal::Template(e) => {
+                ProviderError::Unsupported { message: format!("local model `{model}`: {e}") }
+            }
+            Refusal::Submit(SubmitError::Grammar(e)) => ProviderError::Rejected {
+                message: format!("local model `{model}`: {}", SubmitError::Grammar(e)),
+                param: Some(grammar_param.into()),
+                code: None,
+            },
+            Refusal::Submit(e) => submit_error(model, e),
+        }
+    }
 }
 
 fn sampling_params(request: &CanonicalRequest, context_length: usize) -> SamplingParams {
@@ -214,7 +253,8 @@ mod tests {
             }],
             ..Default::default()
         };
-        let support = ToolSupport { format: ToolFormat::Hermes, template_renders_tools: true };
+        let support =
+            ChatTraits { format: ToolFormat::Hermes, template_renders_tools: true, thinks: false };
         let Err(err) = prompt_input(&request, "smol", support) else { panic!("accepted") };
         assert_eq!(err.disposition(), super::super::Disposition::NextRoute);
     }

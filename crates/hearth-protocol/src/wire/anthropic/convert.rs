@@ -94,8 +94,8 @@ fn message_to_canonical(message: InputMessage, path: &str) -> Result<Message, Va
     Ok(Message { role, content })
 }
 
-/// Thinking blocks are dropped: the canonical model has no reasoning content, and providers
-/// other than Anthropic could not take them back.
+/// Thinking blocks in the history are dropped: the canonical request carries no past reasoning,
+/// and providers other than Anthropic could not take it back.
 fn block_to_canonical(
     block: InputBlock,
     path: &str,
@@ -240,19 +240,18 @@ fn block_to_wire(block: &ContentBlock) -> Option<InputBlock> {
 
 /// A whole canonical response → Anthropic's message body.
 pub fn response_from_canonical(resp: &CanonicalResponse, id: &str) -> MessageResponse {
-    let content = resp
-        .content
-        .iter()
-        .filter_map(|b| match b {
-            ContentBlock::Text { text } => Some(OutputBlock::Text { text: text.clone() }),
-            ContentBlock::ToolUse { id, name, input } => Some(OutputBlock::ToolUse {
-                id: id.clone(),
-                name: name.clone(),
-                input: input.clone(),
-            }),
-            ContentBlock::ToolResult { .. } => None,
-        })
-        .collect();
+    let thinking = resp.reasoning.iter().map(|thinking| OutputBlock::Thinking {
+        thinking: thinking.clone(),
+        signature: String::new(),
+    });
+    let answer = resp.content.iter().filter_map(|b| match b {
+        ContentBlock::Text { text } => Some(OutputBlock::Text { text: text.clone() }),
+        ContentBlock::ToolUse { id, name, input } => {
+            Some(OutputBlock::ToolUse { id: id.clone(), name: name.clone(), input: input.clone() })
+        }
+        ContentBlock::ToolResult { .. } => None,
+    });
+    let content = thinking.chain(answer).collect();
     MessageResponse {
         id: id.to_string(),
         kind: "message".into(),
@@ -396,6 +395,7 @@ mod tests {
         let c = usage_from_wire(&u);
         assert_eq!((c.input_tokens, c.cached_input_tokens), (14, 10));
         let resp = CanonicalResponse {
+            reasoning: None,
             model: "m".into(),
             content: vec![],
             stop_reason: StopReason::Length,

@@ -177,8 +177,20 @@ pub struct MessageResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum OutputBlock {
-    Text { text: String },
-    ToolUse { id: String, name: String, input: Value },
+    /// Reasoning. Anthropic signs its own thinking; Hearth's local models leave `signature`
+    /// empty (there is nothing to verify), which clients accept.
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -233,6 +245,12 @@ pub enum StartBlock {
         #[serde(default)]
         text: String,
     },
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        #[serde(default)]
+        signature: String,
+    },
     ToolUse {
         id: String,
         name: String,
@@ -248,6 +266,9 @@ pub enum StartBlock {
 pub enum BlockDelta {
     TextDelta {
         text: String,
+    },
+    ThinkingDelta {
+        thinking: String,
     },
     InputJsonDelta {
         partial_json: String,

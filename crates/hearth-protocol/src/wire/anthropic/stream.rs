@@ -19,8 +19,17 @@ const FORMAT: &str = "Anthropic";
 enum UpstreamBlock {
     Text,
     Tool(u32),
-    /// Thinking and server-tool blocks: not part of the canonical answer.
+    Thinking,
+    /// Server-tool and other blocks: not part of the canonical answer.
     Skipped,
+}
+
+/// The kind of block the encoder has open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlockKind {
+    Thinking,
+    Text,
+    Tool,
 }
 
 /// Reads an Anthropic stream. Usage is split over `message_start` (input) and `message_delta`
@@ -97,6 +106,14 @@ impl StreamDecoder {
                 }
                 out
             }
+            StartBlock::Thinking { thinking, .. } => {
+                self.blocks.insert(index, UpstreamBlock::Thinking);
+                if thinking.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![CanonicalEvent::ReasoningDelta { text: thinking }]
+                }
+            }
             StartBlock::Other => {
                 self.blocks.insert(index, UpstreamBlock::Skipped);
                 Vec::new()
@@ -111,6 +128,11 @@ impl StreamDecoder {
         Ok(match (block, delta) {
             (UpstreamBlock::Text, BlockDelta::TextDelta { text }) => {
                 vec![CanonicalEvent::TextDelta { text }]
+            }
+            (UpstreamBlock::Thinking, BlockDelta::ThinkingDelta { thinking })
+                if !thinking.is_empty() =>
+            {
+                vec![CanonicalEvent::ReasoningDelta { text: thinking }]
             }
             (UpstreamBlock::Tool(tool), BlockDelta::InputJsonDelta { partial_json })
                 if !partial_json.is_empty() =>
@@ -173,7 +195,7 @@ pub struct StreamEncoder {
     start_pending: bool,
     started: bool,
     open: Option<u32>,
-    open_is_text: bool,
+    open_kind: BlockKind,
     next_block: u32,
     tool_blocks: BTreeMap<u32, u32>,
     usage: TokenUsage,
@@ -187,7 +209,7 @@ impl StreamEncoder {
             start_pending: false,
             started: false,
             open: None,
-            open_is_text: false,
+            open_kind: BlockKind::Tool,
             next_block: 0,
             tool_blocks: BTreeMap::new(),
             usage: TokenUsage::default(),
@@ -201,10 +223,21 @@ impl StreamEncoder {
             CanonicalEvent::Usage { usage } => self.usage = *usage,
             CanonicalEvent::TextDelta { text } => {
                 self.flush_start(&mut out);
-                if !(self.open.is_some() && self.open_is_text) {
-                    self.open_block(StartBlock::Text { text: String::new() }, true, &mut out);
+                if !(self.open.is_some() && self.open_kind == BlockKind::Text) {
+                    let block = StartBlock::Text { text: String::new() };
+                    self.open_block(block, BlockKind::Text, &mut out);
                 }
                 let delta = BlockDelta::TextDelta { text: text.clone() };
+                out.push(self.block_delta(self.open.unwrap_or(0), delta));
+            }
+            CanonicalEvent::ReasoningDelta { text } => {
+                self.flush_start(&mut out);
+                if !(self.open.is_some() && self.open_kind == BlockKind::Thinking) {
+                    let block =
+                        StartBlock::Thinking { thinking: String::new(), signature: String::new() };
+                    self.open_block(block, BlockKind::Thinking, &mut out);
+                }
+                let delta = BlockDelta::ThinkingDelta { thinking: text.clone() };
                 out.push(self.block_delta(self.open.unwrap_or(0), delta));
             }
             CanonicalEvent::ToolCallStart { index, id, name } => {
@@ -214,7 +247,7 @@ impl StreamEncoder {
                     name: name.clone(),
                     input: Value::Object(Default::default()),
                 };
-                let at = self.open_block(block, false, &mut out);
+                let at = self.open_block(block, BlockKind::Tool, &mut out);
                 self.tool_blocks.insert(*index, at);
             }
             CanonicalEvent::ToolCallDelta { index, arguments } => {
@@ -249,12 +282,12 @@ impl StreamEncoder {
         out.push(frame("message_start", &StreamEvent::MessageStart { message }));
     }
 
-    fn open_block(&mut self, block: StartBlock, is_text: bool, out: &mut Vec<SseFrame>) -> u32 {
+    fn open_block(&mut self, block: StartBlock, kind: BlockKind, out: &mut Vec<SseFrame>) -> u32 {
         self.close_block(out);
         let index = self.next_block;
         self.next_block += 1;
         self.open = Some(index);
-        self.open_is_text = is_text;
+        self.open_kind = kind;
         out.push(frame(
             "content_block_start",
             &StreamEvent::ContentBlockStart { index, content_block: block },
@@ -340,12 +373,13 @@ mod tests {
         let events: Vec<_> = datas.iter().flat_map(|v| d.push(&v.to_string()).unwrap()).collect();
         assert_eq!(events[0], CanonicalEvent::MessageStart { model: "claude".into() });
         assert_eq!(events[1], CanonicalEvent::Usage { usage: usage(8, 1, 3) });
-        assert_eq!(events[2], CanonicalEvent::TextDelta { text: "ok".into() });
+        assert_eq!(events[2], CanonicalEvent::ReasoningDelta { text: "hmm".into() });
+        assert_eq!(events[3], CanonicalEvent::TextDelta { text: "ok".into() });
         assert_eq!(
-            events[3],
+            events[4],
             CanonicalEvent::ToolCallStart { index: 0, id: "t".into(), name: "f".into() }
         );
-        assert_eq!(events[4], CanonicalEvent::ToolCallDelta { index: 0, arguments: "{}".into() });
+        assert_eq!(events[5], CanonicalEvent::ToolCallDelta { index: 0, arguments: "{}".into() });
         assert_eq!(events[events.len() - 2], CanonicalEvent::Usage { usage: usage(8, 7, 3) });
         assert_eq!(events.last(), Some(&CanonicalEvent::Finish { reason: StopReason::ToolCalls }));
         assert!(d.finish().unwrap().is_empty());

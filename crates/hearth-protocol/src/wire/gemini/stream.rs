@@ -153,6 +153,10 @@ impl StreamEncoder {
             CanonicalEvent::TextDelta { text } => {
                 vec![self.record(vec![Part::text(text.clone())], None, None)]
             }
+            CanonicalEvent::ReasoningDelta { text } => {
+                let thought = Part { thought: Some(true), ..Part::text(text.clone()) };
+                vec![self.record(vec![thought], None, None)]
+            }
             CanonicalEvent::ToolCallStart { index, name, .. } => {
                 let at = *index as usize;
                 if self.tools.len() <= at {

@@ -103,6 +103,7 @@ impl CompletionStreamEncoder {
             CanonicalEvent::Error { error } => vec![error_frame(error)],
             // A raw-prompt completion has no role chunk and no tool calls.
             CanonicalEvent::MessageStart { .. }
+            | CanonicalEvent::ReasoningDelta { .. }
             | CanonicalEvent::ToolCallStart { .. }
             | CanonicalEvent::ToolCallDelta { .. } => Vec::new(),
         }
@@ -168,6 +169,7 @@ mod tests {
     #[test]
     fn a_whole_answer_carries_text_reason_and_usage() {
         let resp = CanonicalResponse {
+            reasoning: None,
             model: "route-model".into(),
             content: vec![crate::ContentBlock::Text { text: "Hello".into() }],
             stop_reason: StopReason::Stop,

@@ -355,7 +355,12 @@ pub fn response_from_canonical(resp: &CanonicalResponse, id: &str, created: i64)
         model: resp.model.clone(),
         choices: vec![Choice {
             index: 0,
-            message: ResponseMessage { role: "assistant".into(), content: resp.text(), tool_calls },
+            message: ResponseMessage {
+                role: "assistant".into(),
+                content: resp.text(),
+                reasoning_content: resp.reasoning.clone(),
+                tool_calls,
+            },
             finish_reason: Some(resp.stop_reason.as_openai().into()),
         }],
         usage: Some(usage_to_wire(&resp.usage)),
@@ -460,6 +465,7 @@ mod tests {
     #[test]
     fn responses_carry_tool_calls_and_cached_usage() {
         let resp = CanonicalResponse {
+            reasoning: None,
             model: "m".into(),
             content: vec![ContentBlock::ToolUse {
                 id: "c".into(),

@@ -72,6 +72,9 @@ impl StreamDecoder {
         choice: ChunkChoice,
         out: &mut Vec<CanonicalEvent>,
     ) -> Result<(), DecodeError> {
+        if let Some(text) = choice.delta.reasoning_content.filter(|t| !t.is_empty()) {
+            out.push(CanonicalEvent::ReasoningDelta { text });
+        }
         if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
             out.push(CanonicalEvent::TextDelta { text });
         }
@@ -132,6 +135,7 @@ impl StreamDecoder {
             let delta = Delta {
                 role: None,
                 content: choice.message.content,
+                reasoning_content: choice.message.reasoning_content,
                 tool_calls: tool_calls.collect(),
             };
             let chunk = ChunkChoice { index: 0, delta, finish_reason: choice.finish_reason };
@@ -205,6 +209,10 @@ impl StreamEncoder {
             }
             CanonicalEvent::TextDelta { text } => {
                 vec![self.delta(Delta { content: Some(text.clone()), ..Default::default() })]
+            }
+            CanonicalEvent::ReasoningDelta { text } => {
+                vec![self
+                    .delta(Delta { reasoning_content: Some(text.clone()), ..Default::default() })]
             }
             CanonicalEvent::ToolCallStart { index, id, name } => {
                 let call = ToolCallChunk {
