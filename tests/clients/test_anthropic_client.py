@@ -62,3 +62,28 @@ def test_errors_surface_as_client_exceptions(client):
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(model="tiny-llama", max_tokens=0, messages=[{"role": "user", "content": "x"}])
     assert "max_tokens" in str(info.value)
+
+
+def test_local_tool_use_whole_and_streamed(client):
+    """A forced tool call on the local model: a `tool_use` block whose input follows the schema,
+    streamed as `input_json_delta`s that the client reassembles into the same input."""
+    kwargs = dict(
+        model="tiny-llama", max_tokens=120,
+        messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=[{"name": "get_weather", "description": "Weather in a city", "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12},
+                           "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": False}}],
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+    )
+    whole = client.messages.create(**kwargs)
+    assert whole.stop_reason == "tool_use"
+    [use] = [b for b in whole.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and set(use.input) == {"city", "unit"}
+    assert use.input["unit"] in ("celsius", "fahrenheit")
+    with client.messages.stream(**kwargs) as stream:
+        final = stream.get_final_message()
+    [streamed] = [b for b in final.content if b.type == "tool_use"]
+    assert streamed.input == use.input
+    assert final.stop_reason == "tool_use"

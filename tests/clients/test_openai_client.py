@@ -93,3 +93,73 @@ def test_structured_output_parses_into_a_pydantic_model(client):
         message = completion.choices[0].message
         assert isinstance(message.parsed, Forecast), message.content
         assert 1 <= message.parsed.days <= 7
+
+
+WEATHER_PARAMETERS = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city", "parameters": WEATHER_PARAMETERS}}
+
+
+def check_weather_arguments(arguments):
+    import json
+
+    args = json.loads(arguments)
+    assert set(args) == {"city", "unit"}, args
+    assert len(args["city"]) <= 12 and args["unit"] in ("celsius", "fahrenheit"), args
+
+
+def test_tool_calls_whole_streamed_and_answered(client):
+    """A required call comes back well-formed, streamed the same as whole, and its result can be
+    sent back for the next turn."""
+    kwargs = dict(model="tiny-llama", messages=[{"role": "user", "content": "Weather in Oslo?"}],
+                  tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False,
+                  max_tokens=120, temperature=1, seed=3)
+    whole = client.chat.completions.create(**kwargs)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    check_weather_arguments(call.function.arguments)
+
+    with client.chat.completions.stream(**kwargs) as stream:
+        final = stream.get_final_completion()
+    [streamed] = final.choices[0].message.tool_calls
+    assert (streamed.function.name, streamed.function.arguments) == ("get_weather", call.function.arguments)
+    assert final.choices[0].finish_reason == "tool_calls"
+
+    history = [{"role": "user", "content": "Weather in Oslo?"},
+               choice.message.model_dump(exclude_none=True),
+               {"role": "tool", "tool_call_id": call.id, "content": "4 degrees, snow"}]
+    follow = client.chat.completions.create(model="tiny-llama", messages=history, tools=[WEATHER_TOOL],
+                                            tool_choice="none", max_tokens=6)
+    assert follow.choices[0].finish_reason in ("stop", "length")
+    assert follow.choices[0].message.tool_calls is None
+
+
+def test_named_tool_parses_into_a_pydantic_model(client):
+    """`parse` with a pydantic function tool: the call's arguments come back parsed."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class GetWeather(BaseModel):
+        city: str = Field(max_length=12)
+        unit: Literal["celsius", "fahrenheit"]
+
+    completion = client.chat.completions.parse(
+        model="tiny-llama", messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=[openai.pydantic_function_tool(GetWeather)],
+        tool_choice={"type": "function", "function": {"name": "GetWeather"}},
+        max_tokens=120, temperature=1, seed=1,
+    )
+    [call] = completion.choices[0].message.tool_calls
+    assert isinstance(call.function.parsed_arguments, GetWeather)
