@@ -3,8 +3,9 @@
 //!
 //! - inter-token latency at 8 concurrent streams, JSON-Schema-constrained against free
 //!   decoding on the same prompts (rounds alternate, so drift hits both alike);
-//! - time to first token with and without a typical tool schema to compile, one request at a
-//!   time (the difference is what compiling the grammar adds).
+//! - time to first token with and without a typical tool's grammar to compile (a forced call,
+//!   and `auto`'s text-or-call grammar), one request at a time (the difference is what
+//!   compiling the grammar adds).
 //!
 //! Run with `cargo run --release -p hearth-engine --example structured_outputs`. The model is
 //! written once to `target/bench-models/smollm2-135m`.
@@ -16,13 +17,16 @@ use candle_core::Device;
 use hearth_engine::{Engine, EngineConfig, GenerateRequest, Prompt};
 use hearth_package::synth::{write_llama_package, SynthSpec};
 use hearth_package::Package;
-use hearth_protocol::{GenerationEvent, OutputConstraint, SamplingParams};
+use hearth_protocol::tools::{forced_call_grammar, ToolFormat};
+use hearth_protocol::{
+    GenerationEvent, OutputConstraint, SamplingParams, ToolChoice, ToolDefinition,
+};
 use serde_json::json;
 
 const STREAMS: usize = 8;
 const TOKENS_PER_STREAM: usize = 64;
 const ROUNDS: usize = 3;
-const TTFT_SAMPLES: usize = 30;
+const TTFT_SAMPLES: usize = 60;
 
 fn main() {
     let dir = model_dir();
@@ -36,33 +40,62 @@ fn main() {
             "properties": { "items": { "type": "array", "minItems": 40, "maxItems": 40,
                 "items": { "type": "string", "minLength": 8, "maxLength": 16 } } } }),
     );
+    let tool = ToolDefinition {
+        name: "get_weather".into(),
+        description: Some("Current weather in a city".into()),
+        parameters: json!({ "type": "object", "required": ["location", "unit"],
+            "additionalProperties": false, "properties": {
+                "location": { "type": "string", "description": "City and country" },
+                "unit": { "type": "string", "enum": ["celsius", "fahrenheit"] },
+                "days": { "type": "integer", "minimum": 1, "maximum": 14 } } }),
+    };
+    let grammar = |choice| forced_call_grammar(ToolFormat::Hermes, &[tool.clone()], &choice, true);
+    let (forced, auto) = (grammar(ToolChoice::Required), grammar(ToolChoice::Auto));
     runtime.block_on(streams(&engine, None)); // warm-up
-    let (mut free, mut constrained) = (Vec::new(), Vec::new());
+                                              // `auto`'s grammar while the model answers in text (random weights never write a call).
+    let (mut free, mut constrained, mut text_under_auto) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         free.extend(runtime.block_on(streams(&engine, None)));
         constrained.extend(runtime.block_on(streams(&engine, Some(long.clone()))));
+        text_under_auto.extend(runtime.block_on(streams(&engine, auto.clone())));
     }
     println!("inter-token latency, {STREAMS} concurrent streams of {TOKENS_PER_STREAM} tokens, {ROUNDS} rounds each:");
     report("free", &mut free);
     report("json schema", &mut constrained);
-    println!("overhead at p50: {:+.1} %", 100.0 * (p(&constrained, 0.5) / p(&free, 0.5) - 1.0));
-
-    let tool =
-        OutputConstraint::schema(json!({ "type": "object", "required": ["location", "unit"],
-            "additionalProperties": false, "properties": {
-                "location": { "type": "string", "description": "City and country" },
-                "unit": { "type": "string", "enum": ["celsius", "fahrenheit"] },
-                "days": { "type": "integer", "minimum": 1, "maximum": 14 } } }));
-    let (mut plain, mut compiled) = (Vec::new(), Vec::new());
-    for i in 0..TTFT_SAMPLES {
-        // Prompts of their own: a prompt seen before would start on a prefix-cache hit.
-        plain.push(runtime.block_on(first_token(&engine, 1000 + i, None)));
-        compiled.push(runtime.block_on(first_token(&engine, 2000 + i, Some(tool.clone()))));
+    report("auto tool call", &mut text_under_auto);
+    for (label, samples) in [("json schema", &constrained), ("auto tool call", &text_under_auto)] {
+        let change = 100.0 * (p(samples, 0.5) / p(&free, 0.5) - 1.0);
+        println!("{label} overhead at p50: {change:+.1} %");
     }
-    println!("time to first token, one request at a time, {TTFT_SAMPLES} each:");
-    report("no schema", &mut plain);
-    report("tool schema", &mut compiled);
-    println!("added by the schema at p50: {:.2} ms", p(&compiled, 0.5) - p(&plain, 0.5));
+
+    let modes = [("no grammar", None), ("forced tool call", forced), ("auto tool call", auto)];
+    let mut submit = vec![Vec::new(); modes.len()];
+    let mut ttft = vec![Vec::new(); modes.len()];
+    for i in 0..TTFT_SAMPLES {
+        for (m, (_, grammar)) in modes.iter().enumerate() {
+            // Prompts of their own: a prompt seen before would start on a prefix-cache hit.
+            let seed = 1000 * (m + 1) + i;
+            let (s, t) = runtime.block_on(first_token(&engine, seed, grammar.clone()));
+            submit[m].push(s);
+            ttft[m].push(t);
+        }
+    }
+    println!("one request at a time, {TTFT_SAMPLES} each: submit (tokenize + compile the grammar)");
+    for (m, (label, _)) in modes.iter().enumerate() {
+        report(label, &mut submit[m]);
+    }
+    println!("time to first token:");
+    for (m, (label, _)) in modes.iter().enumerate() {
+        report(label, &mut ttft[m]);
+    }
+    for m in 1..modes.len() {
+        println!(
+            "added by the {} grammar at p50: compile {:.2} ms, first token {:.2} ms",
+            modes[m].0,
+            p(&submit[m], 0.5) - p(&submit[0], 0.5),
+            p(&ttft[m], 0.5) - p(&ttft[0], 0.5)
+        );
+    }
     engine.shutdown();
 }
 
@@ -134,15 +167,21 @@ async fn streams(engine: &Engine, constraint: Option<OutputConstraint>) -> Vec<f
     gaps
 }
 
-async fn first_token(engine: &Engine, seed: usize, constraint: Option<OutputConstraint>) -> f64 {
+/// (time `submit` took, which includes compiling the grammar; time to the first token).
+async fn first_token(
+    engine: &Engine,
+    seed: usize,
+    constraint: Option<OutputConstraint>,
+) -> (f64, f64) {
     let started = Instant::now();
     let mut stream = engine.submit(request(seed, 1, constraint)).expect("accepted");
+    let submitted = ms(started.elapsed());
     while let Some(event) = stream.recv().await {
         if matches!(event, GenerationEvent::Text { .. } | GenerationEvent::Finished { .. }) {
             break;
         }
     }
-    ms(started.elapsed())
+    (submitted, ms(started.elapsed()))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -157,7 +196,7 @@ fn report(label: &str, samples: &mut [f64]) {
     samples.sort_by(f64::total_cmp);
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
     println!(
-        "  {label:<12} n={:<5} mean {mean:7.2} ms  p50 {:7.2} ms  p99 {:7.2} ms",
+        "  {label:<16} n={:<5} mean {mean:7.2} ms  p50 {:7.2} ms  p99 {:7.2} ms",
         samples.len(),
         p(samples, 0.5),
         p(samples, 0.99)
