@@ -49,7 +49,9 @@ fn main() {
                 "unit": { "type": "string", "enum": ["celsius", "fahrenheit"] },
                 "days": { "type": "integer", "minimum": 1, "maximum": 14 } } }),
     };
-    let grammar = |choice| forced_call_grammar(ToolFormat::Hermes, &[tool.clone()], &choice, true);
+    let grammar = |choice| {
+        forced_call_grammar(ToolFormat::Hermes, std::slice::from_ref(&tool), &choice, true)
+    };
     let (forced, auto) = (grammar(ToolChoice::Required), grammar(ToolChoice::Auto));
     runtime.block_on(streams(&engine, None)); // warm-up
                                               // `auto`'s grammar while the model answers in text (random weights never write a call).
