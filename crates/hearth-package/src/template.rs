@@ -15,6 +15,9 @@ const TEMPLATE_NAME: &str = "chat";
 /// The name of the template transformers picks when a request has tools, if the package has
 /// one (`chat_template` given as a list of named templates).
 const TOOL_TEMPLATE_NAME: &str = "tool_use";
+/// What a template sees from Hearth itself, which request kwargs may not set.
+const RESERVED_VARIABLES: [&str; 6] =
+    ["messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception"];
 
 /// A chat template compiled once at load time.
 #[derive(Clone)]
@@ -116,7 +119,11 @@ impl ChatTemplate {
             TEMPLATE_NAME
         };
         let template = self.env.get_template(name).map_err(render_error)?;
+        // Extra variables never stand in for what Hearth sets, nor hide its functions.
         let mut context = conversation.template_kwargs.clone();
+        for reserved in RESERVED_VARIABLES {
+            context.remove(reserved);
+        }
         let standard = [
             ("messages", serde_json::to_value(&conversation.messages).unwrap_or_default()),
             ("add_generation_prompt", add_generation_prompt.into()),
@@ -147,10 +154,19 @@ fn raise_exception(message: String) -> Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, message))
 }
 
-/// `value | tojson` and `value | tojson(indent=N)`, written as Python's `json.dumps` writes.
+/// `value | tojson`, written as Python's `json.dumps` writes, with its `indent`, `sort_keys`
+/// and `ensure_ascii` arguments (transformers' filter passes them through).
 fn python_tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
     kwargs.assert_all_used()?;
+    let bad = |e: serde_json::Error| Error::new(ErrorKind::BadSerialization, e.to_string());
+    let mut json = serde_json::to_value(value).map_err(bad)?;
+    if sort_keys == Some(true) {
+        json.sort_all_objects();
+    }
+    let value = &json;
     let mut out = Vec::new();
     let written = match indent {
         Some(n) => {
@@ -162,10 +178,28 @@ fn python_tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
             value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, PythonFormatter))
         }
     };
-    written.map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    written.map_err(bad)?;
     let text = String::from_utf8(out)
         .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    let text = if ensure_ascii == Some(true) { escape_non_ascii(&text) } else { text };
     Ok(Value::from_safe_string(text))
+}
+
+/// Python's `ensure_ascii`: every non-ASCII character as `\uXXXX` (surrogate pairs above the
+/// BMP). Outside strings JSON is ASCII, so the whole text can be escaped.
+fn escape_non_ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// minijinja's message plus its cause chain and the template line, when there is one.
@@ -280,6 +314,14 @@ mod tests {
              {\"city\": \"Paris\", \"n\": [1, 2]}}\n</tool_call><tool_response>18C</tool_response>\
              <think></think>"
         );
+    }
+
+    #[test]
+    fn tojson_takes_pythons_arguments() {
+        let source = "{{ {'b': 'é', 'a': 1} | tojson(sort_keys=true, ensure_ascii=true) }}";
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        let text = template.render(&conversation(), false).unwrap();
+        assert_eq!(text, r#"{"a": 1, "b": "\u00e9"}"#);
     }
 
     #[test]

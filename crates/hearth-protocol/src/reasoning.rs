@@ -4,6 +4,7 @@
 //! it, so only `</think>` appears in the output.
 
 use crate::marker::partial_suffix;
+use crate::OutputConstraint;
 
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
@@ -11,6 +12,49 @@ const CLOSE: &str = "</think>";
 /// Whether a template can make a model think (it prints the thinking markers).
 pub fn template_thinks(template: &str) -> bool {
     template.contains(OPEN) && template.contains(CLOSE)
+}
+
+/// `constraint` for a model that thinks first: its reasoning is free, and the grammar holds
+/// from `</think>` on. `opened` when the rendered prompt already opened the thinking (then it
+/// must be closed before the answer); otherwise the model may think first or answer at once.
+/// Without this, a forced tool call or a `response_format` would either keep the model from
+/// thinking or, when the prompt opened the thinking, be read as reasoning.
+pub fn after_thinking(constraint: OutputConstraint, opened: bool) -> OutputConstraint {
+    let (answer_rules, answer) = match constraint {
+        OutputConstraint::Lark { grammar } => {
+            // The answer grammar keeps its rules; its `start` becomes `answer`.
+            let renamed = grammar
+                .lines()
+                .map(|line| match line.strip_prefix("start:") {
+                    Some(rest) => format!("answer:{rest}"),
+                    None => line.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (renamed, String::new())
+        }
+        OutputConstraint::Regex { pattern } => {
+            (String::new(), format!("answer: /{}/", pattern.replace('/', "\\/")))
+        }
+        json => {
+            let mut schema = match json.json_schema() {
+                Some(serde_json::Value::Bool(true)) | None => serde_json::json!({}),
+                Some(schema) => schema,
+            };
+            if schema.is_object() && schema.get("x-guidance").is_none() {
+                schema["x-guidance"] = serde_json::json!({ "whitespace_flexible": false });
+            }
+            (String::new(), format!("answer: %json {schema}"))
+        }
+    };
+    let (think, start) = if opened {
+        ("/(?s:.*)<\\/think>/", "start: think answer | think GAP answer")
+    } else {
+        ("/<think>(?s:.*)<\\/think>/", "start: answer | think answer | think GAP answer")
+    };
+    let grammar =
+        format!("{start}\nthink[lazy]: {think}\nGAP: /[ \\t\\r\\n]+/\n{answer}\n{answer_rules}\n");
+    OutputConstraint::Lark { grammar }
 }
 
 /// Whether a rendered prompt leaves the model inside its thinking.
@@ -195,6 +239,23 @@ mod tests {
             assert_eq!(split(text, false, 2), (String::new(), text.to_string()));
         }
         assert_eq!(split("<think>\n\n</think>\n\nHi", false, 1), (String::new(), "Hi".into()));
+    }
+
+    #[test]
+    fn a_grammar_after_thinking_keeps_its_rules_under_a_new_start() {
+        let tool = OutputConstraint::Lark { grammar: "start: call\ncall: \"x\"\n".into() };
+        let OutputConstraint::Lark { grammar } = after_thinking(tool, true) else { panic!() };
+        assert!(grammar.starts_with("start: think answer | think GAP answer\n"), "{grammar}");
+        assert!(grammar.contains("answer: call\ncall: \"x\""), "{grammar}");
+        let schema = OutputConstraint::schema(serde_json::json!({"type": "object"}));
+        let OutputConstraint::Lark { grammar } = after_thinking(schema, false) else { panic!() };
+        assert!(grammar.starts_with("start: answer | think answer"), "{grammar}");
+        assert!(
+            grammar.contains(
+                r#"answer: %json {"type":"object","x-guidance":{"whitespace_flexible":false}}"#
+            ),
+            "{grammar}"
+        );
     }
 
     #[test]

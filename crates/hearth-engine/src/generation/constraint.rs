@@ -128,6 +128,7 @@ pub(crate) fn apply(mask: &TokenMask, logits: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
+    use hearth_protocol::reasoning::after_thinking;
     use hearth_protocol::tools::{forced_call_grammar, ToolFormat};
     use hearth_protocol::{ToolChoice, ToolDefinition};
     use rand::{Rng, SeedableRng};
@@ -143,6 +144,15 @@ mod tests {
     const EOS: u32 = 2;
 
     fn auto_grammar(tokenizer: &Tokenizer) -> TokenConstraint {
+        tool_grammar(tokenizer, ToolChoice::Auto, None)
+    }
+
+    /// The weather tool's grammar; `thinking` wraps it for a model that reasons first.
+    fn tool_grammar(
+        tokenizer: &Tokenizer,
+        choice: ToolChoice,
+        thinking: Option<bool>,
+    ) -> TokenConstraint {
         let vocab = tokenizer.get_vocab_size(true);
         let compiler = GrammarCompiler::new(tokenizer, &[EOS], vocab).expect("tokenizer loads");
         let tool = ToolDefinition {
@@ -151,8 +161,12 @@ mod tests {
             parameters: json!({"type": "object", "properties": {"city": {"type": "string",
                 "maxLength": 8}}, "required": ["city"], "additionalProperties": false}),
         };
-        let grammar = forced_call_grammar(ToolFormat::Hermes, &[tool], &ToolChoice::Auto, false)
-            .expect("auto has a grammar");
+        let grammar =
+            forced_call_grammar(ToolFormat::Hermes, &[tool], &choice, false).expect("a grammar");
+        let grammar = match thinking {
+            Some(opened) => after_thinking(grammar, opened),
+            None => grammar,
+        };
         compiler.compile(&grammar).expect("compiles")
     }
 
@@ -176,30 +190,52 @@ mod tests {
     #[test]
     fn with_auto_a_call_the_model_starts_is_held_to_its_schema() {
         let tokenizer = tokenizer();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        for _ in 0..20 {
+        for seed in 0..20 {
             let mut constraint = auto_grammar(&tokenizer);
             feed(&mut constraint, &tokenizer, "Let me look.<tool_call>\n");
-            // Random allowed tokens from here on: whatever is drawn, the call must come out right.
-            let mut drawn = Vec::new();
-            while !constraint.is_finished() && drawn.len() < 200 {
-                let mask = constraint.mask().unwrap();
-                let allowed: Vec<u32> =
-                    (0..mask.len() as u32).filter(|&t| mask.is_allowed(t)).collect();
-                let token = allowed[rng.random_range(0..allowed.len())];
-                if token == EOS {
-                    break;
-                }
-                constraint.consume(token).unwrap();
-                drawn.push(token);
-            }
-            let text = tokenizer.decode(&drawn, false).unwrap();
-            let body = text.strip_suffix("\n</tool_call>").unwrap_or_else(|| panic!("{text:?}"));
-            let call: Value =
-                serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-            assert_eq!(call["name"], "get_weather", "{call}");
-            let city = call["arguments"]["city"].as_str().unwrap_or_else(|| panic!("{call}"));
-            assert!(city.chars().count() <= 8, "{call}");
+            assert_call_follows(&mut constraint, &tokenizer, seed);
         }
+    }
+
+    #[test]
+    fn a_forced_call_waits_for_the_end_of_the_thinking() {
+        let tokenizer = tokenizer();
+        for seed in 0..5 {
+            // The prompt opened the thinking: free text, then the call.
+            let mut constraint = tool_grammar(&tokenizer, ToolChoice::Required, Some(true));
+            feed(
+                &mut constraint,
+                &tokenizer,
+                "Weather, so {call} get_weather. <tool_call>?</think>\n\n<tool_call>\n",
+            );
+            assert_call_follows(&mut constraint, &tokenizer, seed);
+            // The model may also skip thinking it was not prompted into.
+            let mut constraint = tool_grammar(&tokenizer, ToolChoice::Required, Some(false));
+            feed(&mut constraint, &tokenizer, "<tool_call>\n");
+            assert_call_follows(&mut constraint, &tokenizer, seed);
+        }
+    }
+
+    /// From inside a started call, random allowed tokens always complete a valid call.
+    fn assert_call_follows(constraint: &mut TokenConstraint, tokenizer: &Tokenizer, seed: u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut drawn = Vec::new();
+        while !constraint.is_finished() && drawn.len() < 200 {
+            let mask = constraint.mask().unwrap();
+            let allowed: Vec<u32> =
+                (0..mask.len() as u32).filter(|&t| mask.is_allowed(t)).collect();
+            let token = allowed[rng.random_range(0..allowed.len())];
+            if token == EOS {
+                break;
+            }
+            constraint.consume(token).unwrap();
+            drawn.push(token);
+        }
+        let text = tokenizer.decode(&drawn, false).unwrap();
+        let body = text.strip_suffix("\n</tool_call>").unwrap_or_else(|| panic!("{text:?}"));
+        let call: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        assert_eq!(call["name"], "get_weather", "{call}");
+        let city = call["arguments"]["city"].as_str().unwrap_or_else(|| panic!("{call}"));
+        assert!(city.chars().count() <= 8, "{call}");
     }
 }

@@ -19,6 +19,8 @@ pub type IdSource = Box<dyn FnMut() -> String + Send>;
 
 pub struct ToolCallParser {
     format: ToolFormat,
+    /// The declared tools: a call to any other name is not a call.
+    names: Vec<String>,
     new_id: IdSource,
     /// Text received and not yet classified.
     pending: String,
@@ -54,8 +56,8 @@ enum Streaming {
 }
 
 impl ToolCallParser {
-    pub fn new(format: ToolFormat, new_id: IdSource) -> Self {
-        Self { format, new_id, pending: String::new(), state: State::Start, calls: 0 }
+    pub fn new(format: ToolFormat, names: Vec<String>, new_id: IdSource) -> Self {
+        Self { format, names, new_id, pending: String::new(), state: State::Start, calls: 0 }
     }
 
     /// Whether the answer so far made any tool call.
@@ -84,16 +86,22 @@ impl ToolCallParser {
     pub fn finish(&mut self) -> Vec<CanonicalEvent> {
         let mut out = Vec::new();
         if let State::Call(block) = &mut self.state {
-            block.body.push_str(&self.pending);
-            self.pending.clear();
+            // A closing marker cut short by the token limit is not part of the call.
+            let pending = std::mem::take(&mut self.pending);
+            let cut = pending.trim();
+            if cut.is_empty() || !CLOSE.starts_with(cut) {
+                block.body.push_str(&pending);
+            }
             self.stream_arguments(&mut out);
         }
         let pending = std::mem::take(&mut self.pending);
         match std::mem::replace(&mut self.state, State::Text) {
+            // Blanks after the last call are layout.
+            State::Start | State::Text if self.calls > 0 && pending.trim().is_empty() => {}
             State::Start | State::Text => push_text(&mut out, pending),
             State::Call(block) => self.end_call(block, &mut out),
             State::Whole => {
-                if let Some(calls) = whole_calls(self.format, &pending) {
+                if let Some(calls) = whole_calls(self.format, &self.names, &pending) {
                     for (name, arguments) in calls {
                         self.emit_call(name, arguments.to_string(), &mut out);
                     }
@@ -178,6 +186,11 @@ impl ToolCallParser {
                     block.streaming = Streaming::Whole;
                     return;
                 }
+                // Not a declared tool: the block is read whole, and stays text.
+                Prefix::NameFirst { name, .. } if !declared(&self.names, &name) => {
+                    block.streaming = Streaming::Whole;
+                    return;
+                }
                 Prefix::NameFirst { name, arguments_at } => {
                     let index = self.calls;
                     self.calls += 1;
@@ -217,7 +230,7 @@ impl ToolCallParser {
                 }
             }
             Streaming::Undecided | Streaming::Whole => {
-                match call_object(self.format, &block.body) {
+                match self.call_object(&block.body) {
                     Some((name, arguments)) => self.emit_call(name, arguments.to_string(), out),
                     // Not a call after all: the model's text, as it wrote it.
                     None => push_text(out, format!("{OPEN}{}{CLOSE}", block.body)),
@@ -320,28 +333,47 @@ fn expect<'a>(text: &'a str, literal: &str) -> Result<&'a str, Prefix> {
     }
 }
 
-/// A call object: `{"name": ..., "arguments" | "parameters": {...}}`.
-fn call_object(format: ToolFormat, text: &str) -> Option<(String, Value)> {
-    let value: Value = serde_json::from_str(text.trim()).ok()?;
-    object_call(format, value)
+impl ToolCallParser {
+    /// A Hermes block's call object: `{"name": ..., "arguments": {...}}` (arguments may be
+    /// left out when there are none).
+    fn call_object(&self, text: &str) -> Option<(String, Value)> {
+        let value: Value = serde_json::from_str(text.trim()).ok()?;
+        object_call(self.format, &self.names, value, false)
+    }
 }
 
-fn object_call(format: ToolFormat, value: Value) -> Option<(String, Value)> {
+fn declared(names: &[String], name: &str) -> bool {
+    names.iter().any(|n| n == name)
+}
+
+/// `{"name": ..., "arguments" | "parameters": {...}}` naming a declared tool. A whole answer
+/// (`require_arguments`) must carry the arguments key, or a plain JSON answer that happens to
+/// have a `name` would read as a call.
+fn object_call(
+    format: ToolFormat,
+    names: &[String],
+    value: Value,
+    require_arguments: bool,
+) -> Option<(String, Value)> {
     let Value::Object(mut object) = value else { return None };
     let name = match object.remove("name")? {
-        Value::String(name) => name,
+        Value::String(name) if declared(names, &name) => name,
         _ => return None,
     };
     let arguments = object
         .remove(format.arguments_key())
         .or_else(|| object.remove("arguments"))
-        .or_else(|| object.remove("parameters"))
-        .unwrap_or_else(|| Value::Object(Default::default()));
+        .or_else(|| object.remove("parameters"));
+    let arguments = match arguments {
+        Some(arguments) => arguments,
+        None if require_arguments => return None,
+        None => Value::Object(Default::default()),
+    };
     arguments.is_object().then_some((name, arguments))
 }
 
 /// A whole Llama 3 answer (`;`-separated objects) or Mistral answer (a list) as calls.
-fn whole_calls(format: ToolFormat, text: &str) -> Option<Vec<(String, Value)>> {
+fn whole_calls(format: ToolFormat, names: &[String], text: &str) -> Option<Vec<(String, Value)>> {
     let text = text.trim();
     let values: Vec<Value> = match format {
         ToolFormat::Mistral => {
@@ -361,7 +393,7 @@ fn whole_calls(format: ToolFormat, text: &str) -> Option<Vec<(String, Value)>> {
         }
         ToolFormat::Hermes => return None,
     };
-    values.into_iter().map(|v| object_call(format, v)).collect()
+    values.into_iter().map(|v| object_call(format, names, v, true)).collect()
 }
 
 /// Splits at `separator` outside JSON strings and brackets.

@@ -2,8 +2,10 @@ use super::*;
 
 fn parser(format: ToolFormat) -> ToolCallParser {
     let mut n = 0;
+    let names = ["get_weather", "now", "f", "g"].map(String::from).to_vec();
     ToolCallParser::new(
         format,
+        names,
         Box::new(move || {
             n += 1;
             format!("call_{n}")
@@ -156,4 +158,25 @@ fn blanks_inside_strings_survive_compaction() {
         let (_, calls) = assemble(&run(ToolFormat::Hermes, text, size));
         assert_eq!(calls[0].2, r#"{"q":"a \" b","n":[1,2]}"#, "chunk size {size}");
     }
+}
+
+#[test]
+fn json_that_is_not_a_declared_call_stays_text() {
+    for text in [r#"{"name": "Alice", "age": 30}"#, r#"{"name": "f"}"#] {
+        let (out, calls) = assemble(&run(ToolFormat::Llama3Json, text, 5));
+        assert_eq!((out.as_str(), calls.len()), (text, 0));
+    }
+    let block = "<tool_call>{\"name\": \"rm_rf\", \"arguments\": {}}</tool_call>";
+    let (out, calls) = assemble(&run(ToolFormat::Hermes, block, 3));
+    assert_eq!((out.as_str(), calls.len()), (block, 0));
+}
+
+#[test]
+fn a_closing_marker_cut_short_and_trailing_blanks_are_dropped() {
+    let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_ca";
+    let (out, calls) = assemble(&run(ToolFormat::Hermes, text, 100));
+    assert_eq!((out.as_str(), calls[0].2.as_str()), ("", r#"{"x":1}"#));
+    let text = "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>\n";
+    let (out, calls) = assemble(&run(ToolFormat::Hermes, text, 4));
+    assert_eq!((out.as_str(), calls.len()), ("", 1));
 }

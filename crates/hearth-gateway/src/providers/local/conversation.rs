@@ -136,6 +136,12 @@ pub(super) fn output_constraint(
     request.response_format.clone()
 }
 
+/// Whether the request forces a call (`required` or a named tool).
+pub(super) fn forces_calls(request: &CanonicalRequest) -> bool {
+    !request.tools.is_empty()
+        && matches!(request.tool_choice, Some(ToolChoice::Required | ToolChoice::Tool { .. }))
+}
+
 /// Whether the answer is read for tool calls.
 pub(super) fn parses_tool_calls(request: &CanonicalRequest) -> bool {
     !request.tools.is_empty() && request.tool_choice != Some(ToolChoice::None)

@@ -19,6 +19,9 @@ pub(super) struct Readers {
     pub reasoning: Option<ReasoningParser>,
     /// Present when the request has tools the model may call.
     pub tools: Option<ToolCallParser>,
+    /// At most one call (`parallel_tool_calls: false`), whatever the model writes; a grammar
+    /// enforces it where there is one, this where there is none.
+    pub single_call: bool,
 }
 
 pub(super) fn events(model: String, stream: GenerationStream, readers: Readers) -> EventStream {
@@ -88,7 +91,20 @@ impl EventMapper {
                 (Piece::Answer(text), None) => out.push(CanonicalEvent::TextDelta { text }),
             }
         }
-        out.into_iter().map(Ok).collect()
+        self.calls_allowed(out)
+    }
+
+    /// Drops the calls after the first when only one is allowed (as vLLM does).
+    fn calls_allowed(
+        &self,
+        events: Vec<CanonicalEvent>,
+    ) -> Vec<Result<CanonicalEvent, ProviderError>> {
+        let extra = |e: &CanonicalEvent| match e {
+            CanonicalEvent::ToolCallStart { index, .. }
+            | CanonicalEvent::ToolCallDelta { index, .. } => *index > 0,
+            _ => false,
+        };
+        events.into_iter().filter(|e| !(self.readers.single_call && extra(e))).map(Ok).collect()
     }
 
     fn finish(
@@ -100,7 +116,8 @@ impl EventMapper {
             self.readers.reasoning.as_mut().map(ReasoningParser::finish).unwrap_or_default();
         let mut out = self.read(pieces);
         if let Some(tools) = &mut self.readers.tools {
-            out.extend(tools.finish().into_iter().map(Ok));
+            let calls = tools.finish();
+            out.extend(self.calls_allowed(calls));
         }
         let made_calls = self.readers.tools.as_ref().is_some_and(ToolCallParser::made_calls);
         let usage = TokenUsage {
@@ -158,8 +175,10 @@ mod tests {
 
     #[test]
     fn an_answer_with_calls_finishes_for_tool_calls() {
-        let tools = ToolCallParser::new(ToolFormat::Hermes, Box::new(|| "id".into()));
-        let mut mapper = mapper(Readers { reasoning: None, tools: Some(tools) });
+        let tools =
+            ToolCallParser::new(ToolFormat::Hermes, vec!["f".into()], Box::new(|| "id".into()));
+        let mut mapper =
+            mapper(Readers { reasoning: None, tools: Some(tools), single_call: false });
         let text = "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
         let mut events =
             mapper.map(Some(GenerationEvent::Text { text: text.into(), completion_tokens: 1 }));
@@ -174,9 +193,11 @@ mod tests {
 
     #[test]
     fn reasoning_goes_apart_and_calls_are_read_from_the_answer() {
-        let tools = ToolCallParser::new(ToolFormat::Hermes, Box::new(|| "id".into()));
+        let tools =
+            ToolCallParser::new(ToolFormat::Hermes, vec!["f".into()], Box::new(|| "id".into()));
         let reasoning = ReasoningParser::new(false);
-        let mut mapper = mapper(Readers { reasoning: Some(reasoning), tools: Some(tools) });
+        let mut mapper =
+            mapper(Readers { reasoning: Some(reasoning), tools: Some(tools), single_call: false });
         let text = "<think>\nweather, so call it\n</think>\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
         let mut events = Vec::new();
         for piece in text.split_inclusive(['>', '\n']) {
@@ -202,5 +223,22 @@ mod tests {
             name: "f".into()
         }));
         assert_eq!(events.last(), Some(&CanonicalEvent::Finish { reason: StopReason::ToolCalls }));
+    }
+
+    #[test]
+    fn a_single_call_request_keeps_only_the_first_call() {
+        let tools =
+            ToolCallParser::new(ToolFormat::Hermes, vec!["f".into()], Box::new(|| "id".into()));
+        let mut mapper = mapper(Readers { reasoning: None, tools: Some(tools), single_call: true });
+        let call = "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>\n";
+        let text = format!("{call}{call}");
+        let mut events: Vec<_> = mapper
+            .map(Some(GenerationEvent::Text { text, completion_tokens: 2 }))
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        events.extend(mapper.map(finished(FinishReason::Stop)).into_iter().map(Result::unwrap));
+        let starts = events.iter().filter(|e| matches!(e, CanonicalEvent::ToolCallStart { .. }));
+        assert_eq!(starts.count(), 1, "{events:?}");
     }
 }

@@ -14,7 +14,7 @@ use hearth_engine::{
     run_blocking, ChatTraits, Engine, EngineError, GenerateRequest, GenerationStream, Prompt,
     SubmitError,
 };
-use hearth_protocol::reasoning::{prompt_opens_thinking, ReasoningParser};
+use hearth_protocol::reasoning::{after_thinking, prompt_opens_thinking, ReasoningParser};
 use hearth_protocol::tools::{ToolCallParser, ToolFormat};
 use hearth_protocol::{
     CanonicalRequest, Conversation, OutputConstraint, RawPrompt, SamplingParams, ValidSampling,
@@ -62,20 +62,33 @@ impl Provider for LocalProvider {
         let sampling = sampling_params(request, self.engine.info().context_length)
             .validated()
             .map_err(|e| submit_error(model, SubmitError::Invalid(e)))?;
-        let constraint = conversation::output_constraint(request, traits);
+        let mut constraint = conversation::output_constraint(request, traits);
+        if constraint != request.response_format && !self.engine.can_constrain() {
+            // A tokenizer llguidance cannot read: `auto` reads calls from free text, and a
+            // forced call is left to another route.
+            if conversation::forces_calls(request) {
+                return Err(ProviderError::Unsupported {
+                    message: format!("local model `{model}` cannot force tool calls"),
+                });
+            }
+            constraint = request.response_format.clone();
+        }
         // A grammar that fails to compile is the tools' fault when it came from them.
         let grammar_param =
             if constraint == request.response_format { "response_format" } else { "tools" };
-        let request_for_engine = EngineInput { input, sampling, constraint };
+        let request_for_engine =
+            EngineInput { input, sampling, constraint, thinks: is_chat && traits.thinks };
         let (stream, opens_thinking) = self
             .submit(request_for_engine)
             .await
             .map_err(|e| submit_error(model, e))?
             .map_err(|refusal| refusal.into_error(model, grammar_param))?;
+        let names = request.tools.iter().map(|t| t.name.clone()).collect();
         let readers = events::Readers {
             reasoning: (is_chat && traits.thinks).then(|| ReasoningParser::new(opens_thinking)),
             tools: conversation::parses_tool_calls(request)
-                .then(|| ToolCallParser::new(traits.format, call_ids(traits.format))),
+                .then(|| ToolCallParser::new(traits.format, names, call_ids(traits.format))),
+            single_call: request.parallel_tool_calls == Some(false),
         };
         Ok(events::events(model.to_string(), stream, readers))
     }
@@ -102,7 +115,7 @@ impl LocalProvider {
         request: EngineInput,
     ) -> Result<Result<(GenerationStream, bool), Refusal>, SubmitError> {
         run_blocking(self.engine.clone(), move |engine| {
-            let EngineInput { input, sampling, constraint } = request;
+            let EngineInput { input, sampling, mut constraint, thinks } = request;
             let prompt = match input {
                 PromptInput::Raw(RawPrompt::Text(text)) => Prompt::Text(text),
                 PromptInput::Raw(RawPrompt::Tokens(ids)) => Prompt::Tokens(ids),
@@ -112,6 +125,9 @@ impl LocalProvider {
             };
             let opens_thinking =
                 matches!(&prompt, Prompt::Templated(text) if prompt_opens_thinking(text));
+            if thinks {
+                constraint = constraint.map(|c| after_thinking(c, opens_thinking));
+            }
             let request = GenerateRequest { prompt, sampling, constraint };
             let stream = engine.submit(request).map_err(Refusal::Submit)?;
             Ok((stream, opens_thinking))
@@ -125,6 +141,8 @@ struct EngineInput {
     input: PromptInput,
     sampling: ValidSampling,
     constraint: Option<OutputConstraint>,
+    /// The model thinks first: the constraint holds only after its reasoning.
+    thinks: bool,
 }
 
 /// What the engine is given: a conversation for the chat template, or a raw prompt.

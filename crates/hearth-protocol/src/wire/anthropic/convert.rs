@@ -157,6 +157,13 @@ fn tool_to_canonical(tool: Tool, i: usize) -> Result<ToolDefinition, ValidationE
 /// Canonical → the request a provider adapter sends upstream. Anthropic requires `max_tokens`,
 /// so `default_max_tokens` fills it when the caller set none. Seed and penalties have no
 /// Anthropic equivalent and are dropped; temperature is capped at Anthropic's maximum of 1.
+/// The request's `tool_choice`; a request that only disables parallel calls gets `auto` to
+/// carry `disable_parallel_tool_use`, which rides on `tool_choice` in this API.
+fn tool_choice(req: &CanonicalRequest) -> Option<ToolChoice> {
+    let only_the_flag = req.parallel_tool_calls == Some(false) && !req.tools.is_empty();
+    req.tool_choice.clone().or(only_the_flag.then_some(ToolChoice::Auto))
+}
+
 pub fn from_canonical(
     req: &CanonicalRequest,
     model: &str,
@@ -177,7 +184,7 @@ pub fn from_canonical(
                 input_schema: Some(t.parameters.clone()),
             })
             .collect(),
-        tool_choice: req.tool_choice.as_ref().map(|c| WireToolChoice {
+        tool_choice: tool_choice(req).as_ref().map(|c| WireToolChoice {
             mode: match c {
                 ToolChoice::Auto => ToolChoiceMode::Auto,
                 ToolChoice::Required => ToolChoiceMode::Any,
