@@ -12,6 +12,23 @@ pub(crate) fn partial_suffix(text: &str, marker: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// `text` in pieces of about `size` bytes, each ending on a char boundary: how the streaming
+/// readers' tests feed text the way a detokenizer might.
+#[cfg(test)]
+pub(crate) fn chunks(text: &str, size: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = size.min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

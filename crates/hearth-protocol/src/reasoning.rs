@@ -189,14 +189,8 @@ mod tests {
     fn split(text: &str, inside: bool, size: usize) -> (String, String) {
         let mut parser = ReasoningParser::new(inside);
         let mut pieces = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let mut cut = size.min(rest.len());
-            while !rest.is_char_boundary(cut) {
-                cut += 1;
-            }
-            pieces.extend(parser.push(&rest[..cut]));
-            rest = &rest[cut..];
+        for chunk in crate::marker::chunks(text, size) {
+            pieces.extend(parser.push(chunk));
         }
         pieces.extend(parser.finish());
         let (mut reasoning, mut answer) = (String::new(), String::new());

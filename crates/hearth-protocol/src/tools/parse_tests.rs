@@ -17,14 +17,8 @@ fn parser(format: ToolFormat) -> ToolCallParser {
 fn run(format: ToolFormat, text: &str, size: usize) -> Vec<CanonicalEvent> {
     let mut p = parser(format);
     let mut out = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let mut cut = size.min(rest.len());
-        while !rest.is_char_boundary(cut) {
-            cut += 1;
-        }
-        out.extend(p.push(&rest[..cut]));
-        rest = &rest[cut..];
+    for chunk in crate::marker::chunks(text, size) {
+        out.extend(p.push(chunk));
     }
     out.extend(p.finish());
     out
