@@ -54,6 +54,10 @@ pub struct ServerSection {
     pub upload_url: Option<String>,
     /// Largest file input a Python predictor may fetch, in MiB (default 100).
     pub max_input_file_mb: Option<u64>,
+    /// How long stored responses (`/v1/responses`) are kept, in seconds (default 3600).
+    pub responses_ttl_secs: Option<u64>,
+    /// Memory stored responses may hold together, in MiB (default 64); the oldest go first.
+    pub responses_max_mb: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -196,6 +196,12 @@ fn server_config(section: &crate::config::ServerSection) -> anyhow::Result<Serve
         max_input_file_bytes: section
             .max_input_file_mb
             .map_or(defaults.max_input_file_bytes, |mb| mb << 20),
+        responses_ttl: section
+            .responses_ttl_secs
+            .map_or(defaults.responses_ttl, Duration::from_secs),
+        responses_max_bytes: section
+            .responses_max_mb
+            .map_or(defaults.responses_max_bytes, |mb| mb << 20),
         ..defaults
     })
 }

@@ -34,6 +34,11 @@ pub struct ServerConfig {
     /// Cog's `--upload-url`: file outputs of Python predictors are `PUT` to
     /// `{upload_url}/{filename}` and answered as that URL; unset, they are `data:` URIs.
     pub upload_url: Option<String>,
+    /// How long a stored response (`/v1/responses` with `store`) is kept for retrieval and for
+    /// `previous_response_id`.
+    pub responses_ttl: Duration,
+    /// Memory all stored responses may hold together; the oldest are dropped first.
+    pub responses_max_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +56,8 @@ impl Default for ServerConfig {
             max_connections: 1024,
             max_input_file_bytes: 100 << 20,
             upload_url: None,
+            responses_ttl: Duration::from_secs(3_600),
+            responses_max_bytes: 64 << 20,
         }
     }
 }

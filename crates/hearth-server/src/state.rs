@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::state::AdminState;
 use crate::cog::registry::Registry;
 use crate::config::ServerConfig;
+use crate::openai::ResponseStore;
 
 /// Longest a file input's fetch or an output's upload may take.
 const FILE_FETCH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -45,6 +46,8 @@ struct Inner {
     tasks: TaskTracker,
     /// The admin API (push, list, remove), once [`AppState::enable_admin`] set it up.
     admin: OnceLock<Arc<AdminState>>,
+    /// Stored responses of the Responses API.
+    responses: ResponseStore,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 predictions: Registry::new(config.max_retained_predictions),
+                responses: ResponseStore::new(config.responses_ttl, config.responses_max_bytes),
                 setup_started_at: config.setup_started_at.unwrap_or(now),
                 setup_completed_at: now,
                 gateway,
@@ -105,6 +109,10 @@ impl AppState {
 
     pub(crate) fn files(&self) -> &FileConfig {
         &self.inner.files
+    }
+
+    pub(crate) fn responses(&self) -> &ResponseStore {
+        &self.inner.responses
     }
 
     pub(crate) fn predictions(&self) -> &Registry {

@@ -1,4 +1,5 @@
-//! Wire formats: OpenAI chat completions, Anthropic messages and Gemini generateContent.
+//! Wire formats: OpenAI chat completions and responses, Anthropic messages and Gemini
+//! generateContent.
 //!
 //! Each format module offers the same five things, so a surface or an adapter written for one
 //! reads like the others:
@@ -14,6 +15,7 @@
 pub mod anthropic;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 
 /// One server-sent event to write: `event: <event>` (when set) and `data: <data>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,6 +16,9 @@ pub(crate) enum OpenAiError {
     InvalidRequest { message: String, param: Option<String> },
     #[error("The model `{0}` does not exist")]
     ModelNotFound(String),
+    /// A stored object (a response) that does not exist, or no longer does.
+    #[error("{0}")]
+    NotFound(String),
     #[error("The model `{model}` failed to load: {reason}")]
     ModelUnavailable { model: String, reason: String },
     #[error("{0}")]
@@ -42,7 +45,7 @@ impl OpenAiError {
         match self {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Body(e) => e.status(),
-            Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::ModelUnavailable { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             // The same answer to overload as every other surface.
             Self::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -58,6 +61,7 @@ impl OpenAiError {
             Self::ModelNotFound(_) => {
                 ("invalid_request_error", Some("model"), Some("model_not_found"))
             }
+            Self::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
             Self::ModelUnavailable { .. } => {
                 ("server_error", Some("model"), Some("model_unavailable"))
             }

@@ -2,6 +2,7 @@
 //! store, as JSON the gateway does not read), so that a caller who resumes, on this replica or
 //! another sharing the store, gets the rest in the format its first connection used.
 
+use hearth_protocol::wire::responses::{self, ResponseHeader};
 use hearth_protocol::wire::{anthropic, openai, SseFrame};
 use hearth_protocol::CanonicalEvent;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ pub(crate) enum StreamFormat {
     OpenAiCompletion(OpenAiChat),
     /// Anthropic's `message_start` … `message_stop` events.
     Anthropic(AnthropicMessage),
+    /// OpenAI's Responses API events, `response.created` … `response.completed`.
+    Responses(ResponseHeader),
     /// The run API's own: each canonical event as JSON, its SSE event name the event's `type`.
     Run,
 }
@@ -97,6 +100,9 @@ impl StreamFormat {
             Self::Anthropic(m) => {
                 Encoder::Anthropic(anthropic::StreamEncoder::new(m.id.as_str(), m.model.as_str()))
             }
+            Self::Responses(header) => {
+                Encoder::Responses(Box::new(responses::StreamEncoder::new(header.clone())))
+            }
             Self::Run => Encoder::Run,
         }
     }
@@ -111,6 +117,8 @@ pub(crate) enum Encoder {
     OpenAiChat(openai::StreamEncoder),
     OpenAiCompletion(openai::CompletionStreamEncoder),
     Anthropic(anthropic::StreamEncoder),
+    /// Boxed: it holds the whole response object as it grows.
+    Responses(Box<responses::StreamEncoder>),
     Run,
 }
 
@@ -120,6 +128,7 @@ impl Encoder {
             Self::OpenAiChat(encoder) => encoder.encode(event),
             Self::OpenAiCompletion(encoder) => encoder.encode(event),
             Self::Anthropic(encoder) => encoder.encode(event),
+            Self::Responses(encoder) => encoder.encode(event),
             Self::Run => vec![run_frame(event)],
         }
     }
@@ -151,6 +160,12 @@ mod tests {
             StreamFormat::OpenAiChat(OpenAiChat::new("run_a", "m", true)),
             StreamFormat::OpenAiCompletion(OpenAiChat::completion("run_a", "m", false)),
             StreamFormat::Anthropic(AnthropicMessage::new("run_a", "m")),
+            StreamFormat::Responses(ResponseHeader {
+                id: "resp_a".into(),
+                created_at: 1,
+                model: "m".into(),
+                settings: serde_json::json!({"store": true}).as_object().cloned().unwrap(),
+            }),
             StreamFormat::Run,
         ];
         for format in formats {

@@ -172,7 +172,7 @@ fn tool_choice_to_canonical(choice: WireToolChoice) -> Result<ToolChoice, Valida
 }
 
 /// `None` for free text, which constrains nothing.
-fn response_format_to_canonical(
+pub(crate) fn response_format_to_canonical(
     format: ResponseFormat,
 ) -> Result<Option<OutputConstraint>, ValidationError> {
     Ok(Some(match format {
