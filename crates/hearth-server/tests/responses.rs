@@ -242,7 +242,7 @@ async fn a_background_response_outlives_its_caller_and_resumes_after_any_event()
     let fake = FakeProvider::start(&["a", "b", "c", "d", "e"]).await;
     let g = gateway_app(&fake, &["oa/gpt-fake"]).await;
     let release = Arc::new(Notify::new());
-    fake.push(Fault::PauseAfter(3, release.clone()));
+    fake.push(Fault::PauseAfter(6, release.clone()));
     let body = json!({"model": "chat", "input": "Hi", "background": true});
     let started = post(&g.app, "/v1/responses", body).await;
     assert_eq!(started.status, StatusCode::OK, "{}", started.text());
@@ -251,10 +251,13 @@ async fn a_background_response_outlives_its_caller_and_resumes_after_any_event()
     assert_eq!(started["background"], true);
     let id = started["id"].as_str().unwrap().to_owned();
 
+    // Paused after "b": the response so far holds what has arrived.
+    assert_eq!(output_text(&get_response(&g.app, &id).await), "ab");
     release.notify_one();
     let finished = wait_until_final(&g.app, &id).await;
     assert_eq!(finished["status"], "completed");
     assert_eq!(output_text(&finished), "abcde");
+    assert_eq!(fake.paths(), ["/v1/responses"], "OpenAI is called on its own Responses API");
 
     let uri = format!("/v1/responses/{id}?stream=true");
     let all = numbered_events(&get(&g.app, &uri).await.text(), 0);
@@ -270,7 +273,7 @@ async fn cancelling_a_background_response_stops_its_run() {
     let fake = FakeProvider::start(&["a", "b", "c", "d", "e"]).await;
     let g = gateway_app(&fake, &["oa/gpt-fake"]).await;
     // Paused after "b" and never released: only the cancel ends it.
-    fake.push(Fault::PauseAfter(3, Arc::new(Notify::new())));
+    fake.push(Fault::PauseAfter(6, Arc::new(Notify::new())));
     let body = json!({"model": "chat", "input": "Hi", "background": true});
     let id = post(&g.app, "/v1/responses", body).await.json()["id"].as_str().unwrap().to_owned();
     let cancelled = post(&g.app, &format!("/v1/responses/{id}/cancel"), json!({})).await;
@@ -281,4 +284,34 @@ async fn cancelling_a_background_response_stops_its_run() {
     let events =
         numbered_events(&get(&g.app, &format!("/v1/responses/{id}?stream=true")).await.text(), 0);
     assert_eq!(events.last().unwrap()["type"], "response.failed");
+}
+
+/// OpenAI is called on its Responses API, Anthropic through its Messages API; either way the
+/// caller gets the same response, and the upstream's usage is billed.
+#[tokio::test]
+async fn upstream_routes_answer_natively_or_translated() {
+    let fake = FakeProvider::start(&["Hello", " from", " upstream"]).await;
+    for route in ["oa/gpt-fake", "an/claude-fake"] {
+        let g = gateway_app(&fake, &[route]).await;
+        let body = json!({"model": "chat", "input": "Hi", "max_output_tokens": 20});
+        let reply = post(&g.app, "/v1/responses", body.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.header("x-hearth-route"), route);
+        let whole = reply.json();
+        assert_eq!(output_text(&whole), "Hello from upstream");
+        assert_eq!(whole["model"], "chat", "the id the caller asked for");
+        assert_eq!(whole["usage"]["input_tokens"], 11);
+        assert_eq!(whole["usage"]["input_tokens_details"]["cached_tokens"], 3);
+        assert_eq!(whole["usage"]["output_tokens"], 7);
+        let run_id = reply.header("x-hearth-run-id").to_owned();
+        assert_eq!(g.record(&run_id).await.output_tokens, 7);
+
+        let mut streamed = body;
+        streamed["stream"] = json!(true);
+        let events = numbered_events(&post(&g.app, "/v1/responses", streamed).await.text(), 0);
+        assert_eq!(deltas(&events, "response.output_text.delta"), "Hello from upstream");
+    }
+    let paths = fake.paths();
+    assert_eq!(&paths[..2], ["/v1/responses", "/v1/responses"]);
+    assert_eq!(&paths[2..], ["/v1/messages", "/v1/messages"]);
 }

@@ -20,7 +20,7 @@ use anthropic::AnthropicApi;
 use gemini::GeminiApi;
 use http::{HttpProvider, Upstream};
 pub use local::LocalProvider;
-use openai::OpenAiApi;
+use openai::{OpenAiApi, OpenAiProvider};
 
 /// A provider's answer. It ends after its terminal event, or with an `Err` (an in-band error
 /// event of the provider arrives as `Err` too, so the router can fail over on it).
@@ -206,9 +206,7 @@ pub(crate) fn build_providers(
         let upstream = Upstream { name: p.name.clone(), key };
         let (url, client) = (p.base_url.as_deref(), client.clone());
         out.push(match p.kind {
-            ProviderKind::Openai => {
-                Arc::new(HttpProvider::new(upstream, client, OpenAiApi::new(url, false)))
-            }
+            ProviderKind::Openai => Arc::new(OpenAiProvider::new(upstream, client, url)),
             ProviderKind::OpenaiCompatible => {
                 Arc::new(HttpProvider::new(upstream, client, OpenAiApi::new(url, true)))
             }

@@ -1,9 +1,11 @@
-//! OpenAI chat completions, and any OpenAI-compatible server (vLLM, llama.cpp, Together, …).
+//! OpenAI chat completions, and any OpenAI-compatible server (vLLM, llama.cpp, Together, …);
+//! OpenAI's Responses API for requests that came in through it.
 
-use hearth_protocol::wire::openai;
+use hearth_protocol::wire::{openai, responses};
 use hearth_protocol::{CanonicalRequest, OutputConstraint};
 
-use super::http::{impl_sse_decoder, Api, Endpoint};
+use super::http::{impl_sse_decoder, Api, Endpoint, HttpProvider, Upstream};
+use super::{EventStream, Provider, ProviderError};
 
 // Constants.
 
@@ -71,6 +73,84 @@ fn wire_request(
 // body, which decodes as the stream it stands for.
 
 impl_sse_decoder!(openai::StreamDecoder, whole = openai::StreamDecoder::push_whole);
+
+/// OpenAI's Responses API (`/v1/responses`).
+pub struct OpenAiResponsesApi {
+    endpoint: Endpoint,
+}
+
+impl OpenAiResponsesApi {
+    pub fn new(base_url: Option<&str>) -> Self {
+        let base_url = base_url.unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/');
+        Self { endpoint: Endpoint::new(format!("{base_url}/responses")) }
+    }
+}
+
+impl Api for OpenAiResponsesApi {
+    type Body = responses::CreateResponse;
+    const KEY_HEADER: (&'static str, &'static str) = ("authorization", "Bearer ");
+    type Decoder = responses::StreamDecoder;
+
+    fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body {
+        responses::from_canonical(request, model)
+    }
+
+    fn post(&self, client: &reqwest::Client, _model: &str) -> reqwest::RequestBuilder {
+        self.endpoint.post(client)
+    }
+
+    /// `text.format` carries JSON Schemas and JSON objects, as `response_format` does.
+    fn enforces(&self, constraint: &OutputConstraint) -> bool {
+        constraint.json_schema().is_some()
+    }
+}
+
+impl_sse_decoder!(responses::StreamDecoder);
+
+/// OpenAI itself: chat completions, or its Responses API for a request that came in through it
+/// (as LiteLLM does), so that models only the Responses API serves work behind `/v1/responses`.
+/// OpenAI-compatible servers are called on chat completions only, which all of them serve.
+pub struct OpenAiProvider {
+    chat: HttpProvider<OpenAiApi>,
+    responses: HttpProvider<OpenAiResponsesApi>,
+}
+
+impl OpenAiProvider {
+    pub(crate) fn new(upstream: Upstream, client: reqwest::Client, base_url: Option<&str>) -> Self {
+        let responses = OpenAiResponsesApi::new(base_url);
+        Self {
+            chat: HttpProvider::new(
+                upstream.clone(),
+                client.clone(),
+                OpenAiApi::new(base_url, false),
+            ),
+            responses: HttpProvider::new(upstream, client, responses),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for OpenAiProvider {
+    fn name(&self) -> &str {
+        self.chat.name()
+    }
+
+    async fn stream(
+        &self,
+        request: &CanonicalRequest,
+        model: &str,
+    ) -> Result<EventStream, ProviderError> {
+        if request.via_responses_api {
+            self.responses.stream(request, model).await
+        } else {
+            self.chat.stream(request, model).await
+        }
+    }
+
+    fn enforces(&self, constraint: &OutputConstraint) -> bool {
+        self.chat.enforces(constraint)
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

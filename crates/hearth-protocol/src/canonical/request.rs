@@ -56,6 +56,11 @@ pub struct CanonicalRequest {
     /// Caller metadata for the spend ledger; the gateway validates its shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
+    /// The caller spoke OpenAI's Responses API. An OpenAI route then calls OpenAI's own
+    /// Responses API, which also serves the models chat completions does not (the `-pro` and
+    /// codex models); every other route translates the request as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_responses_api: bool,
 }
 
 /// A prompt that is not a conversation.

@@ -42,6 +42,8 @@ pub struct FakeProvider {
 struct FakeState {
     texts: Vec<&'static str>,
     calls: AtomicUsize,
+    /// The path of every call, in order.
+    paths: Mutex<Vec<String>>,
     script: Mutex<VecDeque<Fault>>,
 }
 
@@ -51,6 +53,7 @@ impl FakeProvider {
         let state = Arc::new(FakeState {
             texts: texts.to_vec(),
             calls: AtomicUsize::new(0),
+            paths: Mutex::default(),
             script: Mutex::default(),
         });
         let app = axum::Router::new().fallback(handle).with_state(state.clone());
@@ -76,14 +79,25 @@ impl FakeProvider {
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
     }
+
+    /// The path of every call so far, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.state.paths.lock().unwrap().clone()
+    }
 }
 
 async fn handle(State(state): State<Arc<FakeState>>, uri: Uri, headers: HeaderMap) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    state.paths.lock().unwrap().push(uri.path().to_owned());
     let anthropic = uri.path().ends_with("/messages");
     let fault = state.script.lock().unwrap().pop_front();
-    let frames =
-        if anthropic { anthropic_frames(&state.texts) } else { openai_frames(&state.texts) };
+    let frames = if anthropic {
+        anthropic_frames(&state.texts)
+    } else if uri.path().ends_with("/responses") {
+        responses_frames(&state.texts)
+    } else {
+        openai_frames(&state.texts)
+    };
     match fault {
         None => sse(frames, usize::MAX, None),
         Some(Fault::Status(status)) => error_response(anthropic, status, "scripted failure"),
@@ -164,6 +178,50 @@ fn openai_frames(texts: &[&str]) -> Vec<String> {
         "model": "gpt-fake", "choices": [], "usage": {"prompt_tokens": 11,
         "completion_tokens": 7, "total_tokens": 18, "prompt_tokens_details": {"cached_tokens": 3}}})));
     out.push("data: [DONE]\n\n".to_owned());
+    out
+}
+
+/// OpenAI's Responses API stream, with the same usage as [`openai_frames`]: lifecycle events
+/// carry the response object, text arrives as `response.output_text.delta`.
+fn responses_frames(texts: &[&str]) -> Vec<String> {
+    let event =
+        |value: Value| format!("event: {}\ndata: {value}\n\n", value["type"].as_str().unwrap());
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({"id": "resp_up", "object": "response", "created_at": 1, "status": status,
+            "model": "gpt-fake-2025", "output": output, "usage": usage, "error": null,
+            "incomplete_details": null, "store": false})
+    };
+    let text: String = texts.concat();
+    let message = |status: &str, text: &str| {
+        json!({"type": "message", "id": "msg_up",
+        "status": status, "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}]})
+    };
+    let mut out = vec![
+        event(json!({"type": "response.created", "sequence_number": 0,
+            "response": response("in_progress", json!([]), Value::Null)})),
+        event(json!({"type": "response.in_progress", "sequence_number": 1,
+            "response": response("in_progress", json!([]), Value::Null)})),
+        event(json!({"type": "response.output_item.added", "sequence_number": 2,
+            "output_index": 0, "item": {"type": "message", "id": "msg_up",
+            "status": "in_progress", "role": "assistant", "content": []}})),
+        event(json!({"type": "response.content_part.added", "sequence_number": 3,
+            "item_id": "msg_up", "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}})),
+    ];
+    for (i, t) in texts.iter().enumerate() {
+        out.push(event(json!({"type": "response.output_text.delta", "sequence_number": 4 + i,
+            "item_id": "msg_up", "output_index": 0, "content_index": 0, "delta": t, "logprobs": []})));
+    }
+    let n = 4 + texts.len();
+    let usage = json!({"input_tokens": 11, "input_tokens_details": {"cached_tokens": 3},
+        "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 18});
+    out.push(event(json!({"type": "response.output_text.done", "sequence_number": n,
+        "item_id": "msg_up", "output_index": 0, "content_index": 0, "text": text, "logprobs": []})));
+    out.push(event(json!({"type": "response.output_item.done", "sequence_number": n + 1,
+        "output_index": 0, "item": message("completed", &text)})));
+    out.push(event(json!({"type": "response.completed", "sequence_number": n + 2,
+        "response": response("completed", json!([message("completed", &text)]), usage)})));
     out
 }
 

@@ -63,6 +63,7 @@ pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, Validation
         stop: req.stop_sequences,
         stream: req.stream.unwrap_or(false),
         metadata: req.metadata,
+        via_responses_api: false,
     })
 }
 

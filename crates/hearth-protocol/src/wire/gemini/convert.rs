@@ -63,6 +63,7 @@ pub fn to_canonical(
         stop: config.stop_sequences,
         stream,
         metadata: None,
+        via_responses_api: false,
     })
 }
 

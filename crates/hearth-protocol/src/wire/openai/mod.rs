@@ -9,7 +9,7 @@ mod stream;
 pub use completions::{
     completion_from_canonical, CompletionStreamEncoder, TextChoice, TextCompletion,
 };
-pub(crate) use convert::response_format_to_canonical;
+pub(crate) use convert::{arguments_text, response_format_to_canonical};
 pub use convert::{from_canonical, response_from_canonical, to_canonical};
 pub use stream::{StreamDecoder, StreamEncoder, StreamHeader};
 

@@ -81,6 +81,7 @@ pub fn to_canonical(
         stop: Vec::new(),
         stream: req.stream.unwrap_or(false),
         metadata: req.metadata,
+        via_responses_api: true,
     };
     Ok((request, conversation))
 }

@@ -1,18 +1,24 @@
 //! OpenAI's Responses API (`/v1/responses`): the request, the response object with its output
 //! items, and the typed stream events, each numbered by `sequence_number`.
 //!
+//! Both directions: an entry surface reads requests with [`to_canonical`] and answers with
+//! [`StreamEncoder`]; the OpenAI provider adapter sends [`from_canonical`] and reads OpenAI's
+//! stream with [`StreamDecoder`].
+//!
 //! A response is built from canonical events by [`StreamEncoder`], which keeps the response
 //! object as it grows: the stream's events and the whole answer come from the same place, and a
 //! stream replayed from the same canonical events gets the same sequence numbers.
 
 mod convert;
 mod stream;
+mod upstream;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use convert::{echo, output_message, to_canonical, ConvertedInput};
 pub use stream::{ResponseHeader, StreamEncoder};
+pub use upstream::{from_canonical, StreamDecoder};
 
 /// `POST /v1/responses`. Fields Hearth does not read are ignored, as OpenAI-compatible servers
 /// do; the entry surface refuses the ones whose loss would change the answer.
