@@ -50,7 +50,7 @@ fn main() {
                 "days": { "type": "integer", "minimum": 1, "maximum": 14 } } }),
     };
     let grammar = |choice| {
-        forced_call_grammar(ToolFormat::Hermes, std::slice::from_ref(&tool), &choice, true)
+        forced_call_grammar(ToolFormat::Hermes, std::slice::from_ref(&tool), &choice, true, None)
     };
     let (forced, auto) = (grammar(ToolChoice::Required), grammar(ToolChoice::Auto));
     runtime.block_on(streams(&engine, None)); // warm-up

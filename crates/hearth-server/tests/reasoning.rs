@@ -112,3 +112,29 @@ async fn anthropic_thinking_blocks_whole_and_streamed() {
         .collect();
     assert!(!thinking.is_empty());
 }
+
+#[tokio::test]
+async fn responses_reasoning_items_whole_and_streamed() {
+    let (app, _dir) = thinking_app();
+    let body = json!({"model": MODEL, "input": "What is 2 + 2?", "max_output_tokens": 12, "temperature": 0});
+    let answer = post(&app, "/v1/responses", body.clone()).await.json();
+    let item = &answer["output"][0];
+    assert_eq!(item["type"], "reasoning", "{answer}");
+    let reasoning = item["content"][0]["text"].as_str().unwrap_or_else(|| panic!("{answer}"));
+    assert!(!reasoning.is_empty());
+    assert_eq!(item["content"][0]["type"], "reasoning_text");
+    assert_eq!(answer["output"].as_array().unwrap().len(), 1, "nothing past the thinking");
+    assert_eq!(answer["usage"]["output_tokens"], 12, "thinking tokens are counted");
+
+    let mut body = body;
+    body["stream"] = json!(true);
+    let reply = post(&app, "/v1/responses", body).await;
+    let events: Vec<Value> =
+        sse_events(&reply.text()).iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    let streamed: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.reasoning_text.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(streamed, reasoning, "greedy: the same split");
+}

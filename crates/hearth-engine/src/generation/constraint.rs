@@ -147,27 +147,35 @@ mod tests {
         tool_grammar(tokenizer, ToolChoice::Auto, None)
     }
 
+    fn weather_tool() -> ToolDefinition {
+        ToolDefinition {
+            name: "get_weather".into(),
+            description: None,
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string",
+                "maxLength": 8}}, "required": ["city"], "additionalProperties": false}),
+        }
+    }
+
+    fn compile(tokenizer: &Tokenizer, grammar: &OutputConstraint) -> TokenConstraint {
+        let vocab = tokenizer.get_vocab_size(true);
+        let compiler = GrammarCompiler::new(tokenizer, &[EOS], vocab).expect("tokenizer loads");
+        compiler.compile(grammar).expect("compiles")
+    }
+
     /// The weather tool's grammar; `thinking` wraps it for a model that reasons first.
     fn tool_grammar(
         tokenizer: &Tokenizer,
         choice: ToolChoice,
         thinking: Option<bool>,
     ) -> TokenConstraint {
-        let vocab = tokenizer.get_vocab_size(true);
-        let compiler = GrammarCompiler::new(tokenizer, &[EOS], vocab).expect("tokenizer loads");
-        let tool = ToolDefinition {
-            name: "get_weather".into(),
-            description: None,
-            parameters: json!({"type": "object", "properties": {"city": {"type": "string",
-                "maxLength": 8}}, "required": ["city"], "additionalProperties": false}),
-        };
         let grammar =
-            forced_call_grammar(ToolFormat::Hermes, &[tool], &choice, false).expect("a grammar");
+            forced_call_grammar(ToolFormat::Hermes, &[weather_tool()], &choice, false, None)
+                .expect("a grammar");
         let grammar = match thinking {
             Some(opened) => after_thinking(grammar, opened),
             None => grammar,
         };
-        compiler.compile(&grammar).expect("compiles")
+        compile(tokenizer, &grammar)
     }
 
     /// Feeds `text` as the model's own tokens; each must be allowed.
@@ -216,8 +224,57 @@ mod tests {
         }
     }
 
+    /// Mistral's marker is one special token; the example tokenizer has none, so its BOS token
+    /// stands in for it.
+    const MARKER: u32 = 1;
+
+    #[test]
+    fn mistral_auto_takes_text_or_the_marker_token_then_calls_held_to_their_schema() {
+        let tokenizer = tokenizer();
+        let tools = [weather_tool()];
+        let auto = || {
+            let grammar = forced_call_grammar(
+                ToolFormat::Mistral,
+                &tools,
+                &ToolChoice::Auto,
+                false,
+                Some(MARKER),
+            );
+            compile(&tokenizer, &grammar.expect("a grammar"))
+        };
+        let mut constraint = auto();
+        assert!(constraint.mask().unwrap().is_allowed(MARKER));
+        feed(&mut constraint, &tokenizer, "It is sunny {in} Paris.");
+        assert!(!constraint.mask().unwrap().is_allowed(MARKER), "the marker opens the answer");
+        assert!(constraint.mask().unwrap().is_allowed(EOS), "plain text may end");
+        for seed in 0..10 {
+            let mut constraint = auto();
+            constraint.consume(MARKER).unwrap();
+            let text = complete(&mut constraint, &tokenizer, seed);
+            let calls: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+            let calls = calls.as_array().unwrap_or_else(|| panic!("{text:?}"));
+            assert_eq!(calls.len(), 1, "not parallel: {text}");
+            check_weather_call(&calls[0]);
+        }
+    }
+
     /// From inside a started call, random allowed tokens always complete a valid call.
     fn assert_call_follows(constraint: &mut TokenConstraint, tokenizer: &Tokenizer, seed: u64) {
+        let text = complete(constraint, tokenizer, seed);
+        let body = text.strip_suffix("\n</tool_call>").unwrap_or_else(|| panic!("{text:?}"));
+        let call: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        check_weather_call(&call);
+    }
+
+    fn check_weather_call(call: &Value) {
+        assert_eq!(call["name"], "get_weather", "{call}");
+        let city = call["arguments"]["city"].as_str().unwrap_or_else(|| panic!("{call}"));
+        assert!(city.chars().count() <= 8, "{call}");
+    }
+
+    /// Random allowed tokens until the grammar ends, as text.
+    fn complete(constraint: &mut TokenConstraint, tokenizer: &Tokenizer, seed: u64) -> String {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut drawn = Vec::new();
         while !constraint.is_finished() && drawn.len() < 200 {
@@ -231,11 +288,6 @@ mod tests {
             constraint.consume(token).unwrap();
             drawn.push(token);
         }
-        let text = tokenizer.decode(&drawn, false).unwrap();
-        let body = text.strip_suffix("\n</tool_call>").unwrap_or_else(|| panic!("{text:?}"));
-        let call: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
-        assert_eq!(call["name"], "get_weather", "{call}");
-        let city = call["arguments"]["city"].as_str().unwrap_or_else(|| panic!("{call}"));
-        assert!(city.chars().count() <= 8, "{call}");
+        tokenizer.decode(&drawn, false).unwrap()
     }
 }

@@ -64,6 +64,9 @@ pub struct ChatTraits {
     pub template_renders_tools: bool,
     /// The model reasons between `<think>` markers before it answers.
     pub thinks: bool,
+    /// The token id of the format's call marker, when the tokenizer has it as one token
+    /// (Mistral's `[TOOL_CALLS]`), for the grammars that hold calls to their schemas.
+    pub call_marker_token: Option<u32>,
 }
 
 /// What the engine tells about its model.
@@ -254,14 +257,18 @@ impl Engine {
     /// declarations itself, and whether the model thinks before answering.
     pub fn chat_traits(&self) -> ChatTraits {
         let template = self.inner.chat_template.as_ref();
+        let format = self
+            .inner
+            .tool_parser
+            .or(template.map(|t| t.tool_format()))
+            .unwrap_or(ToolFormat::Hermes);
         ChatTraits {
-            format: self
-                .inner
-                .tool_parser
-                .or(template.map(|t| t.tool_format()))
-                .unwrap_or(ToolFormat::Hermes),
+            format,
             template_renders_tools: template.is_some_and(|t| t.renders_tools()),
             thinks: template.is_some_and(|t| t.thinks()),
+            call_marker_token: format
+                .special_marker()
+                .and_then(|marker| self.inner.tokenizer.token_to_id(marker)),
         }
     }
 

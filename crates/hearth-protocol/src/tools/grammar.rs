@@ -10,13 +10,16 @@ use super::ToolFormat;
 use crate::canonical::{ToolChoice, ToolDefinition};
 use crate::OutputConstraint;
 
-/// The grammar for a request's tools, or `None` when the output is free (`tool_choice` `none`,
-/// or `auto` in a format whose call marker is a special token the grammar cannot name).
+/// The grammar for a request's tools, or `None` when the output is free (`tool_choice` `none`).
+/// `marker_token` is the token id of the format's call marker when the model's tokenizer has it
+/// as one special token ([`ToolFormat::special_marker`]: Mistral's `[TOOL_CALLS]`), which the
+/// grammar then names by id, as the model was trained to write it.
 pub fn forced_call_grammar(
     format: ToolFormat,
     tools: &[ToolDefinition],
     choice: &ToolChoice,
     parallel: bool,
+    marker_token: Option<u32>,
 ) -> Option<OutputConstraint> {
     let callable: Vec<&ToolDefinition> = match choice {
         ToolChoice::None => return None,
@@ -46,15 +49,23 @@ pub fn forced_call_grammar(
             let text = if forced { "" } else { "TEXT | " };
             format!("start: {text}{calls}\nTEXT: /(?s:.*)/ & ~/[ \\t\\n]*\\{{(?s:.*)/\n{body}\n")
         }
-        (ToolFormat::Mistral, true) => {
+        (ToolFormat::Mistral, forced) => {
             let mut list = json!({ "type": "array", "items": call_schema_value(format, &callable), "minItems": 1 });
             if !parallel {
                 list["maxItems"] = json!(1);
             }
             list["x-guidance"] = separators();
-            format!("start: %json {list}\n")
+            let marker = match marker_token {
+                Some(id) => format!("<[{id}]>"),
+                None => format!("{:?}", super::MISTRAL_MARKER),
+            };
+            // Free text may not open a list: an answer starting `[` is read as calls.
+            let text = if forced { "" } else { "TEXT | " };
+            format!(
+                "start: {text}{marker} calls\ncalls: %json {list}\n\
+                 TEXT: /(?s:.*)/ & ~/[ \\t\\n]*\\[(?s:.*)/\n"
+            )
         }
-        (ToolFormat::Mistral, false) => return None,
     };
     Some(OutputConstraint::Lark { grammar })
 }
@@ -119,7 +130,7 @@ mod tests {
     }
 
     fn grammar(format: ToolFormat, choice: ToolChoice, parallel: bool) -> String {
-        match forced_call_grammar(format, &tools(), &choice, parallel) {
+        match forced_call_grammar(format, &tools(), &choice, parallel, None) {
             Some(OutputConstraint::Lark { grammar }) => grammar,
             other => panic!("expected a Lark grammar, got {other:?}"),
         }
@@ -144,13 +155,18 @@ mod tests {
 
     #[test]
     fn no_grammar_when_calls_are_not_wanted() {
-        assert!(
-            forced_call_grammar(ToolFormat::Hermes, &tools(), &ToolChoice::None, true).is_none()
-        );
-        assert!(
-            forced_call_grammar(ToolFormat::Mistral, &tools(), &ToolChoice::Auto, true).is_none()
-        );
+        assert!(forced_call_grammar(ToolFormat::Hermes, &tools(), &ToolChoice::None, true, None)
+            .is_none());
+    }
+
+    #[test]
+    fn mistral_calls_follow_their_marker_named_by_id_when_it_is_one_token() {
         let mistral = grammar(ToolFormat::Mistral, ToolChoice::Required, false);
+        assert!(mistral.starts_with(r#"start: "[TOOL_CALLS]" calls"#), "{mistral}");
         assert!(mistral.contains(r#""maxItems":1"#), "{mistral}");
+        let auto =
+            forced_call_grammar(ToolFormat::Mistral, &tools(), &ToolChoice::Auto, true, Some(5));
+        let Some(OutputConstraint::Lark { grammar }) = auto else { panic!("{auto:?}") };
+        assert!(grammar.starts_with("start: TEXT | <[5]> calls"), "{grammar}");
     }
 }

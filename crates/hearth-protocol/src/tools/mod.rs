@@ -23,6 +23,9 @@ pub use prompt::{
 
 use serde::{Deserialize, Serialize};
 
+/// What Mistral's calls begin with: one special token in Mistral's own tokenizers.
+pub(crate) const MISTRAL_MARKER: &str = "[TOOL_CALLS]";
+
 /// A family's way of writing tool calls (`tool_parser` in `hearth.yaml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -52,6 +55,15 @@ impl ToolFormat {
             Self::Llama3Json
         } else {
             Self::Hermes
+        }
+    }
+
+    /// The marker a format's calls begin with, where models have it as one special token;
+    /// [`forced_call_grammar`] names it by id when the tokenizer has it.
+    pub fn special_marker(self) -> Option<&'static str> {
+        match self {
+            Self::Mistral => Some(MISTRAL_MARKER),
+            Self::Hermes | Self::Llama3Json => None,
         }
     }
 

@@ -5,13 +5,12 @@
 
 use serde_json::Value;
 
-use super::ToolFormat;
+use super::{ToolFormat, MISTRAL_MARKER};
 use crate::canonical::CanonicalEvent;
 use crate::marker::partial_suffix;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
-const MISTRAL_MARKER: &str = "[TOOL_CALLS]";
 const LLAMA_MARKER: &str = "<|python_tag|>";
 
 /// Makes a new tool call id.

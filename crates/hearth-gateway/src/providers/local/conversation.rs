@@ -126,7 +126,8 @@ pub(super) fn output_constraint(
     if !request.tools.is_empty() {
         let choice = request.tool_choice.clone().unwrap_or(ToolChoice::Auto);
         let parallel = request.parallel_tool_calls.unwrap_or(true);
-        let grammar = forced_call_grammar(tools.format, &request.tools, &choice, parallel);
+        let marker = tools.call_marker_token;
+        let grammar = forced_call_grammar(tools.format, &request.tools, &choice, parallel, marker);
         // With `auto` and a response format, the answer's format is the stronger promise.
         let answer_has_format = request.response_format.is_some() && choice == ToolChoice::Auto;
         if grammar.is_some() && !answer_has_format {

@@ -41,10 +41,18 @@ fn exchange() -> CanonicalRequest {
     }
 }
 
-const NATIVE: ChatTraits =
-    ChatTraits { format: ToolFormat::Hermes, template_renders_tools: true, thinks: false };
-const PLAIN: ChatTraits =
-    ChatTraits { format: ToolFormat::Hermes, template_renders_tools: false, thinks: false };
+const NATIVE: ChatTraits = ChatTraits {
+    format: ToolFormat::Hermes,
+    template_renders_tools: true,
+    thinks: false,
+    call_marker_token: None,
+};
+const PLAIN: ChatTraits = ChatTraits {
+    format: ToolFormat::Hermes,
+    template_renders_tools: false,
+    thinks: false,
+    call_marker_token: None,
+};
 
 #[test]
 fn a_template_with_tools_gets_calls_results_and_declarations() {

@@ -271,8 +271,12 @@ mod tests {
             }],
             ..Default::default()
         };
-        let support =
-            ChatTraits { format: ToolFormat::Hermes, template_renders_tools: true, thinks: false };
+        let support = ChatTraits {
+            format: ToolFormat::Hermes,
+            template_renders_tools: true,
+            thinks: false,
+            call_marker_token: None,
+        };
         let Err(err) = prompt_input(&request, "smol", support) else { panic!("accepted") };
         assert_eq!(err.disposition(), super::super::Disposition::NextRoute);
     }
