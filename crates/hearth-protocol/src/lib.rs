@@ -17,7 +17,7 @@ pub mod wire;
 
 pub use canonical::{
     CanonicalEvent, CanonicalRequest, CanonicalResponse, ContentBlock, ErrorKind, Message,
-    MessageRole, RawPrompt, ResponseAssembler, SamplingOptions, StopReason, StreamError,
+    MessageRole, RawPrompt, ResponseAssembler, SamplingOptions, StopReason, StreamError, Thinking,
     TokenUsage, ToolChoice, ToolDefinition,
 };
 pub use chat::{ChatFunctionCall, ChatMessage, ChatToolCall, Conversation, Role};

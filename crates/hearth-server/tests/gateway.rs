@@ -95,7 +95,7 @@ async fn anthropic_errors_use_anthropic_shapes() {
     let mut no_max = anthropic("chat");
     no_max.as_object_mut().unwrap().remove("max_tokens");
     let mut thinking = anthropic("chat");
-    thinking["thinking"] = json!({ "type": "enabled", "budget_tokens": 1024 });
+    thinking["thinking"] = json!({ "type": "sometimes" });
     let mut empty_stop = anthropic("chat");
     empty_stop["stop_sequences"] = json!([""]);
     let cases = [

@@ -85,6 +85,25 @@ async fn enable_thinking_false_reaches_the_template() {
     assert!(!message["content"].as_str().unwrap_or_default().is_empty(), "{answer}");
 }
 
+/// Anthropic's `thinking` switch reaches the template as `enable_thinking`.
+#[tokio::test]
+async fn anthropic_thinking_disabled_reaches_the_template() {
+    let (app, _dir) = thinking_app();
+    let headers = [("anthropic-version", "2023-06-01")];
+    let body = |thinking: Value| {
+        json!({
+            "model": MODEL, "max_tokens": 12, "thinking": thinking,
+            "messages": [{ "role": "user", "content": "What is 2 + 2?" }],
+        })
+    };
+    let off = post_with(&app, "/v1/messages", &headers, body(json!({"type": "disabled"}))).await;
+    let off = off.json();
+    assert_eq!(off["content"][0]["type"], "text", "{off}");
+    let on = json!({"type": "enabled", "budget_tokens": 1024});
+    let on = post_with(&app, "/v1/messages", &headers, body(on)).await.json();
+    assert_eq!(on["content"][0]["type"], "thinking", "{on}");
+}
+
 #[tokio::test]
 async fn anthropic_thinking_blocks_whole_and_streamed() {
     let (app, _dir) = thinking_app();

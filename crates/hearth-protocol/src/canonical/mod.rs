@@ -7,8 +7,8 @@ mod response;
 
 pub use event::{CanonicalEvent, ErrorKind, StopReason, StreamError, TokenUsage};
 pub use request::{
-    CanonicalRequest, ContentBlock, Message, MessageRole, RawPrompt, SamplingOptions, ToolChoice,
-    ToolDefinition,
+    CanonicalRequest, ContentBlock, Message, MessageRole, RawPrompt, SamplingOptions, Thinking,
+    ToolChoice, ToolDefinition,
 };
 pub(crate) use response::parse_arguments;
 pub use response::{CanonicalResponse, ResponseAssembler};

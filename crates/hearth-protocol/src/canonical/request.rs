@@ -38,6 +38,11 @@ pub struct CanonicalRequest {
     /// llama.cpp take them; upstream providers have no template and ignore them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// Whether the model should reason before it answers (Anthropic's `thinking`). A local
+    /// model's template gets it as `enable_thinking` (unless `chat_template_kwargs` says
+    /// otherwise); Anthropic gets it back as `thinking`; other providers have no switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<Thinking>,
     /// A grammar the answer must match (OpenAI's `response_format` `json_schema` or
     /// `json_object`); local models enforce it token by token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +128,14 @@ pub enum ContentBlock {
         #[serde(default)]
         is_error: bool,
     },
+}
+
+/// A reasoning switch, and the most tokens the reasoning may take when the provider bounds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thinking {
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u32>,
 }
 
 /// A tool the model may call; `parameters` is a JSON schema.

@@ -49,8 +49,18 @@ pub(super) fn conversation(request: &CanonicalRequest, tools: ChatTraits) -> Con
         } else {
             Vec::new()
         },
-        template_kwargs: request.chat_template_kwargs.clone().unwrap_or_default(),
+        template_kwargs: template_kwargs(request),
     }
+}
+
+/// The caller's template variables, with a `thinking` switch as `enable_thinking` (the name
+/// Qwen3's and most thinking models' templates read) unless the caller set that itself.
+fn template_kwargs(request: &CanonicalRequest) -> serde_json::Map<String, serde_json::Value> {
+    let mut kwargs = request.chat_template_kwargs.clone().unwrap_or_default();
+    if let Some(thinking) = request.thinking {
+        kwargs.entry("enable_thinking").or_insert(thinking.enabled.into());
+    }
+    kwargs
 }
 
 fn assistant_turn(

@@ -113,3 +113,14 @@ fn template_kwargs_pass_through() {
     request.chat_template_kwargs = Some(kwargs);
     assert_eq!(conversation(&request, NATIVE).template_kwargs["enable_thinking"], json!(false));
 }
+
+#[test]
+fn a_thinking_switch_becomes_enable_thinking_unless_the_caller_set_it() {
+    let mut request = exchange();
+    request.thinking = Some(hearth_protocol::Thinking { enabled: false, budget_tokens: None });
+    assert_eq!(conversation(&request, NATIVE).template_kwargs["enable_thinking"], json!(false));
+    let mut kwargs = serde_json::Map::new();
+    kwargs.insert("enable_thinking".into(), json!(true));
+    request.chat_template_kwargs = Some(kwargs);
+    assert_eq!(conversation(&request, NATIVE).template_kwargs["enable_thinking"], json!(true));
+}

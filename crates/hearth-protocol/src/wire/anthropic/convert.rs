@@ -2,25 +2,21 @@
 
 use super::{
     InputBlock, InputContent, InputMessage, MessageResponse, MessagesRequest, OutputBlock, Role,
-    SystemPrompt, Tool, ToolChoice as WireToolChoice, ToolChoiceMode, ToolResultContent, Usage,
+    SystemPrompt, ThinkingConfig, Tool, ToolChoice as WireToolChoice, ToolChoiceMode,
+    ToolResultContent, Usage,
 };
 use crate::canonical::{
     CanonicalRequest, CanonicalResponse, ContentBlock, Message, MessageRole, SamplingOptions,
-    TokenUsage, ToolChoice, ToolDefinition,
+    Thinking, TokenUsage, ToolChoice, ToolDefinition,
 };
+
+/// The smallest thinking budget Anthropic accepts.
+const MIN_THINKING_BUDGET: u32 = 1024;
 use crate::wire::empty_object_schema;
 use crate::ValidationError;
-use serde_json::Value;
 
 /// An entry surface's request → canonical. Errors name the Anthropic field path.
 pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, ValidationError> {
-    let thinking_enabled = req
-        .thinking
-        .as_ref()
-        .is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"));
-    if thinking_enabled {
-        return Err(ValidationError::new("thinking", "extended thinking is not supported"));
-    }
     let messages = req
         .messages
         .into_iter()
@@ -51,6 +47,12 @@ pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, Validation
             ToolChoiceMode::Tool { name } => ToolChoice::Tool { name },
         }),
         chat_template_kwargs: None,
+        thinking: req.thinking.map(|t| match t {
+            ThinkingConfig::Enabled { budget_tokens } => {
+                Thinking { enabled: true, budget_tokens: Some(budget_tokens) }
+            }
+            ThinkingConfig::Disabled => Thinking { enabled: false, budget_tokens: None },
+        }),
         // No structured-output field in this API.
         response_format: None,
         sampling: SamplingOptions {
@@ -204,7 +206,15 @@ pub fn from_canonical(
         stop_sequences: req.stop.clone(),
         stream: Some(true),
         metadata: None,
-        thinking: None,
+        thinking: req.thinking.map(|t| match t {
+            // Anthropic's smallest budget.
+            Thinking { enabled: true, budget_tokens } => ThinkingConfig::Enabled {
+                budget_tokens: budget_tokens
+                    .unwrap_or(MIN_THINKING_BUDGET)
+                    .max(MIN_THINKING_BUDGET),
+            },
+            Thinking { enabled: false, .. } => ThinkingConfig::Disabled,
+        }),
     }
 }
 
@@ -298,6 +308,30 @@ mod tests {
 
     fn parse(body: Value) -> Result<CanonicalRequest, ValidationError> {
         to_canonical(serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn thinking_switches_go_both_ways() {
+        let body = |thinking: Value| {
+            json!({"model": "c", "max_tokens": 5000, "thinking": thinking,
+            "messages": [{"role": "user", "content": "hi"}]})
+        };
+        let on = parse(body(json!({"type": "enabled", "budget_tokens": 2048}))).unwrap();
+        assert_eq!(on.thinking, Some(Thinking { enabled: true, budget_tokens: Some(2048) }));
+        assert_eq!(
+            from_canonical(&on, "claude", 4096).thinking,
+            Some(ThinkingConfig::Enabled { budget_tokens: 2048 })
+        );
+        let off = parse(body(json!({"type": "disabled"}))).unwrap();
+        assert_eq!(from_canonical(&off, "claude", 4096).thinking, Some(ThinkingConfig::Disabled));
+        // A switch from elsewhere, without a budget, gets Anthropic's smallest.
+        let mut other = off.clone();
+        other.thinking = Some(Thinking { enabled: true, budget_tokens: None });
+        assert_eq!(
+            from_canonical(&other, "claude", 4096).thinking,
+            Some(ThinkingConfig::Enabled { budget_tokens: MIN_THINKING_BUDGET })
+        );
+        assert_eq!(from_canonical(&parse(body(Value::Null)).unwrap(), "c", 4096).thinking, None);
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub fn to_canonical(
         tool_choice: req.tool_config.and_then(tool_choice_to_canonical),
         parallel_tool_calls: None,
         chat_template_kwargs: None,
+        thinking: None,
         // Gemini's `responseSchema` is not read yet.
         response_format: None,
         sampling: SamplingOptions {

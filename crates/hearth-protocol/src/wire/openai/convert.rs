@@ -55,6 +55,7 @@ pub fn to_canonical(req: ChatCompletionRequest) -> Result<CanonicalRequest, Vali
         tool_choice: req.tool_choice.map(tool_choice_to_canonical).transpose()?,
         parallel_tool_calls: req.parallel_tool_calls,
         chat_template_kwargs: req.chat_template_kwargs,
+        thinking: None,
         response_format: req
             .response_format
             .map(response_format_to_canonical)

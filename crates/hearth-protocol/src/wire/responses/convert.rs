@@ -68,6 +68,7 @@ pub fn to_canonical(
         tool_choice: req.tool_choice.map(tool_choice_to_canonical).transpose()?,
         parallel_tool_calls: req.parallel_tool_calls,
         chat_template_kwargs: req.chat_template_kwargs,
+        thinking: None,
         response_format: match req.text.and_then(|t| t.format) {
             Some(format) => text_format_to_canonical(format)?,
             None => None,
