@@ -19,7 +19,7 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, StreamExt};
-use hearth_gateway::{RunEvent, Subscription};
+use hearth_gateway::{RunEvent, RunStatus, Subscription};
 use hearth_protocol::wire::responses::{
     self, ConvertedInput, CreateResponse, ResponseHeader, ResponseObject, StreamEncoder,
 };
@@ -79,7 +79,7 @@ pub(crate) async fn create(
         ));
     }
     let earlier = match &wire.previous_response_id {
-        Some(id) => previous_conversation(&state, id)?,
+        Some(id) => previous_conversation(&state, id).await?,
         None => ConvertedInput::default(),
     };
     let mut settings = responses::echo(&wire);
@@ -116,7 +116,12 @@ pub(crate) async fn create(
         // Answered at once; the run goes on, and the stored response follows it.
         Json(StreamEncoder::new(header).response()).into_response()
     } else {
+        let id = header.id.clone();
         let (object, failure) = read_to_end(header, run.events).await;
+        if store {
+            // Stored before the answer goes out, so the caller can continue from it at once.
+            state.responses().finish(&id, object.clone());
+        }
         if let Some(error) = failure {
             // As on chat completions: a caller waiting for one answer gets the failure as an
             // HTTP error (the stored response says `failed` too).
@@ -130,7 +135,7 @@ pub(crate) async fn create(
 }
 
 /// The conversation a new response continues: the earlier one's, then its answer.
-fn previous_conversation(state: &AppState, id: &str) -> Result<ConvertedInput, OpenAiError> {
+async fn previous_conversation(state: &AppState, id: &str) -> Result<ConvertedInput, OpenAiError> {
     let param = "previous_response_id";
     let Some(previous) = state.responses().get(id) else {
         return Err(OpenAiError::invalid(
@@ -138,15 +143,34 @@ fn previous_conversation(state: &AppState, id: &str) -> Result<ConvertedInput, O
             format!("Previous response with id '{id}' not found."),
         ));
     };
-    let Some(finished) = &previous.finished else {
-        return Err(OpenAiError::invalid(
-            param,
-            format!("Previous response with id '{id}' is still in progress; wait until it ends."),
-        ));
+    let finished = match &previous.finished {
+        Some(finished) => finished.clone(),
+        None => ended_run_response(state, &previous).await.ok_or_else(|| {
+            OpenAiError::invalid(
+                param,
+                format!(
+                    "Previous response with id '{id}' is still in progress; wait until it ends."
+                ),
+            )
+        })?,
     };
     let mut conversation = previous.conversation.clone();
-    conversation.messages.extend(responses::output_message(finished));
+    conversation.messages.extend(responses::output_message(&finished));
     Ok(conversation)
+}
+
+/// The finished object of a response whose run has ended but whose follower task has not yet
+/// stored it: a caller who got the last event may continue at once. `None` while it runs.
+async fn ended_run_response(state: &AppState, stored: &StoredResponse) -> Option<ResponseObject> {
+    let gateway = state.gateway();
+    let info = gateway.status(&stored.run_id).await.ok()?;
+    if info.status == RunStatus::Running {
+        return None;
+    }
+    let events = gateway.subscribe(&stored.run_id, 0).await.ok()?;
+    let (object, _) = read_to_end(stored.header.clone(), events).await;
+    state.responses().finish(&stored.header.id, object.clone());
+    Some(object)
 }
 
 /// Follows the run to its end and stores the finished response object, whether or not anyone
