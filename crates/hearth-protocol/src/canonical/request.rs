@@ -160,6 +160,31 @@ pub enum ToolChoice {
     Tool { name: String },
 }
 
+impl ToolChoice {
+    /// OpenAI's string modes, the same on chat completions and the Responses API.
+    pub fn from_openai_mode(mode: &str) -> Result<Self, ValidationError> {
+        match mode {
+            "auto" => Ok(Self::Auto),
+            "none" => Ok(Self::None),
+            "required" => Ok(Self::Required),
+            other => Err(ValidationError::new(
+                "tool_choice",
+                format!("`{other}` is not one of `auto`, `none`, `required`"),
+            )),
+        }
+    }
+
+    /// The OpenAI string mode; `None` for a named tool, which each API writes its own way.
+    pub fn openai_mode(&self) -> Option<&'static str> {
+        match self {
+            Self::Auto => Some("auto"),
+            Self::None => Some("none"),
+            Self::Required => Some("required"),
+            Self::Tool { .. } => None,
+        }
+    }
+}
+
 /// Sampling knobs that the providers share. `None` leaves each provider's default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SamplingOptions {

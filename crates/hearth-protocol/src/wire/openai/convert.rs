@@ -160,15 +160,7 @@ fn tools_to_canonical(tools: Vec<Tool>) -> Result<Vec<ToolDefinition>, Validatio
 
 fn tool_choice_to_canonical(choice: WireToolChoice) -> Result<ToolChoice, ValidationError> {
     match choice {
-        WireToolChoice::Mode(mode) => match mode.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(ValidationError::new(
-                "tool_choice",
-                format!("`{other}` is not one of `auto`, `none`, `required`"),
-            )),
-        },
+        WireToolChoice::Mode(mode) => ToolChoice::from_openai_mode(&mode),
         WireToolChoice::Named { function, .. } => Ok(ToolChoice::Tool { name: function.name }),
     }
 }
@@ -336,13 +328,11 @@ fn tool_to_wire(tool: &ToolDefinition) -> Tool {
 
 fn tool_choice_to_wire(choice: &ToolChoice) -> WireToolChoice {
     match choice {
-        ToolChoice::Auto => WireToolChoice::Mode("auto".into()),
-        ToolChoice::None => WireToolChoice::Mode("none".into()),
-        ToolChoice::Required => WireToolChoice::Mode("required".into()),
         ToolChoice::Tool { name } => WireToolChoice::Named {
             kind: "function".into(),
             function: NamedFunction { name: name.clone() },
         },
+        mode => WireToolChoice::Mode(mode.openai_mode().unwrap_or("auto").into()),
     }
 }
 

@@ -274,15 +274,7 @@ fn tools_to_canonical(tools: Vec<Tool>) -> Result<Vec<ToolDefinition>, Validatio
 
 fn tool_choice_to_canonical(choice: WireToolChoice) -> Result<ToolChoice, ValidationError> {
     match choice {
-        WireToolChoice::Mode(mode) => match mode.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(ValidationError::new(
-                "tool_choice",
-                format!("`{other}` is not one of `auto`, `none`, `required`"),
-            )),
-        },
+        WireToolChoice::Mode(mode) => ToolChoice::from_openai_mode(&mode),
         WireToolChoice::Named { kind, name: Some(name) } if kind == "function" => {
             Ok(ToolChoice::Tool { name })
         }

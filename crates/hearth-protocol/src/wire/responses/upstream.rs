@@ -85,12 +85,10 @@ fn push_items(message: &Message, items: &mut Vec<InputItem>) {
 
 fn tool_choice_to_wire(choice: &ToolChoice) -> WireToolChoice {
     match choice {
-        ToolChoice::Auto => WireToolChoice::Mode("auto".into()),
-        ToolChoice::None => WireToolChoice::Mode("none".into()),
-        ToolChoice::Required => WireToolChoice::Mode("required".into()),
         ToolChoice::Tool { name } => {
             WireToolChoice::Named { kind: "function".into(), name: Some(name.clone()) }
         }
+        mode => WireToolChoice::Mode(mode.openai_mode().unwrap_or("auto").into()),
     }
 }
 
