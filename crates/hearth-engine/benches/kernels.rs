@@ -6,6 +6,9 @@
 //! is the bandwidth a decode kernel reaches. The MLP weight stays in cache between iterations;
 //! the LM head's f32 weight (113 MB) does not, its q8_0 weight (30 MB) nearly does.
 //!
+//! The ggml types people download (q4_0, q4_1, q4_k, q5_k, q6_k) are measured through the int8
+//! kernel (on the best path the CPU has, and on AVX2) beside candle's own product for them.
+//!
 //!   cargo bench -p hearth-engine --bench kernels
 
 use std::hint::black_box;
@@ -13,6 +16,7 @@ use std::hint::black_box;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hearth_engine::kernels::int8_matmul::{PackedInt8, Path};
 use hearth_engine::kernels::q8_matmul::{self, PackedQ8_0};
 use hearth_engine::kernels::split_matmul;
 
@@ -61,5 +65,45 @@ fn products(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, products);
+/// The other ggml types: the int8 kernel against candle's product, bytes counted as the
+/// int8 copy's (1.5 a weight) for the kernel and the file's for candle.
+fn ggml_types(c: &mut Criterion) {
+    let device = Device::Cpu;
+    let types = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+    for (name, out_dim, in_dim) in SHAPES {
+        let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &device).unwrap();
+        for dtype in types {
+            // k-quants need inputs in multiples of 256: 576 is not, so they use 512 here.
+            let in_dim = if dtype.block_size() == 256 { 512 } else { in_dim };
+            let w = w.narrow(1, 0, in_dim).unwrap().contiguous().unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let file_bytes = (out_dim * in_dim / dtype.block_size() * dtype.type_size()) as u64;
+            let paths: Vec<_> = [Path::detect(), Some(Path::Avx2)]
+                .into_iter()
+                .flatten()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter_map(|p| PackedInt8::with_path(&q, p).unwrap().map(|k| (p, k)))
+                .collect();
+            let candle = QMatMul::from_qtensor(q).unwrap();
+            for rows in [1usize, 8, 256] {
+                let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &device).unwrap();
+                let mut group = c.benchmark_group(format!("{name}_{dtype:?}_{rows}_rows"));
+                group.throughput(Throughput::Bytes(file_bytes));
+                group.bench_function("candle", |b| {
+                    b.iter(|| black_box(candle.forward(&x).unwrap()))
+                });
+                group.throughput(Throughput::Bytes((out_dim * in_dim * 3 / 2) as u64));
+                for (path, kernel) in &paths {
+                    group.bench_function(format!("int8_{path:?}"), |b| {
+                        b.iter(|| black_box(kernel.forward(&x).unwrap()))
+                    });
+                }
+                group.finish();
+            }
+        }
+    }
+}
+
+criterion_group!(benches, products, ggml_types);
 criterion_main!(benches);

@@ -8,6 +8,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 
+use super::int8_matmul::PackedInt8;
 use super::q8_matmul::PackedQ8_0;
 
 /// On-load quantization of dense weights. Blocks run along a weight's input dimension: a layer
@@ -40,6 +41,12 @@ pub enum Linear {
     /// every row count, decode's and prefill's.
     PackedQ8 {
         weight: PackedQ8_0,
+        bias: Option<Tensor>,
+    },
+    /// Any other ggml block type (q4_0 … q6_k, and q8_0 without VNNI) read into int8 groups
+    /// for the AVX-512 VNNI or AVX2 kernel (see `int8_matmul.rs`).
+    PackedInt8 {
+        weight: PackedInt8,
         bias: Option<Tensor>,
     },
 }
@@ -83,20 +90,25 @@ impl Linear {
                 let b = bias.map(|b| b.to_dtype(dtype)).transpose()?;
                 Ok(Self::Dense(candle_nn::Linear::new(w, b)))
             }
-            _ => match PackedQ8_0::from_qtensor(&weight)? {
-                Some(weight) => Ok(Self::PackedQ8 { weight, bias }),
-                None => Ok(Self::Quantized {
+            _ => {
+                if let Some(weight) = PackedQ8_0::from_qtensor(&weight)? {
+                    return Ok(Self::PackedQ8 { weight, bias });
+                }
+                if let Some(weight) = PackedInt8::from_qtensor(&weight)? {
+                    return Ok(Self::PackedInt8 { weight, bias });
+                }
+                Ok(Self::Quantized {
                     weight: QMatMul::QTensor(std::sync::Arc::new(weight)),
                     bias,
                     in_dim,
                     out_dim,
-                }),
-            },
+                })
+            }
         }
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self, Self::Quantized { .. } | Self::PackedQ8 { .. })
+        matches!(self, Self::Quantized { .. } | Self::PackedQ8 { .. } | Self::PackedInt8 { .. })
     }
 
     /// `(out, in)`.
@@ -105,6 +117,7 @@ impl Linear {
             Self::Dense(l) => l.weight().dims2(),
             Self::Quantized { in_dim, out_dim, .. } => Ok((*out_dim, *in_dim)),
             Self::PackedQ8 { weight, .. } => Ok(weight.dims()),
+            Self::PackedInt8 { weight, .. } => Ok(weight.dims()),
         }
     }
 }
@@ -136,6 +149,7 @@ impl Module for Linear {
                 _ => weight.forward(x),
             }),
             Self::PackedQ8 { weight, bias } => in_f32(x, bias.as_ref(), |x| weight.forward(x)),
+            Self::PackedInt8 { weight, bias } => in_f32(x, bias.as_ref(), |x| weight.forward(x)),
         }
     }
 }

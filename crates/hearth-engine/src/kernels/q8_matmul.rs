@@ -25,8 +25,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::utils::barrier_pool;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-/// Values per q8_0 block.
-const BLOCK: usize = 32;
+use super::activations::{Activations, Output, BLOCK};
+
 /// Bytes of one ggml `block_q8_0`: an f16 scale, then 32 int8 values.
 const BLOCK_BYTES: usize = 2 + BLOCK;
 /// Output rows per tile: one 512-bit register of i32 lanes.
@@ -174,85 +174,6 @@ impl CustomOp1 for PackedQ8_0 {
     }
 }
 
-/// The input rows quantized to q8_0, with what the kernel needs per block.
-struct Activations {
-    rows: usize,
-    blocks: usize,
-    /// `qs[row * in + i]`.
-    qs: Vec<i8>,
-    /// Per (row, block): the scale.
-    scales: Vec<f32>,
-    /// Per (row, block): 128 × the sum of its values, which the weights' +128 offset adds.
-    offsets: Vec<i32>,
-}
-
-/// Rows of activations below which quantizing them is not worth waking the pool for.
-const PARALLEL_QUANTIZE_ROWS: usize = 32;
-
-impl Activations {
-    /// Quantizes every block of 32 values as ggml's `quantize_row_q8_0` does; prefill's many
-    /// rows are split over the barrier pool.
-    fn quantize(x: &[f32], rows: usize, in_dim: usize) -> Self {
-        let blocks = in_dim / BLOCK;
-        let mut qs = vec![0i8; rows * in_dim];
-        let mut scales = vec![0f32; rows * blocks];
-        let mut offsets = vec![0i32; rows * blocks];
-        let threads = barrier_pool().n_workers() + 1;
-        if rows < PARALLEL_QUANTIZE_ROWS || threads < 2 {
-            quantize_blocks(x, &mut qs, &mut scales, &mut offsets);
-        } else {
-            // One range of whole rows per thread; each lock is taken once, by its own thread.
-            let per_thread = rows.div_ceil(threads);
-            let parts: Vec<_> = x
-                .chunks(per_thread * in_dim)
-                .zip(qs.chunks_mut(per_thread * in_dim))
-                .zip(
-                    scales
-                        .chunks_mut(per_thread * blocks)
-                        .zip(offsets.chunks_mut(per_thread * blocks)),
-                )
-                .map(std::sync::Mutex::new)
-                .collect();
-            barrier_pool().execute(|tid| {
-                let Some(part) = parts.get(tid) else { return };
-                let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-                let ((x, qs), (scales, offsets)) = &mut *part;
-                quantize_blocks(x, qs, scales, offsets);
-            });
-        }
-        Self { rows, blocks, qs, scales, offsets }
-    }
-}
-
-fn quantize_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32], offsets: &mut [i32]) {
-    let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
-    for ((block, out), (scale_out, offset)) in blocks.zip(scales.iter_mut().zip(offsets)) {
-        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = max / 127.0;
-        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, v) in out.iter_mut().zip(block) {
-            *q = (v * inverse).round() as i8;
-            sum += *q as i32;
-        }
-        // Stored in f16, as ggml's `block_q8_0` stores it (the values were rounded with the
-        // exact scale): the same numbers candle's and llama.cpp's q8_0 products use.
-        *scale_out = half::f16::from_f32(scale).to_f32();
-        *offset = 128 * sum;
-    }
-}
-
-/// The output, written by several threads at once, each to its own columns.
-#[derive(Clone, Copy)]
-struct Output {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: threads write disjoint elements (see `PackedQ8_0::product`).
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
-
 impl PackedQ8_0 {
     fn product(&self, x: &Activations, y: &mut [f32]) {
         assert_eq!(y.len(), x.rows * self.out_dim);
@@ -290,14 +211,13 @@ unsafe fn stripe_product(
     out: Output,
 ) {
     use std::arch::x86_64::*;
-    let in_dim = x.blocks * BLOCK;
     let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
     for (b, tile) in tiles.iter().enumerate() {
         // SAFETY (loads): a tile is 32 + 512 bytes, read with unaligned loads inside it.
         let w = tile.qs.as_ptr() as *const __m512i;
         let scales = _mm512_cvtph_ps(_mm256_loadu_si256(tile.scales.as_ptr() as *const __m256i));
         for (slot, row) in rows.clone().enumerate() {
-            let xq = &x.qs[row * in_dim + b * BLOCK..][..BLOCK];
+            let xq = x.block(row, b);
             let four = |g: usize| {
                 let bytes = [xq[4 * g], xq[4 * g + 1], xq[4 * g + 2], xq[4 * g + 3]];
                 _mm512_set1_epi32(i32::from_le_bytes(bytes.map(|q| q as u8)))
@@ -309,8 +229,9 @@ unsafe fn stripe_product(
                 odd = _mm512_dpbusd_epi32(odd, _mm512_loadu_si512(w.add(g + 1)), four(g + 1));
             }
             let at = row * x.blocks + b;
-            let dot =
-                _mm512_sub_epi32(_mm512_add_epi32(even, odd), _mm512_set1_epi32(x.offsets[at]));
+            let [low, high] = x.half_sums[at];
+            let offset = _mm512_set1_epi32(128 * (low + high));
+            let dot = _mm512_sub_epi32(_mm512_add_epi32(even, odd), offset);
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(x.scales[at]));
             acc[slot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[slot]);
         }

@@ -1,0 +1,95 @@
+//! The input rows of an int8 product, quantized once per call to q8_0 (blocks of 32 values,
+//! one scale each, rounded as ggml's `quantize_row_q8_0` rounds), with the integer sum of each
+//! 16-value half kept beside them: the int8 kernels need those sums to take out the offset of
+//! unsigned weights and to apply a block's minimum (`w = scale·v − min`).
+
+use candle_core::utils::barrier_pool;
+
+/// Values per activation block.
+pub const BLOCK: usize = 32;
+/// Values per half block: the finest group a weight scale covers (ggml's k-quants).
+pub const HALF: usize = 16;
+
+/// The input rows quantized to q8_0, with what the kernels need per block.
+pub struct Activations {
+    pub rows: usize,
+    pub blocks: usize,
+    /// `qs[row * in + i]`.
+    pub qs: Vec<i8>,
+    /// Per (row, block): the scale.
+    pub scales: Vec<f32>,
+    /// Per (row, block): the sums of the quantized values of its two halves.
+    pub half_sums: Vec<[i32; 2]>,
+}
+
+/// Rows of activations below which quantizing them is not worth waking the pool for.
+const PARALLEL_QUANTIZE_ROWS: usize = 32;
+
+impl Activations {
+    /// Quantizes `rows` rows of `in_dim` values (a multiple of [`BLOCK`]); prefill's many rows
+    /// are split over the barrier pool.
+    pub fn quantize(x: &[f32], rows: usize, in_dim: usize) -> Self {
+        let blocks = in_dim / BLOCK;
+        let mut qs = vec![0i8; rows * in_dim];
+        let mut scales = vec![0f32; rows * blocks];
+        let mut half_sums = vec![[0i32; 2]; rows * blocks];
+        let threads = barrier_pool().n_workers() + 1;
+        if rows < PARALLEL_QUANTIZE_ROWS || threads < 2 {
+            quantize_blocks(x, &mut qs, &mut scales, &mut half_sums);
+        } else {
+            // One range of whole rows per thread; each lock is taken once, by its own thread.
+            let per_thread = rows.div_ceil(threads);
+            let parts: Vec<_> = x
+                .chunks(per_thread * in_dim)
+                .zip(qs.chunks_mut(per_thread * in_dim))
+                .zip(
+                    scales
+                        .chunks_mut(per_thread * blocks)
+                        .zip(half_sums.chunks_mut(per_thread * blocks)),
+                )
+                .map(std::sync::Mutex::new)
+                .collect();
+            barrier_pool().execute(|tid| {
+                let Some(part) = parts.get(tid) else { return };
+                let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+                let ((x, qs), (scales, sums)) = &mut *part;
+                quantize_blocks(x, qs, scales, sums);
+            });
+        }
+        Self { rows, blocks, qs, scales, half_sums }
+    }
+
+    /// The quantized values of block `b` of `row`.
+    pub fn block(&self, row: usize, b: usize) -> &[i8] {
+        &self.qs[(row * self.blocks + b) * BLOCK..][..BLOCK]
+    }
+}
+
+fn quantize_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32], sums: &mut [[i32; 2]]) {
+    let blocks = x.chunks_exact(BLOCK).zip(qs.chunks_exact_mut(BLOCK));
+    for ((block, out), (scale_out, sum)) in blocks.zip(scales.iter_mut().zip(sums)) {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = max / 127.0;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        *sum = [0; 2];
+        for (i, (q, v)) in out.iter_mut().zip(block).enumerate() {
+            *q = (v * inverse).round() as i8;
+            sum[i / HALF] += *q as i32;
+        }
+        // Stored in f16, as ggml's `block_q8_0` stores it (the values were rounded with the
+        // exact scale): the same numbers candle's and llama.cpp's q8_0 products use.
+        *scale_out = half::f16::from_f32(scale).to_f32();
+    }
+}
+
+/// The output of a product, written by several threads at once, each to its own columns.
+#[derive(Clone, Copy)]
+pub struct Output {
+    pub ptr: *mut f32,
+    pub len: usize,
+}
+
+// SAFETY: the kernels give each thread its own stripes of output columns, so no two threads
+// write the same element; every write is bounds-checked against `len`.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
