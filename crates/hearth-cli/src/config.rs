@@ -64,7 +64,11 @@ pub struct ServerSection {
 #[serde(deny_unknown_fields)]
 pub struct EngineSection {
     /// KV-cache memory per model, in MiB (a package's hearth.yaml `kv_cache_mb` wins).
+    /// Unset, the cache takes `kv_cache_memory_fraction` of the memory free after loading.
     pub kv_cache_mb: Option<usize>,
+    /// Share of the memory free once a model's weights are loaded (RAM on the CPU, device
+    /// memory on a GPU) given to its KV cache (default 0.5).
+    pub kv_cache_memory_fraction: Option<f64>,
     pub max_num_seqs: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub max_prefill_chunk: Option<usize>,
@@ -74,6 +78,22 @@ pub struct EngineSection {
     /// Reuse the KV of earlier prompts' identical prefixes (default true; false is for
     /// measuring what the cache saves).
     pub prefix_caching: Option<bool>,
+}
+
+impl EngineSection {
+    fn validate(&self) -> anyhow::Result<()> {
+        if let Some(f) = self.kv_cache_memory_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                anyhow::bail!("engine.kv_cache_memory_fraction: {f} is not in (0, 1]");
+            }
+            if self.kv_cache_mb.is_some() {
+                anyhow::bail!(
+                    "engine: kv_cache_mb and kv_cache_memory_fraction both size the KV cache; set one"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -96,6 +116,7 @@ impl Config {
             anyhow::anyhow!("{path}: {}", e.into_inner().message())
         })?;
         config.gateway_config().validate()?;
+        config.engine.validate()?;
         Ok(config)
     }
 
@@ -112,6 +133,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kv_cache_is_sized_one_way() {
+        let config = Config::parse("[engine]\nkv_cache_memory_fraction = 0.7\n").unwrap();
+        assert_eq!(config.engine.kv_cache_memory_fraction, Some(0.7));
+        for bad in ["kv_cache_memory_fraction = 0.0", "kv_cache_memory_fraction = 1.5"] {
+            let err = Config::parse(&format!("[engine]\n{bad}\n")).unwrap_err();
+            assert!(format!("{err:#}").contains("kv_cache_memory_fraction"), "{err:#}");
+        }
+        let both = "[engine]\nkv_cache_mb = 64\nkv_cache_memory_fraction = 0.5\n";
+        let err = Config::parse(both).unwrap_err();
+        assert!(format!("{err:#}").contains("set one"), "{err:#}");
+    }
 
     #[test]
     fn unknown_keys_are_refused_with_their_path() {

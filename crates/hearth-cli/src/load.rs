@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use hearth_engine::{Embedder, EmbedderConfig, Engine, EngineConfig};
+use hearth_engine::{Embedder, EmbedderConfig, Engine, EngineConfig, KvCacheSize};
 use hearth_gateway::{Catalog, EmbeddingModel, LocalModel, PythonModel, WorkerStatus};
 use hearth_package::{CogConfig, ModelKind, Package, PackageSettings};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -77,7 +77,7 @@ pub(crate) fn load_one(
     let mut config = base.clone();
     config.dtype = choose_dtype(&device, package.settings.dtype);
     if let Some(mb) = package.settings.kv_cache_mb {
-        config.kv_cache_bytes = mb << 20;
+        config.kv_cache = KvCacheSize::Bytes(mb << 20);
     }
     let config_dtype = config.dtype;
     let bar = progress_bar(&package.name);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use hearth_engine::EngineConfig;
+use hearth_engine::{EngineConfig, KvCacheSize};
 use hearth_gateway::{Catalog, Gateway};
 use hearth_server::{AppState, ServerConfig};
 
@@ -130,7 +130,10 @@ fn engine_config(config: &Config) -> EngineConfig {
         engine.block_size = v;
     }
     if let Some(mb) = e.kv_cache_mb {
-        engine.kv_cache_bytes = mb << 20;
+        engine.kv_cache = KvCacheSize::Bytes(mb << 20);
+    }
+    if let Some(share) = e.kv_cache_memory_fraction {
+        engine.kv_cache = KvCacheSize::Available(share);
     }
     if let Some(on) = e.prefix_caching {
         engine.prefix_caching = on;

@@ -27,6 +27,7 @@ pub use generation::handle::{
     run_blocking, ChatTraits, Engine, EngineConfig, GenerateRequest, GenerationStream, ModelInfo,
     Prompt,
 };
+pub use generation::memory::KvCacheSize;
 pub use generation::metrics::{self, MetricsSnapshot};
 pub use generation::EngineStats;
 pub use loading::Progress;

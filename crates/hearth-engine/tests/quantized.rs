@@ -14,7 +14,7 @@ use hearth_engine::generation::kv_cache::{
 use hearth_engine::kernels::linear::Quantization;
 use hearth_engine::loading::weights::{gguf_name, GgufWeights, WeightSource};
 use hearth_engine::models::llama::{Llama, LlamaConfig};
-use hearth_engine::{Engine, EngineConfig, GenerateRequest, Prompt};
+use hearth_engine::{Engine, EngineConfig, GenerateRequest, KvCacheSize, Prompt};
 use hearth_package::Package;
 use hearth_protocol::{GenerationEvent, SamplingParams};
 
@@ -331,7 +331,7 @@ fn tiny_package(to: &Path, hearth_yaml: Option<&str>, gguf: bool) -> PathBuf {
 
 async fn greedy_text(dir: &Path, prompt: &str) -> (String, usize) {
     let package = Package::load(dir).unwrap();
-    let config = EngineConfig { kv_cache_bytes: 4 << 20, ..EngineConfig::default() };
+    let config = EngineConfig { kv_cache: KvCacheSize::Bytes(4 << 20), ..EngineConfig::default() };
     let engine = Engine::start(&package, config, &Device::Cpu, &|_, _| {}).unwrap();
     let sampling = SamplingParams { max_tokens: 16, ignore_eos: true, ..SamplingParams::default() };
     let sampling = sampling.validated().unwrap();

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::error::{EngineError, SubmitError};
 use crate::generation::constraint::{GrammarCompiler, TokenConstraint};
 use crate::generation::kv_cache::{KvCache, KvCacheConfig};
+use crate::generation::memory::KvCacheSize;
 use crate::generation::metrics::{EngineMetrics, MetricsSnapshot};
 use crate::generation::scheduler::SchedulerConfig;
 use crate::generation::shared::{EngineStats, Shared};
@@ -36,8 +37,9 @@ pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     /// Tokens per KV-cache block.
     pub block_size: usize,
-    /// Memory given to the KV cache; it decides how many sequences fit at once.
-    pub kv_cache_bytes: usize,
+    /// Memory given to the KV cache; it decides how many tokens of conversations stay cached
+    /// and how many sequences fit at once. By default a share of the memory free after load.
+    pub kv_cache: KvCacheSize,
     /// Weight and activation precision (f32 on the CPU unless configured).
     pub dtype: DType,
     /// Reuse the KV of earlier prompts' full blocks (a conversation's history, a shared system
@@ -50,7 +52,7 @@ impl Default for EngineConfig {
         Self {
             scheduler: SchedulerConfig::default(),
             block_size: 16,
-            kv_cache_bytes: 512 << 20,
+            kv_cache: KvCacheSize::default(),
             dtype: DType::F32,
             prefix_caching: true,
         }
@@ -166,7 +168,7 @@ impl Engine {
             .map_err(|e| load_err(format!("config.json: {e}")))?;
         let model = load_llama(package, &model_cfg, &config, device, progress)?;
 
-        let kv_cfg = kv_cache_config(&model_cfg, &config);
+        let kv_cfg = kv_cache_config(&model_cfg, &config, device, &package.name);
         let kv = KvCache::new(&kv_cfg, device)
             .map_err(|e| load_err(format!("allocating KV cache: {e}")))?;
         let shared = Arc::new(Shared {
@@ -489,7 +491,14 @@ fn check_gguf_tensors(
     }
 }
 
-fn kv_cache_config(model: &LlamaConfig, config: &EngineConfig) -> KvCacheConfig {
+/// The cache's blocks: as many as the configured memory holds, never more than every admitted
+/// sequence could use at full context. Logged, since it decides what stays cached.
+fn kv_cache_config(
+    model: &LlamaConfig,
+    config: &EngineConfig,
+    device: &Device,
+    name: &str,
+) -> KvCacheConfig {
     let mut kv = KvCacheConfig {
         num_blocks: 0,
         block_size: config.block_size,
@@ -498,10 +507,19 @@ fn kv_cache_config(model: &LlamaConfig, config: &EngineConfig) -> KvCacheConfig 
         head_dim: model.head_dim(),
         dtype: config.dtype,
     };
-    // Never more blocks than every admitted sequence could use at full context.
     let max_useful =
         config.scheduler.max_num_seqs * model.max_position_embeddings.div_ceil(kv.block_size);
-    kv.num_blocks =
-        (config.kv_cache_bytes / KvCache::bytes_per_block(&kv)).clamp(1, max_useful.max(1));
+    let (bytes, sized_by) = config.kv_cache.resolve(device);
+    let per_block = KvCache::bytes_per_block(&kv);
+    kv.num_blocks = (bytes / per_block).clamp(1, max_useful.max(1));
+    tracing::info!(
+        model = name,
+        sized_by,
+        kv_cache_mb = kv.num_blocks * per_block >> 20,
+        tokens = kv.num_blocks * kv.block_size,
+        bytes_per_token = per_block / kv.block_size,
+        capped_at_full_context = kv.num_blocks == max_useful,
+        "KV cache"
+    );
     kv
 }

@@ -7,6 +7,7 @@ mod constraint;
 pub mod detokenizer;
 pub mod handle;
 pub mod kv_cache;
+pub mod memory;
 pub mod metrics;
 mod runner;
 pub mod sampler;

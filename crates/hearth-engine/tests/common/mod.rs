@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use hearth_engine::{Engine, EngineConfig, GenerationStream};
+use hearth_engine::{Engine, EngineConfig, GenerationStream, KvCacheSize};
 use hearth_protocol::{FinishReason, GenerationEvent, Usage};
 
 pub const BLOCK_SIZE: usize = 4;
@@ -17,7 +17,7 @@ pub fn start(num_blocks: usize, prefix_caching: bool) -> Engine {
         hearth_package::Package::load(&dir).expect("models/tiny-llama is a valid package");
     let config = EngineConfig {
         block_size: BLOCK_SIZE,
-        kv_cache_bytes: num_blocks * BYTES_PER_BLOCK,
+        kv_cache: KvCacheSize::Bytes(num_blocks * BYTES_PER_BLOCK),
         prefix_caching,
         ..EngineConfig::default()
     };
