@@ -112,13 +112,20 @@ fn q8_0_on_load_matches_the_f32_reference() {
 }
 
 #[test]
-fn q4_k_falls_back_to_dense_where_rows_are_shorter_than_its_block() {
-    // Every fixture layer has 64 or 128 inputs, less than q4_k's 256: all stay dense (f32).
+fn k_quants_fall_back_as_llama_cpp_does_where_rows_are_shorter_than_their_block() {
+    // Every fixture layer has 64 or 128 inputs, less than a k-quant's 256: q4_k layers become
+    // q5_0 (llama-quantize's fallback), quantized but closer than 4 bits would be.
     let dir = fixture_dir("llama");
     let cfg = config(&dir);
     let model = Llama::load(&cfg, WeightSource::var_builder(vb(&dir), Some(Quantization::Q4K)));
-    let (err, _) = against_reference("llama", "q4_k (all dense)", &model.unwrap(), &cfg);
-    assert!(err <= 1e-4, "{err}");
+    let (err, _) = against_reference("llama", "q4_k (as q5_0)", &model.unwrap(), &cfg);
+    assert!(err > 1e-4 && err <= Q4K_MAX_REL_ERR, "{err}");
+    assert_eq!(Quantization::Q4K.for_input(576), Some(GgmlDType::Q5_0));
+    assert_eq!(Quantization::Q4K.for_input(1536), Some(GgmlDType::Q4K));
+    let q6 = Quantization::new(GgmlDType::Q6K).unwrap();
+    assert_eq!(q6.for_input(64), Some(GgmlDType::Q8_0));
+    assert_eq!(q6.for_input(48), None, "not even a 32-value block: dense");
+    assert_eq!(Quantization::new(GgmlDType::F16), None);
 }
 
 /// Seeded uniform weights in `[-scale, scale)`.

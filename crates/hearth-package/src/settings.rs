@@ -54,16 +54,43 @@ pub enum Quantize {
     /// 8-bit, blocks of 32 weights with one scale: close to the original (~1% error).
     #[serde(rename = "q8_0")]
     Q8_0,
-    /// 4-bit k-quant, super-blocks of 256 weights: a quarter of f16's memory, coarser.
+    /// 4-bit, blocks of 32 with a scale (q4_0) or a scale and an offset (q4_1).
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    /// 5-bit, blocks of 32 (q5_0: scale; q5_1: scale and offset).
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    #[serde(rename = "q5_1")]
+    Q5_1,
+    /// k-quants: super-blocks of 256 weights with 2 to 6 bits each; q4_k is a quarter of
+    /// f16's memory. Layers whose inputs are not whole super-blocks take llama.cpp's fallback.
+    #[serde(rename = "q2_k")]
+    Q2K,
+    #[serde(rename = "q3_k")]
+    Q3K,
     #[serde(rename = "q4_k")]
     Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 impl Quantize {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
+            Self::Q2K => "q2_k",
+            Self::Q3K => "q3_k",
             Self::Q4K => "q4_k",
+            Self::Q5K => "q5_k",
+            Self::Q6K => "q6_k",
         }
     }
 }
@@ -210,6 +237,8 @@ mod tests {
             PackageSettings::parse("quantize: q4_k\n").unwrap().quantize,
             Some(Quantize::Q4K)
         );
+        let q6 = PackageSettings::parse("quantize: q6_k\n").unwrap().quantize;
+        assert_eq!(q6.map(Quantize::as_str), Some("q6_k"));
         let bad = PackageSettings::parse("quantize: q3\n").unwrap_err().to_string();
         assert!(bad.contains("unknown variant `q3`") && bad.contains("q8_0"), "{bad}");
     }

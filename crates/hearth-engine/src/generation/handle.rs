@@ -437,9 +437,21 @@ fn load_llama(
         let num_tensors = package.weights.names().count();
         let vb = var_builder(package.weights.files(), num_tensors, config.dtype, device, progress)
             .map_err(|e| load_err(format!("loading weights: {e}")))?;
-        let quantize = package.settings.quantize.map(|q| match q {
-            hearth_package::Quantize::Q8_0 => Quantization::Q8_0,
-            hearth_package::Quantize::Q4K => Quantization::Q4K,
+        let quantize = package.settings.quantize.and_then(|q| {
+            use candle_core::quantized::GgmlDType as G;
+            use hearth_package::Quantize as Q;
+            Quantization::new(match q {
+                Q::Q8_0 => G::Q8_0,
+                Q::Q4_0 => G::Q4_0,
+                Q::Q4_1 => G::Q4_1,
+                Q::Q5_0 => G::Q5_0,
+                Q::Q5_1 => G::Q5_1,
+                Q::Q2K => G::Q2K,
+                Q::Q3K => G::Q3K,
+                Q::Q4K => G::Q4K,
+                Q::Q5K => G::Q5K,
+                Q::Q6K => G::Q6K,
+            })
         });
         WeightSource::var_builder(vb, quantize)
     };

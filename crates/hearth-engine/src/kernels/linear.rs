@@ -11,20 +11,39 @@ use candle_core::{DType, Module, Result, Tensor};
 use super::int8_matmul::PackedInt8;
 use super::q8_matmul::PackedQ8_0;
 
-/// On-load quantization of dense weights. Blocks run along a weight's input dimension: a layer
-/// whose input size is not a multiple of the block size (32 for q8_0, 256 for q4_k) stays dense.
+/// On-load quantization of dense weights to one of ggml's block types. Blocks run along a
+/// weight's input dimension; a layer whose input size is not a multiple of a k-quant's 256
+/// takes the 32-value type llama.cpp's `llama-quantize` falls back to for it (q4_k → q5_0,
+/// q5_k → q5_1, q6_k → q8_0, q2_k and q3_k → q4_0, where llama.cpp uses iq4_nl, a type candle
+/// lacks), and one whose input is not a multiple of 32 stays dense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quantization {
-    Q8_0,
-    Q4K,
-}
+pub struct Quantization(GgmlDType);
 
 impl Quantization {
+    pub const Q8_0: Self = Self(GgmlDType::Q8_0);
+    pub const Q4K: Self = Self(GgmlDType::Q4K);
+
+    /// `dtype` as an on-load quantization; `None` for float and unsupported types.
+    pub fn new(dtype: GgmlDType) -> Option<Self> {
+        super::ggml_groups::readable(dtype).then_some(Self(dtype))
+    }
+
     pub fn ggml_dtype(self) -> GgmlDType {
-        match self {
-            Self::Q8_0 => GgmlDType::Q8_0,
-            Self::Q4K => GgmlDType::Q4K,
-        }
+        self.0
+    }
+
+    /// The type a layer with `in_dim` inputs gets, `None` for dense.
+    pub fn for_input(self, in_dim: usize) -> Option<GgmlDType> {
+        use GgmlDType::*;
+        let dtype = match self.0 {
+            k if in_dim % k.block_size() == 0 => k,
+            Q4K => Q5_0,
+            Q5K => Q5_1,
+            Q6K => Q8_0,
+            Q2K | Q3K => Q4_0,
+            other => other,
+        };
+        (in_dim % dtype.block_size() == 0).then_some(dtype)
     }
 }
 
@@ -64,17 +83,18 @@ impl Linear {
             return Ok(Self::Dense(candle_nn::Linear::new(weight, bias)));
         };
         let (_, in_dim) = weight.dims2()?;
-        let block = q.ggml_dtype().block_size();
-        if in_dim % block != 0 {
+        let Some(dtype) = q.for_input(in_dim) else {
             tracing::debug!(
                 layer = name,
                 in_dim,
-                block,
-                "input size is not a multiple of the quantization block: layer stays dense"
+                "input size is not a multiple of 32: layer stays dense"
             );
             return Ok(Self::Dense(candle_nn::Linear::new(weight, bias)));
+        };
+        if dtype != q.ggml_dtype() {
+            tracing::debug!(layer = name, in_dim, ?dtype, "rows are not whole super-blocks");
         }
-        let qtensor = QTensor::quantize(&weight.to_dtype(DType::F32)?, q.ggml_dtype())?;
+        let qtensor = QTensor::quantize(&weight.to_dtype(DType::F32)?, dtype)?;
         Self::from_qtensor(qtensor, bias, weight.dtype())
     }
 
@@ -94,8 +114,10 @@ impl Linear {
                 if let Some(weight) = PackedQ8_0::from_qtensor(&weight)? {
                     return Ok(Self::PackedQ8 { weight, bias });
                 }
-                if let Some(weight) = PackedInt8::from_qtensor(&weight)? {
-                    return Ok(Self::PackedInt8 { weight, bias });
+                if !candle_is_faster(&weight)? {
+                    if let Some(weight) = PackedInt8::from_qtensor(&weight)? {
+                        return Ok(Self::PackedInt8 { weight, bias });
+                    }
                 }
                 Ok(Self::Quantized {
                     weight: QMatMul::QTensor(std::sync::Arc::new(weight)),
@@ -122,14 +144,27 @@ impl Linear {
     }
 }
 
+/// candle 0.11 repacks q4_k weights whose rows are whole super-blocks for x86 kernels of its
+/// own that keep the 4-bit values; measured against the int8 kernel on the benchmark model's MLP
+/// (`benches/kernels.rs`), they are as fast for one row and faster for 8 and 256 rows (half the
+/// bytes to read), so such layers stay candle's.
+fn candle_is_faster(weight: &QTensor) -> Result<bool> {
+    let (_, in_dim) = weight.shape().dims2()?;
+    Ok(weight.dtype() == GgmlDType::Q4K && in_dim % GgmlDType::Q4K.block_size() == 0)
+}
+
 /// Prefill through a quantized layer: many rows. candle's quantized CPU product is a dot
 /// product per (row, output) pair, fine for decode's few rows but far slower than a tiled f32
 /// matrix multiply for hundreds; dequantizing the weight for the call (one pass over it, a few
 /// megabytes for a layer of a small model) and using gemm took a 340-token prefill of the q8_0
 /// benchmark model from 1.4 s to 0.55 s on two cores.
+/// Layers on candle's repacked q4_k kernel, and every layer on the int8 kernels, never take this
+/// path; it remains for CPUs those kernels do not run on.
 fn prefers_dense_product(x: &Tensor, weight: &QTensor) -> bool {
     let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
-    rows > super::split_matmul::MAX_ROWS && weight.device().is_cpu()
+    rows > super::split_matmul::MAX_ROWS
+        && weight.device().is_cpu()
+        && !candle_is_faster(weight).unwrap_or(false)
 }
 
 impl Module for Linear {
