@@ -25,6 +25,9 @@ const FAMILIES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
 const Q8_MAX_REL_ERR: f32 = 6e-2;
 /// q4_k against the dense model (random weights, 256-wide layers): measured 9.2e-2 (q8_0: 1.2e-2).
 const Q4K_MAX_REL_ERR: f32 = 1.5e-1;
+/// q5_0 (q4_k's fallback) against the f32 reference on the tiny fixtures: measured 1.53e-1, eight
+/// times q8_0's steps; broken RoPE order or a wrong layer is several times that.
+const Q5_0_MAX_REL_ERR: f32 = 3e-1;
 
 fn fixture_dir(family: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(family)
@@ -119,7 +122,7 @@ fn k_quants_fall_back_as_llama_cpp_does_where_rows_are_shorter_than_their_block(
     let cfg = config(&dir);
     let model = Llama::load(&cfg, WeightSource::var_builder(vb(&dir), Some(Quantization::Q4K)));
     let (err, _) = against_reference("llama", "q4_k (as q5_0)", &model.unwrap(), &cfg);
-    assert!(err > 1e-4 && err <= Q4K_MAX_REL_ERR, "{err}");
+    assert!(err > 1e-4 && err <= Q5_0_MAX_REL_ERR, "{err}");
     assert_eq!(Quantization::Q4K.for_input(576), Some(GgmlDType::Q5_0));
     assert_eq!(Quantization::Q4K.for_input(1536), Some(GgmlDType::Q4K));
     let q6 = Quantization::new(GgmlDType::Q6K).unwrap();
