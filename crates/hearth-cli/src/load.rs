@@ -58,16 +58,25 @@ pub(crate) fn load_one(
     step: &dyn Fn(&str),
 ) -> anyhow::Result<(String, Loaded)> {
     let started = Instant::now();
-    // First: fetched weights may bring the config.json that says the package is native.
-    crate::weights::fetch_hf_weights(dir)?;
-    let cog = CogConfig::load(dir)?;
-    let settings = PackageSettings::load(dir)?;
-    if hearth_package::runs_in_python(dir, &cog, &settings) {
-        let name = hearth_package::name_of(dir, &cog, &settings)?;
-        let model = load_python(&name, dir, cog, settings, wait, step)?;
-        return Ok((name, Loaded::Python(model)));
-    }
-    let package = Package::load(dir)?;
+    let package = if dir.is_file() {
+        // A GGUF file on its own (`hearth serve ./model.gguf`).
+        Package::load_gguf_file(dir)?
+    } else {
+        // First: fetched weights may bring the config.json that says the package is native.
+        crate::weights::fetch_hf_weights(dir)?;
+        // A directory with one .gguf needs no cog.yaml; `Package::load` names what is missing.
+        let cog = match dir.join("cog.yaml").is_file() {
+            true => CogConfig::load(dir)?,
+            false => CogConfig::default(),
+        };
+        let settings = PackageSettings::load(dir)?;
+        if hearth_package::runs_in_python(dir, &cog, &settings) {
+            let name = hearth_package::name_of(dir, &cog, &settings)?;
+            let model = load_python(&name, dir, cog, settings, wait, step)?;
+            return Ok((name, Loaded::Python(model)));
+        }
+        Package::load(dir)?
+    };
     let device = choose_device(device_arg, package.cog.build.gpu)?;
     step(&format!("loading the weights on {}", device_name(&device)));
     if package.model.kind() == ModelKind::Embedding {

@@ -19,9 +19,13 @@ pub struct ServeArgs {
     /// Directory whose subdirectories are packages (default: ./models).
     #[arg(long, conflicts_with = "model")]
     models: Option<PathBuf>,
-    /// Serve this one package directory instead of a models directory (repeatable).
+    /// Serve this one package directory (or GGUF file) instead of a models directory
+    /// (repeatable).
     #[arg(long)]
     model: Vec<PathBuf>,
+    /// Package directories or GGUF files to serve, as `--model` does (`hearth serve ./x.gguf`).
+    #[arg(conflicts_with = "models")]
+    paths: Vec<PathBuf>,
     /// Address to listen on (default: 127.0.0.1:8080).
     #[arg(long)]
     addr: Option<String>,
@@ -88,8 +92,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn package_dirs(args: &ServeArgs, config: &Config) -> anyhow::Result<Vec<PathBuf>> {
-    if !args.model.is_empty() {
-        return Ok(args.model.clone());
+    if !args.model.is_empty() || !args.paths.is_empty() {
+        return Ok(args.model.iter().chain(&args.paths).cloned().collect());
     }
     let dir = models_dir(args, config).unwrap_or_else(|| PathBuf::from("models"));
     if !dir.is_dir() {
@@ -104,7 +108,8 @@ fn package_dirs(args: &ServeArgs, config: &Config) -> anyhow::Result<Vec<PathBuf
 /// The models directory (where pushed packages go too); `None` when serving `--model` dirs.
 fn models_dir(args: &ServeArgs, config: &Config) -> Option<PathBuf> {
     let dir = args.models.clone().or(config.server.models.clone());
-    args.model.is_empty().then(|| dir.unwrap_or_else(|| PathBuf::from("models")))
+    (args.model.is_empty() && args.paths.is_empty())
+        .then(|| dir.unwrap_or_else(|| PathBuf::from("models")))
 }
 
 fn engine_config(config: &Config) -> EngineConfig {

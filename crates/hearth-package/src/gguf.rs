@@ -1,7 +1,8 @@
-//! GGUF weights (llama.cpp's format): header parsing and validation, nothing more. A package that
-//! ships one `*.gguf` instead of safetensors is checked here (magic, version, every tensor's type
-//! and byte range against the file's length) so that a truncated or corrupt file is refused at
-//! load with the file named; the engine reads the tensors themselves.
+//! GGUF weights (llama.cpp's format): header parsing and validation. A package that ships one
+//! `*.gguf` instead of safetensors is checked here (magic, version, every tensor's type and byte
+//! range against the file's length) so that a truncated or corrupt file is refused at load with
+//! the file named; the engine reads the tensors themselves. The metadata is kept: a GGUF alone
+//! is a whole model, and `gguf_hf.rs` derives the package's configuration and tokenizer from it.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -31,6 +32,52 @@ pub struct GgufFile {
     /// `general.architecture` (`llama`, `qwen2`, …), when present.
     pub architecture: Option<String>,
     pub tensors: BTreeMap<String, GgufTensor>,
+    /// Every metadata entry (`llama.block_count`, `tokenizer.ggml.tokens`, …).
+    pub metadata: BTreeMap<String, MetaValue>,
+}
+
+/// A GGUF metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Self::Int(v) => Some(*v),
+            _ => None,
+        }
+    }
+    pub fn as_float(&self) -> Option<f64> {
+        match self {
+            Self::Float(v) => Some(*v),
+            Self::Int(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::String(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Self::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+    pub fn as_array(&self) -> Option<&[MetaValue]> {
+        match self {
+            Self::Array(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 impl GgufFile {
@@ -82,7 +129,13 @@ impl GgufFile {
                 actual: file_len.saturating_sub(header.data_offset),
             });
         }
-        Ok(Self { path, version: header.version, architecture: header.architecture, tensors })
+        Ok(Self {
+            path,
+            version: header.version,
+            architecture: header.architecture,
+            tensors,
+            metadata: header.metadata,
+        })
     }
 }
 
@@ -118,6 +171,7 @@ struct RawTensor {
 struct Header {
     version: u32,
     architecture: Option<String>,
+    metadata: BTreeMap<String, MetaValue>,
     tensors: Vec<RawTensor>,
     data_offset: u64,
 }
@@ -151,41 +205,45 @@ impl<'a> Reader<'a> {
         (self.bytes.len() - self.pos) as u64
     }
 
-    /// Skips a metadata value of type `ty`, or returns it when it is a string or an integer.
-    fn value(&mut self, ty: u32, depth: u32) -> Result<Value, String> {
+    /// A metadata value of type `ty` (GGUF's numbering); arrays nest one level at most.
+    fn value(&mut self, ty: u32, depth: u32) -> Result<MetaValue, String> {
         let size = match ty {
             0 | 1 | 7 => 1,
             2 | 3 => 2,
             4..=6 => 4,
             10..=12 => 8,
-            8 => return self.string().map(Value::String),
+            8 => return self.string().map(MetaValue::String),
             9 if depth == 0 => {
                 let (elem, len) = (self.u32()?, self.u64()?);
                 if len > self.remaining() {
                     return Err(format!("an array of {len} elements overruns the file"));
                 }
-                for _ in 0..len {
-                    self.value(elem, depth + 1)?;
-                }
-                return Ok(Value::Other);
+                let items = (0..len).map(|_| self.value(elem, depth + 1));
+                return items.collect::<Result<_, _>>().map(MetaValue::Array);
             }
             _ => return Err(format!("unknown metadata value type {ty}")),
         };
-        let bytes = self.take(size)?;
+        let b = self.take(size)?;
+        let array = |n: usize| {
+            let mut out = [0u8; 8];
+            out[..n].copy_from_slice(&b[..n]);
+            out
+        };
         Ok(match ty {
-            0 => Value::Int(bytes[0] as u64),
-            2 => Value::Int(u16::from_le_bytes([bytes[0], bytes[1]]) as u64),
-            4 => Value::Int(u32::from_le_bytes(bytes.try_into().unwrap_or_default()) as u64),
-            10 => Value::Int(u64::from_le_bytes(bytes.try_into().unwrap_or_default())),
-            _ => Value::Other,
+            0 => MetaValue::Int(b[0] as i64),
+            1 => MetaValue::Int(b[0] as i8 as i64),
+            2 => MetaValue::Int(u16::from_le_bytes([b[0], b[1]]) as i64),
+            3 => MetaValue::Int(i16::from_le_bytes([b[0], b[1]]) as i64),
+            4 => MetaValue::Int(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64),
+            5 => MetaValue::Int(i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64),
+            6 => MetaValue::Float(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64),
+            7 => MetaValue::Bool(b[0] != 0),
+            // u64 values beyond i64 (none a model uses) wrap rather than fail the file.
+            10 => MetaValue::Int(u64::from_le_bytes(array(8)) as i64),
+            11 => MetaValue::Int(i64::from_le_bytes(array(8))),
+            _ => MetaValue::Float(f64::from_le_bytes(array(8))),
         })
     }
-}
-
-enum Value {
-    String(String),
-    Int(u64),
-    Other,
 }
 
 fn parse(bytes: &[u8]) -> Result<Header, String> {
@@ -203,15 +261,18 @@ fn parse(bytes: &[u8]) -> Result<Header, String> {
         return Err(format!("header claims {num_tensors} tensors and {num_kv} metadata entries"));
     }
     let (mut architecture, mut alignment) = (None, DEFAULT_ALIGNMENT);
+    let mut metadata = BTreeMap::new();
     for _ in 0..num_kv {
         let key = r.string()?;
         let ty = r.u32()?;
-        match (key.as_str(), r.value(ty, 0)?) {
-            ("general.architecture", Value::String(s)) => architecture = Some(s),
-            ("general.alignment", Value::Int(a)) if a > 0 => alignment = a,
+        let value = r.value(ty, 0)?;
+        match (key.as_str(), &value) {
+            ("general.architecture", MetaValue::String(s)) => architecture = Some(s.clone()),
+            ("general.alignment", MetaValue::Int(a)) if *a > 0 => alignment = *a as u64,
             ("general.alignment", _) => return Err("bad `general.alignment`".to_string()),
             _ => {}
         }
+        metadata.insert(key, value);
     }
     let mut tensors = Vec::with_capacity(num_tensors as usize);
     for _ in 0..num_tensors {
@@ -228,7 +289,7 @@ fn parse(bytes: &[u8]) -> Result<Header, String> {
         tensors.push(RawTensor { name, dims, ggml_type, offset });
     }
     let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
-    Ok(Header { version, architecture, tensors, data_offset })
+    Ok(Header { version, architecture, metadata, tensors, data_offset })
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod cog;
 mod embedding;
 mod error;
 mod gguf;
+mod gguf_hf;
 #[cfg(feature = "hub")]
 pub mod hub;
 mod model_config;
@@ -35,7 +36,7 @@ pub use cog::{
 };
 pub use embedding::{EmbeddingConfig, PoolingMode};
 pub use error::{PackageError, TensorProblem};
-pub use gguf::{GgufFile, GgufTensor};
+pub use gguf::{GgufFile, GgufTensor, MetaValue};
 pub use model_config::{ModelConfig, ModelKind, EMBEDDING_ARCHITECTURES, SUPPORTED_ARCHITECTURES};
 pub use settings::{DType, PackageSettings, Quantize, Runtime};
 pub use template::ChatTemplate;
@@ -95,25 +96,63 @@ pub fn name_of(
 }
 
 impl Package {
-    /// Reads and validates every file of the package in `dir`, and maps its weights.
+    /// Reads and validates every file of the package in `dir`, and maps its weights. A
+    /// directory with one `.gguf` needs nothing else: cog.yaml is optional, and a missing
+    /// config.json or tokenizer.json is derived from the GGUF's metadata.
     pub fn load(dir: &Path) -> Result<Package, PackageError> {
         if !dir.is_dir() {
             return Err(PackageError::NotADirectory(dir.to_path_buf()));
         }
-        if !dir.join(cog::COG_FILE).is_file() {
+        let gguf = weights::find_gguf(dir)?;
+        let cog = if dir.join(cog::COG_FILE).is_file() {
+            CogConfig::load(dir)?
+        } else if gguf.is_some() {
+            CogConfig::default()
+        } else {
             return Err(PackageError::MissingFile {
                 file: cog::COG_FILE.to_string(),
-                why: "a package is a directory with a cog.yaml",
+                why: "a package is a directory with a cog.yaml (or one .gguf file)",
             });
-        }
-        let cog = CogConfig::load(dir)?;
+        };
         let settings = PackageSettings::load(dir)?;
         let name = package_name(dir, &cog, &settings)?;
-        let model = ModelConfig::load(dir)?;
+        let files = HfFiles::read(dir, gguf.as_deref())?;
+        Self::assemble(dir, name, cog, settings, files, Weights::load(dir)?)
+    }
+
+    /// A GGUF file served on its own (`hearth serve ./model.gguf`), as llama.cpp and Ollama
+    /// serve one: named after the file (lowercased, other characters as `-`), with default
+    /// settings, everything else from the file's metadata.
+    pub fn load_gguf_file(path: &Path) -> Result<Package, PackageError> {
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !path.is_file() || !file.ends_with(".gguf") {
+            return Err(PackageError::MissingFile { file, why: "expected a .gguf file" });
+        }
+        let name = name_from_file(&file);
+        let gguf = GgufFile::load(dir, &file)?;
+        let files = HfFiles::derive(&gguf, &file)?;
+        let weights = Weights::from_gguf(gguf);
+        let (cog, settings) = (CogConfig::default(), PackageSettings::default());
+        Self::assemble(dir, name, cog, settings, files, weights)
+    }
+
+    fn assemble(
+        dir: &Path,
+        name: String,
+        cog: CogConfig,
+        settings: PackageSettings,
+        files: HfFiles,
+        weights: Weights,
+    ) -> Result<Package, PackageError> {
+        let model = ModelConfig::parse(&files.config)?;
         check_context_length(&settings, &model)?;
-        let tokenizer = tokens::load_tokenizer(dir)?;
+        let tokenizer = tokens::parse_tokenizer(&files.tokenizer)?;
         check_vocab(&tokenizer, &model)?;
-        let tokenizer_config = TokenizerConfig::load(dir)?;
+        let tokenizer_config = match &files.tokenizer_config {
+            Some(text) => TokenizerConfig::parse(text)?,
+            None => TokenizerConfig::default(),
+        };
         let special_tokens = SpecialTokens::resolve(dir, &model, &tokenizer, &tokenizer_config)?;
         let chat_template = compile_template(&tokenizer_config)?;
         let embedding = match model.kind() {
@@ -125,7 +164,6 @@ impl Package {
             )?),
             ModelKind::Generative => None,
         };
-        let weights = Weights::load(dir)?;
         Ok(Package {
             name,
             dir: dir.to_path_buf(),
@@ -159,7 +197,9 @@ pub fn discover(models_dir: &Path) -> Result<Vec<PathBuf>, PackageError> {
     for entry in entries {
         let path = entry.map_err(|e| PackageError::io(models_dir, e))?.path();
         let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if !hidden && path.is_dir() && path.join(cog::COG_FILE).is_file() {
+        let is_package = path.join(cog::COG_FILE).is_file()
+            || weights::find_gguf(&path).ok().flatten().is_some();
+        if !hidden && path.is_dir() && is_package {
             found.push(path);
         }
     }
@@ -207,6 +247,52 @@ fn package_name(
     } else {
         Err(PackageError::InvalidName { name, origin: origin.to_string() })
     }
+}
+
+/// The Hugging Face files a package is read from, as text.
+struct HfFiles {
+    config: String,
+    tokenizer: String,
+    tokenizer_config: Option<String>,
+}
+
+impl HfFiles {
+    /// From `dir`; where config.json or tokenizer.json is missing beside a GGUF, all three come
+    /// from the GGUF's metadata (a config of one and a tokenizer of the other would not match).
+    fn read(dir: &Path, gguf: Option<&str>) -> Result<Self, PackageError> {
+        let complete = [model_config::CONFIG_FILE, tokens::TOKENIZER_FILE]
+            .iter()
+            .all(|f| dir.join(f).is_file());
+        match gguf {
+            Some(file) if !complete => Self::derive(&GgufFile::load(dir, file)?, file),
+            _ => Ok(Self {
+                config: ModelConfig::read(dir)?,
+                tokenizer: tokens::read_tokenizer(dir)?,
+                tokenizer_config: tokens::read_optional(dir, tokens::TOKENIZER_CONFIG_FILE)?,
+            }),
+        }
+    }
+
+    fn derive(gguf: &GgufFile, file: &str) -> Result<Self, PackageError> {
+        let derived = gguf_hf::derive(gguf, file)?;
+        Ok(Self {
+            config: derived.config,
+            tokenizer: derived.tokenizer,
+            tokenizer_config: Some(derived.tokenizer_config),
+        })
+    }
+}
+
+/// A model name from a file name: `SmolLM2-135M-Instruct.Q4_1.gguf` → `smollm2-135m-instruct.q4_1`.
+fn name_from_file(file: &str) -> String {
+    let stem = file.strip_suffix(".gguf").unwrap_or(file).to_ascii_lowercase();
+    let name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .collect();
+    let name = name.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let name = if name.is_empty() { "model" } else { name };
+    name.chars().take(MAX_NAME_LEN).collect()
 }
 
 /// The one rule for model names, as people read it (error messages, the README).

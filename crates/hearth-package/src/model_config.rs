@@ -47,13 +47,16 @@ struct Required {
 
 impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self, PackageError> {
-        let path = dir.join(CONFIG_FILE);
-        let text = crate::read_required(
-            &path,
+        Self::parse(&Self::read(dir)?)
+    }
+
+    /// The text of `dir`'s config.json.
+    pub(crate) fn read(dir: &Path) -> Result<String, PackageError> {
+        crate::read_required(
+            &dir.join(CONFIG_FILE),
             CONFIG_FILE,
-            "every package needs the Hugging Face model config",
-        )?;
-        Self::parse(&text)
+            "every package needs the Hugging Face model config (or a .gguf to derive it from)",
+        )
     }
 
     /// Parses `config.json` and checks that its architecture is one Hearth supports.

@@ -68,12 +68,8 @@ impl TokenField {
 
 impl TokenizerConfig {
     /// Reads `tokenizer_config.json`; a package without one gets no template or token strings.
-    pub(crate) fn load(dir: &Path) -> Result<Self, PackageError> {
-        match read_optional(dir, TOKENIZER_CONFIG_FILE)? {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| PackageError::parse(TOKENIZER_CONFIG_FILE, e)),
-            None => Ok(Self::default()),
-        }
+    pub(crate) fn parse(text: &str) -> Result<Self, PackageError> {
+        serde_json::from_str(text).map_err(|e| PackageError::parse(TOKENIZER_CONFIG_FILE, e))
     }
 
     pub(crate) fn chat_template(&self) -> Option<&str> {
@@ -109,13 +105,16 @@ impl TokenizerConfig {
     }
 }
 
-/// Loads `tokenizer.json`, which every package needs.
-pub(crate) fn load_tokenizer(dir: &Path) -> Result<Tokenizer, PackageError> {
-    let text = crate::read_required(
+/// The text of `tokenizer.json`, which every package needs (or a .gguf to derive it from).
+pub(crate) fn read_tokenizer(dir: &Path) -> Result<String, PackageError> {
+    crate::read_required(
         &dir.join(TOKENIZER_FILE),
         TOKENIZER_FILE,
-        "every package needs a Hugging Face tokenizer",
-    )?;
+        "every package needs a Hugging Face tokenizer (or a .gguf to derive it from)",
+    )
+}
+
+pub(crate) fn parse_tokenizer(text: &str) -> Result<Tokenizer, PackageError> {
     text.parse::<Tokenizer>().map_err(|e| PackageError::Tokenizer { message: e.to_string() })
 }
 

@@ -77,8 +77,7 @@ impl Weights {
             weights.add_shard(SINGLE_FILE, dir.join(SINGLE_FILE), shard)?;
             Ok(weights)
         } else if let Some(name) = find_gguf(dir)? {
-            let gguf = GgufFile::load(dir, &name)?;
-            Ok(Self { files: vec![gguf.path.clone()], gguf: Some(gguf), ..Self::empty() })
+            Ok(Self::from_gguf(GgufFile::load(dir, &name)?))
         } else {
             Err(PackageError::MissingFile {
                 file: SINGLE_FILE.to_string(),
@@ -86,6 +85,11 @@ impl Weights {
                       model.safetensors.index.json, or one .gguf file",
             })
         }
+    }
+
+    /// The weights of one GGUF file.
+    pub fn from_gguf(gguf: GgufFile) -> Self {
+        Self { files: vec![gguf.path.clone()], gguf: Some(gguf), ..Self::empty() }
     }
 
     /// The GGUF file of a GGUF package; `None` for safetensors weights.
@@ -243,7 +247,7 @@ impl Weights {
 }
 
 /// The package's `.gguf` file, when it has exactly one; two are ambiguous.
-fn find_gguf(dir: &Path) -> Result<Option<String>, PackageError> {
+pub(crate) fn find_gguf(dir: &Path) -> Result<Option<String>, PackageError> {
     let entries = std::fs::read_dir(dir).map_err(|e| PackageError::io(dir, e))?;
     let mut found = Vec::new();
     for entry in entries {
