@@ -7,6 +7,12 @@
 #   benches/peers/llama-cpp.sh convert MODEL_DIR OUT_DIR     # OUT_DIR/model-{f32,q8_0,q4_k}.gguf
 #   benches/peers/llama-cpp.sh serve GGUF PORT [NP]          # foreground; Ctrl-C stops it
 #   benches/peers/llama-cpp.sh path                          # prints the build folder
+#   benches/peers/llama-cpp.sh describe                      # which build this is (for results)
+#
+# The build is native (-march=native) except on CPUs with AMX: there a native build's AMX
+# backend crashed in ggml_backend_amx_mul_mat at the first batch, so the build names the CPU's
+# other extensions (AVX-512, VNNI, BF16, ...) one by one and leaves AMX out. LLAMA_AMX=1 keeps
+# the native build (AMX included) anyway.
 #
 # Nothing is built inside the repository. Settings (environment):
 #   HEARTH_PEERS_DIR          cache folder for every peer (default: ~/.cache/hearth-peers)
@@ -17,6 +23,7 @@
 #   LLAMA_SERVER_ARGS         extra arguments appended to llama-server's command line
 #   QUANTS                    GGUF types `convert` writes (default: "f32 q8_0 q4_k")
 #   LLAMA_PRE                 pre-tokenizer for tokenizers llama.cpp does not know (default: gpt-2)
+#   LLAMA_AMX                 1: native build even on a CPU with AMX (default: AMX left out)
 set -euo pipefail
 
 PEERS_DIR=${HEARTH_PEERS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/hearth-peers}
@@ -25,7 +32,9 @@ JOBS=${PEER_JOBS:-2}
 ROOT="$PEERS_DIR/llama-cpp"
 VENV="$ROOT/venv"
 SRC="$ROOT/llama_cpp_python-$VERSION/vendor/llama.cpp"
-BUILD="$ROOT/build-$VERSION"
+cpu_has() { grep -qw "$1" /proc/cpuinfo 2>/dev/null; }
+if cpu_has amx_int8 && [[ ${LLAMA_AMX:-0} != 1 ]]; then VARIANT=noamx; else VARIANT=native; fi
+BUILD="$ROOT/build-$VERSION-$VARIANT"
 BIN="$BUILD/bin"
 
 say() { printf '[llama-cpp] %s\n' "$*" >&2; }
@@ -57,17 +66,45 @@ build() {
     "$VENV/bin/pip" install --quiet cmake ninja
     export PATH="$VENV/bin:$PATH"
     if [[ ! -f "$BUILD/build.ninja" ]]; then
-        say "configuring (Release, CPU, GGML_NATIVE=ON) in $BUILD"
+        local isa
+        read -r -a isa <<< "$(isa_flags)"
+        say "configuring (Release, CPU, $(describe)) in $BUILD"
         nice -n 19 cmake -S "$SRC" -B "$BUILD" -G Ninja \
-            -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF \
+            -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=OFF "${isa[@]}" \
             -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
             -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+        describe > "$BUILD/hearth-build.txt"
     fi
     say "building llama-server and llama-quantize with $JOBS jobs (nice 19); this takes a while"
     nice -n 19 cmake --build "$BUILD" -j "$JOBS" --target llama-server
     nice -n 19 cmake --build "$BUILD" -j "$JOBS" --target llama-quantize
     "$BIN/llama-server" --version 2>&1 | head -n 2 >&2 || true
     say "built $BIN/llama-server"
+}
+
+# ggml's CPU feature switches: -march=native, or (AMX CPUs) each extension the CPU has but AMX.
+isa_flags() {
+    if [[ $VARIANT == native ]]; then
+        echo "-DGGML_NATIVE=ON"
+        return
+    fi
+    local flags="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    local pair
+    for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI \
+        avx512f:AVX512 avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+        if cpu_has "${pair%%:*}"; then flags+=" -DGGML_${pair#*:}=ON"; else flags+=" -DGGML_${pair#*:}=OFF"; fi
+    done
+    echo "$flags"
+}
+
+describe() {
+    local cpu
+    cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')
+    if [[ $VARIANT == native ]]; then
+        echo "llama.cpp (llama-cpp-python $VERSION sources), GGML_NATIVE=ON, on ${cpu:-this CPU}"
+    else
+        echo "llama.cpp (llama-cpp-python $VERSION sources), GGML_NATIVE=OFF with AMX off, on ${cpu:-this CPU}"
+    fi
 }
 
 convert_env() {
@@ -144,7 +181,7 @@ serve() {
     [[ -n ${LLAMA_THREADS:-} ]] && args+=(-t "$LLAMA_THREADS")
     # shellcheck disable=SC2206
     [[ -n ${LLAMA_SERVER_ARGS:-} ]] && args+=($LLAMA_SERVER_ARGS)
-    say "llama-server ${args[*]}"
+    say "llama-server ${args[*]} [$(describe)]"
     exec "$BIN/llama-server" "${args[@]}"
 }
 
@@ -153,5 +190,6 @@ case ${1:-} in
     convert) shift; convert "$@" ;;
     serve) shift; serve "$@" ;;
     path) echo "$BIN" ;;
-    *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    describe) describe ;;
+    *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
