@@ -48,12 +48,9 @@ pub fn available_bytes(device: &Device) -> Option<usize> {
     match device {
         Device::Cpu => available_ram(),
         #[cfg(feature = "cuda")]
+        // cudarc binds the device's context to this thread before asking the driver.
         Device::Cuda(cuda) => {
-            let context = cuda.cuda_stream().context().clone();
-            context.bind_to_thread().ok()?;
-            candle_core::cuda_backend::cudarc::driver::result::mem_get_info()
-                .ok()
-                .map(|(free, _)| free)
+            cuda.cuda_stream().context().mem_get_info().ok().map(|(free, _)| free)
         }
         #[allow(unreachable_patterns)]
         _ => None,
