@@ -527,7 +527,7 @@ fn kv_cache_config(
     tracing::info!(
         model = name,
         sized_by,
-        kv_cache_mb = kv.num_blocks * per_block >> 20,
+        kv_cache_mb = (kv.num_blocks * per_block) >> 20,
         tokens = kv.num_blocks * kv.block_size,
         bytes_per_token = per_block / kv.block_size,
         capped_at_full_context = kv.num_blocks == max_useful,

@@ -111,8 +111,8 @@ impl PackedInt8 {
         let (out_dim, in_dim) = weight.shape().dims2()?;
         if !ggml_groups::readable(weight.dtype())
             || !weight.device().is_cpu()
-            || out_dim % TILE_ROWS != 0
-            || in_dim % BLOCK != 0
+            || !out_dim.is_multiple_of(TILE_ROWS)
+            || !in_dim.is_multiple_of(BLOCK)
             || !path.available()
         {
             return Ok(None);
@@ -272,14 +272,14 @@ impl Stripe<'_> {
                     let at = row * self.x.blocks + b;
                     let sums = self.x.half_sums[at];
                     let mut t = _mm512_setzero_ps();
-                    for h in 0..2 {
-                        let mut dot = _mm512_set1_epi32(-128 * sums[h]);
+                    for (h, &sum) in sums.iter().enumerate() {
+                        let mut dot = _mm512_set1_epi32(-128 * sum);
                         for g in 4 * h..4 * h + 4 {
                             let x4 = _mm512_set1_epi32(self.four(row, b, g));
                             dot = _mm512_dpbusd_epi32(dot, _mm512_load_si512(w.add(g)), x4);
                         }
                         t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale(h), t);
-                        t = _mm512_fnmadd_ps(min(h), _mm512_set1_ps(sums[h] as f32), t);
+                        t = _mm512_fnmadd_ps(min(h), _mm512_set1_ps(sum as f32), t);
                     }
                     let xs = _mm512_set1_ps(self.x.scales[at]);
                     acc[slot] = _mm512_fmadd_ps(t, xs, acc[slot]);
@@ -307,7 +307,7 @@ impl Stripe<'_> {
                     let xs = _mm256_set1_ps(self.x.scales[at]);
                     for (part, acc) in acc[slot].iter_mut().enumerate() {
                         let mut t = _mm256_setzero_ps();
-                        for h in 0..2 {
+                        for (h, &sum) in sums.iter().enumerate() {
                             let mut dot = _mm256_setzero_si256();
                             for g in 4 * h..4 * h + 4 {
                                 let x4 = _mm256_set1_epi32(self.four(row, b, g));
@@ -327,7 +327,7 @@ impl Stripe<'_> {
                             let scale = _mm256_loadu_ps(tile.scales[h].as_ptr().add(lanes));
                             let min = _mm256_loadu_ps(tile.mins[h].as_ptr().add(lanes));
                             t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, t);
-                            t = _mm256_fnmadd_ps(min, _mm256_set1_ps(sums[h] as f32), t);
+                            t = _mm256_fnmadd_ps(min, _mm256_set1_ps(sum as f32), t);
                         }
                         *acc = _mm256_fmadd_ps(t, xs, *acc);
                     }

@@ -36,14 +36,14 @@ impl Quantization {
     pub fn for_input(self, in_dim: usize) -> Option<GgmlDType> {
         use GgmlDType::*;
         let dtype = match self.0 {
-            k if in_dim % k.block_size() == 0 => k,
+            k if in_dim.is_multiple_of(k.block_size()) => k,
             Q4K => Q5_0,
             Q5K => Q5_1,
             Q6K => Q8_0,
             Q2K | Q3K => Q4_0,
             other => other,
         };
-        (in_dim % dtype.block_size() == 0).then_some(dtype)
+        in_dim.is_multiple_of(dtype.block_size()).then_some(dtype)
     }
 }
 
@@ -150,7 +150,7 @@ impl Linear {
 /// bytes to read), so such layers stay candle's.
 fn candle_is_faster(weight: &QTensor) -> Result<bool> {
     let (_, in_dim) = weight.shape().dims2()?;
-    Ok(weight.dtype() == GgmlDType::Q4K && in_dim % GgmlDType::Q4K.block_size() == 0)
+    Ok(weight.dtype() == GgmlDType::Q4K && in_dim.is_multiple_of(GgmlDType::Q4K.block_size()))
 }
 
 /// Prefill through a quantized layer: many rows. candle's quantized CPU product is a dot
