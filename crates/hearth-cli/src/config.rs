@@ -72,6 +72,8 @@ pub struct EngineSection {
     pub max_num_seqs: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub max_prefill_chunk: Option<usize>,
+    /// Prompt tokens in a step that also decodes (default 128): bounds running streams' gaps.
+    pub max_prefill_tokens_while_decoding: Option<usize>,
     pub max_prefill_wait_steps: Option<u64>,
     pub max_waiting: Option<usize>,
     pub block_size: Option<usize>,

@@ -125,6 +125,9 @@ fn engine_config(config: &Config) -> EngineConfig {
     if let Some(v) = e.max_prefill_chunk {
         s.max_prefill_chunk = v;
     }
+    if let Some(v) = e.max_prefill_tokens_while_decoding {
+        s.max_prefill_tokens_while_decoding = v;
+    }
     if let Some(v) = e.max_prefill_wait_steps {
         s.max_prefill_wait_steps = v;
     }

@@ -9,6 +9,11 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Most prompt tokens of one sequence computed in one step.
     pub max_prefill_chunk: usize,
+    /// Most prompt tokens, over all sequences, in a step that also decodes: a step's time grows
+    /// with its prefill rows, and every running stream waits for the step, so this bounds the
+    /// gap between their tokens. A step with nothing to decode takes whole chunks, so an idle
+    /// engine answers a new prompt as fast as before.
+    pub max_prefill_tokens_while_decoding: usize,
     /// A prompt that has waited this many steps since it arrived without completing its prefill
     /// gets its next chunk before decodes take the budget.
     pub max_prefill_wait_steps: u64,
@@ -29,6 +34,7 @@ impl Default for SchedulerConfig {
             max_num_seqs: 16,
             max_batch_tokens: 512,
             max_prefill_chunk: 256,
+            max_prefill_tokens_while_decoding: 128,
             max_prefill_wait_steps: 8,
             max_waiting: 256,
             kv_watermark_percent: 1,
@@ -43,6 +49,7 @@ impl SchedulerConfig {
             ("max_num_seqs", self.max_num_seqs),
             ("max_batch_tokens", self.max_batch_tokens),
             ("max_prefill_chunk", self.max_prefill_chunk),
+            ("max_prefill_tokens_while_decoding", self.max_prefill_tokens_while_decoding),
         ];
         for (field, value) in counts {
             if value == 0 {

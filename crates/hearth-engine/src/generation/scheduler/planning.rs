@@ -10,6 +10,9 @@ struct Plan<'a> {
     now: u64,
     /// Tokens still free in this step.
     budget: usize,
+    /// Prompt tokens still free in this step: `max_prefill_tokens_while_decoding` when running
+    /// sequences decode, the whole budget when none does.
+    prefill_budget: usize,
     batch: &'a mut Vec<ScheduledSeq>,
     /// Leading entries of `running` that were running when the step began (and still are).
     /// Sequences admitted during the step sit after them and got their chunk at admission;
@@ -21,6 +24,9 @@ impl Plan<'_> {
     fn push(&mut self, seq: &Sequence, num_tokens: usize) {
         debug_assert!(num_tokens > 0 && num_tokens <= self.budget);
         self.budget -= num_tokens;
+        if seq.is_prefilling() {
+            self.prefill_budget = self.prefill_budget.saturating_sub(num_tokens);
+        }
         let start = seq.num_computed_tokens;
         self.batch.push(ScheduledSeq {
             seq_id: seq.id,
@@ -34,7 +40,11 @@ impl Plan<'_> {
     /// budget.
     fn unschedule(&mut self, seq: &Sequence) {
         if let Some(position) = self.batch.iter().position(|item| item.seq_id == seq.id) {
-            self.budget += self.batch.remove(position).num_tokens;
+            let num_tokens = self.batch.remove(position).num_tokens;
+            self.budget += num_tokens;
+            if seq.is_prefilling() {
+                self.prefill_budget += num_tokens;
+            }
         }
     }
 }
@@ -52,9 +62,15 @@ impl Scheduler {
     /// goes first when memory lets it back in.
     pub fn schedule_into(&mut self, batch: &mut Vec<ScheduledSeq>) {
         batch.clear();
+        let decoding =
+            self.running.iter().any(|seq| !seq.is_prefilling() && seq.remaining_to_compute() > 0);
         let mut plan = Plan {
             now: self.num_steps,
             budget: self.config.max_batch_tokens,
+            prefill_budget: match decoding {
+                true => self.config.max_prefill_tokens_while_decoding,
+                false => self.config.max_batch_tokens,
+            },
             batch,
             num_continuing: self.running.len(),
         };
@@ -118,6 +134,7 @@ impl Scheduler {
             let num_spare_blocks =
                 if self.running.is_empty() { 0 } else { self.num_watermark_blocks };
             let admissible = plan.budget > 0
+                && plan.prefill_budget > 0
                 && (!overdue_only || self.is_overdue(head, plan.now))
                 && self.running.len() < self.config.max_num_seqs
                 && self.block_manager.can_allocate(head, num_spare_blocks);
@@ -144,7 +161,10 @@ impl Scheduler {
     /// are short, preempts running sequences from the most recently admitted, stopping once the
     /// chunk fits or after preempting this sequence itself. Returns whether it was scheduled.
     fn schedule_chunk(&mut self, index: usize, plan: &mut Plan) -> bool {
-        let num_tokens = self.chunk_len(&self.running[index], plan.budget);
+        let seq = &self.running[index];
+        let budget =
+            if seq.is_prefilling() { plan.budget.min(plan.prefill_budget) } else { plan.budget };
+        let num_tokens = self.chunk_len(seq, budget);
         if num_tokens == 0 {
             return false;
         }

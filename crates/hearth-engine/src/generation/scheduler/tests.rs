@@ -8,6 +8,8 @@ fn config(max_batch_tokens: usize, max_prefill_chunk: usize) -> SchedulerConfig 
         max_num_seqs: 8,
         max_batch_tokens,
         max_prefill_chunk,
+        // No cap unless a test sets one: the budget alone bounds a step.
+        max_prefill_tokens_while_decoding: max_batch_tokens,
         max_prefill_wait_steps: 1_000,
         max_waiting: 64,
         kv_watermark_percent: 0,
@@ -383,4 +385,29 @@ fn workloads_that_overfill_the_cache_drain_with_every_token_once() {
         num_hit_tokens += scheduler.block_manager().stats().num_hit_tokens;
     }
     assert!(num_preemptions > 0 && num_hit_tokens > 0, "the workloads exercise both");
+}
+
+#[test]
+fn prompts_take_small_chunks_while_others_decode_and_whole_ones_alone() {
+    let config = SchedulerConfig { max_prefill_tokens_while_decoding: 8, ..config(64, 32) };
+    let mut s = scheduler(config, 64);
+    // Alone, a prompt takes the whole chunk.
+    s.add(seq(1, 40, 10)).unwrap();
+    assert_eq!(find(&step(&mut s), 1).unwrap().num_tokens, 32);
+    assert_eq!(find(&step(&mut s), 1).unwrap().num_tokens, 8, "the rest of its prompt");
+    // Now 1 decodes: a new prompt gets 8 tokens a step, beside 1's decode token.
+    s.add(seq(2, 20, 10)).unwrap();
+    for want in [8, 8, 4] {
+        let batch = step(&mut s);
+        assert_eq!(find(&batch, 1).unwrap().num_tokens, 1, "1 keeps decoding every step");
+        assert_eq!(find(&batch, 2).unwrap().num_tokens, want);
+    }
+    // Two prompts share the 8 tokens; both decoders keep going.
+    s.add(seq(3, 12, 10)).unwrap();
+    s.add(seq(4, 12, 10)).unwrap();
+    let batch = step(&mut s);
+    let prefill: usize =
+        [3, 4].iter().filter_map(|&id| find(&batch, id)).map(|i| i.num_tokens).sum();
+    assert_eq!(prefill, 8);
+    assert!(find(&batch, 1).is_some() && find(&batch, 2).is_some());
 }
