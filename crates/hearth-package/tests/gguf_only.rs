@@ -9,12 +9,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use hearth_package::Package;
 use hearth_protocol::{ChatMessage, Conversation, Role};
 use serde_json::Value;
 
+/// Built once per test binary: the tests here run in parallel, and two builds at once would
+/// replace the package under a reader.
 fn package_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_package).clone()
+}
+
+fn build_package() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = root.join("models/smollm2-135m-instruct/package");
     if !dir.join(".complete").is_file() {
