@@ -398,6 +398,28 @@ mod tests {
     }
 
     #[test]
+    fn matches_candle_on_the_families_layer_shapes() {
+        // (out, in) of the benchmark model's layers (SmolLM2-135M: q, k/v, up, down) and a
+        // Qwen2-0.5B MLP's (896 ↔ 4864), each type where its block fits the input size.
+        let shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536), (4864, 896), (896, 4864)];
+        let Some(path) = Path::detect() else { return };
+        for (out_dim, in_dim) in shapes {
+            let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap();
+            for dtype in TYPES.into_iter().filter(|t| in_dim % t.block_size() == 0) {
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let packed = PackedInt8::with_path(&q, path).unwrap().expect("fits");
+                let reference = QMatMul::from_qtensor(q).unwrap();
+                for rows in [1, 8, 19] {
+                    let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &Device::Cpu).unwrap();
+                    let gap =
+                        relative_gap(&packed.forward(&x).unwrap(), &reference.forward(&x).unwrap());
+                    assert!(gap <= 2e-2, "{dtype:?} {out_dim}x{in_dim} rows {rows}: {gap}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn equals_the_exact_product_of_its_quantized_operands() {
         // With activations that q8_0 represents exactly (small integers), the int8 product is
         // the f32 product of the dequantized weight: no rounding but f32 sums.
