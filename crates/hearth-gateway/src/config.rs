@@ -39,9 +39,10 @@ pub struct GatewaySettings {
     pub cooldown_failures: u32,
     pub cooldown_secs: u64,
     pub connect_timeout_ms: u64,
-    /// Longest wait from sending a request to the first event of its answer.
+    /// Longest wait from sending a request to the first event of its answer. Upstreams only:
+    /// a local model's queue and prefill are waited for (see `Provider::first_content_has_deadline`).
     pub ttfb_timeout_ms: u64,
-    /// Longest silence between two events of an answer.
+    /// Longest silence between two events of an answer (for a local model, once it streams).
     pub between_token_timeout_ms: u64,
     /// How long a finished run stays resumable.
     pub run_ttl_secs: u64,

@@ -197,7 +197,8 @@ async fn try_route(
 }
 
 /// One call: the first event must come within the time-to-first-byte budget, later ones
-/// within the between-token budget, until the first content event commits the route.
+/// within the between-token budget, until the first content event commits the route. A
+/// provider whose first content has no deadline (the local engine) is waited for.
 async fn attempt_once(
     target: &Target,
     request: &CanonicalRequest,
@@ -223,13 +224,19 @@ async fn attempt_once(
             });
         }
     }
+    let limited = target.provider.first_content_has_deadline();
     let deadline = Instant::now() + policy.ttfb_timeout;
-    let mut stream = timeout_at(deadline, target.provider.stream(request, &target.model))
-        .await
-        .map_err(|_| timed_out("before the first byte"))??;
+    let opened = target.provider.stream(request, &target.model);
+    let mut stream = if limited {
+        timeout_at(deadline, opened).await.map_err(|_| timed_out("before the first byte"))??
+    } else {
+        opened.await?
+    };
     let mut prefix = Vec::new();
     loop {
-        let next = if prefix.is_empty() {
+        let next = if !limited {
+            stream.next().await
+        } else if prefix.is_empty() {
             timeout_at(deadline, stream.next())
                 .await
                 .map_err(|_| timed_out("before the first byte"))?
@@ -296,6 +303,57 @@ mod tests {
         assert!(h.is_cooling("a", Instant::now()));
         tokio::time::advance(p.cooldown + Duration::from_millis(1)).await;
         assert!(!h.is_cooling("a", Instant::now()));
+    }
+
+    /// Says "started" at once, then nothing for ten minutes, then its answer: an upstream like
+    /// that is cut, the local engine (a long queue and prefill) is waited for.
+    struct SlowToStart {
+        waits: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for SlowToStart {
+        fn name(&self) -> &str {
+            "slow"
+        }
+
+        async fn stream(
+            &self,
+            _: &CanonicalRequest,
+            _: &str,
+        ) -> Result<EventStream, ProviderError> {
+            let start = CanonicalEvent::MessageStart { model: "m".into() };
+            let text = CanonicalEvent::TextDelta { text: "hi".into() };
+            let late = futures::stream::once(async move {
+                sleep(Duration::from_secs(600)).await;
+                Ok(text)
+            });
+            Ok(futures::stream::once(async { Ok(start) }).chain(late).boxed())
+        }
+
+        fn first_content_has_deadline(&self) -> bool {
+            !self.waits
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_providers_with_a_deadline_are_cut_before_their_first_content() {
+        let request = CanonicalRequest::default();
+        for waits in [false, true] {
+            let target = Target {
+                label: "slow/m".into(),
+                provider: Arc::new(SlowToStart { waits }),
+                model: "m".into(),
+            };
+            let result = attempt_once(&target, &request, &policy()).await;
+            if waits {
+                let committed = result.unwrap();
+                assert!(matches!(committed.prefix.last(), Some(CanonicalEvent::TextDelta { .. })));
+            } else {
+                let err = result.err().unwrap();
+                assert!(matches!(err, ProviderError::Timeout { during: "between two events", .. }));
+            }
+        }
     }
 
     #[test]

@@ -45,6 +45,15 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Whether the wait for the first content counts against the stall budgets
+    /// (`ttfb_timeout_ms`, and `between_token_timeout_ms` before any content). An upstream that
+    /// says nothing may be down, so it is cut and the next route tried. The local engine's wait
+    /// is its own queue and prefill, work it is doing, which a long prompt on a CPU can make
+    /// longer than any fixed budget; once it streams, the between-token budget applies as usual.
+    fn first_content_has_deadline(&self) -> bool {
+        true
+    }
+
     /// Whether the provider makes its answer match `constraint` (structured outputs). One that
     /// does not is skipped for such a request, never sent it with the constraint dropped.
     fn enforces(&self, constraint: &OutputConstraint) -> bool {

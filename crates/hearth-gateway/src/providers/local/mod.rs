@@ -97,6 +97,10 @@ impl Provider for LocalProvider {
         true
     }
 
+    fn first_content_has_deadline(&self) -> bool {
+        false
+    }
+
     /// The engine enforces every kind of constraint, token by token, when its tokenizer can be
     /// constrained at all.
     fn enforces(&self, _constraint: &OutputConstraint) -> bool {
