@@ -2,8 +2,13 @@
 //! one scale each, rounded as ggml's `quantize_row_q8_0` rounds), with the integer sum of each
 //! 16-value half kept beside them: the int8 kernels need those sums to take out the offset of
 //! unsigned weights and to apply a block's minimum (`w = scale·v − min`).
+//!
+//! Also what every int8 kernel does around its inner loop, written once: checking the input,
+//! quantizing it, and spreading stripes of 16 output rows over candle's barrier pool
+//! ([`PackedWeight`], [`forward`]).
 
 use candle_core::utils::barrier_pool;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// Values per activation block.
 pub const BLOCK: usize = 32;
@@ -93,3 +98,85 @@ pub struct Output {
 // write the same element; every write is bounds-checked against `len`.
 unsafe impl Send for Output {}
 unsafe impl Sync for Output {}
+
+/// Output rows per stripe: one 512-bit register of 32-bit lanes.
+pub const TILE_ROWS: usize = 16;
+
+/// A weight `[out, in]` repacked for an int8 kernel, in stripes of [`TILE_ROWS`] output rows.
+pub trait PackedWeight: Sync {
+    /// The op's name, for candle and for errors.
+    const NAME: &'static str;
+
+    /// `(out, in)`.
+    fn dims(&self) -> (usize, usize);
+
+    /// Writes the stripe's [`TILE_ROWS`] columns of every row of `x` into `out`
+    /// (`x.rows × out_dim` values).
+    ///
+    /// # Safety
+    /// The weight must have been built for instructions this CPU has, and no other thread may
+    /// write this stripe's columns meanwhile.
+    unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output);
+}
+
+/// `x · Wᵀ` for an f32 `[.., in]` input on the CPU, for any number of rows.
+pub fn forward<W: PackedWeight>(weight: &W, x: &Tensor) -> Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims();
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.dims().last() != Some(&in_dim) {
+        candle_core::bail!(
+            "{} takes an f32 CPU input of width {in_dim}, got {:?} {:?} on {:?}",
+            W::NAME,
+            x.dtype(),
+            x.dims(),
+            x.device()
+        );
+    }
+    let y = x.contiguous()?.apply_op1_no_bwd(&Op(weight))?;
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out_dim;
+    }
+    y.reshape(dims)
+}
+
+/// A packed weight as a candle op.
+struct Op<'a, W>(&'a W);
+
+impl<W: PackedWeight> CustomOp1 for Op<'_, W> {
+    fn name(&self) -> &'static str {
+        W::NAME
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some(x) = super::split_matmul::contiguous_f32(storage, layout) else {
+            candle_core::bail!("{} takes a contiguous f32 input", W::NAME);
+        };
+        let (out_dim, in_dim) = self.0.dims();
+        let rows = x.len() / in_dim;
+        let activations = Activations::quantize(x, rows, in_dim);
+        let mut y = vec![0f32; rows * out_dim];
+        product(self.0, &activations, &mut y);
+        Ok((CpuStorage::F32(y), Shape::from((rows, out_dim))))
+    }
+}
+
+/// Every stripe of the product, split over the barrier pool: each thread walks its own run of
+/// stripes, so a stripe's tiles are read from memory once and from cache for the other rows.
+fn product<W: PackedWeight>(weight: &W, x: &Activations, y: &mut [f32]) {
+    let (out_dim, in_dim) = weight.dims();
+    assert_eq!(y.len(), x.rows * out_dim);
+    assert_eq!(x.blocks, in_dim / BLOCK);
+    let stripes = out_dim / TILE_ROWS;
+    let threads = barrier_pool().n_workers() + 1;
+    let per_thread = stripes.div_ceil(threads);
+    let out = Output { ptr: y.as_mut_ptr(), len: y.len() };
+    barrier_pool().execute(|tid| {
+        let first = (tid * per_thread).min(stripes);
+        let last = ((tid + 1) * per_thread).min(stripes);
+        for stripe in first..last {
+            // SAFETY: a packed weight exists only for instructions its CPU has (its
+            // constructors check), and each stripe belongs to one thread.
+            unsafe { weight.stripe(x, stripe, out) };
+        }
+    });
+}

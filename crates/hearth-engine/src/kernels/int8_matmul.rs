@@ -24,14 +24,10 @@
 //! copy of the weight.
 
 use candle_core::quantized::QTensor;
-use candle_core::utils::barrier_pool;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 
-use super::activations::{Activations, Output, BLOCK, HALF};
+use super::activations::{Activations, Output, PackedWeight, BLOCK, HALF, TILE_ROWS};
 use super::ggml_groups;
-
-/// Output rows per tile: one 512-bit register of f32 lanes.
-const TILE_ROWS: usize = 16;
 
 /// 16 output rows × 32 inputs (two groups of 16 per row).
 #[derive(Clone, Copy)]
@@ -154,76 +150,35 @@ impl PackedInt8 {
         Ok(Some(Self { tiles, out_dim, in_dim, path }))
     }
 
-    pub fn dims(&self) -> (usize, usize) {
-        (self.out_dim, self.in_dim)
-    }
-
     pub fn path(&self) -> Path {
         self.path
     }
 
     /// `x · Wᵀ` for an f32 `[.., in]` input on the CPU, for any number of rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.dims().last() != Some(&self.in_dim)
-        {
-            candle_core::bail!(
-                "int8 matmul takes an f32 CPU input of width {}, got {:?} {:?} on {:?}",
-                self.in_dim,
-                x.dtype(),
-                x.dims(),
-                x.device()
-            );
-        }
-        let y = x.contiguous()?.apply_op1_no_bwd(self)?;
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = self.out_dim;
-        }
-        y.reshape(dims)
-    }
-
-    fn product(&self, x: &Activations, y: &mut [f32]) {
-        assert_eq!(y.len(), x.rows * self.out_dim);
-        assert_eq!(x.blocks, self.in_dim / BLOCK);
-        let stripes = self.out_dim / TILE_ROWS;
-        let threads = barrier_pool().n_workers() + 1;
-        let per_thread = stripes.div_ceil(threads);
-        let out = Output { ptr: y.as_mut_ptr(), len: y.len() };
-        barrier_pool().execute(|tid| {
-            let first = (tid * per_thread).min(stripes);
-            let last = ((tid + 1) * per_thread).min(stripes);
-            for stripe in first..last {
-                let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
-                let job = Stripe { tiles, x, stripe, out_dim: self.out_dim, out };
-                // SAFETY: a `PackedInt8` exists only for a path its CPU has (`with_path`).
-                // Each stripe belongs to one thread, and the kernels write only the stripe's
-                // 16 columns of each row, inside `out` (asserted), so no two threads write the
-                // same element.
-                unsafe {
-                    match self.path {
-                        Path::Avx512Vnni => job.run_vnni(),
-                        Path::Avx2 => job.run_avx2(),
-                    }
-                }
-            }
-        });
+        super::activations::forward(self, x)
     }
 }
 
-impl CustomOp1 for PackedInt8 {
-    fn name(&self) -> &'static str {
-        "ggml-int8-matmul"
+impl PackedWeight for PackedInt8 {
+    const NAME: &'static str = "ggml-int8-matmul";
+
+    fn dims(&self) -> (usize, usize) {
+        (self.out_dim, self.in_dim)
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some(x) = super::split_matmul::contiguous_f32(storage, layout) else {
-            candle_core::bail!("int8 matmul takes a contiguous f32 input");
-        };
-        let rows = x.len() / self.in_dim;
-        let activations = Activations::quantize(x, rows, self.in_dim);
-        let mut y = vec![0f32; rows * self.out_dim];
-        self.product(&activations, &mut y);
-        Ok((CpuStorage::F32(y), Shape::from((rows, self.out_dim))))
+    unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
+        let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
+        let job = Stripe { tiles, x, stripe, out_dim: self.out_dim, out };
+        // SAFETY: the caller's (`PackedWeight::stripe`); `with_path` builds a `PackedInt8`
+        // only for a path its CPU has. The kernels write only the stripe's 16 columns of each
+        // row, inside `out` (asserted in `Stripe::write`).
+        unsafe {
+            match self.path {
+                Path::Avx512Vnni => job.run_vnni(),
+                Path::Avx2 => job.run_avx2(),
+            }
+        }
     }
 }
 
@@ -356,6 +311,7 @@ impl Stripe<'_> {
 mod tests {
     use super::*;
     use candle_core::quantized::{GgmlDType, QMatMul};
+    use candle_core::DType;
     use candle_core::{Device, Module};
 
     const TYPES: [GgmlDType; 10] = {

@@ -8,6 +8,7 @@
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 
+use super::activations::PackedWeight;
 use super::int8_matmul::PackedInt8;
 use super::q8_matmul::PackedQ8_0;
 

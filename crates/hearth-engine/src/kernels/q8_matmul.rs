@@ -22,15 +22,12 @@
 //! Written here because no crate at hand runs q8_0 products at memory speed for any input size.
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::utils::barrier_pool;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 
-use super::activations::{Activations, Output, BLOCK};
+use super::activations::{Activations, Output, PackedWeight, BLOCK, TILE_ROWS};
 
 /// Bytes of one ggml `block_q8_0`: an f16 scale, then 32 int8 values.
 const BLOCK_BYTES: usize = 2 + BLOCK;
-/// Output rows per tile: one 512-bit register of i32 lanes.
-const TILE_ROWS: usize = 16;
 /// Rows whose accumulators live in registers at once.
 const ROW_GROUP: usize = 8;
 
@@ -112,10 +109,6 @@ impl PackedQ8_0 {
         Self { tiles, out_dim, in_dim }
     }
 
-    pub fn dims(&self) -> (usize, usize) {
-        (self.out_dim, self.in_dim)
-    }
-
     /// The weight as a dense f32 `[out, in]` tensor (to check the repacking).
     #[cfg(test)]
     fn dequantize(&self) -> Result<Tensor> {
@@ -138,65 +131,25 @@ impl PackedQ8_0 {
     /// and prefill's hundreds, where int8 products (64 multiply-adds an instruction) also beat
     /// a tiled f32 product (16), with no dequantized copy of the weight.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.dims().last() != Some(&self.in_dim)
-        {
-            candle_core::bail!(
-                "q8_0 matmul takes an f32 CPU input of width {}, got {:?} {:?} on {:?}",
-                self.in_dim,
-                x.dtype(),
-                x.dims(),
-                x.device()
-            );
-        }
-        let y = x.contiguous()?.apply_op1_no_bwd(self)?;
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = self.out_dim;
-        }
-        y.reshape(dims)
+        super::activations::forward(self, x)
     }
 }
 
-impl CustomOp1 for PackedQ8_0 {
-    fn name(&self) -> &'static str {
-        "q8_0-vnni-matmul"
+impl PackedWeight for PackedQ8_0 {
+    const NAME: &'static str = "q8_0-vnni-matmul";
+
+    fn dims(&self) -> (usize, usize) {
+        (self.out_dim, self.in_dim)
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some(x) = super::split_matmul::contiguous_f32(storage, layout) else {
-            candle_core::bail!("q8_0 matmul takes a contiguous f32 input");
-        };
-        let rows = x.len() / self.in_dim;
-        let activations = Activations::quantize(x, rows, self.in_dim);
-        let mut y = vec![0f32; rows * self.out_dim];
-        self.product(&activations, &mut y);
-        Ok((CpuStorage::F32(y), Shape::from((rows, self.out_dim))))
-    }
-}
-
-impl PackedQ8_0 {
-    fn product(&self, x: &Activations, y: &mut [f32]) {
-        assert_eq!(y.len(), x.rows * self.out_dim);
-        assert_eq!(x.blocks, self.in_dim / BLOCK);
-        let stripes = self.out_dim / TILE_ROWS;
-        let threads = barrier_pool().n_workers() + 1;
-        let per_thread = stripes.div_ceil(threads);
-        let out = Output { ptr: y.as_mut_ptr(), len: y.len() };
-        barrier_pool().execute(|tid| {
-            let first = (tid * per_thread).min(stripes);
-            let last = ((tid + 1) * per_thread).min(stripes);
-            for stripe in first..last {
-                let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
-                for group in (0..x.rows).step_by(ROW_GROUP) {
-                    let rows = group..(group + ROW_GROUP).min(x.rows);
-                    // SAFETY: `PackedQ8_0` exists only where `supported()` held, so the CPU
-                    // has the instructions. Each stripe belongs to one thread, and the kernel
-                    // writes only the stripe's 16 columns of its rows, inside `out` (asserted
-                    // in `stripe_product`), so no two threads write the same element.
-                    unsafe { stripe_product(tiles, x, rows, stripe, self.out_dim, out) };
-                }
-            }
-        });
+    unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
+        let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
+        for group in (0..x.rows).step_by(ROW_GROUP) {
+            let rows = group..(group + ROW_GROUP).min(x.rows);
+            // SAFETY: the caller's (`PackedWeight::stripe`); `PackedQ8_0` exists only where
+            // `supported()` held. Writes are bounds-checked in `stripe_product`.
+            unsafe { stripe_product(tiles, x, rows, stripe, self.out_dim, out) };
+        }
     }
 }
 
@@ -258,6 +211,7 @@ unsafe fn stripe_product(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
     use candle_core::Device;
 
     fn q8_0_weight(out_dim: usize, in_dim: usize) -> QTensor {
