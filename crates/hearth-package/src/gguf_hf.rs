@@ -108,13 +108,8 @@ fn config(meta: &Meta, vocab: usize) -> Result<Value, PackageError> {
             )))
         }
     };
-    if meta.gguf.tensors.contains_key("rope_freqs.weight") {
-        return Err(meta.error(
-            "per-dimension RoPE factors (`rope_freqs.weight`, Llama 3.1 scaling) are not read \
-             from GGUF metadata; add a config.json with its `rope_scaling` beside the GGUF"
-                .into(),
-        ));
-    }
+    // Llama 3.1 scaling travels as the tensor `rope_freqs.weight`, not as metadata: the model
+    // reads it from the GGUF as it loads, so the derived config names no `rope_scaling`.
     let key = |k: &str| format!("{arch}.{k}");
     let heads = meta.required_int(&key("attention.head_count"))?;
     let mut eos = vec![meta.int("tokenizer.ggml.eos_token_id")?];

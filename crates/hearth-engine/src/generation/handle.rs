@@ -465,7 +465,7 @@ fn load_llama(
 
 /// A GGUF must hold the model's tensors under llama.cpp's names with the expected shapes; a
 /// tied model may omit `output.weight`, and llama3-scaled RoPE may add `rope_freqs.weight`
-/// (the frequencies are computed from config.json instead).
+/// (read by the model as its RoPE factors).
 fn check_gguf_tensors(
     gguf: &hearth_package::GgufFile,
     expected: &[(String, Vec<usize>)],

@@ -283,6 +283,19 @@ impl<'a> WeightSource<'a> {
         )
     }
 
+    /// Per-frequency RoPE divisors stored with the weights: a GGUF's `rope_freqs.weight` (Llama
+    /// 3.1 scaling as llama.cpp's converter writes it). Dense checkpoints have none.
+    pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>> {
+        let Inner::Gguf(g) = &self.inner else { return Ok(None) };
+        const NAME: &str = "rope_freqs.weight";
+        if !g.content.tensor_infos.contains_key(NAME) {
+            return Ok(None);
+        }
+        let mut file = g.file.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        let t = g.content.tensor(&mut *file, NAME, &Device::Cpu)?;
+        Ok(Some(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?))
+    }
+
     /// Whether the tensor `name` at this prefix exists.
     pub fn contains(&self, name: &str) -> bool {
         match &self.inner {

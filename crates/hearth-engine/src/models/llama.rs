@@ -24,11 +24,29 @@ struct Rotary {
 }
 
 impl Rotary {
-    fn new(rope: &Rope, head_dim: usize, device: &Device) -> Result<Self> {
-        let inv_freq: Vec<f32> = (0..head_dim / 2)
-            .map(|i| 1.0 / rope.theta.powf((2 * i) as f64 / head_dim as f64))
-            .map(|f| scale_frequency(f, &rope.scaling) as f32)
-            .collect();
+    /// `factors`, when given, are per-frequency divisors stored in the weights (a GGUF's
+    /// `rope_freqs.weight`, which llama.cpp's converter writes for Llama 3.1 scaling). They are
+    /// what llama.cpp runs, so they replace config.json's llama3 scaling.
+    fn new(rope: &Rope, head_dim: usize, factors: Option<&[f32]>, device: &Device) -> Result<Self> {
+        let base =
+            (0..head_dim / 2).map(|i| 1.0 / rope.theta.powf((2 * i) as f64 / head_dim as f64));
+        let inv_freq: Vec<f32> = match factors {
+            Some(factors) if factors.len() != head_dim / 2 => candle_core::bail!(
+                "rope_freqs has {} factors, expected head_dim / 2 = {}",
+                factors.len(),
+                head_dim / 2
+            ),
+            Some(factors) => {
+                let scaling = match rope.scaling {
+                    RopeScaling::Llama3 { .. } => RopeScaling::None,
+                    other => other,
+                };
+                base.zip(factors)
+                    .map(|(f, &d)| scale_frequency(f / f64::from(d), &scaling) as f32)
+                    .collect()
+            }
+            None => base.map(|f| scale_frequency(f, &rope.scaling) as f32).collect(),
+        };
         let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
         Ok(Self { inv_freq })
     }
@@ -375,7 +393,12 @@ impl Llama {
             layers,
             norm: vb_m.pp("norm").rms_norm(cfg.hidden_size, cfg.rms_norm_eps)?,
             lm_head,
-            rotary: Rotary::new(&rope, cfg.head_dim(), &vb.device())?,
+            rotary: Rotary::new(
+                &rope,
+                cfg.head_dim(),
+                vb.rope_freq_factors()?.as_deref(),
+                &vb.device(),
+            )?,
             vocab_size: cfg.vocab_size,
             dtype: vb.dtype(),
             device: vb.device(),
@@ -438,5 +461,34 @@ mod tests {
         assert!((scale_frequency(0.001, &s) - 0.00025).abs() < 1e-12);
         let mid = scale_frequency(0.1, &s);
         assert!(mid > 0.025 && mid < 0.1, "{mid}");
+    }
+
+    /// Stored factors (a GGUF's `rope_freqs`) computed from the same llama3 parameters give the
+    /// frequencies config.json's scaling gives, and they replace that scaling rather than compound it.
+    #[test]
+    fn stored_rope_factors_replace_llama3_scaling() {
+        let scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64.0,
+        };
+        let rope = Rope { theta: 10_000.0, scaling };
+        let head_dim = 16;
+        let factors: Vec<f32> = (0..head_dim / 2)
+            .map(|i| {
+                let f = 1.0 / 10_000f64.powf((2 * i) as f64 / head_dim as f64);
+                (f / scale_frequency(f, &scaling)) as f32
+            })
+            .collect();
+        assert!(factors.iter().any(|&d| d > 1.0) && factors.contains(&1.0), "{factors:?}");
+        let from_config = Rotary::new(&rope, head_dim, None, &Device::Cpu).unwrap();
+        let from_factors = Rotary::new(&rope, head_dim, Some(&factors), &Device::Cpu).unwrap();
+        let a: Vec<f32> = from_config.inv_freq.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = from_factors.inv_freq.flatten_all().unwrap().to_vec1().unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6 * x.abs(), "{a:?} vs {b:?}");
+        }
+        assert!(Rotary::new(&rope, head_dim, Some(&factors[1..]), &Device::Cpu).is_err());
     }
 }
