@@ -49,7 +49,8 @@ fn a_gguf_file_is_served_alone_with_a_kv_cache_sized_from_free_memory() {
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().unwrap();
     // Whether a 135M model at 4 bits knows its capitals is not this test's business (it answers
-    // with French words); that the file generates through the whole stack is.
+    // with French words, as llama.cpp does on this file and prompt); that the file generates
+    // through the whole stack is.
     let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(!text.trim().is_empty(), "{answer}");
     assert_eq!(answer["usage"]["completion_tokens"], 16, "{answer}");
