@@ -11,7 +11,9 @@
 //!   +128, unsigned as the instruction wants; the offset is taken back out with the activation
 //!   half-block's sum, computed once per row).
 //! - **AVX2**: `vpmaddubsw` + `vpmaddwd` on 8 rows at a time, with the usual sign trick
-//!   (|x| times w with x's sign) so that no pair of products saturates 16 bits.
+//!   (|x| times w with x's sign) so that no pair of products saturates 16 bits; the weights
+//!   are stored signed for this path, and each activation group's |x| serves both halves of
+//!   the tile.
 //!
 //! A group's scale and minimum are applied in f32 once per 16 inputs, so the sums are exact
 //! integer dot products of the stored integers: the same numbers candle's and llama.cpp's
@@ -33,7 +35,8 @@ use super::ggml_groups;
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Tile {
-    /// `qs[g][4 * row + j]` = v(row, 4g + j) + 128.
+    /// `qs[g][4 * row + j]` = v(row, 4g + j): plus 128 on the VNNI path (unsigned, as
+    /// `vpdpbusd` wants), the signed value's bits on the AVX2 path.
     qs: [[u8; 4 * TILE_ROWS]; BLOCK / 4],
     /// `scales[half][row]`.
     scales: [[f32; TILE_ROWS]; 2],
@@ -127,6 +130,7 @@ impl PackedInt8 {
                 }
             };
             let per_row = in_dim / HALF;
+            let offset: i16 = if path == Path::Avx512Vnni { 128 } else { 0 };
             tiles.extend((0..blocks).map(|b| {
                 let mut tile = Tile {
                     qs: [[0; 4 * TILE_ROWS]; BLOCK / 4],
@@ -140,7 +144,7 @@ impl PackedInt8 {
                         tile.mins[h][r] = g.min;
                         for (i, &v) in g.v.iter().enumerate() {
                             let at = h * HALF + i;
-                            tile.qs[at / 4][4 * r + at % 4] = (v as i16 + 128) as u8;
+                            tile.qs[at / 4][4 * r + at % 4] = (v as i16 + offset) as u8;
                         }
                     }
                 }
@@ -250,7 +254,6 @@ impl Stripe<'_> {
     unsafe fn run_avx2(&self) {
         use std::arch::x86_64::*;
         let ones = _mm256_set1_epi16(1);
-        let flip = _mm256_set1_epi8(-128);
         for group in (0..self.x.rows).step_by(AVX2_ROWS) {
             let rows = group..(group + AVX2_ROWS).min(self.x.rows);
             // Two registers of 8 output rows per activation row.
@@ -259,31 +262,37 @@ impl Stripe<'_> {
                 for (slot, row) in rows.clone().enumerate() {
                     let at = row * self.x.blocks + b;
                     let sums = self.x.half_sums[at];
-                    let xs = _mm256_set1_ps(self.x.scales[at]);
-                    for (part, acc) in acc[slot].iter_mut().enumerate() {
-                        let mut t = _mm256_setzero_ps();
-                        for (h, &sum) in sums.iter().enumerate() {
-                            let mut dot = _mm256_setzero_si256();
-                            for g in 4 * h..4 * h + 4 {
-                                let x4 = _mm256_set1_epi32(self.four(row, b, g));
+                    // The block's 32 activation bytes, read 4 at a time.
+                    let xq = self.x.block(row, b).as_ptr() as *const i32;
+                    let mut t = [_mm256_setzero_ps(); 2];
+                    for (h, &sum) in sums.iter().enumerate() {
+                        let mut dot = [_mm256_setzero_si256(); 2];
+                        for g in 4 * h..4 * h + 4 {
+                            // SAFETY: group `g`'s 4 bytes lie inside the block's 32.
+                            let x4 = _mm256_set1_epi32(xq.add(g).read_unaligned());
+                            let magnitude = _mm256_abs_epi8(x4);
+                            for (part, dot) in dot.iter_mut().enumerate() {
                                 // SAFETY: 32 aligned bytes inside the tile's group `g`.
-                                let stored = _mm256_load_si256(
+                                let w = _mm256_load_si256(
                                     tile.qs[g].as_ptr().add(32 * part) as *const __m256i
                                 );
-                                // Stored +128: flipping the top bit gives the signed value.
-                                let w = _mm256_xor_si256(stored, flip);
-                                let pairs = _mm256_maddubs_epi16(
-                                    _mm256_abs_epi8(x4),
-                                    _mm256_sign_epi8(w, x4),
-                                );
-                                dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, ones));
+                                // |x| times w with x's sign: no pair of products saturates.
+                                let pairs =
+                                    _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(w, x4));
+                                *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(pairs, ones));
                             }
+                        }
+                        let sum = _mm256_set1_ps(sum as f32);
+                        for (part, t) in t.iter_mut().enumerate() {
                             let lanes = 8 * part;
                             let scale = _mm256_loadu_ps(tile.scales[h].as_ptr().add(lanes));
                             let min = _mm256_loadu_ps(tile.mins[h].as_ptr().add(lanes));
-                            t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, t);
-                            t = _mm256_fnmadd_ps(min, _mm256_set1_ps(sum as f32), t);
+                            *t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[part]), scale, *t);
+                            *t = _mm256_fnmadd_ps(min, sum, *t);
                         }
+                    }
+                    let xs = _mm256_set1_ps(self.x.scales[at]);
+                    for (acc, t) in acc[slot].iter_mut().zip(t) {
                         *acc = _mm256_fmadd_ps(t, xs, *acc);
                     }
                 }
