@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::Daemon;
 use serde_json::{json, Value};
@@ -33,7 +34,10 @@ fn a_gguf_file_is_served_alone_with_a_kv_cache_sized_from_free_memory() {
     // more than 1 GiB free holds more than the old fixed 512 MiB did (11,648 tokens).
     assert!(tokens > 11_648, "{kv}");
 
-    let client = reqwest::blocking::Client::new();
+    // A guard against a hang, not a speed check: reqwest's default of 30 s is less than a debug
+    // build on a loaded 2-core machine may take to prefill and answer.
+    let client =
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build().unwrap();
     let models: Value = client.get(daemon.url("/v1/models")).send().unwrap().json().unwrap();
     let name = "smollm2-135m-instruct.q4_1";
     let ids: Vec<&str> =
