@@ -10,7 +10,8 @@ Two jobs, both run with llama.cpp's own code (llama-cpp-python, which vendors ll
       llama.cpp computes them with an f32 KV cache, as Hearth keeps it on a CPU. Kept per prompt: llama.cpp's token ids, the 64 largest logits with
       their ids, every 61st logit of the vocabulary (a sample of the whole distribution), and the
       greedy tokens with the margin between the best and second-best logit at each step (a small
-      margin is a near-tie that arithmetic differences may flip). Read by tests/llama_cpp_smollm2.rs.
+      margin is a near-tie that arithmetic differences may flip). Read by
+      crates/hearth-engine/tests/llama_cpp_smollm2.rs.
 
   parity FIXTURES
       The four families' parity checkpoints (FIXTURES/<family>/config.json + model.safetensors,
