@@ -27,7 +27,7 @@ use crate::generation::scheduler::SchedulerConfig;
 use crate::generation::shared::{EngineStats, Shared};
 use crate::generation::worker::{Command, Submission, Worker, WorkerParts};
 use crate::kernels::linear::Quantization;
-use crate::loading::weights::{gguf_name, GgufWeights, WeightSource};
+use crate::loading::weights::{gguf_name, GgufWeights, WeightSource, ROPE_FREQS};
 use crate::loading::{var_builder, Progress};
 use crate::models::llama::{self, Llama, LlamaConfig};
 
@@ -492,7 +492,7 @@ fn check_gguf_tensors(
         wanted.insert("output.weight".to_string());
     }
     for name in gguf.tensors.keys() {
-        if !wanted.contains(name) && name != "rope_freqs.weight" {
+        if !wanted.contains(name) && name != ROPE_FREQS {
             problems.push(TensorProblem::Unexpected { name: name.clone() });
         }
     }

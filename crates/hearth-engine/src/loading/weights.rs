@@ -23,6 +23,10 @@ use candle_nn::{Embedding, Init, RmsNorm, VarBuilder};
 use crate::kernels::linear::{Linear, Quantization};
 use crate::models::llama::config::LlamaConfig;
 
+/// The GGUF tensor of per-frequency RoPE divisors (Llama 3.1 scaling), which no Hugging Face
+/// tensor maps to.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
 /// A GGUF file, its parsed header and what the model needs to read it.
 pub struct GgufWeights {
     content: gguf_file::Content,
@@ -49,15 +53,20 @@ impl GgufWeights {
         Ok(Self { content, file: Mutex::new(file), device: device.clone(), dtype, unpermute_qk })
     }
 
+    /// The GGUF tensor `name` as stored, on the CPU.
+    fn stored(&self, name: &str) -> Result<QTensor> {
+        let mut file = self.file.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        self.content.tensor(&mut *file, name, &Device::Cpu)
+    }
+
     /// The GGUF tensor behind the Hugging Face name `hf`, in Hugging Face row order.
     fn qtensor(&self, hf: &str) -> Result<QTensor> {
         let name = gguf_name(hf)
             .ok_or_else(|| candle_core::Error::Msg(format!("no GGUF name for tensor `{hf}`")))?;
-        let mut file = self.file.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
         if !self.content.tensor_infos.contains_key(&name) {
             candle_core::bail!("GGUF lacks tensor `{name}` (for `{hf}`)");
         }
-        let t = self.content.tensor(&mut *file, &name, &Device::Cpu)?;
+        let t = self.stored(&name)?;
         let heads = match (self.unpermute_qk, name.rsplit('.').nth(1)) {
             (Some((q, _)), Some("attn_q")) => Some(q),
             (Some((_, kv)), Some("attn_k")) => Some(kv),
@@ -287,12 +296,10 @@ impl<'a> WeightSource<'a> {
     /// 3.1 scaling as llama.cpp's converter writes it). Dense checkpoints have none.
     pub fn rope_freq_factors(&self) -> Result<Option<Vec<f32>>> {
         let Inner::Gguf(g) = &self.inner else { return Ok(None) };
-        const NAME: &str = "rope_freqs.weight";
-        if !g.content.tensor_infos.contains_key(NAME) {
+        if !g.content.tensor_infos.contains_key(ROPE_FREQS) {
             return Ok(None);
         }
-        let mut file = g.file.lock().map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
-        let t = g.content.tensor(&mut *file, NAME, &Device::Cpu)?;
+        let t = g.stored(ROPE_FREQS)?;
         Ok(Some(t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?))
     }
 
