@@ -196,12 +196,6 @@ struct Stripe<'a> {
 }
 
 impl Stripe<'_> {
-    /// The four activation bytes of group `g` of `row`'s block `b`, as one i32.
-    fn four(&self, row: usize, b: usize, g: usize) -> i32 {
-        let q = &self.x.block(row, b)[4 * g..4 * g + 4];
-        i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
-    }
-
     fn write(&self, row: usize, first_column: usize, lanes: usize) -> *mut f32 {
         let at = row * self.out_dim + self.stripe * TILE_ROWS + first_column;
         assert!(at + lanes <= self.out.len);
@@ -216,38 +210,63 @@ const AVX2_ROWS: usize = 4;
 
 #[cfg(target_arch = "x86_64")]
 impl Stripe<'_> {
+    /// Every row, in groups of [`VNNI_ROWS`] and then a smaller group for the rest, each
+    /// through a kernel whose row count is a constant, so that its accumulators stay in
+    /// registers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn run_vnni(&self) {
-        use std::arch::x86_64::*;
-        for group in (0..self.x.rows).step_by(VNNI_ROWS) {
-            let rows = group..(group + VNNI_ROWS).min(self.x.rows);
-            let mut acc = [_mm512_setzero_ps(); VNNI_ROWS];
-            for (b, tile) in self.tiles.iter().enumerate() {
-                // SAFETY (loads): a tile is 64-byte aligned and its arrays are whole vectors.
-                let w = tile.qs.as_ptr() as *const __m512i;
-                let scale = |h: usize| _mm512_load_ps(tile.scales[h].as_ptr());
-                let min = |h: usize| _mm512_load_ps(tile.mins[h].as_ptr());
-                for (slot, row) in rows.clone().enumerate() {
-                    let at = row * self.x.blocks + b;
-                    let sums = self.x.half_sums[at];
-                    let mut t = _mm512_setzero_ps();
-                    for (h, &sum) in sums.iter().enumerate() {
-                        let mut dot = _mm512_set1_epi32(-128 * sum);
-                        for g in 4 * h..4 * h + 4 {
-                            let x4 = _mm512_set1_epi32(self.four(row, b, g));
-                            dot = _mm512_dpbusd_epi32(dot, _mm512_load_si512(w.add(g)), x4);
-                        }
-                        t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale(h), t);
-                        t = _mm512_fnmadd_ps(min(h), _mm512_set1_ps(sum as f32), t);
-                    }
-                    let xs = _mm512_set1_ps(self.x.scales[at]);
-                    acc[slot] = _mm512_fmadd_ps(t, xs, acc[slot]);
+        let mut first = 0;
+        while first < self.x.rows {
+            // SAFETY: the caller's; each kernel reads rows `first..first + N`, all present.
+            first += unsafe {
+                match self.x.rows - first {
+                    n if n >= VNNI_ROWS => self.vnni_rows::<VNNI_ROWS>(first),
+                    n if n >= 4 => self.vnni_rows::<4>(first),
+                    n if n >= 2 => self.vnni_rows::<2>(first),
+                    _ => self.vnni_rows::<1>(first),
                 }
-            }
-            for (slot, row) in rows.enumerate() {
-                _mm512_storeu_ps(self.write(row, 0, TILE_ROWS), acc[slot]);
+            };
+        }
+    }
+
+    /// Rows `first..first + N` (all present): per tile, its 8 groups of weights are loaded
+    /// into registers once and serve every row, and each row's 4 activation bytes are
+    /// broadcast straight from memory into the multiply-add.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn vnni_rows<const N: usize>(&self, first: usize) -> usize {
+        use std::arch::x86_64::*;
+        let blocks = self.x.blocks;
+        assert!((first + N) * blocks <= self.x.scales.len());
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (b, tile) in self.tiles.iter().enumerate() {
+            // SAFETY (loads): a tile is 64-byte aligned and its arrays are whole vectors.
+            let w: [__m512i; BLOCK / 4] =
+                std::array::from_fn(|g| _mm512_load_si512(tile.qs[g].as_ptr() as *const __m512i));
+            let scale = [0, 1].map(|h| _mm512_load_ps(tile.scales[h].as_ptr()));
+            let min = [0, 1].map(|h| _mm512_load_ps(tile.mins[h].as_ptr()));
+            for (slot, acc) in acc.iter_mut().enumerate() {
+                let at = (first + slot) * blocks + b;
+                // SAFETY: block `at` exists (asserted above); its 32 bytes are 8 groups of 4.
+                let xq = unsafe { self.x.qs.as_ptr().add(at * BLOCK) } as *const i32;
+                let sums = self.x.half_sums[at];
+                let mut t = _mm512_setzero_ps();
+                for (h, &sum) in sums.iter().enumerate() {
+                    let mut dot = _mm512_set1_epi32(-128 * sum);
+                    for g in 4 * h..4 * h + 4 {
+                        // SAFETY: group `g`'s 4 bytes lie inside the block.
+                        let x4 = _mm512_set1_epi32(unsafe { xq.add(g).read_unaligned() });
+                        dot = _mm512_dpbusd_epi32(dot, w[g], x4);
+                    }
+                    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale[h], t);
+                    t = _mm512_fnmadd_ps(min[h], _mm512_set1_ps(sum as f32), t);
+                }
+                *acc = _mm512_fmadd_ps(t, _mm512_set1_ps(self.x.scales[at]), *acc);
             }
         }
+        for (slot, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(self.write(first + slot, 0, TILE_ROWS), *acc);
+        }
+        N
     }
 
     #[target_feature(enable = "avx2,fma")]

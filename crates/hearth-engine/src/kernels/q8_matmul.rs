@@ -144,68 +144,84 @@ impl PackedWeight for PackedQ8_0 {
 
     unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
         let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
-        for group in (0..x.rows).step_by(ROW_GROUP) {
-            let rows = group..(group + ROW_GROUP).min(x.rows);
+        let job = Stripe { tiles, x, stripe, out_dim: self.out_dim, out };
+        let mut first = 0;
+        while first < x.rows {
             // SAFETY: the caller's (`PackedWeight::stripe`); `PackedQ8_0` exists only where
-            // `supported()` held. Writes are bounds-checked in `stripe_product`.
-            unsafe { stripe_product(tiles, x, rows, stripe, self.out_dim, out) };
+            // `supported()` held. Each kernel reads rows `first..first + N`, all present, and
+            // its writes are bounds-checked.
+            first += unsafe {
+                match x.rows - first {
+                    n if n >= ROW_GROUP => job.rows::<ROW_GROUP>(first),
+                    n if n >= 4 => job.rows::<4>(first),
+                    n if n >= 2 => job.rows::<2>(first),
+                    _ => job.rows::<1>(first),
+                }
+            };
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn stripe_product(
-    tiles: &[Tile],
-    x: &Activations,
-    rows: std::ops::Range<usize>,
+/// One thread's share of a product: a stripe of 16 output columns, every row.
+struct Stripe<'a> {
+    tiles: &'a [Tile],
+    x: &'a Activations,
     stripe: usize,
     out_dim: usize,
     out: Output,
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm512_setzero_ps(); ROW_GROUP];
-    for (b, tile) in tiles.iter().enumerate() {
-        // SAFETY (loads): a tile is 32 + 512 bytes, read with unaligned loads inside it.
-        let w = tile.qs.as_ptr() as *const __m512i;
-        let scales = _mm512_cvtph_ps(_mm256_loadu_si256(tile.scales.as_ptr() as *const __m256i));
-        for (slot, row) in rows.clone().enumerate() {
-            let xq = x.block(row, b);
-            let four = |g: usize| {
-                let bytes = [xq[4 * g], xq[4 * g + 1], xq[4 * g + 2], xq[4 * g + 3]];
-                _mm512_set1_epi32(i32::from_le_bytes(bytes.map(|q| q as u8)))
-            };
-            // Two chains, so that each dpbusd waits on one half as many before it.
-            let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-            for g in (0..BLOCK / 4).step_by(2) {
-                even = _mm512_dpbusd_epi32(even, _mm512_loadu_si512(w.add(g)), four(g));
-                odd = _mm512_dpbusd_epi32(odd, _mm512_loadu_si512(w.add(g + 1)), four(g + 1));
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Stripe<'_> {
+    /// Rows `first..first + N` (all present), their accumulators in registers: per tile, its 8
+    /// groups of weights are loaded once and serve every row, and each row's 4 activation
+    /// bytes are broadcast straight from memory into the multiply-add.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn rows<const N: usize>(&self, first: usize) -> usize {
+        use std::arch::x86_64::*;
+        let blocks = self.x.blocks;
+        assert!((first + N) * blocks <= self.x.scales.len());
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (b, tile) in self.tiles.iter().enumerate() {
+            // SAFETY (loads): a tile is 32 + 512 bytes, read with unaligned loads inside it.
+            let w: [__m512i; BLOCK / 4] =
+                std::array::from_fn(|g| _mm512_loadu_si512(tile.qs[g].as_ptr() as *const __m512i));
+            let scales =
+                _mm512_cvtph_ps(_mm256_loadu_si256(tile.scales.as_ptr() as *const __m256i));
+            for (slot, acc) in acc.iter_mut().enumerate() {
+                let at = (first + slot) * blocks + b;
+                // SAFETY: block `at` exists (asserted above); its 32 bytes are 8 groups of 4.
+                let xq = unsafe { self.x.qs.as_ptr().add(at * BLOCK) } as *const i32;
+                let [low, high] = self.x.half_sums[at];
+                // Two chains, so that each dpbusd waits on one half as many before it.
+                let mut even = _mm512_set1_epi32(-128 * (low + high));
+                let mut odd = _mm512_setzero_si512();
+                for g in (0..BLOCK / 4).step_by(2) {
+                    // SAFETY: groups `g` and `g + 1` lie inside the block.
+                    let (x0, x1) =
+                        unsafe { (xq.add(g).read_unaligned(), xq.add(g + 1).read_unaligned()) };
+                    even = _mm512_dpbusd_epi32(even, w[g], _mm512_set1_epi32(x0));
+                    odd = _mm512_dpbusd_epi32(odd, w[g + 1], _mm512_set1_epi32(x1));
+                }
+                let dot = _mm512_add_epi32(even, odd);
+                let scale = _mm512_mul_ps(scales, _mm512_set1_ps(self.x.scales[at]));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
             }
-            let at = row * x.blocks + b;
-            let [low, high] = x.half_sums[at];
-            let offset = _mm512_set1_epi32(128 * (low + high));
-            let dot = _mm512_sub_epi32(_mm512_add_epi32(even, odd), offset);
-            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(x.scales[at]));
-            acc[slot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[slot]);
         }
-    }
-    for (slot, row) in rows.enumerate() {
-        let at = row * out_dim + stripe * TILE_ROWS;
-        assert!(at + TILE_ROWS <= out.len);
-        _mm512_storeu_ps(out.ptr.add(at), acc[slot]);
+        for (slot, acc) in acc.iter().enumerate() {
+            let at = (first + slot) * self.out_dim + self.stripe * TILE_ROWS;
+            assert!(at + TILE_ROWS <= self.out.len);
+            _mm512_storeu_ps(self.out.ptr.add(at), *acc);
+        }
+        N
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn stripe_product(
-    _: &[Tile],
-    _: &Activations,
-    _: std::ops::Range<usize>,
-    _: usize,
-    _: usize,
-    _: Output,
-) {
-    unreachable!("PackedQ8_0 is only built where supported() holds")
+impl Stripe<'_> {
+    unsafe fn rows<const N: usize>(&self, _: usize) -> usize {
+        unreachable!("PackedQ8_0 is only built where supported() holds")
+    }
 }
 
 #[cfg(test)]
