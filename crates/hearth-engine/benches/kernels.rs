@@ -7,7 +7,8 @@
 //! the LM head's f32 weight (113 MB) does not, its q8_0 weight (30 MB) nearly does.
 //!
 //! The ggml types people download (q4_0, q4_1, q4_k, q5_k, q6_k) are measured through the int8
-//! kernel (on the best path the CPU has, and on AVX2) beside candle's own product for them.
+//! kernel (on the best path the CPU has, and on AVX2), and q4_0/q4_1 also through the 4-bit
+//! kernel, beside candle's own product for them.
 //!
 //!   cargo bench -p hearth-engine --bench kernels
 
@@ -17,6 +18,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hearth_engine::kernels::int8_matmul::{PackedInt8, Path};
+use hearth_engine::kernels::nibble_matmul::PackedNibble;
 use hearth_engine::kernels::q8_matmul::{self, PackedQ8_0};
 use hearth_engine::kernels::split_matmul;
 
@@ -65,8 +67,9 @@ fn products(c: &mut Criterion) {
     }
 }
 
-/// The other ggml types: the int8 kernel against candle's product, bytes counted as the
-/// int8 copy's (1.5 a weight) for the kernel and the file's for candle.
+/// The other ggml types: the int8 kernel (and for q4_0/q4_1 the 4-bit one) against candle's
+/// product, bytes counted as the int8 copy's (1.5 a weight) or the 4-bit tiles' (0.625) for
+/// the kernels and the file's for candle.
 fn ggml_types(c: &mut Criterion) {
     let device = Device::Cpu;
     let types = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
@@ -85,6 +88,7 @@ fn ggml_types(c: &mut Criterion) {
                 .into_iter()
                 .filter_map(|p| PackedInt8::with_path(&q, p).unwrap().map(|k| (p, k)))
                 .collect();
+            let nibble = PackedNibble::from_qtensor(&q).unwrap();
             let candle = QMatMul::from_qtensor(q).unwrap();
             for rows in [1usize, 8, 256] {
                 let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &device).unwrap();
@@ -96,6 +100,12 @@ fn ggml_types(c: &mut Criterion) {
                 group.throughput(Throughput::Bytes((out_dim * in_dim * 3 / 2) as u64));
                 for (path, kernel) in &paths {
                     group.bench_function(format!("int8_{path:?}"), |b| {
+                        b.iter(|| black_box(kernel.forward(&x).unwrap()))
+                    });
+                }
+                if let Some(kernel) = &nibble {
+                    group.throughput(Throughput::Bytes((out_dim * in_dim * 5 / 8) as u64));
+                    group.bench_function("nibble", |b| {
                         b.iter(|| black_box(kernel.forward(&x).unwrap()))
                     });
                 }

@@ -10,6 +10,7 @@ use candle_core::{DType, Module, Result, Tensor};
 
 use super::activations::PackedWeight;
 use super::int8_matmul::PackedInt8;
+use super::nibble_matmul::PackedNibble;
 use super::q8_matmul::PackedQ8_0;
 
 /// On-load quantization of dense weights to one of ggml's block types. Blocks run along a
@@ -61,6 +62,12 @@ pub enum Linear {
     /// every row count, decode's and prefill's.
     PackedQ8 {
         weight: PackedQ8_0,
+        bias: Option<Tensor>,
+    },
+    /// A q4_0 or q4_1 CPU weight kept at 4 bits for the AVX-512 VNNI kernel (see
+    /// `nibble_matmul.rs`).
+    PackedNibble {
+        weight: PackedNibble,
         bias: Option<Tensor>,
     },
     /// Any other ggml block type (q4_0 … q6_k, and q8_0 without VNNI) read into int8 groups
@@ -115,6 +122,9 @@ impl Linear {
                 if let Some(weight) = PackedQ8_0::from_qtensor(&weight)? {
                     return Ok(Self::PackedQ8 { weight, bias });
                 }
+                if let Some(weight) = PackedNibble::from_qtensor(&weight)? {
+                    return Ok(Self::PackedNibble { weight, bias });
+                }
                 if !candle_is_faster(&weight)? {
                     if let Some(weight) = PackedInt8::from_qtensor(&weight)? {
                         return Ok(Self::PackedInt8 { weight, bias });
@@ -131,7 +141,7 @@ impl Linear {
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self, Self::Quantized { .. } | Self::PackedQ8 { .. } | Self::PackedInt8 { .. })
+        !matches!(self, Self::Dense(_))
     }
 
     /// `(out, in)`.
@@ -140,6 +150,7 @@ impl Linear {
             Self::Dense(l) => l.weight().dims2(),
             Self::Quantized { in_dim, out_dim, .. } => Ok((*out_dim, *in_dim)),
             Self::PackedQ8 { weight, .. } => Ok(weight.dims()),
+            Self::PackedNibble { weight, .. } => Ok(weight.dims()),
             Self::PackedInt8 { weight, .. } => Ok(weight.dims()),
         }
     }
@@ -185,6 +196,7 @@ impl Module for Linear {
                 _ => weight.forward(x),
             }),
             Self::PackedQ8 { weight, bias } => in_f32(x, bias.as_ref(), |x| weight.forward(x)),
+            Self::PackedNibble { weight, bias } => in_f32(x, bias.as_ref(), |x| weight.forward(x)),
             Self::PackedInt8 { weight, bias } => in_f32(x, bias.as_ref(), |x| weight.forward(x)),
         }
     }

@@ -1,0 +1,289 @@
+//! q4_0 and q4_1 products on CPUs with AVX-512 VNNI, with the weights kept at 4 bits.
+//!
+//! Decode reads every weight once per token, so its speed is the bytes a weight takes. The int8
+//! copy of `int8_matmul.rs` reads 1.5 bytes a weight where a q4_0 or q4_1 file stores 0.56 or
+//! 0.63, and on a CPU with little memory bandwidth per core that made decoding such files slower
+//! than llama.cpp's. These two types store a weight as `w = d·(n − offset) − m` with `n` a 4-bit
+//! integer and one f16 `d` and `m` per 32 values, so here a tile of 16 output rows × 32 inputs
+//! is 256 bytes of nibbles plus 16 f16 scales and 16 f16 minimums: 320 bytes, 0.625 bytes a
+//! weight, no more than q4_1 itself.
+//!
+//! The nibbles of input groups `p` and `p + 4` (4 inputs × 16 rows each) share a 64-byte vector,
+//! low and high halves of each byte. Per tile, the 4 vectors are split into the 8 byte vectors
+//! `vpdpbusd` takes (unsigned, 0–15) once for every activation row of a group, and the rest is
+//! the q8_0 kernel's: the offset taken back out with the activation block's sum, one scale per
+//! block. The sums are exact integer dot products of the stored integers, as in the other int8
+//! kernels. Tiles of 16 outputs are spread over the pool by `activations::forward`.
+//!
+//! Written here because no crate at hand runs 4-bit products for many rows without a widened
+//! copy of the weight; llama.cpp's own kernels do the same at 4 bits.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Result, Tensor};
+
+use super::activations::{Activations, Output, PackedWeight, BLOCK, HALF, TILE_ROWS};
+use super::ggml_groups::{self, Group};
+
+/// 16 output rows × 32 inputs at 4 bits.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Tile {
+    /// `qs[p][4 * row + j]`: `n(row, 4p + j)` in the low nibble, `n(row, 16 + 4p + j)` in the
+    /// high one.
+    qs: [[u8; 4 * TILE_ROWS]; BLOCK / 8],
+    /// The 16 rows' `d`, f16 bits.
+    scales: [u16; TILE_ROWS],
+    /// The 16 rows' `m` (`w = d·(n − offset) − m`), f16 bits.
+    mins: [u16; TILE_ROWS],
+}
+
+/// A q4_0 or q4_1 weight `[out, in]` repacked for [`PackedNibble::forward`].
+#[derive(Clone)]
+pub struct PackedNibble {
+    /// `tiles[stripe * blocks + block]`, stripes of 16 output rows.
+    tiles: Vec<Tile>,
+    /// What the stored nibbles exceed the type's integers by (8 for q4_0, 0 for q4_1).
+    offset: i32,
+    out_dim: usize,
+    in_dim: usize,
+}
+
+impl std::fmt::Debug for PackedNibble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedNibble [{}, {}]", self.out_dim, self.in_dim)
+    }
+}
+
+impl PackedNibble {
+    /// Repacks a q4_0 or q4_1 CPU weight; `None` where the kernel cannot take it (another type
+    /// or device, an output size that is not a multiple of 16, a CPU without AVX-512 VNNI, or
+    /// values that are not the type's: those go to `int8_matmul.rs`, which checks them too).
+    pub fn from_qtensor(weight: &QTensor) -> Result<Option<Self>> {
+        let offset = match weight.dtype() {
+            GgmlDType::Q4_0 => 8,
+            GgmlDType::Q4_1 => 0,
+            _ => return Ok(None),
+        };
+        let (out_dim, in_dim) = weight.shape().dims2()?;
+        if !weight.device().is_cpu()
+            || !out_dim.is_multiple_of(TILE_ROWS)
+            || !in_dim.is_multiple_of(BLOCK)
+            || !super::q8_matmul::supported()
+        {
+            return Ok(None);
+        }
+        let blocks = in_dim / BLOCK;
+        let mut tiles = Vec::with_capacity(out_dim / TILE_ROWS * blocks);
+        for stripe in 0..out_dim / TILE_ROWS {
+            let rows = stripe * TILE_ROWS..(stripe + 1) * TILE_ROWS;
+            let Ok(groups) = ggml_groups::read_rows(weight, rows) else { return Ok(None) };
+            for b in 0..blocks {
+                let Some(tile) = tile(&groups, in_dim / HALF, b, offset) else { return Ok(None) };
+                tiles.push(tile);
+            }
+        }
+        Ok(Some(Self { tiles, offset, out_dim, in_dim }))
+    }
+
+    /// `x · Wᵀ` for an f32 `[.., in]` input on the CPU, for any number of rows.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        super::activations::forward(self, x)
+    }
+}
+
+/// Block `b` of a stripe's 16 rows (`groups`: `per_row` groups of 16 a row), or `None` when a
+/// block's halves differ in scale or minimum, a scale is not an f16, or a value does not fit 4
+/// bits after the offset.
+fn tile(groups: &[Group], per_row: usize, b: usize, offset: i32) -> Option<Tile> {
+    let as_f16 = |v: f32| {
+        let h = half::f16::from_f32(v);
+        (h.to_f32() == v).then_some(h.to_bits())
+    };
+    let mut tile =
+        Tile { qs: [[0; 4 * TILE_ROWS]; BLOCK / 8], scales: [0; TILE_ROWS], mins: [0; TILE_ROWS] };
+    for r in 0..TILE_ROWS {
+        let (low, high) = (&groups[r * per_row + 2 * b], &groups[r * per_row + 2 * b + 1]);
+        if (low.scale, low.min) != (high.scale, high.min) {
+            return None;
+        }
+        tile.scales[r] = as_f16(low.scale)?;
+        tile.mins[r] = as_f16(low.min)?;
+        for (i, &v) in low.v.iter().chain(&high.v).enumerate() {
+            let n = u8::try_from(v as i32 + offset).ok().filter(|&n| n < 16)?;
+            // Input i is group i / 4; groups 4..8 take the high nibbles of groups 0..4.
+            let (g, j) = (i / 4, i % 4);
+            tile.qs[g % 4][4 * r + j] |= n << (4 * (g / 4));
+        }
+    }
+    Some(tile)
+}
+
+impl PackedWeight for PackedNibble {
+    const NAME: &'static str = "q4-nibble-vnni-matmul";
+
+    fn dims(&self) -> (usize, usize) {
+        (self.out_dim, self.in_dim)
+    }
+
+    unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
+        let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
+        let job = Stripe { tiles, x, stripe, offset: self.offset, out_dim: self.out_dim, out };
+        let mut first = 0;
+        while first < x.rows {
+            // SAFETY: the caller's (`PackedWeight::stripe`); a `PackedNibble` exists only where
+            // the CPU has AVX-512 VNNI. Each kernel reads rows `first..first + N`, all present,
+            // and its writes are bounds-checked.
+            first += unsafe {
+                match x.rows - first {
+                    n if n >= 8 => job.rows::<8>(first),
+                    n if n >= 4 => job.rows::<4>(first),
+                    n if n >= 2 => job.rows::<2>(first),
+                    _ => job.rows::<1>(first),
+                }
+            };
+        }
+    }
+}
+
+/// One thread's share of a product: a stripe of 16 output columns, every row.
+struct Stripe<'a> {
+    tiles: &'a [Tile],
+    x: &'a Activations,
+    stripe: usize,
+    offset: i32,
+    out_dim: usize,
+    out: Output,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Stripe<'_> {
+    /// Rows `first..first + N` (all present), their accumulators in registers; per tile, the
+    /// nibbles are split into byte vectors once for all N rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn rows<const N: usize>(&self, first: usize) -> usize {
+        use std::arch::x86_64::*;
+        let blocks = self.x.blocks;
+        assert!((first + N) * blocks <= self.x.scales.len());
+        let low_nibbles = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (b, tile) in self.tiles.iter().enumerate() {
+            // SAFETY (loads): a tile is 64-byte aligned and its arrays are whole vectors.
+            let packed: [__m512i; BLOCK / 8] =
+                std::array::from_fn(|p| _mm512_load_si512(tile.qs[p].as_ptr() as *const __m512i));
+            let w: [__m512i; BLOCK / 4] = std::array::from_fn(|g| {
+                let v = packed[g % 4];
+                let v = if g < 4 { v } else { _mm512_srli_epi16::<4>(v) };
+                _mm512_and_si512(v, low_nibbles)
+            });
+            let scales = _mm512_cvtph_ps(_mm256_load_si256(tile.scales.as_ptr() as *const __m256i));
+            let mins = _mm512_cvtph_ps(_mm256_load_si256(tile.mins.as_ptr() as *const __m256i));
+            for (slot, acc) in acc.iter_mut().enumerate() {
+                let at = (first + slot) * blocks + b;
+                // SAFETY: block `at` exists (asserted above); its 32 bytes are 8 groups of 4.
+                let xq = unsafe { self.x.qs.as_ptr().add(at * BLOCK) } as *const i32;
+                let [low, high] = self.x.half_sums[at];
+                let sum = low + high;
+                // Two chains, so that each dpbusd waits on one half as many before it.
+                let mut even = _mm512_set1_epi32(-self.offset * sum);
+                let mut odd = _mm512_setzero_si512();
+                for g in (0..BLOCK / 4).step_by(2) {
+                    // SAFETY: groups `g` and `g + 1` lie inside the block.
+                    let (x0, x1) =
+                        unsafe { (xq.add(g).read_unaligned(), xq.add(g + 1).read_unaligned()) };
+                    even = _mm512_dpbusd_epi32(even, w[g], _mm512_set1_epi32(x0));
+                    odd = _mm512_dpbusd_epi32(odd, w[g + 1], _mm512_set1_epi32(x1));
+                }
+                let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
+                let t =
+                    _mm512_fnmadd_ps(mins, _mm512_set1_ps(sum as f32), _mm512_mul_ps(dot, scales));
+                *acc = _mm512_fmadd_ps(t, _mm512_set1_ps(self.x.scales[at]), *acc);
+            }
+        }
+        for (slot, acc) in acc.iter().enumerate() {
+            let at = (first + slot) * self.out_dim + self.stripe * TILE_ROWS;
+            assert!(at + TILE_ROWS <= self.out.len);
+            _mm512_storeu_ps(self.out.ptr.add(at), *acc);
+        }
+        N
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl Stripe<'_> {
+    unsafe fn rows<const N: usize>(&self, _: usize) -> usize {
+        unreachable!("PackedNibble is only built where the CPU has AVX-512 VNNI")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module};
+
+    fn relative_gap(got: &Tensor, want: &Tensor) -> f32 {
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        diff.to_scalar::<f32>().unwrap() / scale
+    }
+
+    fn packed(dtype: GgmlDType, out_dim: usize, in_dim: usize) -> Option<(PackedNibble, QTensor)> {
+        let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        match PackedNibble::from_qtensor(&q).unwrap() {
+            Some(p) => Some((p, q)),
+            None => {
+                assert!(!super::super::q8_matmul::supported(), "{dtype:?} {out_dim}x{in_dim} fits");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn equals_the_exact_product_of_its_quantized_operands() {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+            let Some((packed, q)) = packed(dtype, 48, 256) else { return };
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            for rows in [1, 2, 3, 5, 8, 13] {
+                // Every block of 32 holds a 127, so its q8_0 scale is exactly 1.
+                let values: Vec<f32> = (0..rows * 256)
+                    .map(|i| if i % 32 == 0 { 127.0 } else { (i * 37 % 255) as f32 - 127.0 })
+                    .collect();
+                let x = Tensor::from_vec(values, (rows, 256), &Device::Cpu).unwrap();
+                let want = x.matmul(&dense.t().unwrap()).unwrap();
+                let gap = relative_gap(&packed.forward(&x).unwrap(), &want);
+                assert!(gap <= 1e-5, "{dtype:?} rows {rows}: {gap}");
+            }
+        }
+    }
+
+    #[test]
+    fn matches_candle_on_the_families_layer_shapes() {
+        let shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536), (4864, 896)];
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+            for (out_dim, in_dim) in shapes {
+                let Some((packed, q)) = packed(dtype, out_dim, in_dim) else { return };
+                let reference = QMatMul::from_qtensor(q).unwrap();
+                for rows in [1, 8, 19] {
+                    let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &Device::Cpu).unwrap();
+                    let gap =
+                        relative_gap(&packed.forward(&x).unwrap(), &reference.forward(&x).unwrap());
+                    // candle quantizes q4_1's activations with q8_1: rounding differs a little.
+                    assert!(gap <= 2e-2, "{dtype:?} {out_dim}x{in_dim} rows {rows}: {gap}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn takes_only_q4_0_and_q4_1() {
+        for dtype in [GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F16] {
+            let w = Tensor::randn(0f32, 1.0, (32, 256), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            assert!(PackedNibble::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
+        }
+        let w = Tensor::randn(0f32, 1.0, (40, 64), &Device::Cpu).unwrap();
+        let odd_rows = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
+        assert!(PackedNibble::from_qtensor(&odd_rows).unwrap().is_none());
+    }
+}
