@@ -137,15 +137,7 @@ impl pulp::WithSimd for Item<'_> {
                 scores[h * ctx + p] = dot(simd, &q[h * hd..(h + 1) * hd], key) * scale;
             }
         }
-        for probs in scores.chunks_mut(ctx) {
-            let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in probs.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            probs.iter_mut().for_each(|s| *s /= sum);
-        }
+        scores.chunks_mut(ctx).for_each(super::softmax::softmax_in_place);
         dst.fill(0.0);
         for (p, &slot) in context.iter().enumerate() {
             let value = row(v, slot);

@@ -2,7 +2,7 @@
 //! or quantized, chosen once at load); [`split_matmul`] spreads decode's few-row products over
 //! the CPU cores, [`q8_matmul`] runs q8_0 products (decode and prefill) with AVX-512 VNNI,
 //! [`nibble_matmul`] q4_0 and q4_1 at 4 bits with AVX-512 VNNI, [`int8_matmul`] every other ggml block type (and q8_0 without VNNI) with AVX-512 VNNI or
-//! AVX2, and [`decode_attention`] attends all of a step's decode rows at once from the paged cache. Each
+//! AVX2, [`softmax`] the attention softmax with a vectorized exp, and [`decode_attention`] attends all of a step's decode rows at once from the paged cache. Each
 //! chooses its path at run time from what the CPU has.
 
 mod activations;
@@ -12,4 +12,5 @@ pub mod int8_matmul;
 pub mod linear;
 pub mod nibble_matmul;
 pub mod q8_matmul;
+pub mod softmax;
 pub mod split_matmul;

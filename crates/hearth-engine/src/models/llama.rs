@@ -296,8 +296,11 @@ impl Attention {
             Some(mask) => scores.reshape((kv_heads, group, len, ctx))?.broadcast_add(mask)?,
             None => scores,
         };
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores)?.reshape((kv_heads, group * len, ctx))?;
+        let probs = crate::kernels::softmax::softmax_last_dim(&scores)?.reshape((
+            kv_heads,
+            group * len,
+            ctx,
+        ))?;
         let out = probs.matmul(&v)?.reshape((self.num_heads, len, hd))?;
         out.transpose(0, 1)?.reshape((len, self.num_heads * hd))
     }
