@@ -173,6 +173,42 @@ pub trait PackedWeight: Sync {
     unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output);
 }
 
+/// A kernel over a group of activation rows whose count is a constant, so that the group's
+/// accumulators stay in registers; [`RowGroups::all_rows`] covers any number of rows with it.
+pub trait RowGroups {
+    /// Rows `first..first + N`.
+    ///
+    /// # Safety
+    /// Those rows exist, and the CPU has the kernel's instructions.
+    unsafe fn rows<const N: usize>(&self, first: usize);
+
+    /// Rows `0..rows`: in groups of 8, then at most one group each of 4, 2 and 1.
+    ///
+    /// # Safety
+    /// As [`Self::rows`], for every row below `rows`.
+    unsafe fn all_rows(&self, rows: usize) {
+        let mut first = 0;
+        while first < rows {
+            let n = match rows - first {
+                n if n >= 8 => 8,
+                n if n >= 4 => 4,
+                n if n >= 2 => 2,
+                _ => 1,
+            };
+            // SAFETY: the caller's; rows `first..first + n` lie below `rows`.
+            unsafe {
+                match n {
+                    8 => self.rows::<8>(first),
+                    4 => self.rows::<4>(first),
+                    2 => self.rows::<2>(first),
+                    _ => self.rows::<1>(first),
+                }
+            }
+            first += n;
+        }
+    }
+}
+
 /// `x · Wᵀ` for an f32 `[.., in]` input on the CPU, for any number of rows.
 pub fn forward<W: PackedWeight>(weight: &W, x: &Tensor) -> Result<Tensor> {
     let (out_dim, in_dim) = weight.dims();

@@ -28,7 +28,7 @@
 use candle_core::quantized::QTensor;
 use candle_core::{Result, Tensor};
 
-use super::activations::{Activations, Output, PackedWeight, BLOCK, HALF, TILE_ROWS};
+use super::activations::{Activations, Output, PackedWeight, RowGroups, BLOCK, HALF, TILE_ROWS};
 use super::ggml_groups;
 
 /// 16 output rows × 32 inputs (two groups of 16 per row).
@@ -179,7 +179,7 @@ impl PackedWeight for PackedInt8 {
         // row, inside `out` (asserted in `Stripe::write`).
         unsafe {
             match self.path {
-                Path::Avx512Vnni => job.run_vnni(),
+                Path::Avx512Vnni => job.all_rows(x.rows),
                 Path::Avx2 => job.run_avx2(),
             }
         }
@@ -204,36 +204,17 @@ impl Stripe<'_> {
     }
 }
 
-/// Activation rows whose accumulators stay in registers at once, per path.
-const VNNI_ROWS: usize = 8;
+/// Activation rows whose accumulators stay in registers at once on the AVX2 path (the VNNI
+/// path takes `RowGroups`' groups).
 const AVX2_ROWS: usize = 4;
 
 #[cfg(target_arch = "x86_64")]
 impl Stripe<'_> {
-    /// Every row, in groups of [`VNNI_ROWS`] and then a smaller group for the rest, each
-    /// through a kernel whose row count is a constant, so that its accumulators stay in
-    /// registers.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn run_vnni(&self) {
-        let mut first = 0;
-        while first < self.x.rows {
-            // SAFETY: the caller's; each kernel reads rows `first..first + N`, all present.
-            first += unsafe {
-                match self.x.rows - first {
-                    n if n >= VNNI_ROWS => self.vnni_rows::<VNNI_ROWS>(first),
-                    n if n >= 4 => self.vnni_rows::<4>(first),
-                    n if n >= 2 => self.vnni_rows::<2>(first),
-                    _ => self.vnni_rows::<1>(first),
-                }
-            };
-        }
-    }
-
     /// Rows `first..first + N` (all present): per tile, its 8 groups of weights are loaded
     /// into registers once and serve every row, and each row's 4 activation bytes are
     /// broadcast straight from memory into the multiply-add.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn vnni_rows<const N: usize>(&self, first: usize) -> usize {
+    unsafe fn vnni_rows<const N: usize>(&self, first: usize) {
         use std::arch::x86_64::*;
         let blocks = self.x.blocks;
         assert!((first + N) * blocks <= self.x.scales.len());
@@ -252,10 +233,10 @@ impl Stripe<'_> {
                 let mut t = _mm512_setzero_ps();
                 for (h, &sum) in sums.iter().enumerate() {
                     let mut dot = _mm512_set1_epi32(-128 * sum);
-                    for g in 4 * h..4 * h + 4 {
+                    for (g, &wg) in w.iter().enumerate().skip(4 * h).take(4) {
                         // SAFETY: group `g`'s 4 bytes lie inside the block.
                         let x4 = _mm512_set1_epi32(unsafe { xq.add(g).read_unaligned() });
-                        dot = _mm512_dpbusd_epi32(dot, w[g], x4);
+                        dot = _mm512_dpbusd_epi32(dot, wg, x4);
                     }
                     t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale[h], t);
                     t = _mm512_fnmadd_ps(min[h], _mm512_set1_ps(sum as f32), t);
@@ -266,7 +247,6 @@ impl Stripe<'_> {
         for (slot, acc) in acc.iter().enumerate() {
             _mm512_storeu_ps(self.write(first + slot, 0, TILE_ROWS), *acc);
         }
-        N
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -325,9 +305,16 @@ impl Stripe<'_> {
     }
 }
 
+impl RowGroups for Stripe<'_> {
+    unsafe fn rows<const N: usize>(&self, first: usize) {
+        // SAFETY: the caller's (`RowGroups::rows`).
+        unsafe { self.vnni_rows::<N>(first) }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 impl Stripe<'_> {
-    unsafe fn run_vnni(&self) {
+    unsafe fn vnni_rows<const N: usize>(&self, _: usize) {
         unreachable!("PackedInt8 is only built for a path the CPU has")
     }
     unsafe fn run_avx2(&self) {

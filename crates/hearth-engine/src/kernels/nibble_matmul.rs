@@ -21,7 +21,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 
-use super::activations::{Activations, Output, PackedWeight, BLOCK, HALF, TILE_ROWS};
+use super::activations::{Activations, Output, PackedWeight, RowGroups, BLOCK, HALF, TILE_ROWS};
 use super::ggml_groups::{self, Group};
 
 /// 16 output rows × 32 inputs at 4 bits.
@@ -128,20 +128,9 @@ impl PackedWeight for PackedNibble {
     unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
         let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
         let job = Stripe { tiles, x, stripe, offset: self.offset, out_dim: self.out_dim, out };
-        let mut first = 0;
-        while first < x.rows {
-            // SAFETY: the caller's (`PackedWeight::stripe`); a `PackedNibble` exists only where
-            // the CPU has AVX-512 VNNI. Each kernel reads rows `first..first + N`, all present,
-            // and its writes are bounds-checked.
-            first += unsafe {
-                match x.rows - first {
-                    n if n >= 8 => job.rows::<8>(first),
-                    n if n >= 4 => job.rows::<4>(first),
-                    n if n >= 2 => job.rows::<2>(first),
-                    _ => job.rows::<1>(first),
-                }
-            };
-        }
+        // SAFETY: the caller's (`PackedWeight::stripe`); a `PackedNibble` exists only where
+        // the CPU has AVX-512 VNNI. The kernel's writes are bounds-checked.
+        unsafe { job.all_rows(x.rows) };
     }
 }
 
@@ -160,7 +149,7 @@ impl Stripe<'_> {
     /// Rows `first..first + N` (all present), their accumulators in registers; per tile, the
     /// nibbles are split into byte vectors once for all N rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows<const N: usize>(&self, first: usize) -> usize {
+    unsafe fn kernel<const N: usize>(&self, first: usize) {
         use std::arch::x86_64::*;
         let blocks = self.x.blocks;
         assert!((first + N) * blocks <= self.x.scales.len());
@@ -204,13 +193,19 @@ impl Stripe<'_> {
             assert!(at + TILE_ROWS <= self.out.len);
             _mm512_storeu_ps(self.out.ptr.add(at), *acc);
         }
-        N
+    }
+}
+
+impl RowGroups for Stripe<'_> {
+    unsafe fn rows<const N: usize>(&self, first: usize) {
+        // SAFETY: the caller's (`RowGroups::rows`).
+        unsafe { self.kernel::<N>(first) }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 impl Stripe<'_> {
-    unsafe fn rows<const N: usize>(&self, _: usize) -> usize {
+    unsafe fn kernel<const N: usize>(&self, _: usize) {
         unreachable!("PackedNibble is only built where the CPU has AVX-512 VNNI")
     }
 }

@@ -24,12 +24,10 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 
-use super::activations::{Activations, Output, PackedWeight, BLOCK, TILE_ROWS};
+use super::activations::{Activations, Output, PackedWeight, RowGroups, BLOCK, TILE_ROWS};
 
 /// Bytes of one ggml `block_q8_0`: an f16 scale, then 32 int8 values.
 const BLOCK_BYTES: usize = 2 + BLOCK;
-/// Rows whose accumulators live in registers at once.
-const ROW_GROUP: usize = 8;
 
 /// 16 output rows × one block of inputs.
 #[derive(Clone, Copy)]
@@ -145,20 +143,9 @@ impl PackedWeight for PackedQ8_0 {
     unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
         let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
         let job = Stripe { tiles, x, stripe, out_dim: self.out_dim, out };
-        let mut first = 0;
-        while first < x.rows {
-            // SAFETY: the caller's (`PackedWeight::stripe`); `PackedQ8_0` exists only where
-            // `supported()` held. Each kernel reads rows `first..first + N`, all present, and
-            // its writes are bounds-checked.
-            first += unsafe {
-                match x.rows - first {
-                    n if n >= ROW_GROUP => job.rows::<ROW_GROUP>(first),
-                    n if n >= 4 => job.rows::<4>(first),
-                    n if n >= 2 => job.rows::<2>(first),
-                    _ => job.rows::<1>(first),
-                }
-            };
-        }
+        // SAFETY: the caller's (`PackedWeight::stripe`); `PackedQ8_0` exists only where
+        // `supported()` held. The kernel's writes are bounds-checked.
+        unsafe { job.all_rows(x.rows) };
     }
 }
 
@@ -177,7 +164,7 @@ impl Stripe<'_> {
     /// groups of weights are loaded once and serve every row, and each row's 4 activation
     /// bytes are broadcast straight from memory into the multiply-add.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn rows<const N: usize>(&self, first: usize) -> usize {
+    unsafe fn kernel<const N: usize>(&self, first: usize) {
         use std::arch::x86_64::*;
         let blocks = self.x.blocks;
         assert!((first + N) * blocks <= self.x.scales.len());
@@ -213,13 +200,19 @@ impl Stripe<'_> {
             assert!(at + TILE_ROWS <= self.out.len);
             _mm512_storeu_ps(self.out.ptr.add(at), *acc);
         }
-        N
+    }
+}
+
+impl RowGroups for Stripe<'_> {
+    unsafe fn rows<const N: usize>(&self, first: usize) {
+        // SAFETY: the caller's (`RowGroups::rows`).
+        unsafe { self.kernel::<N>(first) }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 impl Stripe<'_> {
-    unsafe fn rows<const N: usize>(&self, _: usize) -> usize {
+    unsafe fn kernel<const N: usize>(&self, _: usize) {
         unreachable!("PackedQ8_0 is only built where supported() holds")
     }
 }
