@@ -271,6 +271,15 @@ fn product<W: PackedWeight>(weight: &W, x: &Activations, y: &mut [f32]) {
     });
 }
 
+/// For the kernels' tests: the largest difference between two products, relative to the
+/// largest output of `want`.
+#[cfg(test)]
+pub fn relative_gap(got: &Tensor, want: &Tensor) -> f32 {
+    let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

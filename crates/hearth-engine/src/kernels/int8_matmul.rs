@@ -325,6 +325,7 @@ impl Stripe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::activations::relative_gap;
     use candle_core::quantized::{GgmlDType, QMatMul};
     use candle_core::DType;
     use candle_core::{Device, Module};
@@ -333,13 +334,6 @@ mod tests {
         use GgmlDType::*;
         [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K]
     };
-
-    /// The largest difference from candle's product, relative to the largest output.
-    fn relative_gap(got: &Tensor, want: &Tensor) -> f32 {
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        diff.to_scalar::<f32>().unwrap() / scale
-    }
 
     #[test]
     fn matches_candles_product_on_every_path_type_and_row_count() {

@@ -213,14 +213,9 @@ impl Stripe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::activations::relative_gap;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module};
-
-    fn relative_gap(got: &Tensor, want: &Tensor) -> f32 {
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        diff.to_scalar::<f32>().unwrap() / scale
-    }
 
     fn packed(dtype: GgmlDType, out_dim: usize, in_dim: usize) -> Option<(PackedNibble, QTensor)> {
         let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap();
