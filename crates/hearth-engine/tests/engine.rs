@@ -104,15 +104,34 @@ async fn a_shared_prefix_is_served_from_the_cache_with_the_same_output() {
 #[tokio::test]
 async fn a_growing_conversation_computes_only_its_new_tokens() {
     let engine = start(256, true);
-    let mut prompt = tokens(7, 30);
+    let reference = start(256, false);
+    // 29, 39, 49, ... tokens: no turn's prompt ends on a block boundary.
+    let mut prompt = tokens(7, 29);
     let mut num_previous_tokens = 0;
     for turn in 0..5u64 {
         let output = generate(&engine, prompt.clone(), greedy(4)).await;
-        // The previous turn's prompt, in whole blocks: its last partial block also holds that
-        // turn's answer, which this prompt does not repeat.
-        let expected = num_previous_tokens / BLOCK_SIZE * BLOCK_SIZE;
-        assert_eq!(output.usage.cached_tokens, expected, "turn {turn}");
+        // All of the previous turn's prompt: its whole blocks attached, and the tokens of its
+        // last block before that turn's answer (which this prompt does not repeat) copied.
+        assert_eq!(output.usage.cached_tokens, num_previous_tokens, "turn {turn}");
+        assert!(turn == 0 || num_previous_tokens % BLOCK_SIZE != 0, "turn {turn}: no copy");
+        let expected = generate(&reference, prompt.clone(), greedy(4)).await;
+        assert_eq!(output.text, expected.text, "turn {turn}");
         num_previous_tokens = prompt.len();
-        prompt.extend(tokens(100 + turn, 11));
+        prompt.extend(tokens(100 + turn, 10));
+    }
+}
+
+#[tokio::test]
+async fn the_same_prompt_again_computes_only_its_last_token() {
+    let engine = start(64, true);
+    let reference = start(64, false);
+    for len in [14, 16] {
+        let prompt = tokens(len as u64, len);
+        let first = generate(&engine, prompt.clone(), greedy(6)).await;
+        let again = generate(&engine, prompt.clone(), greedy(6)).await;
+        let expected = generate(&reference, prompt, greedy(6)).await;
+        assert_eq!((first.usage.cached_tokens, again.usage.cached_tokens), (0, len - 1));
+        assert_eq!(first.text, expected.text, "{len} tokens");
+        assert_eq!(again.text, expected.text, "{len} tokens");
     }
 }

@@ -14,9 +14,11 @@
 //! block matched just before it (each publication gets a serial number that is never reused), so
 //! even a hash collision anywhere in the chain cannot attach KV computed for other tokens.
 //! A freed block keeps its publication and stays attachable until it is evicted; free blocks are
-//! evicted least recently freed first.
+//! evicted least recently freed first. Past the last whole block, a sequence may still take the
+//! leading tokens of one more block by copy (`partial`).
 
 mod free_queue;
+mod partial;
 #[cfg(test)]
 mod tests;
 
@@ -25,9 +27,10 @@ use std::collections::HashMap;
 use ahash::RandomState;
 
 use self::free_queue::FreeQueue;
+use self::partial::{DonorIndex, DonorKey, PartialHit};
 use crate::generation::sequence::Sequence;
 
-pub use crate::generation::kv_cache::{BlockHash, BlockId};
+pub use crate::generation::kv_cache::{BlockCopy, BlockHash, BlockId};
 
 /// A bookkeeping error of the block manager: a bug, reported instead of corrupting the pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,9 +79,20 @@ struct Block {
     ref_count: u32,
     /// Set while the block is in the prefix cache's index.
     publication: Option<Publication>,
-    /// The tokens a published block holds, to confirm a hit. Kept (and its capacity reused)
-    /// across publications.
+    /// Set while the block is listed as a donor of leading tokens: every published block, and
+    /// the partly filled last block of a freed sequence.
+    donor_key: Option<DonorKey>,
+    /// The tokens a published or listed block holds, to confirm a hit. Kept (and its capacity
+    /// reused) across publications.
     token_ids: Vec<u32>,
+}
+
+impl Block {
+    /// Whether the block's KV can still be found by a later sequence, so that it should be
+    /// evicted late.
+    fn is_listed(&self) -> bool {
+        self.publication.is_some() || self.donor_key.is_some()
+    }
 }
 
 /// Leading blocks of a sequence found in the prefix cache.
@@ -87,6 +101,8 @@ struct PrefixMatch {
     num_blocks: usize,
     /// Of those, blocks no sequence holds: attaching them takes them off the free queue.
     num_free_blocks: usize,
+    /// Leading tokens of the block after them, taken from a donor by copy.
+    partial: Option<PartialHit>,
 }
 
 /// Hands out KV-cache blocks, takes them back, and indexes full blocks for reuse.
@@ -99,6 +115,11 @@ pub struct BlockManager {
     /// Published blocks by hash; each entry's block has the matching `publication`.
     /// Keyed by hashes ahash already computed; ahash again (not SipHash) for the map itself.
     cached_blocks: HashMap<BlockHash, BlockId, RandomState>,
+    /// Blocks whose leading tokens a sequence may copy, by what they were computed after.
+    donors: DonorIndex,
+    /// Copies that admissions since the last step asked for; the runner applies them before
+    /// the step's forward pass.
+    pending_copies: Vec<BlockCopy>,
     prefix_caching: bool,
     next_serial: u64,
     stats: PrefixCacheStats,
@@ -118,6 +139,8 @@ impl BlockManager {
             blocks: (0..num_blocks).map(|_| Block::default()).collect(),
             free_queue: FreeQueue::new(num_blocks),
             cached_blocks: HashMap::default(),
+            donors: DonorIndex::default(),
+            pending_copies: Vec::new(),
             prefix_caching,
             next_serial: 0,
             stats: PrefixCacheStats::default(),
@@ -184,7 +207,9 @@ impl BlockManager {
 
     /// Admits `seq`, which holds no blocks: attaches its longest cached prefix and marks those
     /// tokens computed. Returns the number of tokens attached. Blocks for the tokens it still
-    /// has to compute come from [`may_append`](Self::may_append) as they are scheduled.
+    /// has to compute come from [`may_append`](Self::may_append) as they are scheduled. A
+    /// partial hit takes its block at once and queues the copy that fills it
+    /// ([`pending_copies`](Self::pending_copies)).
     pub fn allocate(&mut self, seq: &mut Sequence) -> usize {
         debug_assert!(seq.block_table.is_empty(), "sequence {} allocated twice", seq.id);
         let found = self.match_prefix(seq);
@@ -193,7 +218,11 @@ impl BlockManager {
             self.hold(id);
             seq.block_table.push(id);
         }
-        let num_hit_tokens = found.num_blocks * self.block_size;
+        let mut num_hit_tokens = found.num_blocks * self.block_size;
+        if let Some(hit) = found.partial {
+            self.attach_partial(seq, hit);
+            num_hit_tokens += hit.num_tokens;
+        }
         seq.num_computed_tokens = num_hit_tokens;
         seq.num_cached_blocks = found.num_blocks;
         if self.prefix_caching {
@@ -201,6 +230,17 @@ impl BlockManager {
             self.stats.num_hit_tokens += num_hit_tokens as u64;
         }
         num_hit_tokens
+    }
+
+    /// Block copies that admissions asked for since [`clear_pending_copies`](Self::clear_pending_copies),
+    /// in order. They must be applied to the KV cache before the next forward pass.
+    pub fn pending_copies(&self) -> &[BlockCopy] {
+        &self.pending_copies
+    }
+
+    /// Forgets the pending copies: they were applied, or the step that needed them is over.
+    pub fn clear_pending_copies(&mut self) {
+        self.pending_copies.clear();
     }
 
     /// Whether `seq` can get the blocks to compute its next `num_new_tokens` tokens.
@@ -242,7 +282,8 @@ impl BlockManager {
 
     /// Gives back every block of `seq`, which then holds no KV. Published blocks stay in the
     /// cache, a sequence's later blocks queued to be evicted before its earlier ones (which
-    /// other prompts are likelier to share); unpublished blocks are reused first.
+    /// other prompts are likelier to share), and so does a partly computed last block, as a
+    /// donor; other unpublished blocks are reused first.
     ///
     /// A block that is already free means a bookkeeping bug: nothing is changed (a second
     /// release would queue the block twice and hand it to two sequences), the sequence's table
@@ -254,11 +295,12 @@ impl BlockManager {
             seq.block_table.clear();
             return Err(BlockError::DoubleFree { block: id, seq: seq.id });
         }
+        self.list_tail(seq);
         for id in seq.block_table.drain(..).rev() {
             let block = &mut self.blocks[id as usize];
             block.ref_count -= 1;
             if block.ref_count == 0 {
-                if block.publication.is_some() {
+                if block.is_listed() {
                     self.free_queue.push_back(id);
                 } else {
                     self.free_queue.push_front(id);
@@ -275,9 +317,13 @@ impl BlockManager {
         self.num_blocks_for(num_tokens).saturating_sub(seq.block_table.len())
     }
 
-    /// The longest run of leading blocks of `seq` found in the cache, stopping short of its last
-    /// token: that one is always computed, so there are logits to sample from.
+    /// The longest run of leading blocks of `seq` found in the cache, then the most leading
+    /// tokens of the next block a donor holds, stopping short of its last token: that one is
+    /// always computed, so there are logits to sample from.
     fn match_prefix(&self, seq: &Sequence) -> PrefixMatch {
+        if !self.prefix_caching {
+            return PrefixMatch::default();
+        }
         let max_blocks = seq.num_tokens().saturating_sub(1) / self.block_size;
         let mut found = PrefixMatch::default();
         let mut parent_serial = None;
@@ -290,6 +336,7 @@ impl BlockManager {
             found.num_free_blocks += usize::from(block.ref_count == 0);
             parent_serial = block.publication.map(|p| p.serial);
         }
+        found.partial = self.match_partial(seq, found.num_blocks * self.block_size, parent_serial);
         found
     }
 
@@ -337,6 +384,7 @@ impl BlockManager {
         block.publication = Some(Publication { hash, serial, parent_serial });
         block.token_ids.clear();
         block.token_ids.extend_from_slice(tokens);
+        self.list_donor(id, parent_serial);
         true
     }
 
@@ -369,6 +417,9 @@ impl BlockManager {
         debug_assert_eq!(block.ref_count, 0, "block {id} was in the free queue while held");
         if let Some(publication) = block.publication.take() {
             self.cached_blocks.remove(&publication.hash);
+        }
+        if let Some(key) = block.donor_key.take() {
+            self.donors.remove(key, id);
         }
         block.ref_count = 1;
         id

@@ -15,6 +15,15 @@ pub type BlockHash = u64;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 
+/// A copy of `src`'s first `num_slots` slots over `dst`'s, in every layer: how a sequence takes
+/// the leading tokens of a block it shares only in part (see the block manager's `partial`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCopy {
+    pub src: BlockId,
+    pub dst: BlockId,
+    pub num_slots: usize,
+}
+
 /// Shape and element type of the cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvCacheConfig {
@@ -117,6 +126,32 @@ impl KvCache {
         let v = v.to_dtype(self.cfg.dtype)?.contiguous()?;
         keys.scatter_set(&index.index, &k, 0)?;
         values.scatter_set(&index.index, &v, 0)
+    }
+
+    /// Applies `copies` in order (a later one may read what an earlier one wrote).
+    pub fn copy_blocks(&mut self, copies: &[BlockCopy]) -> Result<()> {
+        let block_size = self.cfg.block_size;
+        for copy in copies {
+            let in_range = |block: BlockId| (block as usize) < self.cfg.num_blocks;
+            if !in_range(copy.src) || !in_range(copy.dst) || copy.num_slots > block_size {
+                bail!(
+                    "block copy {copy:?} out of range: {} blocks of {block_size} slots",
+                    self.cfg.num_blocks
+                );
+            }
+            if copy.src == copy.dst || copy.num_slots == 0 {
+                continue;
+            }
+            let src = copy.src * block_size as u32;
+            let dst = copy.dst as usize * block_size;
+            // The rows are gathered into storage of their own: `slice_set` refuses to read the
+            // pool it writes, and `copy` of a narrowed view would clone the whole pool.
+            let slots = Tensor::arange(src, src + copy.num_slots as u32, self.keys[0].device())?;
+            for pool in self.keys.iter().chain(&self.values) {
+                pool.slice_set(&pool.index_select(&slots, 0)?, 0, dst)?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads back the K and V of `slots` (a `[n]` u32 tensor), each `[n, num_kv_heads, head_dim]`.
@@ -404,6 +439,46 @@ mod tests {
         assert_eq!(v_head, [100.0, 101.0, 102.0, 103.0, 104.0, 105.0]);
         let untouched = cache.gather(0, batch.context_slots(0).unwrap()).unwrap().0;
         assert_eq!(untouched.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    /// Every slot of the pool, layer by layer, K then V, as one vector per pool.
+    fn pools(cache: &KvCache) -> Vec<Vec<f32>> {
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        cache.keys.iter().chain(&cache.values).map(flat).collect()
+    }
+
+    #[test]
+    fn block_copies_move_leading_slots_in_every_layer_in_order() {
+        let cfg = cache_cfg();
+        let mut cache = KvCache::new(&cfg, &Device::Cpu).unwrap();
+        let slot_len = cfg.num_kv_heads * cfg.head_dim;
+        let pool_len = cfg.num_blocks * cfg.block_size * slot_len;
+        for (i, pool) in cache.keys.iter().chain(&cache.values).enumerate() {
+            let values = Tensor::arange(0f32, pool_len as f32, &Device::Cpu).unwrap();
+            let values = (values + (1000 * i) as f64).unwrap().reshape(pool.shape()).unwrap();
+            pool.slice_set(&values, 0, 0).unwrap();
+        }
+        let before = pools(&cache);
+        // Block 1's first 3 slots to block 4, then block 4's first 2 to block 0 (reading what
+        // the first copy wrote), and a no-op copy of a block onto itself.
+        let copies = [
+            BlockCopy { src: 1, dst: 4, num_slots: 3 },
+            BlockCopy { src: 4, dst: 0, num_slots: 2 },
+            BlockCopy { src: 2, dst: 2, num_slots: 4 },
+        ];
+        cache.copy_blocks(&copies).unwrap();
+        let slot = |block: usize, offset: usize| (block * cfg.block_size + offset) * slot_len;
+        for (pool, old) in pools(&cache).iter().zip(&before) {
+            let mut expected = old.clone();
+            expected.copy_within(slot(1, 0)..slot(1, 3), slot(4, 0));
+            expected.copy_within(slot(1, 0)..slot(1, 2), slot(0, 0));
+            assert_eq!(pool, &expected);
+        }
+
+        let out_of_range = [BlockCopy { src: 6, dst: 0, num_slots: 1 }];
+        assert!(cache.copy_blocks(&out_of_range).is_err());
+        let too_long = [BlockCopy { src: 1, dst: 0, num_slots: 5 }];
+        assert!(cache.copy_blocks(&too_long).is_err());
     }
 
     #[test]

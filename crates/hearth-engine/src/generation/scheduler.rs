@@ -23,7 +23,7 @@ mod tests;
 use std::collections::VecDeque;
 
 pub use self::config::{ConfigError, SchedulerConfig};
-use crate::generation::block_manager::BlockManager;
+use crate::generation::block_manager::{BlockCopy, BlockManager};
 use crate::generation::sequence::{SeqId, Sequence};
 
 /// Why [`Scheduler::add`] refused a sequence.
@@ -206,6 +206,17 @@ impl Scheduler {
 
     pub fn block_manager(&self) -> &BlockManager {
         &self.block_manager
+    }
+
+    /// KV copies the planned step needs before its forward pass: partial-block prefix hits of
+    /// the sequences it admitted.
+    pub fn block_copies(&self) -> &[BlockCopy] {
+        self.block_manager.pending_copies()
+    }
+
+    /// Records that [`block_copies`](Self::block_copies) were applied to the KV cache.
+    pub fn on_block_copies_done(&mut self) {
+        self.block_manager.clear_pending_copies();
     }
 
     pub fn config(&self) -> &SchedulerConfig {

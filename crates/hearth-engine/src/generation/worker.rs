@@ -208,6 +208,8 @@ impl Worker {
         }
         self.num_steps += 1;
         self.mark_started(scheduled);
+        self.kv.copy_blocks(self.scheduler.block_copies())?;
+        self.scheduler.on_block_copies_done();
         let (logits, mut masks) = self.forward_and_masks(scheduled);
         let mut logits = logits?;
         self.scheduler.on_step_done(scheduled);

@@ -106,8 +106,97 @@ fn a_hit_always_leaves_a_token_to_compute() {
     admit_and_prefill(&mut manager, &mut a);
     manager.free(&mut a).unwrap();
     let mut again = seq(&manager, 2, &tokens(0..8));
-    assert_eq!(manager.allocate(&mut again), 4, "the last block is computed again");
-    assert_eq!(again.remaining_to_compute(), 4);
+    assert_eq!(manager.allocate(&mut again), 7, "one block attached, 3 tokens of the next copied");
+    assert_eq!(again.remaining_to_compute(), 1);
+    assert_eq!(again.num_cached_blocks, 1, "the copied block is not published yet");
+    let copy = BlockCopy { src: a_block(&manager, 4), dst: again.block_table[1], num_slots: 3 };
+    assert_eq!(manager.pending_copies(), [copy]);
+}
+
+/// The one block listed as a donor whose first token is `start`.
+fn a_block(manager: &BlockManager, start: u32) -> BlockId {
+    let donors: Vec<BlockId> = manager
+        .donors
+        .all()
+        .filter(|&id| manager.blocks[id as usize].token_ids.first() == Some(&start))
+        .collect();
+    assert_eq!(donors.len(), 1, "donors starting with token {start}: {donors:?}");
+    donors[0]
+}
+
+#[test]
+fn a_repeated_prompt_copies_the_computed_tokens_of_the_last_partial_block() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..10));
+    admit_and_prefill(&mut manager, &mut a);
+    let tail = a.block_table[2];
+    manager.free(&mut a).unwrap();
+
+    // The same ten tokens and one more: two blocks attached, tokens 8 and 9 copied.
+    let mut b = seq(&manager, 2, &[tokens(0..10), vec![50]].concat());
+    assert!(manager.can_allocate(&b, 0));
+    assert_eq!(manager.allocate(&mut b), 10);
+    assert_eq!((b.block_table.len(), b.remaining_to_compute()), (3, 1));
+    assert_ne!(b.block_table[2], tail, "the donor itself is never written");
+    let copy = BlockCopy { src: tail, dst: b.block_table[2], num_slots: 2 };
+    assert_eq!(manager.pending_copies(), [copy]);
+    assert_eq!(manager.stats(), PrefixCacheStats { num_queried_tokens: 21, num_hit_tokens: 10 });
+    manager.clear_pending_copies();
+    compute(&mut manager, &mut b, 1);
+    manager.free(&mut b).unwrap();
+
+    // Diverging after token 8: only that one is copied, from either tail.
+    let mut c = seq(&manager, 3, &[tokens(0..9), vec![60, 61]].concat());
+    assert_eq!(manager.allocate(&mut c), 9);
+}
+
+#[test]
+fn a_partial_hit_needs_the_same_blocks_before_it() {
+    let mut manager = manager(16);
+    let mut a = seq(&manager, 1, &[tokens(0..4), vec![10, 11]].concat());
+    admit_and_prefill(&mut manager, &mut a);
+    manager.free(&mut a).unwrap();
+    // Same last-block tokens after another first block: nothing to take.
+    let mut b = seq(&manager, 2, &[tokens(50..54), vec![10, 11, 12]].concat());
+    assert_eq!(manager.allocate(&mut b), 0);
+    manager.free(&mut b).unwrap();
+    let mut c = seq(&manager, 3, &[tokens(0..4), vec![10, 11, 12]].concat());
+    assert_eq!(manager.allocate(&mut c), 6);
+    // A first block shared in part: 0, 1, 2 of a's published first block.
+    let mut d = seq(&manager, 4, &[tokens(0..3), vec![70, 71]].concat());
+    assert_eq!(manager.allocate(&mut d), 3);
+}
+
+#[test]
+fn a_tail_another_donor_holds_is_not_listed_twice() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..6));
+    admit_and_prefill(&mut manager, &mut a);
+    manager.free(&mut a).unwrap();
+    let mut b = seq(&manager, 2, &tokens(0..6));
+    assert_eq!(manager.allocate(&mut b), 5);
+    manager.clear_pending_copies();
+    compute(&mut manager, &mut b, 1);
+    manager.free(&mut b).unwrap();
+    assert_eq!(manager.donors.all().count(), 2, "a's first block and a's tail, not b's");
+}
+
+#[test]
+fn a_block_whose_copy_was_never_applied_is_not_listed() {
+    let mut manager = manager(3);
+    let mut a = seq(&manager, 1, &tokens(0..6));
+    admit_and_prefill(&mut manager, &mut a);
+    manager.free(&mut a).unwrap();
+    let mut b = seq(&manager, 2, &[tokens(0..6), vec![9]].concat());
+    assert_eq!(manager.allocate(&mut b), 6);
+    // Another sequence takes the last free block, the donor, which leaves the list.
+    let mut c = seq(&manager, 3, &[40]);
+    compute(&mut manager, &mut c, 1);
+    assert_eq!(manager.donors.all().count(), 1, "a's first block is left");
+    // The step failed before its forward pass: b ends with its copy never applied, so its
+    // block holds no KV, though b counts those tokens computed.
+    manager.free(&mut b).unwrap();
+    assert_eq!(manager.donors.all().count(), 1, "b's block is not listed");
 }
 
 #[test]
@@ -185,8 +274,8 @@ fn free_cached_blocks_are_evicted_least_recently_freed_first() {
     manager.free(&mut b).unwrap();
     assert_eq!((manager.num_free_blocks(), manager.num_cached_blocks()), (4, 2));
 
-    // Three fresh blocks: the two unpublished tail blocks go first, then a's cached block,
-    // freed before b's.
+    // Three fresh blocks: a's tail and cached block go first, freed before b's, then b's tail
+    // (a sequence's later blocks before its earlier ones).
     let mut c = seq(&manager, 3, &tokens(20..32));
     manager.allocate(&mut c);
     compute(&mut manager, &mut c, 12);

@@ -62,6 +62,8 @@ impl Scheduler {
     /// goes first when memory lets it back in.
     pub fn schedule_into(&mut self, batch: &mut Vec<ScheduledSeq>) {
         batch.clear();
+        // Copies not applied by now belong to a step that failed; its sequences have ended.
+        self.block_manager.clear_pending_copies();
         let decoding =
             self.running.iter().any(|seq| !seq.is_prefilling() && seq.remaining_to_compute() > 0);
         let mut plan = Plan {
