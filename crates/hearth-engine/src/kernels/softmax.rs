@@ -8,13 +8,20 @@
 //! polynomial (Cephes' `expf` coefficients, relative error about 1e-7, as the scalar
 //! function). Rows are spread over candle's barrier pool. Other CPUs and dtypes keep candle's.
 //!
+//! [`causal_softmax_in_place`] goes further for a prompt chunk: it takes the raw `q·kᵀ` scores
+//! and applies the `1/√d` scale and the causal (and sliding-window) mask itself, in place. The
+//! unfused path made three more passes over the `heads × rows × context` scores, each into a
+//! new tensor (scale, mask add, the softmax's own copy): with a 3,600-token history that is
+//! 16 MB a layer, read and written each time.
+//!
 //! Written here because candle has no vectorized `exp` on the CPU and no crate at hand offers
 //! one for `f32` slices without pulling in a BLAS.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::utils::barrier_pool;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, Layout, Result, Shape, Tensor};
 
 /// `softmax(x)` over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -25,11 +32,49 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Which scores of a prompt chunk each row may use. Row `r` of the scores (heads' rows stacked,
+/// `len` rows each) is the query at position `start_pos + r % len`; it sees key `k` when
+/// `k ≤ q` and, with a sliding window, `q − k < window`, as the additive mask of the unfused
+/// path has it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CausalRows {
+    pub len: usize,
+    pub start_pos: usize,
+    pub window: Option<usize>,
+    /// Multiplies every score before the softmax (`1/√head_dim`).
+    pub scale: f32,
+}
+
+impl CausalRows {
+    /// The keys row `row` sees, out of `ctx`.
+    fn visible(&self, row: usize, ctx: usize) -> Range<usize> {
+        let next = self.start_pos + row % self.len.max(1) + 1;
+        let end = next.min(ctx);
+        let start = self.window.map_or(0, |w| next.saturating_sub(w)).min(end);
+        start..end
+    }
+}
+
+/// `softmax(scale · scores)` over the last dimension, in place, each row over the keys its query
+/// sees (the others get 0). `scores` must be a tensor no other holds (a product's fresh
+/// output). Returns false, touching nothing, where it does not apply (not a contiguous CPU f32
+/// tensor, or a CPU without AVX-512): the caller then scales, masks and takes the softmax itself.
+pub fn causal_softmax_in_place(scores: &Tensor, rows: CausalRows) -> Result<bool> {
+    let applies = scores.device().is_cpu()
+        && scores.dtype() == DType::F32
+        && scores.is_contiguous()
+        && supported();
+    if applies {
+        scores.inplace_op1(&CausalSoftmax(rows))?;
+    }
+    Ok(applies)
+}
+
 /// `softmax(row)` in place, for kernels that hold their scores in a slice (decode attention).
 pub fn softmax_in_place(row: &mut [f32]) {
     if supported() {
         // SAFETY: the CPU has AVX-512 (checked).
-        unsafe { softmax_row(row) };
+        unsafe { softmax_row(row, 1.0) };
     } else {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -65,22 +110,53 @@ impl CustomOp1 for Softmax {
         };
         let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut y = x.to_vec();
-        let threads = barrier_pool().n_workers() + 1;
-        let rows = y.len() / width;
-        let per_thread = rows.div_ceil(threads).max(1);
-        let parts: Vec<Mutex<&mut [f32]>> =
-            y.chunks_mut(per_thread * width).map(Mutex::new).collect();
-        barrier_pool().execute(|tid| {
-            let Some(part) = parts.get(tid) else { return };
-            let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-            for row in part.chunks_mut(width) {
-                // SAFETY: the op is only applied where `supported()` held.
-                unsafe { softmax_row(row) };
-            }
+        for_each_row(&mut y, width, |_, row| {
+            // SAFETY: the op is only applied where `supported()` held.
+            unsafe { softmax_row(row, 1.0) }
         });
-        drop(parts);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
+}
+
+struct CausalSoftmax(CausalRows);
+
+impl InplaceOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax-avx512"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("the causal softmax takes a contiguous f32 tensor");
+        };
+        let width = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        for_each_row(&mut data[start..end], width, |index, row| {
+            let visible = self.0.visible(index, width);
+            row[..visible.start].fill(0.0);
+            row[visible.end..].fill(0.0);
+            // SAFETY: the op is only applied where `supported()` held.
+            unsafe { softmax_row(&mut row[visible], self.0.scale) }
+        });
+        Ok(())
+    }
+}
+
+/// Calls `f(index, row)` for every row of `width` values of `data`, rows split over candle's
+/// barrier pool in contiguous runs.
+fn for_each_row(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let threads = barrier_pool().n_workers() + 1;
+    let rows = data.len() / width;
+    let per_thread = rows.div_ceil(threads).max(1);
+    let parts: Vec<Mutex<&mut [f32]>> =
+        data.chunks_mut(per_thread * width).map(Mutex::new).collect();
+    barrier_pool().execute(|tid| {
+        let Some(part) = parts.get(tid) else { return };
+        let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, row) in part.chunks_mut(width).enumerate() {
+            f(tid * per_thread + i, row);
+        }
+    });
 }
 
 /// Scores this far below their row's maximum get probability 0 (below 2⁻⁹², far under f32's
@@ -90,10 +166,10 @@ impl CustomOp1 for Softmax {
 /// instead of 15.
 const NEGLIGIBLE: f32 = -64.0;
 
-/// One row in place.
+/// `softmax(scale · row)` in place; `scale` is positive.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_row(row: &mut [f32]) {
+unsafe fn softmax_row(row: &mut [f32], scale: f32) {
     use std::arch::x86_64::*;
     let (chunks, tail) = row.as_chunks_mut::<16>();
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
@@ -107,17 +183,19 @@ unsafe fn softmax_row(row: &mut [f32]) {
         return;
     }
     let shift = _mm512_set1_ps(max);
+    let scales = _mm512_set1_ps(scale);
     let negligible = _mm512_set1_ps(NEGLIGIBLE);
     let mut sum = _mm512_setzero_ps();
     for c in chunks.iter_mut() {
-        let x = _mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), shift);
+        let x = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), shift), scales);
         let e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, negligible), exp(x));
         sum = _mm512_add_ps(sum, e);
         _mm512_storeu_ps(c.as_mut_ptr(), e);
     }
     let mut total = _mm512_reduce_add_ps(sum);
     for v in tail.iter_mut() {
-        *v = if *v - max >= NEGLIGIBLE { (*v - max).exp() } else { 0.0 };
+        let x = (*v - max) * scale;
+        *v = if x >= NEGLIGIBLE { x.exp() } else { 0.0 };
         total += *v;
     }
     let inverse = _mm512_set1_ps(1.0 / total);
@@ -150,7 +228,7 @@ fn exp(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn softmax_row(_: &mut [f32]) {
+unsafe fn softmax_row(_: &mut [f32], _: f32) {
     unreachable!("only applied where supported() holds")
 }
 
@@ -175,6 +253,65 @@ mod tests {
             let gap = gap.to_scalar::<f32>().unwrap();
             assert!(gap <= 1e-6, "width {width}: {gap}");
         }
+    }
+
+    /// The unfused path: scale, additive causal mask, softmax.
+    fn masked_reference(scores: &Tensor, rows: CausalRows) -> Tensor {
+        let (_, num_rows, ctx) = scores.dims3().unwrap();
+        let mask: Vec<f32> = (0..num_rows * ctx)
+            .map(|i| {
+                let (q, k) = (rows.start_pos + (i / ctx) % rows.len, i % ctx);
+                let seen = k <= q && rows.window.is_none_or(|w| q - k < w);
+                if seen {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (num_rows, ctx), &Device::Cpu).unwrap();
+        let x = (scores * f64::from(rows.scale)).unwrap().broadcast_add(&mask).unwrap();
+        candle_nn::ops::softmax_last_dim(&x).unwrap()
+    }
+
+    #[test]
+    fn the_causal_softmax_matches_scale_mask_and_softmax() {
+        if !supported() {
+            return;
+        }
+        // (heads, len, start_pos, ctx, window): a first chunk, a later one, a decode row, and
+        // sliding windows shorter and longer than the context.
+        let cases = [
+            (3, 5, 0, 5, None),
+            (2, 7, 30, 37, None),
+            (4, 1, 40, 41, None),
+            (2, 6, 20, 26, Some(8)),
+            (3, 4, 2, 6, Some(64)),
+        ];
+        for (heads, len, start_pos, ctx, window) in cases {
+            let rows = CausalRows { len, start_pos, window, scale: 0.125 };
+            let scores = (Tensor::randn(0f32, 4.0, (2, heads * len, ctx), &Device::Cpu).unwrap()
+                * 8.0)
+                .unwrap();
+            let want = masked_reference(&scores, rows);
+            assert!(causal_softmax_in_place(&scores, rows).unwrap());
+            let gap = (scores - want).unwrap().abs().unwrap().max_all().unwrap();
+            let gap = gap.to_scalar::<f32>().unwrap();
+            assert!(gap <= 1e-6, "{rows:?}: {gap}");
+        }
+    }
+
+    #[test]
+    fn the_causal_softmax_leaves_what_it_cannot_take() {
+        let rows = CausalRows { len: 2, start_pos: 0, window: None, scale: 1.0 };
+        let scores = Tensor::ones((4, 2), DType::F32, &Device::Cpu).unwrap().t().unwrap();
+        assert!(!causal_softmax_in_place(&scores, rows).unwrap(), "not contiguous");
+        let half = Tensor::ones((2, 2), DType::F16, &Device::Cpu).unwrap();
+        assert!(!causal_softmax_in_place(&half, rows).unwrap());
+        assert_eq!(
+            half.to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(),
+            4.0
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use candle_nn::{rotary_emb::rope_thd, Embedding, RmsNorm, VarBuilder};
 
 use crate::kernels::decode_attention::DecodeAttention;
 use crate::kernels::linear::Linear;
+use crate::kernels::softmax::{self, CausalRows};
 use crate::loading::weights::WeightSource;
 
 use crate::generation::kv_cache::{KvCache, PackedBatch, SeqSlice, SlotWriteIndex};
@@ -227,7 +228,13 @@ impl Attention {
                 0 => (k.narrow(0, seq.offset, seq.len)?, v.narrow(0, seq.offset, seq.len)?),
                 _ => self.read_context(kv, layer, step, i, q.dtype())?,
             };
-            outs.push(self.attend(&q_seq, &k_ctx, &v_ctx, step.mask(self.window, i))?);
+            let rows = CausalRows {
+                len: seq.len,
+                start_pos: seq.start_pos(),
+                window: self.window,
+                scale: (self.head_dim as f32).powf(-0.5),
+            };
+            outs.push(self.attend(&q_seq, &k_ctx, &v_ctx, rows, step.mask(self.window, i))?);
         }
         let out = match outs.len() {
             1 => outs.swap_remove(0),
@@ -283,24 +290,33 @@ impl Attention {
 
     /// One sequence: `q` `[len, heads, hd]`, `k`/`v` `[ctx, kv_heads, hd]` → `[len, heads * hd]`.
     /// Grouped queries are folded into the row dimension so each KV head is used in place,
-    /// never repeated in memory.
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// never repeated in memory. The scores are scaled and masked by the fused CPU softmax
+    /// where it applies, else by `rows.scale` and the additive `mask`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rows: CausalRows,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (len, ctx) = (q.dim(0)?, k.dim(0)?);
         let (kv_heads, hd) = (self.num_kv_heads, self.head_dim);
         let group = self.num_heads / kv_heads;
         let q = q.transpose(0, 1)?.contiguous()?.reshape((kv_heads, group * len, hd))?;
         let k = k.transpose(0, 1)?.contiguous()?;
         let v = v.transpose(0, 1)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let scores = match mask {
-            Some(mask) => scores.reshape((kv_heads, group, len, ctx))?.broadcast_add(mask)?,
-            None => scores,
+        let scores = q.matmul(&k.t()?)?;
+        let probs = if softmax::causal_softmax_in_place(&scores, rows)? {
+            scores
+        } else {
+            let scores = (scores * f64::from(rows.scale))?;
+            let scores = match mask {
+                Some(mask) => scores.reshape((kv_heads, group, len, ctx))?.broadcast_add(mask)?,
+                None => scores,
+            };
+            softmax::softmax_last_dim(&scores)?.reshape((kv_heads, group * len, ctx))?
         };
-        let probs = crate::kernels::softmax::softmax_last_dim(&scores)?.reshape((
-            kv_heads,
-            group * len,
-            ctx,
-        ))?;
         let out = probs.matmul(&v)?.reshape((self.num_heads, len, hd))?;
         out.transpose(0, 1)?.reshape((len, self.num_heads * hd))
     }
