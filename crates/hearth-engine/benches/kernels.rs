@@ -72,7 +72,15 @@ fn products(c: &mut Criterion) {
 /// the kernels and the file's for candle.
 fn ggml_types(c: &mut Criterion) {
     let device = Device::Cpu;
-    let types = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K];
+    let types = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
     for (name, out_dim, in_dim) in SHAPES {
         let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &device).unwrap();
         for dtype in types {
@@ -104,7 +112,10 @@ fn ggml_types(c: &mut Criterion) {
                     });
                 }
                 if let Some(kernel) = &nibble {
-                    group.throughput(Throughput::Bytes((out_dim * in_dim * 5 / 8) as u64));
+                    // 4 bits and a scale and minimum per 32 (5/8 of a byte), or 5 bits (3/4).
+                    let eighths =
+                        if matches!(dtype, GgmlDType::Q5_0 | GgmlDType::Q5_1) { 6 } else { 5 };
+                    group.throughput(Throughput::Bytes((out_dim * in_dim * eighths / 8) as u64));
                     group.bench_function("nibble", |b| {
                         b.iter(|| black_box(kernel.forward(&x).unwrap()))
                     });

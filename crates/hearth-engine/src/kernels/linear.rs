@@ -64,8 +64,8 @@ pub enum Linear {
         weight: PackedQ8_0,
         bias: Option<Tensor>,
     },
-    /// A q4_0 or q4_1 CPU weight kept at 4 bits for the AVX-512 VNNI kernel (see
-    /// `nibble_matmul.rs`).
+    /// A q4_0, q4_1, q5_0 or q5_1 CPU weight kept at 4 or 5 bits for the AVX-512 VNNI kernel
+    /// (see `nibble_matmul.rs`).
     PackedNibble {
         weight: PackedNibble,
         bias: Option<Tensor>,

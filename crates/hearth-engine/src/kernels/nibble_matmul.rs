@@ -1,22 +1,27 @@
-//! q4_0 and q4_1 products on CPUs with AVX-512 VNNI, with the weights kept at 4 bits.
+//! q4_0, q4_1, q5_0 and q5_1 products on CPUs with AVX-512 VNNI, with the weights kept at 4 and
+//! 5 bits.
 //!
 //! Decode reads every weight once per token, so its speed is the bytes a weight takes. The int8
-//! copy of `int8_matmul.rs` reads 1.5 bytes a weight where a q4_0 or q4_1 file stores 0.56 or
-//! 0.63, and on a CPU with little memory bandwidth per core that made decoding such files slower
-//! than llama.cpp's. These two types store a weight as `w = d·(n − offset) − m` with `n` a 4-bit
+//! copy of `int8_matmul.rs` reads 1.5 bytes a weight where these files store 0.56 to 0.75, and
+//! on a CPU with little memory bandwidth per core that made decoding them slower than
+//! llama.cpp's. The four types store a weight as `w = d·(n − offset) − m` with `n` a 4- or 5-bit
 //! integer and one f16 `d` and `m` per 32 values, so here a tile of 16 output rows × 32 inputs
-//! is 256 bytes of nibbles plus 16 f16 scales and 16 f16 minimums: 320 bytes, 0.625 bytes a
-//! weight, no more than q4_1 itself.
+//! is 256 bytes of low nibbles plus 16 f16 scales and 16 f16 minimums (320 bytes, 0.625 bytes a
+//! weight), and for the 5-bit types a 64-byte plane of the fifth bits beside it (0.75 bytes a
+//! weight): no more than the files themselves. The 5-bit types matter beyond their own files:
+//! llama.cpp writes them for the rows of a q4_k or q5_k file that are not whole 256-value
+//! super-blocks (every layer of a 576-wide model).
 //!
 //! The nibbles of input groups `p` and `p + 4` (4 inputs × 16 rows each) share a 64-byte vector,
 //! low and high halves of each byte. Per tile, the 4 vectors are split into the 8 byte vectors
-//! `vpdpbusd` takes (unsigned, 0–15) once for every activation row of a group, and the rest is
-//! the q8_0 kernel's: the offset taken back out with the activation block's sum, one scale per
-//! block. The sums are exact integer dot products of the stored integers, as in the other int8
-//! kernels. Tiles of 16 outputs are spread over the pool by `activations::forward`.
+//! `vpdpbusd` takes (unsigned, 0–15; the fifth bit added as 16 under a 64-bit mask, 0–31) once
+//! for every activation row of a group, and the rest is the q8_0 kernel's: the offset taken back
+//! out with the activation block's sum, one scale per block. The sums are exact integer dot
+//! products of the stored integers, as in the other int8 kernels. Tiles of 16 outputs are spread
+//! over the pool by `activations::forward`.
 //!
-//! Written here because no crate at hand runs 4-bit products for many rows without a widened
-//! copy of the weight; llama.cpp's own kernels do the same at 4 bits.
+//! Written here because no crate at hand runs 4- or 5-bit products for many rows without a
+//! widened copy of the weight; llama.cpp's own kernels do the same at 4 and 5 bits.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
@@ -37,12 +42,20 @@ struct Tile {
     mins: [u16; TILE_ROWS],
 }
 
-/// A q4_0 or q4_1 weight `[out, in]` repacked for [`PackedNibble::forward`].
+/// The fifth bits of a tile's 16 × 32 integers: `bits[g]` bit `4 * row + j` is bit 4 of
+/// `n(row, 4g + j)`, the byte layout of the kernel's byte vector `g`, so that it is the mask
+/// that adds 16 to those bytes.
+type FifthBits = [u64; BLOCK / 4];
+
+/// A q4_0, q4_1, q5_0 or q5_1 weight `[out, in]` repacked for [`PackedNibble::forward`].
 #[derive(Clone)]
 pub struct PackedNibble {
     /// `tiles[stripe * blocks + block]`, stripes of 16 output rows.
     tiles: Vec<Tile>,
-    /// What the stored nibbles exceed the type's integers by (8 for q4_0, 0 for q4_1).
+    /// The 5-bit types' fifth bits, one per tile in the same order; empty for the 4-bit types.
+    fifth_bits: Vec<FifthBits>,
+    /// What the stored integers exceed the type's by (8 for q4_0, 16 for q5_0, 0 for the
+    /// types with a minimum).
     offset: i32,
     out_dim: usize,
     in_dim: usize,
@@ -55,13 +68,16 @@ impl std::fmt::Debug for PackedNibble {
 }
 
 impl PackedNibble {
-    /// Repacks a q4_0 or q4_1 CPU weight; `None` where the kernel cannot take it (another type
-    /// or device, an output size that is not a multiple of 16, a CPU without AVX-512 VNNI, or
-    /// values that are not the type's: those go to `int8_matmul.rs`, which checks them too).
+    /// Repacks a q4_0, q4_1, q5_0 or q5_1 CPU weight; `None` where the kernel cannot take it
+    /// (another type or device, an output size that is not a multiple of 16, a CPU without
+    /// AVX-512 VNNI, or values that are not the type's: those go to `int8_matmul.rs`, which
+    /// checks them too).
     pub fn from_qtensor(weight: &QTensor) -> Result<Option<Self>> {
-        let offset = match weight.dtype() {
-            GgmlDType::Q4_0 => 8,
-            GgmlDType::Q4_1 => 0,
+        let (offset, bits) = match weight.dtype() {
+            GgmlDType::Q4_0 => (8, 4),
+            GgmlDType::Q4_1 => (0, 4),
+            GgmlDType::Q5_0 => (16, 5),
+            GgmlDType::Q5_1 => (0, 5),
             _ => return Ok(None),
         };
         let (out_dim, in_dim) = weight.shape().dims2()?;
@@ -73,16 +89,23 @@ impl PackedNibble {
             return Ok(None);
         }
         let blocks = in_dim / BLOCK;
-        let mut tiles = Vec::with_capacity(out_dim / TILE_ROWS * blocks);
+        let num_tiles = out_dim / TILE_ROWS * blocks;
+        let mut tiles = Vec::with_capacity(num_tiles);
+        let mut fifth_bits = Vec::with_capacity(if bits == 5 { num_tiles } else { 0 });
         for stripe in 0..out_dim / TILE_ROWS {
             let rows = stripe * TILE_ROWS..(stripe + 1) * TILE_ROWS;
             let Ok(groups) = ggml_groups::read_rows(weight, rows) else { return Ok(None) };
             for b in 0..blocks {
-                let Some(tile) = tile(&groups, in_dim / HALF, b, offset) else { return Ok(None) };
+                let Some((tile, high)) = tile(&groups, in_dim / HALF, b, offset, bits) else {
+                    return Ok(None);
+                };
                 tiles.push(tile);
+                if bits == 5 {
+                    fifth_bits.push(high);
+                }
             }
         }
-        Ok(Some(Self { tiles, offset, out_dim, in_dim }))
+        Ok(Some(Self { tiles, fifth_bits, offset, out_dim, in_dim }))
     }
 
     /// `x · Wᵀ` for an f32 `[.., in]` input on the CPU, for any number of rows.
@@ -91,43 +114,62 @@ impl PackedNibble {
     }
 }
 
-/// Block `b` of a stripe's 16 rows (`groups`: `per_row` groups of 16 a row), or `None` when a
-/// block's halves differ in scale or minimum, a scale is not an f16, or a value does not fit 4
-/// bits after the offset.
-fn tile(groups: &[Group], per_row: usize, b: usize, offset: i32) -> Option<Tile> {
+/// Block `b` of a stripe's 16 rows (`groups`: `per_row` groups of 16 a row) and its fifth bits,
+/// or `None` when a block's halves differ in scale or minimum, a scale is not an f16, or a
+/// value does not fit `bits` bits after the offset.
+fn tile(
+    groups: &[Group],
+    per_row: usize,
+    b: usize,
+    offset: i32,
+    bits: u32,
+) -> Option<(Tile, FifthBits)> {
     let as_f16 = |v: f32| {
         let h = half::f16::from_f32(v);
         (h.to_f32() == v).then_some(h.to_bits())
     };
     let mut tile =
         Tile { qs: [[0; 4 * TILE_ROWS]; BLOCK / 8], scales: [0; TILE_ROWS], mins: [0; TILE_ROWS] };
+    let mut high: FifthBits = [0; BLOCK / 4];
     for r in 0..TILE_ROWS {
-        let (low, high) = (&groups[r * per_row + 2 * b], &groups[r * per_row + 2 * b + 1]);
-        if (low.scale, low.min) != (high.scale, high.min) {
+        let (low_half, high_half) =
+            (&groups[r * per_row + 2 * b], &groups[r * per_row + 2 * b + 1]);
+        if (low_half.scale, low_half.min) != (high_half.scale, high_half.min) {
             return None;
         }
-        tile.scales[r] = as_f16(low.scale)?;
-        tile.mins[r] = as_f16(low.min)?;
-        for (i, &v) in low.v.iter().chain(&high.v).enumerate() {
-            let n = u8::try_from(v as i32 + offset).ok().filter(|&n| n < 16)?;
+        tile.scales[r] = as_f16(low_half.scale)?;
+        tile.mins[r] = as_f16(low_half.min)?;
+        for (i, &v) in low_half.v.iter().chain(&high_half.v).enumerate() {
+            let n = u8::try_from(v as i32 + offset).ok().filter(|&n| n >> bits == 0)?;
             // Input i is group i / 4; groups 4..8 take the high nibbles of groups 0..4.
             let (g, j) = (i / 4, i % 4);
-            tile.qs[g % 4][4 * r + j] |= n << (4 * (g / 4));
+            tile.qs[g % 4][4 * r + j] |= (n & 0x0F) << (4 * (g / 4));
+            high[g] |= u64::from(n >> 4) << (4 * r + j);
         }
     }
-    Some(tile)
+    Some((tile, high))
 }
 
 impl PackedWeight for PackedNibble {
-    const NAME: &'static str = "q4-nibble-vnni-matmul";
+    const NAME: &'static str = "q4-q5-nibble-vnni-matmul";
 
     fn dims(&self) -> (usize, usize) {
         (self.out_dim, self.in_dim)
     }
 
     unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
-        let tiles = &self.tiles[stripe * x.blocks..(stripe + 1) * x.blocks];
-        let job = Stripe { tiles, x, stripe, offset: self.offset, out_dim: self.out_dim, out };
+        let range = stripe * x.blocks..(stripe + 1) * x.blocks;
+        let tiles = &self.tiles[range.clone()];
+        let fifth_bits = self.fifth_bits.get(range).unwrap_or_default();
+        let job = Stripe {
+            tiles,
+            fifth_bits,
+            x,
+            stripe,
+            offset: self.offset,
+            out_dim: self.out_dim,
+            out,
+        };
         // SAFETY: the caller's (`PackedWeight::stripe`); a `PackedNibble` exists only where
         // the CPU has AVX-512 VNNI. The kernel's writes are bounds-checked.
         unsafe { job.all_rows(x.rows) };
@@ -137,6 +179,8 @@ impl PackedWeight for PackedNibble {
 /// One thread's share of a product: a stripe of 16 output columns, every row.
 struct Stripe<'a> {
     tiles: &'a [Tile],
+    /// One per tile for the 5-bit types, empty for the 4-bit ones.
+    fifth_bits: &'a [FifthBits],
     x: &'a Activations,
     stripe: usize,
     offset: i32,
@@ -147,13 +191,15 @@ struct Stripe<'a> {
 #[cfg(target_arch = "x86_64")]
 impl Stripe<'_> {
     /// Rows `first..first + N` (all present), their accumulators in registers; per tile, the
-    /// nibbles are split into byte vectors once for all N rows.
+    /// nibbles (and fifth bits when `FIVE`) are split into byte vectors once for all N rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn kernel<const N: usize>(&self, first: usize) {
+    unsafe fn kernel<const N: usize, const FIVE: bool>(&self, first: usize) {
         use std::arch::x86_64::*;
         let blocks = self.x.blocks;
         assert!((first + N) * blocks <= self.x.scales.len());
+        assert!(!FIVE || self.fifth_bits.len() == self.tiles.len());
         let low_nibbles = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(16);
         let mut acc = [_mm512_setzero_ps(); N];
         for (b, tile) in self.tiles.iter().enumerate() {
             // SAFETY (loads): a tile is 64-byte aligned and its arrays are whole vectors.
@@ -162,7 +208,12 @@ impl Stripe<'_> {
             let w: [__m512i; BLOCK / 4] = std::array::from_fn(|g| {
                 let v = packed[g % 4];
                 let v = if g < 4 { v } else { _mm512_srli_epi16::<4>(v) };
-                _mm512_and_si512(v, low_nibbles)
+                let v = _mm512_and_si512(v, low_nibbles);
+                if FIVE {
+                    _mm512_mask_add_epi8(v, self.fifth_bits[b][g], v, sixteen)
+                } else {
+                    v
+                }
             });
             let scales = _mm512_cvtph_ps(_mm256_load_si256(tile.scales.as_ptr() as *const __m256i));
             let mins = _mm512_cvtph_ps(_mm256_load_si256(tile.mins.as_ptr() as *const __m256i));
@@ -199,13 +250,18 @@ impl Stripe<'_> {
 impl RowGroups for Stripe<'_> {
     unsafe fn rows<const N: usize>(&self, first: usize) {
         // SAFETY: the caller's (`RowGroups::rows`).
-        unsafe { self.kernel::<N>(first) }
+        unsafe {
+            match self.fifth_bits.is_empty() {
+                true => self.kernel::<N, false>(first),
+                false => self.kernel::<N, true>(first),
+            }
+        }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 impl Stripe<'_> {
-    unsafe fn kernel<const N: usize>(&self, _: usize) {
+    unsafe fn kernel<const N: usize, const FIVE: bool>(&self, _: usize) {
         unreachable!("PackedNibble is only built where the CPU has AVX-512 VNNI")
     }
 }
@@ -229,9 +285,12 @@ mod tests {
         }
     }
 
+    const TYPES: [GgmlDType; 4] =
+        [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+
     #[test]
     fn equals_the_exact_product_of_its_quantized_operands() {
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        for dtype in TYPES {
             let Some((packed, q)) = packed(dtype, 48, 256) else { return };
             let dense = q.dequantize(&Device::Cpu).unwrap();
             for rows in [1, 2, 3, 5, 8, 13] {
@@ -250,7 +309,7 @@ mod tests {
     #[test]
     fn matches_candle_on_the_families_layer_shapes() {
         let shapes = [(576, 576), (192, 576), (1536, 576), (576, 1536), (4864, 896)];
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        for dtype in TYPES {
             for (out_dim, in_dim) in shapes {
                 let Some((packed, q)) = packed(dtype, out_dim, in_dim) else { return };
                 let reference = QMatMul::from_qtensor(q).unwrap();
@@ -258,7 +317,8 @@ mod tests {
                     let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &Device::Cpu).unwrap();
                     let gap =
                         relative_gap(&packed.forward(&x).unwrap(), &reference.forward(&x).unwrap());
-                    // candle quantizes q4_1's activations with q8_1: rounding differs a little.
+                    // candle quantizes q4_1's and q5_1's activations with q8_1: rounding
+                    // differs a little.
                     assert!(gap <= 2e-2, "{dtype:?} {out_dim}x{in_dim} rows {rows}: {gap}");
                 }
             }
@@ -266,8 +326,8 @@ mod tests {
     }
 
     #[test]
-    fn takes_only_q4_0_and_q4_1() {
-        for dtype in [GgmlDType::Q5_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::F16] {
+    fn takes_only_the_4_and_5_bit_types() {
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::F16] {
             let w = Tensor::randn(0f32, 1.0, (32, 256), &Device::Cpu).unwrap();
             let q = QTensor::quantize(&w, dtype).unwrap();
             assert!(PackedNibble::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
