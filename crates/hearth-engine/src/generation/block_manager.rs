@@ -296,6 +296,8 @@ impl BlockManager {
             return Err(BlockError::DoubleFree { block: id, seq: seq.id });
         }
         self.list_tail(seq);
+        // A copy into a block given back now would land in a block that is no longer its.
+        self.pending_copies.retain(|copy| !seq.block_table.contains(&copy.dst));
         for id in seq.block_table.drain(..).rev() {
             let block = &mut self.blocks[id as usize];
             block.ref_count -= 1;
@@ -358,16 +360,12 @@ impl BlockManager {
     /// Publishes block `index` of `seq` (all earlier blocks are published). When an equal block
     /// is already published (two sequences computed the same prefix at once), `seq` switches to
     /// it and its own copy is freed, so the chain goes on through the published one. Returns
-    /// false when the hash is taken by different content.
+    /// false when the hash is taken by different content, or the block before is not published
+    /// (then nothing names what this one's KV was computed after).
     fn publish(&mut self, seq: &mut Sequence, index: usize) -> bool {
         let id = seq.block_table[index];
         let hash = seq.block_hashes[index];
-        let parent_serial = match index.checked_sub(1) {
-            Some(parent) => {
-                self.blocks[seq.block_table[parent] as usize].publication.map(|p| p.serial)
-            }
-            None => None,
-        };
+        let Some(parent_serial) = self.parent_serial(seq, index) else { return false };
         let start = index * self.block_size;
         let tokens = &seq.token_ids[start..start + self.block_size];
         if self.cached_blocks.contains_key(&hash) {
@@ -386,6 +384,18 @@ impl BlockManager {
         block.token_ids.extend_from_slice(tokens);
         self.list_donor(id, parent_serial);
         true
+    }
+
+    /// What block `index` of `seq` was computed after: `Some(None)` for the first block,
+    /// `Some(Some(serial))` after a published block, `None` after an unpublished one.
+    fn parent_serial(&self, seq: &Sequence, index: usize) -> Option<Option<u64>> {
+        match index.checked_sub(1) {
+            None => Some(None),
+            Some(parent) => {
+                let publication = self.blocks[seq.block_table[parent] as usize].publication?;
+                Some(Some(publication.serial))
+            }
+        }
     }
 
     /// Takes one more reference to `id`, taking it off the free queue if nobody held it.

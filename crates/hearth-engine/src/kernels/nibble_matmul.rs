@@ -8,7 +8,8 @@
 //! integer and one f16 `d` and `m` per 32 values, so here a tile of 16 output rows × 32 inputs
 //! is 256 bytes of low nibbles plus 16 f16 scales and 16 f16 minimums (320 bytes, 0.625 bytes a
 //! weight), and for the 5-bit types a 64-byte plane of the fifth bits beside it (0.75 bytes a
-//! weight): no more than the files themselves. The 5-bit types matter beyond their own files:
+//! weight): within a sixteenth of a byte of the files themselves (0.5625 to 0.75 bytes a
+//! weight, their scales f16 as here). The 5-bit types matter beyond their own files:
 //! llama.cpp writes them for the rows of a q4_k or q5_k file that are not whole 256-value
 //! super-blocks (every layer of a 576-wide model).
 //!
@@ -54,6 +55,8 @@ pub struct PackedNibble {
     tiles: Vec<Tile>,
     /// The 5-bit types' fifth bits, one per tile in the same order; empty for the 4-bit types.
     fifth_bits: Vec<FifthBits>,
+    /// 4 or 5.
+    bits: u32,
     /// What the stored integers exceed the type's by (8 for q4_0, 16 for q5_0, 0 for the
     /// types with a minimum).
     offset: i32,
@@ -105,7 +108,7 @@ impl PackedNibble {
                 }
             }
         }
-        Ok(Some(Self { tiles, fifth_bits, offset, out_dim, in_dim }))
+        Ok(Some(Self { tiles, fifth_bits, bits, out_dim, in_dim, offset }))
     }
 
     /// `x · Wᵀ` for an f32 `[.., in]` input on the CPU, for any number of rows.
@@ -160,7 +163,10 @@ impl PackedWeight for PackedNibble {
     unsafe fn stripe(&self, x: &Activations, stripe: usize, out: Output) {
         let range = stripe * x.blocks..(stripe + 1) * x.blocks;
         let tiles = &self.tiles[range.clone()];
-        let fifth_bits = self.fifth_bits.get(range).unwrap_or_default();
+        let fifth_bits: &[FifthBits] = match self.bits {
+            5 => &self.fifth_bits[range],
+            _ => &[],
+        };
         let job = Stripe {
             tiles,
             fifth_bits,

@@ -8,7 +8,7 @@
 //! polynomial (Cephes' `expf` coefficients, relative error about 1e-7, as the scalar
 //! function). Rows are spread over candle's barrier pool. Other CPUs and dtypes keep candle's.
 //!
-//! [`causal_softmax_in_place`] goes further for a prompt chunk: it takes the raw `q·kᵀ` scores
+//! [`causal_softmax`] goes further for a prompt chunk: it takes the raw `q·kᵀ` scores
 //! and applies the `1/√d` scale and the causal (and sliding-window) mask itself, in place. The
 //! unfused path made three more passes over the `heads × rows × context` scores, each into a
 //! new tensor (scale, mask add, the softmax's own copy): with a 3,600-token history that is
@@ -21,7 +21,9 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::utils::barrier_pool;
-use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Device, InplaceOp1, Layout, Result, Shape, Tensor,
+};
 
 /// `softmax(x)` over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -55,19 +57,25 @@ impl CausalRows {
     }
 }
 
-/// `softmax(scale · scores)` over the last dimension, in place, each row over the keys its query
-/// sees (the others get 0). `scores` must be a tensor no other holds (a product's fresh
-/// output). Returns false, touching nothing, where it does not apply (not a contiguous CPU f32
-/// tensor, or a CPU without AVX-512): the caller then scales, masks and takes the softmax itself.
-pub fn causal_softmax_in_place(scores: &Tensor, rows: CausalRows) -> Result<bool> {
-    let applies = scores.device().is_cpu()
-        && scores.dtype() == DType::F32
-        && scores.is_contiguous()
-        && supported();
-    if applies {
-        scores.inplace_op1(&CausalSoftmax(rows))?;
+/// Whether [`causal_softmax`] takes scores of this device and dtype (CPU f32 with AVX-512);
+/// elsewhere the caller scales, masks and takes the softmax itself.
+pub fn fuses_masks(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32 && supported()
+}
+
+/// `softmax(scale · scores)` over the last dimension, each row over the keys its query sees
+/// (the others get 0), written over `scores`, which must be a tensor no other holds (a
+/// product's fresh output). An error where [`fuses_masks`] does not hold.
+pub fn causal_softmax(scores: Tensor, rows: CausalRows) -> Result<Tensor> {
+    if !fuses_masks(scores.device(), scores.dtype()) {
+        candle_core::bail!("the causal softmax takes CPU f32 scores on a CPU with AVX-512");
     }
-    Ok(applies)
+    if rows.scale <= 0.0 {
+        candle_core::bail!("the causal softmax needs a positive scale, not {}", rows.scale);
+    }
+    let scores = scores.contiguous()?;
+    scores.inplace_op1(&CausalSoftmax(rows))?;
+    Ok(scores)
 }
 
 /// `softmax(row)` in place, for kernels that hold their scores in a slice (decode attention).
@@ -294,24 +302,31 @@ mod tests {
                 * 8.0)
                 .unwrap();
             let want = masked_reference(&scores, rows);
-            assert!(causal_softmax_in_place(&scores, rows).unwrap());
-            let gap = (scores - want).unwrap().abs().unwrap().max_all().unwrap();
+            let got = causal_softmax(scores, rows).unwrap();
+            let gap = (got - want).unwrap().abs().unwrap().max_all().unwrap();
             let gap = gap.to_scalar::<f32>().unwrap();
             assert!(gap <= 1e-6, "{rows:?}: {gap}");
         }
     }
 
     #[test]
-    fn the_causal_softmax_leaves_what_it_cannot_take() {
-        let rows = CausalRows { len: 2, start_pos: 0, window: None, scale: 1.0 };
-        let scores = Tensor::ones((4, 2), DType::F32, &Device::Cpu).unwrap().t().unwrap();
-        assert!(!causal_softmax_in_place(&scores, rows).unwrap(), "not contiguous");
-        let half = Tensor::ones((2, 2), DType::F16, &Device::Cpu).unwrap();
-        assert!(!causal_softmax_in_place(&half, rows).unwrap());
-        assert_eq!(
-            half.to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(),
-            4.0
-        );
+    fn the_causal_softmax_takes_strided_scores_and_refuses_other_dtypes() {
+        let rows = CausalRows { len: 4, start_pos: 0, window: None, scale: 1.0 };
+        let half = Tensor::ones((4, 4), DType::F16, &Device::Cpu).unwrap();
+        assert!(!fuses_masks(&Device::Cpu, DType::F16));
+        assert!(causal_softmax(half, rows).is_err());
+        if !supported() {
+            return;
+        }
+        let zero_scale = CausalRows { scale: 0.0, ..rows };
+        let ones = Tensor::ones((4, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(causal_softmax(ones, zero_scale).is_err());
+        let scores = Tensor::randn(0f32, 1.0, (1, 4, 4), &Device::Cpu).unwrap();
+        let transposed = scores.transpose(1, 2).unwrap();
+        let want = masked_reference(&transposed.contiguous().unwrap(), rows);
+        let got = causal_softmax(transposed, rows).unwrap();
+        let gap = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(gap.to_scalar::<f32>().unwrap() <= 1e-6);
     }
 
     #[test]

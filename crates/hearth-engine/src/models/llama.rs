@@ -307,8 +307,8 @@ impl Attention {
         let k = k.transpose(0, 1)?.contiguous()?;
         let v = v.transpose(0, 1)?.contiguous()?;
         let scores = q.matmul(&k.t()?)?;
-        let probs = if softmax::causal_softmax_in_place(&scores, rows)? {
-            scores
+        let probs = if softmax::fuses_masks(scores.device(), scores.dtype()) {
+            softmax::causal_softmax(scores, rows)?
         } else {
             let scores = (scores * f64::from(rows.scale))?;
             let scores = match mask {
@@ -446,6 +446,10 @@ impl Llama {
             self.layers.iter().map(|l| l.self_attn.window).collect();
         windows.sort_unstable();
         windows.dedup();
+        // The fused CPU softmax masks as it goes; only the other paths add a mask.
+        if softmax::fuses_masks(&self.device, self.dtype) {
+            windows.clear();
+        }
         let masks = windows
             .into_iter()
             .map(|w| {
@@ -467,6 +471,41 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused softmax's visibility rule and `attention_mask` are written apart; they must
+    /// agree on every kind of chunk.
+    #[test]
+    fn the_fused_softmax_masks_as_attention_mask_does() {
+        if !softmax::fuses_masks(&Device::Cpu, DType::F32) {
+            return;
+        }
+        let dev = &Device::Cpu;
+        // (new tokens, context, window): a first chunk, a later one, a decode row, windows
+        // shorter and longer than the context.
+        for (len, context_len, window) in
+            [(5, 5, None), (3, 40, None), (1, 9, None), (6, 26, Some(8)), (4, 6, Some(64))]
+        {
+            let seq = SeqSlice { offset: 0, len, context_len, block_table: Vec::new() };
+            let rows = CausalRows { len, start_pos: seq.start_pos(), window, scale: 0.25 };
+            let scores =
+                (Tensor::randn(0f32, 1.0, (2, 3 * len, context_len), dev).unwrap() * 4.0).unwrap();
+            let scaled = (&scores * 0.25).unwrap();
+            let masked = match attention_mask(&seq, window, DType::F32, dev).unwrap() {
+                Some(mask) => scaled
+                    .reshape((2, 3, len, context_len))
+                    .unwrap()
+                    .broadcast_add(&mask)
+                    .unwrap()
+                    .reshape((2, 3 * len, context_len))
+                    .unwrap(),
+                None => scaled,
+            };
+            let want = candle_nn::ops::softmax_last_dim(&masked).unwrap();
+            let got = softmax::causal_softmax(scores, rows).unwrap();
+            let gap = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(gap.to_scalar::<f32>().unwrap() <= 1e-6, "{len} {context_len} {window:?}");
+        }
+    }
 
     #[test]
     fn llama3_frequency_bands() {

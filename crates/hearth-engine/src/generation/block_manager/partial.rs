@@ -11,8 +11,9 @@
 //! partly filled last block of a freed sequence (its *tail*), which is kept in the free queue
 //! like a published block, to be evicted late. After the whole-block match, the donor sharing
 //! the most leading tokens with the sequence gives them: the sequence takes a fresh block, and
-//! a [`BlockCopy`] of those slots, applied before the step's forward pass, fills it. The donor is
-//! only read, so a running sequence's block can be one. SGLang's radix cache reuses KV token by
+//! a [`BlockCopy`] of those slots, applied before the step's forward pass, fills it. A donor that
+//! someone holds is only read, so a running sequence's block can be one; a free donor may itself
+//! be the fresh block taken, and then needs no copy. SGLang's radix cache reuses KV token by
 //! token to the same end; vLLM reuses whole blocks only.
 
 use std::collections::HashMap;
@@ -26,16 +27,25 @@ use crate::generation::sequence::Sequence;
 /// sequence's first block), and its first token.
 pub(super) type DonorKey = (Option<u64>, u32);
 
-/// Donor blocks by key. Keying on the first token too keeps each list short: a sequence's
-/// first blocks all share the parent `None`.
+/// Most donors listed under one key. Keying on the first token keeps most lists short, but
+/// every first block of a model whose prompts open with the same token shares one key; past
+/// this many, the longest-listed donor leaves the list (its block stays cached, whole-block hits
+/// still find it), so a lookup and an eviction cost a bounded scan.
+pub(super) const MAX_DONORS_PER_KEY: usize = 32;
+
+/// Donor blocks by key, oldest listed first.
 #[derive(Debug, Default)]
 pub(super) struct DonorIndex {
     by_key: HashMap<DonorKey, Vec<BlockId>, RandomState>,
 }
 
 impl DonorIndex {
-    fn insert(&mut self, key: DonorKey, id: BlockId) {
-        self.by_key.entry(key).or_default().push(id);
+    /// Lists `id`; returns the donor it pushed out of a full list.
+    fn insert(&mut self, key: DonorKey, id: BlockId) -> Option<BlockId> {
+        let ids = self.by_key.entry(key).or_default();
+        let dropped = (ids.len() >= MAX_DONORS_PER_KEY).then(|| ids.remove(0));
+        ids.push(id);
+        dropped
     }
 
     pub(super) fn remove(&mut self, key: DonorKey, id: BlockId) {
@@ -112,7 +122,9 @@ impl BlockManager {
         let key = (parent_serial, first);
         debug_assert!(block.donor_key.is_none(), "block {id} listed twice");
         block.donor_key = Some(key);
-        self.donors.insert(key, id);
+        if let Some(dropped) = self.donors.insert(key, id) {
+            self.blocks[dropped as usize].donor_key = None;
+        }
     }
 
     /// Before `seq`'s blocks are freed: lists its last block as a donor of the tokens computed
@@ -154,10 +166,7 @@ impl BlockManager {
         if !unshared || self.pending_copies.iter().any(|copy| copy.dst == id) {
             return None;
         }
-        let parent_serial = match index.checked_sub(1) {
-            Some(parent) => Some(self.blocks[seq.block_table[parent] as usize].publication?.serial),
-            None => None,
-        };
+        let parent_serial = self.parent_serial(seq, index)?;
         Some(Tail { id, parent_serial, tokens: start..seq.num_computed_tokens })
     }
 }

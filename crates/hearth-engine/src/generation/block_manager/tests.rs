@@ -24,6 +24,8 @@ fn compute(manager: &mut BlockManager, seq: &mut Sequence, num_tokens: usize) {
 fn admit_and_prefill(manager: &mut BlockManager, seq: &mut Sequence) -> usize {
     assert!(manager.can_allocate(seq, 0));
     let num_hit_tokens = manager.allocate(seq);
+    // The worker applies the copies before the step's forward pass.
+    manager.clear_pending_copies();
     let remaining = seq.remaining_to_compute();
     compute(manager, seq, remaining);
     num_hit_tokens
@@ -137,7 +139,7 @@ fn a_repeated_prompt_copies_the_computed_tokens_of_the_last_partial_block() {
     assert!(manager.can_allocate(&b, 0));
     assert_eq!(manager.allocate(&mut b), 10);
     assert_eq!((b.block_table.len(), b.remaining_to_compute()), (3, 1));
-    assert_ne!(b.block_table[2], tail, "the donor itself is never written");
+    assert_ne!(b.block_table[2], tail, "a donor other than the next free block is only read");
     let copy = BlockCopy { src: tail, dst: b.block_table[2], num_slots: 2 };
     assert_eq!(manager.pending_copies(), [copy]);
     assert_eq!(manager.stats(), PrefixCacheStats { num_queried_tokens: 21, num_hit_tokens: 10 });
@@ -156,15 +158,66 @@ fn a_partial_hit_needs_the_same_blocks_before_it() {
     let mut a = seq(&manager, 1, &[tokens(0..4), vec![10, 11]].concat());
     admit_and_prefill(&mut manager, &mut a);
     manager.free(&mut a).unwrap();
-    // Same last-block tokens after another first block: nothing to take.
-    let mut b = seq(&manager, 2, &[tokens(50..54), vec![10, 11, 12]].concat());
-    assert_eq!(manager.allocate(&mut b), 0);
+    let mut x = seq(&manager, 2, &[tokens(50..54), vec![99]].concat());
+    admit_and_prefill(&mut manager, &mut x);
+    manager.free(&mut x).unwrap();
+    // a's last-block tokens after x's first block: that block only, nothing copied.
+    let mut b = seq(&manager, 5, &[tokens(50..54), vec![10, 11, 12]].concat());
+    assert_eq!(manager.allocate(&mut b), 4);
+    assert!(manager.pending_copies().is_empty());
     manager.free(&mut b).unwrap();
     let mut c = seq(&manager, 3, &[tokens(0..4), vec![10, 11, 12]].concat());
     assert_eq!(manager.allocate(&mut c), 6);
     // A first block shared in part: 0, 1, 2 of a's published first block.
     let mut d = seq(&manager, 4, &[tokens(0..3), vec![70, 71]].concat());
     assert_eq!(manager.allocate(&mut d), 3);
+}
+
+#[test]
+fn a_free_donor_taken_as_the_fresh_block_needs_no_copy() {
+    let mut manager = manager(3);
+    let mut a = seq(&manager, 1, &tokens(0..6));
+    admit_and_prefill(&mut manager, &mut a);
+    let tail = a.block_table[1];
+    manager.free(&mut a).unwrap();
+    // Another sequence takes the one never used block: a's tail is next in the free queue.
+    let mut z = seq(&manager, 2, &[90]);
+    compute(&mut manager, &mut z, 1);
+    let mut b = seq(&manager, 3, &[tokens(0..6), vec![9]].concat());
+    assert_eq!(manager.allocate(&mut b), 6);
+    assert_eq!(b.block_table[1], tail, "its slots already hold tokens 4 and 5");
+    assert!(manager.pending_copies().is_empty());
+    assert_eq!(manager.donors.all().count(), 1, "the tail is b's own block now, not a donor");
+}
+
+#[test]
+fn a_block_freed_before_its_copy_is_applied_drops_the_copy() {
+    let mut manager = manager(8);
+    let mut a = seq(&manager, 1, &tokens(0..6));
+    admit_and_prefill(&mut manager, &mut a);
+    manager.free(&mut a).unwrap();
+    let mut b = seq(&manager, 2, &[tokens(0..6), vec![9]].concat());
+    assert_eq!(manager.allocate(&mut b), 6);
+    assert_eq!(manager.pending_copies().len(), 1);
+    // Preempted in the same step: the copy would land in a block that is no longer b's.
+    manager.free(&mut b).unwrap();
+    assert!(manager.pending_copies().is_empty());
+}
+
+#[test]
+fn a_key_lists_a_bounded_number_of_donors_newest_kept() {
+    let mut manager = manager(2 * partial::MAX_DONORS_PER_KEY + 4);
+    for i in 0..partial::MAX_DONORS_PER_KEY as u32 + 3 {
+        // Prompts that share their first token only.
+        let mut s = seq(&manager, u64::from(i), &[7, 100 + i, 3]);
+        admit_and_prefill(&mut manager, &mut s);
+        manager.free(&mut s).unwrap();
+    }
+    assert_eq!(manager.donors.all().count(), partial::MAX_DONORS_PER_KEY);
+    let mut newest = seq(&manager, 99, &[7, 102 + partial::MAX_DONORS_PER_KEY as u32, 5]);
+    assert_eq!(manager.allocate(&mut newest), 2);
+    let mut oldest = seq(&manager, 98, &[7, 100, 5]);
+    assert_eq!(manager.allocate(&mut oldest), 1, "its listing went: the first token only");
 }
 
 #[test]
