@@ -51,11 +51,13 @@ pub async fn serve(
         result: None,
     };
 
-    let signalled = tokio::select! {
-        () = server.finished() => false,
-        () = stopping.cancelled() => true,
-    };
-    if signalled {
+    tokio::select! {
+        () = server.finished() => {}
+        () = stopping.cancelled() => {}
+    }
+    // Both are ready together when the signal finds no connection open (the server then ends at
+    // once), and `select!` picks either: the token, not the branch, says whether it was asked.
+    if stopping.is_cancelled() {
         drain(&state, &mut server).await;
     } else {
         tracing::error!("the HTTP server stopped without a shutdown signal");
