@@ -39,7 +39,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// `k ≤ q` and, with a sliding window, `q − k < window`, as the additive mask of the unfused
 /// path has it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CausalRows {
+pub(crate) struct CausalRows {
     pub len: usize,
     pub start_pos: usize,
     pub window: Option<usize>,
@@ -59,14 +59,14 @@ impl CausalRows {
 
 /// Whether [`causal_softmax`] takes scores of this device and dtype (CPU f32 with AVX-512);
 /// elsewhere the caller scales, masks and takes the softmax itself.
-pub fn fuses_masks(device: &Device, dtype: DType) -> bool {
+pub(crate) fn fuses_masks(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && supported()
 }
 
 /// `softmax(scale · scores)` over the last dimension, each row over the keys its query sees
 /// (the others get 0), written over `scores`, which must be a tensor no other holds (a
 /// product's fresh output). An error where [`fuses_masks`] does not hold.
-pub fn causal_softmax(scores: Tensor, rows: CausalRows) -> Result<Tensor> {
+pub(crate) fn causal_softmax(scores: Tensor, rows: CausalRows) -> Result<Tensor> {
     if !fuses_masks(scores.device(), scores.dtype()) {
         candle_core::bail!("the causal softmax takes CPU f32 scores on a CPU with AVX-512");
     }
