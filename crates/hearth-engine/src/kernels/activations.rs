@@ -10,6 +10,8 @@
 use candle_core::utils::barrier_pool;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use super::amx;
+
 /// Values per activation block.
 pub const BLOCK: usize = 32;
 /// Values per half block: the finest group a weight scale covers (ggml's k-quants).
@@ -25,6 +27,12 @@ pub struct Activations {
     pub scales: Vec<f32>,
     /// Per (row, block): the sums of the quantized values of its two halves.
     pub half_sums: Vec<[i32; 2]>,
+    /// Whether whole groups of 16 rows go through AMX tile products (see `amx.rs`): set where
+    /// the CPU has them and there are 16 rows or more.
+    pub tiled: bool,
+    /// Where `tiled`, per (row, block): the halves' sums and the block's, times the block's
+    /// scale (the tile kernels' offset and minimum terms, computed once rather than per stripe).
+    pub scaled_sums: Vec<[f32; 3]>,
 }
 
 /// Rows of activations below which quantizing them is not worth waking the pool for.
@@ -61,7 +69,18 @@ impl Activations {
                 quantize_blocks(x, qs, scales, sums);
             });
         }
-        Self { rows, blocks, qs, scales, half_sums }
+        let tiled = rows >= amx::ROWS && amx::available();
+        let scaled_sums = match tiled {
+            true => scales
+                .iter()
+                .zip(&half_sums)
+                .map(|(&s, &[low, high])| {
+                    [low as f32 * s, high as f32 * s, (low + high) as f32 * s]
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        Self { rows, blocks, qs, scales, half_sums, tiled, scaled_sums }
     }
 
     /// The quantized values of block `b` of `row`.
@@ -182,12 +201,33 @@ pub trait RowGroups {
     /// Those rows exist, and the CPU has the kernel's instructions.
     unsafe fn rows<const N: usize>(&self, first: usize);
 
-    /// Rows `0..rows`: in groups of 8, then at most one group each of 4, 2 and 1.
+    /// Rows `first..first + 16` through AMX tile products; `false` (and nothing done) for a
+    /// kernel without a tile path.
     ///
     /// # Safety
-    /// As [`Self::rows`], for every row below `rows`.
-    unsafe fn all_rows(&self, rows: usize) {
+    /// Those rows exist, and `tiles` is this thread's configuration.
+    unsafe fn tile_rows(&self, _first: usize, _tiles: &amx::Tiles) -> bool {
+        false
+    }
+
+    /// Rows `0..rows`: in tile products of 16 where `tiled` (see [`Activations::tiled`]), then
+    /// in groups of 8, then at most one group each of 4, 2 and 1.
+    ///
+    /// # Safety
+    /// As [`Self::rows`], for every row below `rows`; `tiled` only where [`amx::available`].
+    unsafe fn all_rows(&self, rows: usize, tiled: bool) {
         let mut first = 0;
+        #[cfg(target_arch = "x86_64")]
+        if tiled {
+            // SAFETY: the caller's: AMX is available.
+            let tiles = unsafe { amx::Tiles::configure(BLOCK) };
+            // SAFETY: the caller's; rows `first..first + 16` lie below `rows`.
+            while rows - first >= amx::ROWS && unsafe { self.tile_rows(first, &tiles) } {
+                first += amx::ROWS;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = tiled;
         while first < rows {
             let n = match rows - first {
                 n if n >= 8 => 8,
@@ -269,6 +309,24 @@ fn product<W: PackedWeight>(weight: &W, x: &Activations, y: &mut [f32]) {
             unsafe { weight.stripe(x, stripe, out) };
         }
     });
+}
+
+/// For the kernels' tests: the product of `x` (f32 `[rows, in]`) with AMX tile products
+/// (`None` where this CPU has none) and without.
+#[cfg(test)]
+pub fn tiled_and_untiled<W: PackedWeight>(weight: &W, x: &Tensor) -> (Option<Vec<f32>>, Vec<f32>) {
+    let (out_dim, in_dim) = weight.dims();
+    let values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let rows = values.len() / in_dim;
+    let mut activations = Activations::quantize(&values, rows, in_dim);
+    let run = |x: &Activations| {
+        let mut y = vec![0f32; rows * out_dim];
+        product(weight, x, &mut y);
+        y
+    };
+    let tiled = activations.tiled.then(|| run(&activations));
+    activations.tiled = false;
+    (tiled, run(&activations))
 }
 
 /// For the kernels' tests: the largest difference between two products, relative to the

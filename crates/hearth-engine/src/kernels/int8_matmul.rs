@@ -179,7 +179,7 @@ impl PackedWeight for PackedInt8 {
         // row, inside `out` (asserted in `Stripe::write`).
         unsafe {
             match self.path {
-                Path::Avx512Vnni => job.all_rows(x.rows),
+                Path::Avx512Vnni => job.all_rows(x.rows, x.tiled),
                 Path::Avx2 => job.run_avx2(),
             }
         }

@@ -28,6 +28,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Result, Tensor};
 
 use super::activations::{Activations, Output, PackedWeight, RowGroups, BLOCK, HALF, TILE_ROWS};
+use super::amx;
 use super::ggml_groups::{self, Group};
 
 /// 16 output rows × 32 inputs at 4 bits.
@@ -178,7 +179,7 @@ impl PackedWeight for PackedNibble {
         };
         // SAFETY: the caller's (`PackedWeight::stripe`); a `PackedNibble` exists only where
         // the CPU has AVX-512 VNNI. The kernel's writes are bounds-checked.
-        unsafe { job.all_rows(x.rows) };
+        unsafe { job.all_rows(x.rows, x.tiled) };
     }
 }
 
@@ -204,23 +205,9 @@ impl Stripe<'_> {
         let blocks = self.x.blocks;
         assert!((first + N) * blocks <= self.x.scales.len());
         assert!(!FIVE || self.fifth_bits.len() == self.tiles.len());
-        let low_nibbles = _mm512_set1_epi8(0x0F);
-        let sixteen = _mm512_set1_epi8(16);
         let mut acc = [_mm512_setzero_ps(); N];
         for (b, tile) in self.tiles.iter().enumerate() {
-            // SAFETY (loads): a tile is 64-byte aligned and its arrays are whole vectors.
-            let packed: [__m512i; BLOCK / 8] =
-                std::array::from_fn(|p| _mm512_load_si512(tile.qs[p].as_ptr() as *const __m512i));
-            let w: [__m512i; BLOCK / 4] = std::array::from_fn(|g| {
-                let v = packed[g % 4];
-                let v = if g < 4 { v } else { _mm512_srli_epi16::<4>(v) };
-                let v = _mm512_and_si512(v, low_nibbles);
-                if FIVE {
-                    _mm512_mask_add_epi8(v, self.fifth_bits[b][g], v, sixteen)
-                } else {
-                    v
-                }
-            });
+            let w = self.unpack::<FIVE>(b, tile);
             let scales = _mm512_cvtph_ps(_mm256_load_si256(tile.scales.as_ptr() as *const __m256i));
             let mins = _mm512_cvtph_ps(_mm256_load_si256(tile.mins.as_ptr() as *const __m256i));
             for (slot, acc) in acc.iter_mut().enumerate() {
@@ -245,10 +232,111 @@ impl Stripe<'_> {
                 *acc = _mm512_fmadd_ps(t, _mm512_set1_ps(self.x.scales[at]), *acc);
             }
         }
+        self.store(first, &acc);
+    }
+
+    /// Tile `b`'s integers as the 8 byte vectors of its input groups (unsigned, 0–15 or 0–31).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn unpack<const FIVE: bool>(
+        &self,
+        b: usize,
+        tile: &Tile,
+    ) -> [std::arch::x86_64::__m512i; BLOCK / 4] {
+        use std::arch::x86_64::*;
+        let low_nibbles = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(16);
+        // SAFETY (loads): a tile is 64-byte aligned and its arrays are whole vectors.
+        let packed: [__m512i; BLOCK / 8] =
+            std::array::from_fn(|p| _mm512_load_si512(tile.qs[p].as_ptr() as *const __m512i));
+        std::array::from_fn(|g| {
+            let v = packed[g % 4];
+            let v = if g < 4 { v } else { _mm512_srli_epi16::<4>(v) };
+            let v = _mm512_and_si512(v, low_nibbles);
+            if FIVE {
+                _mm512_mask_add_epi8(v, self.fifth_bits[b][g], v, sixteen)
+            } else {
+                v
+            }
+        })
+    }
+
+    /// Rows `first..first + 16` (all present) through AMX: every tile unpacked to bytes, one
+    /// tile product per block, then per row the scales and minimums in AVX-512, its accumulator
+    /// in a register.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tiled<const FIVE: bool>(&self, first: usize, tiles: &amx::Tiles) {
+        use std::arch::x86_64::*;
+        const GROUP: usize = 4;
+        let blocks = self.x.blocks;
+        let stride = blocks * BLOCK;
+        assert!((first + amx::ROWS) * blocks <= self.x.scales.len());
+        assert!(!FIVE || self.fifth_bits.len() == self.tiles.len());
+        assert_eq!(tiles.inputs(), BLOCK, "tiles configured for this kernel");
+        amx::with_scratch(blocks, blocks, 2 * blocks, |scratch| {
+            let buffers = scratch.sums.iter_mut().zip(&mut scratch.weights);
+            for (b, (tile, (sums, bytes))) in self.tiles.iter().zip(buffers).enumerate() {
+                for (out, w) in bytes.0.iter_mut().zip(self.unpack::<FIVE>(b, tile)) {
+                    // SAFETY: each row of a weight tile is 64 aligned bytes.
+                    _mm512_store_si512(out.as_mut_ptr() as *mut __m512i, w);
+                }
+                // SAFETY (pointer): rows `first..first + 16` exist (asserted), so their block
+                // `b` (32 bytes, `stride` apart) is inside `qs`.
+                let a = unsafe { self.x.qs.as_ptr().add(first * stride + b * BLOCK) };
+                scratch.jobs.push((a, bytes.0.as_ptr() as *const u8, sums as *mut amx::Sums));
+            }
+            // SAFETY: each job reads 16 rows of 32 bytes inside `qs` and a 512-byte weight
+            // tile, and writes its own `Sums`.
+            unsafe { tiles.dot_all(stride, &scratch.jobs) };
+            // Per block: the weights' scales, and what a block's activation sum multiplies
+            // (the stored integers' offset times the scale, plus the minimum).
+            let lanes = &mut scratch.lanes[..2 * blocks];
+            for (tile, lanes) in self.tiles.iter().zip(lanes.chunks_exact_mut(2)) {
+                // SAFETY: a tile's f16 arrays are 32 aligned bytes, `Lanes` 64.
+                let scales =
+                    _mm512_cvtph_ps(_mm256_load_si256(tile.scales.as_ptr() as *const __m256i));
+                let mins = _mm512_cvtph_ps(_mm256_load_si256(tile.mins.as_ptr() as *const __m256i));
+                let offset = _mm512_set1_ps(self.offset as f32);
+                _mm512_store_ps(lanes[0].0.as_mut_ptr(), scales);
+                _mm512_store_ps(lanes[1].0.as_mut_ptr(), _mm512_fmadd_ps(scales, offset, mins));
+            }
+            // Four rows at a time: each row's sum is a chain of dependent FMAs, so one row
+            // alone would wait on each FMA's latency.
+            for group in (0..amx::ROWS).step_by(GROUP) {
+                let rows: [usize; GROUP] = std::array::from_fn(|i| (first + group + i) * blocks);
+                let mut acc = [_mm512_setzero_ps(); GROUP];
+                for (b, (sums, lanes)) in scratch.sums.iter().zip(lanes.chunks_exact(2)).enumerate()
+                {
+                    // SAFETY: `Lanes` are 64 aligned bytes.
+                    let (scale, offset) =
+                        (_mm512_load_ps(lanes[0].0.as_ptr()), _mm512_load_ps(lanes[1].0.as_ptr()));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let at = rows[i] + b;
+                        // SAFETY: a row of sums is 64 aligned bytes.
+                        let dot = _mm512_cvtepi32_ps(_mm512_load_si512(
+                            sums.0[group + i].as_ptr() as *const __m512i
+                        ));
+                        let x_scale = _mm512_mul_ps(scale, _mm512_set1_ps(self.x.scales[at]));
+                        *acc = _mm512_fmadd_ps(dot, x_scale, *acc);
+                        *acc = _mm512_fnmadd_ps(
+                            offset,
+                            _mm512_set1_ps(self.x.scaled_sums[at][2]),
+                            *acc,
+                        );
+                    }
+                }
+                self.store(first + group, &acc);
+            }
+        });
+    }
+
+    /// Writes rows `first..` of the stripe's 16 columns.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(&self, first: usize, acc: &[std::arch::x86_64::__m512]) {
         for (slot, acc) in acc.iter().enumerate() {
             let at = (first + slot) * self.out_dim + self.stripe * TILE_ROWS;
             assert!(at + TILE_ROWS <= self.out.len);
-            _mm512_storeu_ps(self.out.ptr.add(at), *acc);
+            // SAFETY: in bounds (asserted); each stripe's columns belong to one thread.
+            unsafe { std::arch::x86_64::_mm512_storeu_ps(self.out.ptr.add(at), *acc) };
         }
     }
 }
@@ -263,6 +351,18 @@ impl RowGroups for Stripe<'_> {
             }
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_rows(&self, first: usize, tiles: &amx::Tiles) -> bool {
+        // SAFETY: the caller's (`RowGroups::tile_rows`); AMX implies AVX-512 VNNI.
+        unsafe {
+            match self.fifth_bits.is_empty() {
+                true => self.tiled::<false>(first, tiles),
+                false => self.tiled::<true>(first, tiles),
+            }
+        }
+        true
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -276,6 +376,7 @@ impl Stripe<'_> {
 mod tests {
     use super::*;
     use crate::kernels::activations::relative_gap;
+    use crate::kernels::activations::tiled_and_untiled;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module};
 
@@ -341,5 +442,40 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (40, 64), &Device::Cpu).unwrap();
         let odd_rows = QTensor::quantize(&w, GgmlDType::Q4_0).unwrap();
         assert!(PackedNibble::from_qtensor(&odd_rows).unwrap().is_none());
+    }
+
+    #[test]
+    fn tile_products_match_the_vnni_path() {
+        // The int32 sums are exact either way; the scales, offsets and minimums are applied in
+        // another order (folded per block), so the two differ by f32 rounding only. Rows beyond
+        // the last 16 take the VNNI path.
+        let mut tested = false;
+        for (out_dim, in_dim) in [(48, 512), (1536, 512), (576, 1536)] {
+            let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap();
+            for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1] {
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let Some(packed) = PackedNibble::from_qtensor(&q).unwrap() else { continue };
+                for rows in [16, 33, 64] {
+                    let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &Device::Cpu).unwrap();
+                    let (tiled, untiled) = tiled_and_untiled(&packed, &x);
+                    let Some(tiled) = tiled else {
+                        eprintln!("no AMX on this CPU: the tile path is not run here");
+                        return;
+                    };
+                    let largest = untiled.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let gap =
+                        tiled.iter().zip(&untiled).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    assert!(
+                        gap <= 1e-5 * largest,
+                        "{dtype:?} {out_dim}x{in_dim} rows {rows}: {gap}"
+                    );
+                    // The last rows took the VNNI path in both.
+                    let tail = rows % 16 * out_dim;
+                    assert_eq!(tiled[tiled.len() - tail..], untiled[untiled.len() - tail..]);
+                    tested = true;
+                }
+            }
+        }
+        assert!(tested || !super::super::amx::available());
     }
 }
