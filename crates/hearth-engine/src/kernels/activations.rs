@@ -201,16 +201,16 @@ pub trait RowGroups {
     /// Those rows exist, and the CPU has the kernel's instructions.
     unsafe fn rows<const N: usize>(&self, first: usize);
 
-    /// Rows `first..first + 16` through AMX tile products; `false` (and nothing done) for a
-    /// kernel without a tile path.
+    /// Rows `first..first + 16 chunks` (`chunks` 1 or 2) through AMX tile products; `false`
+    /// (and nothing done) for a kernel without a tile path.
     ///
     /// # Safety
     /// Those rows exist, and `tiles` is this thread's configuration.
-    unsafe fn tile_rows(&self, _first: usize, _tiles: &amx::Tiles) -> bool {
+    unsafe fn tile_rows(&self, _first: usize, _chunks: usize, _tiles: &amx::Tiles) -> bool {
         false
     }
 
-    /// Rows `0..rows`: in tile products of 16 where `tiled` (see [`Activations::tiled`]), then
+    /// Rows `0..rows`: in tile products of 32 and 16 where `tiled` (see [`Activations::tiled`]), then
     /// in groups of 8, then at most one group each of 4, 2 and 1.
     ///
     /// # Safety
@@ -221,9 +221,13 @@ pub trait RowGroups {
         if tiled {
             // SAFETY: the caller's: AMX is available.
             let tiles = unsafe { amx::Tiles::configure(BLOCK) };
-            // SAFETY: the caller's; rows `first..first + 16` lie below `rows`.
-            while rows - first >= amx::ROWS && unsafe { self.tile_rows(first, &tiles) } {
-                first += amx::ROWS;
+            while rows - first >= amx::ROWS {
+                let chunks = if rows - first >= 2 * amx::ROWS { 2 } else { 1 };
+                // SAFETY: the caller's; rows `first..first + 16 chunks` lie below `rows`.
+                if !unsafe { self.tile_rows(first, chunks, &tiles) } {
+                    break;
+                }
+                first += chunks * amx::ROWS;
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

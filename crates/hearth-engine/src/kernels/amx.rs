@@ -220,21 +220,85 @@ impl Tiles {
         }
     }
 
-    /// Runs every product of `jobs` (activation tile, weight tile, result), two at a time.
+    /// `sums[i] = a[i] · b` for two activation tiles and one weight tile: the weight tile is
+    /// loaded once for both.
     ///
     /// # Safety
-    /// As [`Self::dot_pair`] for every job.
+    /// As [`Self::dot_pair`].
     #[cfg(target_arch = "x86_64")]
-    pub unsafe fn dot_all(&self, stride: usize, jobs: &[(*const i8, *const u8, *mut Sums)]) {
-        let mut pairs = jobs.chunks_exact(2);
-        for pair in &mut pairs {
-            let [(a0, b0, c0), (a1, b1, c1)] = [pair[0], pair[1]];
-            // SAFETY: the caller's.
-            unsafe { self.dot_pair([a0, a1], stride, [b0, b1], [c0, c1]) };
+    #[inline]
+    pub unsafe fn dot_shared(
+        &self,
+        a: [*const i8; 2],
+        stride: usize,
+        b: *const u8,
+        sums: [*mut Sums; 2],
+    ) {
+        // SAFETY: the caller's.
+        unsafe {
+            std::arch::asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tileloadd tmm4, [{b} + {row} * 1]",
+                "tileloadd tmm2, [{a0} + {stride} * 1]",
+                "tileloadd tmm3, [{a1} + {stride} * 1]",
+                "tdpbsud tmm0, tmm2, tmm4",
+                "tdpbsud tmm1, tmm3, tmm4",
+                "tilestored [{c0} + {row} * 1], tmm0",
+                "tilestored [{c1} + {row} * 1], tmm1",
+                a0 = in(reg) a[0],
+                a1 = in(reg) a[1],
+                stride = in(reg) stride,
+                b = in(reg) b,
+                c0 = in(reg) sums[0],
+                c1 = in(reg) sums[1],
+                row = in(reg) 64usize,
+                options(nostack),
+            );
         }
-        if let [(a, b, c)] = pairs.remainder() {
-            // SAFETY: the caller's.
-            unsafe { self.dot(*a, stride, *b, *c) };
+    }
+
+    /// The products of `chunks` (1 or 2) groups of 16 activation rows by every block's weight
+    /// tile: `sums[c * blocks + b]` = rows `16 c..16 c + 16` from `a` (`stride` apart; block `b`
+    /// at `a + k b`) times `weights[b]`. Two chunks share each weight tile's load; one chunk
+    /// runs two blocks at a time.
+    ///
+    /// # Safety
+    /// `a` must hold `16 chunks` rows of `k · weights.len()` readable bytes at `stride`, each
+    /// weight pointer `16 k` readable bytes, and `sums` `chunks · weights.len()` entries.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn dot_blocks(
+        &self,
+        a: *const i8,
+        stride: usize,
+        chunks: usize,
+        weights: &[*const u8],
+        sums: &mut [Sums],
+    ) {
+        let blocks = weights.len();
+        assert!(chunks == 1 || chunks == 2);
+        assert!(sums.len() >= chunks * blocks);
+        let sums = sums.as_mut_ptr();
+        // SAFETY (all): the caller's; every `sums` index is below `chunks · blocks`.
+        unsafe {
+            let a_at = |chunk: usize, b: usize| a.add(chunk * ROWS * stride + b * self.k);
+            if chunks == 2 {
+                for (b, &w) in weights.iter().enumerate() {
+                    let out = [sums.add(b), sums.add(blocks + b)];
+                    self.dot_shared([a_at(0, b), a_at(1, b)], stride, w, out);
+                }
+                return;
+            }
+            let mut b = 0;
+            while b + 1 < blocks {
+                let out = [sums.add(b), sums.add(b + 1)];
+                let w = [weights[b], weights[b + 1]];
+                self.dot_pair([a_at(0, b), a_at(0, b + 1)], stride, w, out);
+                b += 2;
+            }
+            if b < blocks {
+                self.dot(a_at(0, b), stride, weights[b], sums.add(b));
+            }
         }
     }
 }
@@ -246,7 +310,8 @@ pub struct Scratch {
     pub weights: Vec<WeightTile>,
     /// Per-block vectors of the weights' scales (and what the kernel derives from them).
     pub lanes: Vec<Lanes>,
-    pub jobs: Vec<(*const i8, *const u8, *mut Sums)>,
+    /// Per block: its weight tile.
+    pub weight_tiles: Vec<*const u8>,
 }
 
 /// One f32 per output row of a tile.
@@ -281,7 +346,7 @@ pub fn with_scratch<R>(
         if scratch.lanes.len() < lanes {
             scratch.lanes.resize(lanes, Lanes([0.0; 16]));
         }
-        scratch.jobs.clear();
+        scratch.weight_tiles.clear();
         f(&mut scratch)
     })
 }
@@ -324,7 +389,7 @@ mod tests {
             eprintln!("no AMX on this CPU (or HEARTH_CPU_AMX=0): the tile path is not run here");
             return;
         }
-        let stride = 96;
+        let (width, blocks) = (96, 3);
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             state ^= state << 13;
@@ -332,35 +397,32 @@ mod tests {
             state ^= state << 17;
             state as u8
         };
-        let a: Vec<i8> = (0..16 * stride).map(|_| next() as i8).collect();
-        let mut b: Vec<u8> = (0..512).map(|_| next()).collect();
+        let a: Vec<i8> = (0..33 * width).map(|_| next() as i8).collect();
+        let mut b: Vec<u8> = (0..blocks * 512).map(|_| next()).collect();
         // Extremes: the largest products of either sign.
         b[..64].fill(255);
-        let a_at = &a[8..];
-        // SAFETY: AMX is available (checked); 16 rows of 32 bytes at stride 96 from offset 8
-        // and 512 bytes of weights are in bounds.
+        let weights: Vec<*const u8> = (0..blocks).map(|i| b[512 * i..].as_ptr()).collect();
+        let tile = |chunk: usize, block: usize, k: usize| &a[16 * chunk * width + k * block..];
+        // SAFETY: AMX is available (checked); `a` holds 33 rows of three blocks, the weights
+        // three 512-byte tiles, and `sums` has room for every product.
         let tiles = unsafe { Tiles::configure(32) };
-        let mut sums = [Sums::new(), Sums::new(), Sums::new()];
-        let [s0, s1, s2] = sums.each_mut().map(|s| s as *mut Sums);
-        // Three products: a pair and a single one; the second takes the first 16 bytes.
-        let jobs = [
-            (a_at.as_ptr(), b.as_ptr(), s0),
-            (a_at[32..].as_ptr(), b[..].as_ptr(), s1),
-            (a_at[4..].as_ptr(), b[..].as_ptr(), s2),
-        ];
-        unsafe { tiles.dot_all(stride, &jobs) };
-        assert_eq!(sums[0].0, reference(a_at, stride, &b, 0..32).0);
-        assert_eq!(sums[1].0, reference(&a_at[32..], stride, &b, 0..32).0);
-        assert_eq!(sums[2].0, reference(&a_at[4..], stride, &b, 0..32).0);
+        for chunks in [1, 2] {
+            let mut sums: Vec<Sums> = (0..chunks * blocks).map(|_| Sums::new()).collect();
+            unsafe { tiles.dot_blocks(a.as_ptr(), width, chunks, &weights, &mut sums) };
+            for (i, sums) in sums.iter().enumerate() {
+                let (chunk, block) = (i / blocks, i % blocks);
+                let want = reference(tile(chunk, block, 32), width, &b[512 * block..], 0..32);
+                assert_eq!(sums.0, want.0, "{chunks} chunks, block {block} of chunk {chunk}");
+            }
+        }
         drop(tiles);
-        // Products over 16 inputs, as the k-quants' halves take them.
+        // Products over 16 inputs: a k-quant's halves, weight rows 4 h..4 h + 4.
         let tiles = unsafe { Tiles::configure(16) };
-        let mut halves = [Sums::new(), Sums::new()];
-        let [h0, h1] = halves.each_mut().map(|s| s as *mut Sums);
-        let jobs = [(a_at.as_ptr(), b.as_ptr(), h0), (a_at[16..].as_ptr(), b[256..].as_ptr(), h1)];
-        unsafe { tiles.dot_all(stride, &jobs) };
-        assert_eq!(halves[0].0, reference(a_at, stride, &b, 0..16).0);
-        assert_eq!(halves[1].0, reference(&a_at[16..], stride, &b[256..], 0..16).0);
+        let halves = [b.as_ptr(), b[256..].as_ptr()];
+        let mut sums = [Sums::new(), Sums::new()];
+        unsafe { tiles.dot_blocks(a.as_ptr(), width, 1, &halves, &mut sums) };
+        assert_eq!(sums[0].0, reference(&a, width, &b, 0..16).0);
+        assert_eq!(sums[1].0, reference(&a[16..], width, &b[256..], 0..16).0);
     }
 
     fn current_config() -> Config {

@@ -264,29 +264,28 @@ impl Stripe<'_> {
     /// tile product per block, then per row the scales and minimums in AVX-512, its accumulator
     /// in a register.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tiled<const FIVE: bool>(&self, first: usize, tiles: &amx::Tiles) {
+    unsafe fn tiled<const FIVE: bool>(&self, first: usize, chunks: usize, tiles: &amx::Tiles) {
         use std::arch::x86_64::*;
         const GROUP: usize = 4;
         let blocks = self.x.blocks;
         let stride = blocks * BLOCK;
-        assert!((first + amx::ROWS) * blocks <= self.x.scales.len());
+        assert!((first + chunks * amx::ROWS) * blocks <= self.x.scales.len());
         assert!(!FIVE || self.fifth_bits.len() == self.tiles.len());
         assert_eq!(tiles.inputs(), BLOCK, "tiles configured for this kernel");
-        amx::with_scratch(blocks, blocks, 2 * blocks, |scratch| {
-            let buffers = scratch.sums.iter_mut().zip(&mut scratch.weights);
-            for (b, (tile, (sums, bytes))) in self.tiles.iter().zip(buffers).enumerate() {
+        amx::with_scratch(chunks * blocks, blocks, 2 * blocks, |scratch| {
+            for (b, (tile, bytes)) in self.tiles.iter().zip(&mut scratch.weights).enumerate() {
                 for (out, w) in bytes.0.iter_mut().zip(self.unpack::<FIVE>(b, tile)) {
                     // SAFETY: each row of a weight tile is 64 aligned bytes.
                     _mm512_store_si512(out.as_mut_ptr() as *mut __m512i, w);
                 }
-                // SAFETY (pointer): rows `first..first + 16` exist (asserted), so their block
-                // `b` (32 bytes, `stride` apart) is inside `qs`.
-                let a = unsafe { self.x.qs.as_ptr().add(first * stride + b * BLOCK) };
-                scratch.jobs.push((a, bytes.0.as_ptr() as *const u8, sums as *mut amx::Sums));
+                scratch.weight_tiles.push(bytes.0.as_ptr() as *const u8);
             }
-            // SAFETY: each job reads 16 rows of 32 bytes inside `qs` and a 512-byte weight
-            // tile, and writes its own `Sums`.
-            unsafe { tiles.dot_all(stride, &scratch.jobs) };
+            // SAFETY: rows `first..first + 16 chunks` exist (asserted), each `stride` bytes of
+            // `qs`; a weight tile is 512 bytes; `sums` has `chunks · blocks` entries.
+            unsafe {
+                let a = self.x.qs.as_ptr().add(first * stride);
+                tiles.dot_blocks(a, stride, chunks, &scratch.weight_tiles, &mut scratch.sums);
+            }
             // Per block: the weights' scales, and what a block's activation sum multiplies
             // (the stored integers' offset times the scale, plus the minimum).
             let lanes = &mut scratch.lanes[..2 * blocks];
@@ -301,11 +300,12 @@ impl Stripe<'_> {
             }
             // Four rows at a time: each row's sum is a chain of dependent FMAs, so one row
             // alone would wait on each FMA's latency.
-            for group in (0..amx::ROWS).step_by(GROUP) {
+            for group in (0..chunks * amx::ROWS).step_by(GROUP) {
                 let rows: [usize; GROUP] = std::array::from_fn(|i| (first + group + i) * blocks);
+                let (chunk, group_in_chunk) = (group / amx::ROWS, group % amx::ROWS);
+                let chunk_sums = &scratch.sums[chunk * blocks..(chunk + 1) * blocks];
                 let mut acc = [_mm512_setzero_ps(); GROUP];
-                for (b, (sums, lanes)) in scratch.sums.iter().zip(lanes.chunks_exact(2)).enumerate()
-                {
+                for (b, (sums, lanes)) in chunk_sums.iter().zip(lanes.chunks_exact(2)).enumerate() {
                     // SAFETY: `Lanes` are 64 aligned bytes.
                     let (scale, offset) =
                         (_mm512_load_ps(lanes[0].0.as_ptr()), _mm512_load_ps(lanes[1].0.as_ptr()));
@@ -313,7 +313,7 @@ impl Stripe<'_> {
                         let at = rows[i] + b;
                         // SAFETY: a row of sums is 64 aligned bytes.
                         let dot = _mm512_cvtepi32_ps(_mm512_load_si512(
-                            sums.0[group + i].as_ptr() as *const __m512i
+                            sums.0[group_in_chunk + i].as_ptr() as *const __m512i,
                         ));
                         let x_scale = _mm512_mul_ps(scale, _mm512_set1_ps(self.x.scales[at]));
                         *acc = _mm512_fmadd_ps(dot, x_scale, *acc);
@@ -353,12 +353,12 @@ impl RowGroups for Stripe<'_> {
     }
 
     #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_rows(&self, first: usize, tiles: &amx::Tiles) -> bool {
+    unsafe fn tile_rows(&self, first: usize, chunks: usize, tiles: &amx::Tiles) -> bool {
         // SAFETY: the caller's (`RowGroups::tile_rows`); AMX implies AVX-512 VNNI.
         unsafe {
             match self.fifth_bits.is_empty() {
-                true => self.tiled::<false>(first, tiles),
-                false => self.tiled::<true>(first, tiles),
+                true => self.tiled::<false>(first, chunks, tiles),
+                false => self.tiled::<true>(first, chunks, tiles),
             }
         }
         true
@@ -455,7 +455,7 @@ mod tests {
             for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1] {
                 let q = QTensor::quantize(&w, dtype).unwrap();
                 let Some(packed) = PackedNibble::from_qtensor(&q).unwrap() else { continue };
-                for rows in [16, 33, 64] {
+                for rows in [16, 33, 48, 64] {
                     let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &Device::Cpu).unwrap();
                     let (tiled, untiled) = tiled_and_untiled(&packed, &x);
                     let Some(tiled) = tiled else {

@@ -199,27 +199,26 @@ impl Stripe<'_> {
         self.store(first, &acc);
     }
 
-    /// Rows `first..first + 16` (all present) through AMX: one tile product per block (the
-    /// 16 rows' 32 activation bytes by the weight tile), all of them first, then per row the
-    /// blocks' scales in AVX-512, its accumulator in a register.
+    /// Rows `first..first + 16 chunks` (all present) through AMX: one tile product per block
+    /// and chunk of 16 rows (their 32 activation bytes by the weight tile), all of them first,
+    /// then the blocks' scales in AVX-512, four rows' accumulators in registers at a time.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tiled(&self, first: usize, tiles: &amx::Tiles) {
+    unsafe fn tiled(&self, first: usize, chunks: usize, tiles: &amx::Tiles) {
         use std::arch::x86_64::*;
         const GROUP: usize = 4;
         let blocks = self.x.blocks;
         let stride = blocks * BLOCK;
-        assert!((first + amx::ROWS) * blocks <= self.x.scales.len());
+        assert!((first + chunks * amx::ROWS) * blocks <= self.x.scales.len());
         assert_eq!(tiles.inputs(), BLOCK, "tiles configured for this kernel");
-        amx::with_scratch(blocks, 0, 2 * blocks, |scratch| {
-            for (b, (tile, sums)) in self.tiles.iter().zip(&mut scratch.sums).enumerate() {
-                // SAFETY (pointer): rows `first..first + 16` exist (asserted), so their block
-                // `b` (32 bytes, `stride` apart) is inside `qs`.
-                let a = unsafe { self.x.qs.as_ptr().add(first * stride + b * BLOCK) };
-                scratch.jobs.push((a, tile.qs.as_ptr() as *const u8, sums as *mut amx::Sums));
+        amx::with_scratch(chunks * blocks, 0, 2 * blocks, |scratch| {
+            let weights = self.tiles.iter().map(|tile| tile.qs.as_ptr() as *const u8);
+            scratch.weight_tiles.extend(weights);
+            // SAFETY: rows `first..first + 16 chunks` exist (asserted), each `stride` bytes of
+            // `qs`; a tile's `qs` is 512 bytes; `sums` has `chunks · blocks` entries.
+            unsafe {
+                let a = self.x.qs.as_ptr().add(first * stride);
+                tiles.dot_blocks(a, stride, chunks, &scratch.weight_tiles, &mut scratch.sums);
             }
-            // SAFETY: each job reads 16 rows of 32 bytes inside `qs` and a tile's 512 bytes of
-            // `qs`, and writes its own `Sums`.
-            unsafe { tiles.dot_all(stride, &scratch.jobs) };
             // Per block: the weights' scales, and 128 times them (for the +128 offset).
             let lanes = &mut scratch.lanes[..2 * blocks];
             for (tile, lanes) in self.tiles.iter().zip(lanes.chunks_exact_mut(2)) {
@@ -234,11 +233,12 @@ impl Stripe<'_> {
             }
             // Four rows at a time: each row's sum is a chain of dependent FMAs, so one row
             // alone would wait on each FMA's latency.
-            for group in (0..amx::ROWS).step_by(GROUP) {
+            for group in (0..chunks * amx::ROWS).step_by(GROUP) {
                 let rows: [usize; GROUP] = std::array::from_fn(|i| (first + group + i) * blocks);
+                let (chunk, group_in_chunk) = (group / amx::ROWS, group % amx::ROWS);
+                let chunk_sums = &scratch.sums[chunk * blocks..(chunk + 1) * blocks];
                 let mut acc = [_mm512_setzero_ps(); GROUP];
-                for (b, (sums, lanes)) in scratch.sums.iter().zip(lanes.chunks_exact(2)).enumerate()
-                {
+                for (b, (sums, lanes)) in chunk_sums.iter().zip(lanes.chunks_exact(2)).enumerate() {
                     // SAFETY: `Lanes` are 64 aligned bytes.
                     let (scale, offset) =
                         (_mm512_load_ps(lanes[0].0.as_ptr()), _mm512_load_ps(lanes[1].0.as_ptr()));
@@ -246,7 +246,7 @@ impl Stripe<'_> {
                         let at = rows[i] + b;
                         // SAFETY: a row of sums is 64 aligned bytes.
                         let dot = _mm512_cvtepi32_ps(_mm512_load_si512(
-                            sums.0[group + i].as_ptr() as *const __m512i
+                            sums.0[group_in_chunk + i].as_ptr() as *const __m512i,
                         ));
                         let x_scale = _mm512_mul_ps(scale, _mm512_set1_ps(self.x.scales[at]));
                         *acc = _mm512_fmadd_ps(dot, x_scale, *acc);
@@ -281,9 +281,9 @@ impl RowGroups for Stripe<'_> {
     }
 
     #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_rows(&self, first: usize, tiles: &amx::Tiles) -> bool {
+    unsafe fn tile_rows(&self, first: usize, chunks: usize, tiles: &amx::Tiles) -> bool {
         // SAFETY: the caller's (`RowGroups::tile_rows`); AMX implies AVX-512 VNNI.
-        unsafe { self.tiled(first, tiles) };
+        unsafe { self.tiled(first, chunks, tiles) };
         true
     }
 }
@@ -364,7 +364,7 @@ mod tests {
             for dtype in [GgmlDType::Q8_0] {
                 let q = QTensor::quantize(&w, dtype).unwrap();
                 let Some(packed) = PackedQ8_0::from_qtensor(&q).unwrap() else { continue };
-                for rows in [16, 33, 64] {
+                for rows in [16, 33, 48, 64] {
                     let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &Device::Cpu).unwrap();
                     let (tiled, untiled) = tiled_and_untiled(&packed, &x);
                     let Some(tiled) = tiled else {
