@@ -2,8 +2,8 @@
 //!
 //! Sapphire Rapids and later Xeons have eight tile registers of up to 16 rows × 64 bytes and a
 //! tile multiply unit: one `tdpbsud` multiplies a 16 × 64 int8 tile by a 64 × 16 one into 16 × 16
-//! int32 sums, 16,384 multiply-adds, where one AVX-512 `vpdpbusd` does 64. The int8 kernels'
-//! weight tiles (`qs[g][4 * row + j]`: 16 output rows, 4 inputs per 64-byte row) are already the
+//! int32 sums, 16,384 multiply-adds, where one AVX-512 `vpdpbusd` does 64. The q8_0 and 4/5-bit
+//! kernels' weight tiles (`qs[g][4 * row + j]`: 16 output rows, 4 inputs per 64-byte row) are already the
 //! layout the instruction wants for its second operand, and the activations' int8 rows are its
 //! first, read in place with the row stride. A ggml block's scales differ per 32 (or 16) inputs,
 //! so each product covers one block and the kernels apply the scales to the 16 × 16 sums in
@@ -13,8 +13,8 @@
 //! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once. `HEARTH_CPU_AMX=0` turns the path off (to
 //! compare it with the VNNI path on one machine).
 //!
-//! Written as inline assembly because Rust's AMX intrinsics are not stable; the instructions
-//! used are only the six below.
+//! Written as inline assembly because Rust's AMX intrinsics are not stable; seven instructions
+//! are used (tile configuration load, store and release, zero, load, store, and `tdpbsud`).
 
 use std::sync::OnceLock;
 
