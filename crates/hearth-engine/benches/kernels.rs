@@ -1,6 +1,6 @@
 //! Matrix products of the benchmark model's shape (SmolLM2-135M: hidden 576, MLP 1,536,
 //! vocabulary 49,152) at decode's one and eight rows and a 256-row prefill chunk: the f32
-//! product Hearth uses (split across cores for few rows, candle's gemm for many), the q8_0 VNNI
+//! product Hearth uses (split across cores: a few-rows kernel, or gemm per block), the q8_0 VNNI
 //! kernel, candle's own q8_0 product, and, for prefill, gemm on a q8_0 weight already
 //! dequantized (the dequantization itself not counted). Bytes of weight per call over the time
 //! is the bandwidth a decode kernel reaches. The MLP weight stays in cache between iterations;
