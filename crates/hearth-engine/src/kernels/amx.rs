@@ -18,6 +18,8 @@
 
 use std::sync::OnceLock;
 
+use super::activations::{Activations, Output};
+
 /// Rows of a tile product (the activation rows of one call).
 pub const ROWS: usize = 16;
 
@@ -299,6 +301,106 @@ impl Tiles {
             if b < blocks {
                 self.dot(a_at(0, b), stride, weights[b], sums.add(b));
             }
+        }
+    }
+}
+
+impl Tiles {
+    /// One stripe's tile pass over rows `first..first + 16 chunks` of `x`: `prepare` fills the
+    /// scratch's `weight_tiles` (one per block) and `lanes` (two per block, see
+    /// [`write_scaled`]), using `weights` for tiles it unpacks; then every product runs and the
+    /// scaled rows are written to `to`.
+    ///
+    /// # Safety
+    /// Those rows exist; the tiles are configured for 32 inputs; each weight tile pointer
+    /// `prepare` leaves is 512 readable bytes that outlive the call; no other thread writes
+    /// the stripe's columns meanwhile.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn tile_pass(
+        &self,
+        x: &Activations,
+        first: usize,
+        chunks: usize,
+        unpacked: usize,
+        to: Columns,
+        prepare: impl FnOnce(&mut Scratch),
+    ) {
+        let blocks = x.blocks;
+        let stride = blocks * self.k;
+        assert!((first + chunks * ROWS) * blocks <= x.scales.len());
+        with_scratch(chunks * blocks, unpacked, 2 * blocks, |scratch| {
+            prepare(scratch);
+            assert_eq!(scratch.weight_tiles.len(), blocks, "one weight tile per block");
+            // SAFETY: the caller's for the rows (`stride` bytes each in `qs`) and the weight
+            // tiles; `sums` has `chunks · blocks` entries, `lanes` `2 · blocks`.
+            unsafe {
+                let a = x.qs.as_ptr().add(first * stride);
+                self.dot_blocks(a, stride, chunks, &scratch.weight_tiles, &mut scratch.sums);
+                write_scaled(x, first, chunks, &scratch.sums, &scratch.lanes[..2 * blocks], to);
+            }
+        });
+    }
+}
+
+/// Where a stripe's results go: its 16 columns of every row of `out`.
+#[derive(Clone, Copy)]
+pub struct Columns {
+    pub out: Output,
+    pub out_dim: usize,
+    pub first_column: usize,
+}
+
+/// Applies the blocks' scales to a tile pass's sums and writes rows `first..first + 16 chunks`:
+/// `y[r] = Σ_b f32(sums[chunk · blocks + b][r]) · (lanes[2b] · x_scale[r, b]) − lanes[2b + 1] ·
+/// x_sum[r, b]`, with `x_scale` the activation block's scale and `x_sum` its sum times that
+/// scale (`Activations::scaled_sums`). `lanes[2b]` is the block's weight scales, `lanes[2b + 1]`
+/// what its activation sum multiplies (the weights' integer offset times their scale, plus their
+/// minimum). Four rows at a time: each row's sum is a chain of dependent FMAs, so one row alone
+/// would wait on each FMA's latency.
+///
+/// # Safety
+/// The CPU has AVX-512; `sums` holds `chunks · blocks` products of those rows; no other thread
+/// writes the stripe's columns meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn write_scaled(
+    x: &Activations,
+    first: usize,
+    chunks: usize,
+    sums: &[Sums],
+    lanes: &[Lanes],
+    to: Columns,
+) {
+    use std::arch::x86_64::*;
+    const GROUP: usize = 4;
+    let blocks = x.blocks;
+    assert!(sums.len() >= chunks * blocks && lanes.len() >= 2 * blocks);
+    assert!((first + chunks * ROWS) * blocks <= x.scaled_sums.len());
+    for group in (0..chunks * ROWS).step_by(GROUP) {
+        let rows: [usize; GROUP] = std::array::from_fn(|i| (first + group + i) * blocks);
+        let (chunk, group_in_chunk) = (group / ROWS, group % ROWS);
+        let chunk_sums = &sums[chunk * blocks..(chunk + 1) * blocks];
+        let mut acc = [_mm512_setzero_ps(); GROUP];
+        for (b, (sums, lanes)) in chunk_sums.iter().zip(lanes.chunks_exact(2)).enumerate() {
+            // SAFETY: `Lanes` are 64 aligned bytes.
+            let (scale, offset) =
+                (_mm512_load_ps(lanes[0].0.as_ptr()), _mm512_load_ps(lanes[1].0.as_ptr()));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let at = rows[i] + b;
+                // SAFETY: a row of sums is 64 aligned bytes.
+                let dot = _mm512_cvtepi32_ps(_mm512_load_si512(
+                    sums.0[group_in_chunk + i].as_ptr() as *const __m512i,
+                ));
+                let x_scale = _mm512_mul_ps(scale, _mm512_set1_ps(x.scales[at]));
+                *acc = _mm512_fmadd_ps(dot, x_scale, *acc);
+                *acc = _mm512_fnmadd_ps(offset, _mm512_set1_ps(x.scaled_sums[at][2]), *acc);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let at = (first + group + i) * to.out_dim + to.first_column;
+            assert!(at + 16 <= to.out.len);
+            // SAFETY: in bounds (asserted); the caller's for exclusive access.
+            unsafe { _mm512_storeu_ps(to.out.ptr.add(at), *acc) };
         }
     }
 }

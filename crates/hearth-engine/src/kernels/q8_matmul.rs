@@ -200,28 +200,21 @@ impl Stripe<'_> {
     }
 
     /// Rows `first..first + 16 chunks` (all present) through AMX: one tile product per block
-    /// and chunk of 16 rows (their 32 activation bytes by the weight tile), all of them first,
-    /// then the blocks' scales in AVX-512, four rows' accumulators in registers at a time.
+    /// and chunk of 16 rows (their 32 activation bytes by the weight tile), then the blocks'
+    /// scales in AVX-512.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn tiled(&self, first: usize, chunks: usize, tiles: &amx::Tiles) {
         use std::arch::x86_64::*;
-        const GROUP: usize = 4;
-        let blocks = self.x.blocks;
-        let stride = blocks * BLOCK;
-        assert!((first + chunks * amx::ROWS) * blocks <= self.x.scales.len());
         assert_eq!(tiles.inputs(), BLOCK, "tiles configured for this kernel");
-        amx::with_scratch(chunks * blocks, 0, 2 * blocks, |scratch| {
-            let weights = self.tiles.iter().map(|tile| tile.qs.as_ptr() as *const u8);
-            scratch.weight_tiles.extend(weights);
-            // SAFETY: rows `first..first + 16 chunks` exist (asserted), each `stride` bytes of
-            // `qs`; a tile's `qs` is 512 bytes; `sums` has `chunks · blocks` entries.
-            unsafe {
-                let a = self.x.qs.as_ptr().add(first * stride);
-                tiles.dot_blocks(a, stride, chunks, &scratch.weight_tiles, &mut scratch.sums);
-            }
-            // Per block: the weights' scales, and 128 times them (for the +128 offset).
-            let lanes = &mut scratch.lanes[..2 * blocks];
-            for (tile, lanes) in self.tiles.iter().zip(lanes.chunks_exact_mut(2)) {
+        let to = amx::Columns {
+            out: self.out,
+            out_dim: self.out_dim,
+            first_column: self.stripe * TILE_ROWS,
+        };
+        let prepare = |scratch: &mut amx::Scratch| {
+            for (tile, lanes) in self.tiles.iter().zip(scratch.lanes.chunks_exact_mut(2)) {
+                scratch.weight_tiles.push(tile.qs.as_ptr() as *const u8);
+                // The weights' scales, and 128 times them (for the +128 offset).
                 // SAFETY: a tile's scales are 32 bytes, `Lanes` 64 aligned bytes.
                 let scales =
                     _mm512_cvtph_ps(_mm256_loadu_si256(tile.scales.as_ptr() as *const __m256i));
@@ -231,35 +224,10 @@ impl Stripe<'_> {
                     _mm512_mul_ps(scales, _mm512_set1_ps(128.0)),
                 );
             }
-            // Four rows at a time: each row's sum is a chain of dependent FMAs, so one row
-            // alone would wait on each FMA's latency.
-            for group in (0..chunks * amx::ROWS).step_by(GROUP) {
-                let rows: [usize; GROUP] = std::array::from_fn(|i| (first + group + i) * blocks);
-                let (chunk, group_in_chunk) = (group / amx::ROWS, group % amx::ROWS);
-                let chunk_sums = &scratch.sums[chunk * blocks..(chunk + 1) * blocks];
-                let mut acc = [_mm512_setzero_ps(); GROUP];
-                for (b, (sums, lanes)) in chunk_sums.iter().zip(lanes.chunks_exact(2)).enumerate() {
-                    // SAFETY: `Lanes` are 64 aligned bytes.
-                    let (scale, offset) =
-                        (_mm512_load_ps(lanes[0].0.as_ptr()), _mm512_load_ps(lanes[1].0.as_ptr()));
-                    for (i, acc) in acc.iter_mut().enumerate() {
-                        let at = rows[i] + b;
-                        // SAFETY: a row of sums is 64 aligned bytes.
-                        let dot = _mm512_cvtepi32_ps(_mm512_load_si512(
-                            sums.0[group_in_chunk + i].as_ptr() as *const __m512i,
-                        ));
-                        let x_scale = _mm512_mul_ps(scale, _mm512_set1_ps(self.x.scales[at]));
-                        *acc = _mm512_fmadd_ps(dot, x_scale, *acc);
-                        *acc = _mm512_fnmadd_ps(
-                            offset,
-                            _mm512_set1_ps(self.x.scaled_sums[at][2]),
-                            *acc,
-                        );
-                    }
-                }
-                self.store(first + group, &acc);
-            }
-        });
+        };
+        // SAFETY: the caller's for the rows and the columns; a tile's `qs` is 512 bytes of the
+        // weight, which outlives the pass.
+        unsafe { tiles.tile_pass(self.x, first, chunks, 0, to, prepare) };
     }
 
     /// Writes rows `first..` of the stripe's 16 columns.
@@ -298,7 +266,7 @@ impl Stripe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::activations::tiled_and_untiled;
+    use crate::kernels::activations::tile_path_matches_vnni;
     use candle_core::DType;
     use candle_core::Device;
 
@@ -355,36 +323,16 @@ mod tests {
 
     #[test]
     fn tile_products_match_the_vnni_path() {
-        // The int32 sums are exact either way; the scales, offsets and minimums are applied in
-        // another order (folded per block), so the two differ by f32 rounding only. Rows beyond
-        // the last 16 take the VNNI path.
-        let mut tested = false;
         for (out_dim, in_dim) in [(48, 512), (1536, 512), (576, 1536)] {
             let w = Tensor::randn(0f32, 1.0, (out_dim, in_dim), &Device::Cpu).unwrap();
-            for dtype in [GgmlDType::Q8_0] {
-                let q = QTensor::quantize(&w, dtype).unwrap();
-                let Some(packed) = PackedQ8_0::from_qtensor(&q).unwrap() else { continue };
-                for rows in [16, 33, 48, 64] {
-                    let x = Tensor::randn(0f32, 1.0, (rows, in_dim), &Device::Cpu).unwrap();
-                    let (tiled, untiled) = tiled_and_untiled(&packed, &x);
-                    let Some(tiled) = tiled else {
-                        eprintln!("no AMX on this CPU: the tile path is not run here");
-                        return;
-                    };
-                    let largest = untiled.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let gap =
-                        tiled.iter().zip(&untiled).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                    assert!(
-                        gap <= 1e-5 * largest,
-                        "{dtype:?} {out_dim}x{in_dim} rows {rows}: {gap}"
-                    );
-                    // The last rows took the VNNI path in both.
-                    let tail = rows % 16 * out_dim;
-                    assert_eq!(tiled[tiled.len() - tail..], untiled[untiled.len() - tail..]);
-                    tested = true;
-                }
+            let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+            let Some(packed) = PackedQ8_0::from_qtensor(&q).unwrap() else {
+                return; // no VNNI, so no AMX either
+            };
+            if !tile_path_matches_vnni(&packed, &format!("q8_0 {out_dim}x{in_dim}")) {
+                eprintln!("no AMX on this CPU: the tile path is not run here");
+                return;
             }
         }
-        assert!(tested || !super::super::amx::available());
     }
 }
