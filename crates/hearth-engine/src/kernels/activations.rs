@@ -30,9 +30,9 @@ pub struct Activations {
     /// Whether whole groups of 16 rows go through AMX tile products (see `amx.rs`): set where
     /// the CPU has them and there are 16 rows or more.
     pub tiled: bool,
-    /// Where `tiled`, per (row, block): the halves' sums and the block's, times the block's
-    /// scale (the tile kernels' offset and minimum terms, computed once rather than per stripe).
-    pub scaled_sums: Vec<[f32; 3]>,
+    /// Where `tiled`, per (row, block): the block's sum times its scale (the tile kernels'
+    /// offset and minimum term, computed once rather than per stripe).
+    pub scaled_sums: Vec<f32>,
 }
 
 /// Rows of activations below which quantizing them is not worth waking the pool for.
@@ -74,9 +74,7 @@ impl Activations {
             true => scales
                 .iter()
                 .zip(&half_sums)
-                .map(|(&s, &[low, high])| {
-                    [low as f32 * s, high as f32 * s, (low + high) as f32 * s]
-                })
+                .map(|(&s, &[low, high])| (low + high) as f32 * s)
                 .collect(),
             false => Vec::new(),
         };
@@ -201,13 +199,15 @@ pub trait RowGroups {
     /// Those rows exist, and the CPU has the kernel's instructions.
     unsafe fn rows<const N: usize>(&self, first: usize);
 
-    /// Rows `first..first + 16 chunks` (`chunks` 1 or 2) through AMX tile products; `false`
-    /// (and nothing done) for a kernel without a tile path.
+    /// Whether the kernel has [`Self::tile_rows`]; without it, `all_rows` configures no tiles.
+    const TILED: bool = false;
+
+    /// Rows `first..first + 16 chunks` (`chunks` 1 or 2) through AMX tile products.
     ///
     /// # Safety
-    /// Those rows exist, and `tiles` is this thread's configuration.
-    unsafe fn tile_rows(&self, _first: usize, _chunks: usize, _tiles: &amx::Tiles) -> bool {
-        false
+    /// Those rows exist, `tiles` is this thread's configuration, and the kernel is `TILED`.
+    unsafe fn tile_rows(&self, _first: usize, _chunks: usize, _tiles: &amx::Tiles) {
+        unreachable!("tile_rows on a kernel without a tile path")
     }
 
     /// Rows `0..rows`: in tile products of 32 and 16 where `tiled` (see [`Activations::tiled`]), then
@@ -218,15 +218,13 @@ pub trait RowGroups {
     unsafe fn all_rows(&self, rows: usize, tiled: bool) {
         let mut first = 0;
         #[cfg(target_arch = "x86_64")]
-        if tiled {
+        if Self::TILED && tiled {
             // SAFETY: the caller's: AMX is available.
             let tiles = unsafe { amx::Tiles::configure(BLOCK) };
             while rows - first >= amx::ROWS {
                 let chunks = if rows - first >= 2 * amx::ROWS { 2 } else { 1 };
                 // SAFETY: the caller's; rows `first..first + 16 chunks` lie below `rows`.
-                if !unsafe { self.tile_rows(first, chunks, &tiles) } {
-                    break;
-                }
+                unsafe { self.tile_rows(first, chunks, &tiles) };
                 first += chunks * amx::ROWS;
             }
         }

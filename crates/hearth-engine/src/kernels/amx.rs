@@ -393,7 +393,7 @@ pub unsafe fn write_scaled(
                 ));
                 let x_scale = _mm512_mul_ps(scale, _mm512_set1_ps(x.scales[at]));
                 *acc = _mm512_fmadd_ps(dot, x_scale, *acc);
-                *acc = _mm512_fnmadd_ps(offset, _mm512_set1_ps(x.scaled_sums[at][2]), *acc);
+                *acc = _mm512_fnmadd_ps(offset, _mm512_set1_ps(x.scaled_sums[at]), *acc);
             }
         }
         for (i, acc) in acc.iter().enumerate() {

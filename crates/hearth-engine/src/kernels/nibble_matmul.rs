@@ -319,8 +319,10 @@ impl RowGroups for Stripe<'_> {
         }
     }
 
+    const TILED: bool = cfg!(target_arch = "x86_64");
+
     #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_rows(&self, first: usize, chunks: usize, tiles: &amx::Tiles) -> bool {
+    unsafe fn tile_rows(&self, first: usize, chunks: usize, tiles: &amx::Tiles) {
         // SAFETY: the caller's (`RowGroups::tile_rows`); AMX implies AVX-512 VNNI.
         unsafe {
             match self.fifth_bits.is_empty() {
@@ -328,7 +330,6 @@ impl RowGroups for Stripe<'_> {
                 false => self.tiled::<true>(first, chunks, tiles),
             }
         }
-        true
     }
 }
 

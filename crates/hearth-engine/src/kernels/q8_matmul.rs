@@ -248,11 +248,12 @@ impl RowGroups for Stripe<'_> {
         unsafe { self.kernel::<N>(first) }
     }
 
+    const TILED: bool = cfg!(target_arch = "x86_64");
+
     #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_rows(&self, first: usize, chunks: usize, tiles: &amx::Tiles) -> bool {
+    unsafe fn tile_rows(&self, first: usize, chunks: usize, tiles: &amx::Tiles) {
         // SAFETY: the caller's (`RowGroups::tile_rows`); AMX implies AVX-512 VNNI.
         unsafe { self.tiled(first, chunks, tiles) };
-        true
     }
 }
 
