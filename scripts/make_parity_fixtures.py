@@ -2,7 +2,8 @@
 """Build the Llama-family numerics-parity fixtures for `crates/hearth-engine/tests/parity.rs`.
 
 For each family (llama with llama3 RoPE scaling, mistral with a sliding window, qwen2 with QKV bias
-and tied embeddings, qwen3 with QK-norm and an explicit head_dim) this builds a tiny model with
+and tied embeddings, qwen3 with QK-norm and an explicit head_dim, gemma2 with soft caps and
+alternating sliding layers, gemma3 with QK-norm and a RoPE per layer kind) this builds a tiny model with
 seeded random weights in Hugging Face `transformers`, saves it as a real checkpoint, reloads it from
 disk and records the reference logits of a few token sequences:
 
@@ -21,14 +22,18 @@ Run from the repository root, in a virtual environment outside the repository:
 
     python3 -m venv /path/to/venv
     /path/to/venv/bin/pip install torch transformers safetensors numpy
-    /path/to/venv/bin/python scripts/make_parity_fixtures.py
+    /path/to/venv/bin/python scripts/make_parity_fixtures.py [FAMILY ...]
+
+With family names, only those fixtures are rewritten (the others are still built, in a scratch
+directory, so that every family draws the same random numbers as in a full run).
 
 The output is deterministic for a given torch/transformers version (seeded, CPU, float32).
 Last run with: torch 2.15.0, transformers 5.24.0, safetensors 0.8.0, numpy 2.4.6, Python 3.11.
 """
 
 import json
-import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -79,16 +84,49 @@ FAMILIES = {
         attention_bias=False,
         use_sliding_window=False,
     ),
+    # Gemma 2: sliding (layer 0) and global (layer 1) attention, soft caps low enough to bend
+    # the scores and logits, a query scalar that is not head_dim, GeLU, tied embeddings.
+    "gemma2": dict(
+        model_type="gemma2",
+        tie_word_embeddings=True,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=2.0,
+        final_logit_softcapping=5.0,
+        sliding_window=8,
+        hidden_activation="gelu_pytorch_tanh",
+    ),
+    # Gemma 3 (text): QK norms, a RoPE per layer kind (the global one linearly scaled), three
+    # layers so that sliding ones surround a global one.
+    "gemma3": dict(
+        model_type="gemma3_text",
+        tie_word_embeddings=True,
+        num_hidden_layers=3,
+        head_dim=16,
+        query_pre_attn_scalar=24,
+        sliding_window=8,
+        sliding_window_pattern=2,
+        hidden_activation="gelu_pytorch_tanh",
+        rope_parameters={
+            "full_attention": dict(rope_type="linear", factor=2.0, rope_theta=100000.0),
+            "sliding_attention": dict(rope_type="default", rope_theta=10000.0),
+        },
+    ),
 }
 
+# Keys of BASE that a family's config does not take.
+NOT_TAKEN = {"gemma2": {"hidden_act", "rope_theta"}, "gemma3": {"hidden_act", "rope_theta"}}
 
-def randomize(model: torch.nn.Module) -> None:
+
+def randomize(model: torch.nn.Module, norm_offset: float) -> None:
     """Overwrite every parameter so the logits are far from zero and every weight matters:
-    random non-unit norm weights, nonzero biases, matrices wide enough to give varied attention."""
+    random non-unit norm weights, nonzero biases, matrices wide enough to give varied attention.
+    Norms scale by 0.5–1.5 in every family: Gemma's multiply by `1 + weight`, so theirs are
+    drawn `norm_offset` = 1 lower."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.uniform_(0.5, 1.5)
+                p.uniform_(0.5 - norm_offset, 1.5 - norm_offset)
             elif name.endswith(".bias"):
                 p.normal_(0.0, 0.1)
             else:
@@ -105,15 +143,18 @@ def to_legacy_rope(config_path: Path) -> None:
     config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def build(family: str, extra: dict, generator: torch.Generator) -> dict:
+def build(family: str, extra: dict, generator: torch.Generator, write: bool = True) -> dict:
     model_type = extra["model_type"]
-    kwargs = {**BASE, **{k: v for k, v in extra.items() if k != "model_type"}}
+    base = {k: v for k, v in BASE.items() if k not in NOT_TAKEN.get(family, ())}
+    kwargs = {**base, **{k: v for k, v in extra.items() if k != "model_type"}}
     config = AutoConfig.for_model(model_type, **kwargs)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
-    randomize(model)
+    randomize(model, norm_offset=1.0 if model_type.startswith("gemma") else 0.0)
 
-    out = OUT / family
-    shutil.rmtree(out, ignore_errors=True)
+    out = OUT / family if write else Path(tempfile.mkdtemp()) / family
+    # Only this script's own files: `llama-cpp/` beside them is make_llama_cpp_fixtures.py's.
+    for name in ("config.json", "model.safetensors", "reference.safetensors"):
+        (out / name).unlink(missing_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").unlink(missing_ok=True)
     if family == "llama":
@@ -138,7 +179,16 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(SEED)
+    # Families named on the command line are written; the others are built (the random streams
+    # stay as in a full run) and dropped.
+    wanted = set(sys.argv[1:]) or set(FAMILIES)
+    unknown = wanted - set(FAMILIES)
+    if unknown:
+        sys.exit(f"unknown families {sorted(unknown)}; known: {sorted(FAMILIES)}")
     for family, extra in FAMILIES.items():
+        if family not in wanted:
+            build(family, extra, generator, write=False)
+            continue
         summary = build(family, extra, generator)
         print(f"{summary['family']:8s} max |logit| = {summary['max_abs_logit']:.3f}")
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use hearth_package::synth::{write_llama_package, SynthSpec};
+use hearth_package::synth::{write_llama_package, SynthSpec, PRESETS};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// Model shape: tiny-llama, smollm2-135m or llama3-8b.
+    /// Model shape: tiny-llama, tiny-gemma2, tiny-gemma3, smollm2-135m or llama3-8b.
     #[arg(long, default_value = "tiny-llama")]
     preset: String,
     /// Directory to write the package into (created; must be empty or absent).
@@ -25,11 +25,8 @@ pub struct SynthArgs {
 }
 
 pub fn run(args: SynthArgs) -> anyhow::Result<()> {
-    let mut spec = match args.preset.as_str() {
-        "tiny-llama" => SynthSpec::tiny_llama(),
-        "smollm2-135m" => SynthSpec::smollm2_135m(),
-        "llama3-8b" => SynthSpec::llama3_8b(),
-        other => bail!("unknown preset `{other}`; expected tiny-llama, smollm2-135m or llama3-8b"),
+    let Some(mut spec) = SynthSpec::preset(&args.preset) else {
+        bail!("unknown preset `{}`; expected one of {}", args.preset, PRESETS.join(", "));
     };
     if let Some(seed) = args.seed {
         spec.seed = seed;

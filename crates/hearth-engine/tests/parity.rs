@@ -317,4 +317,4 @@ macro_rules! parity_tests {
     )*};
 }
 
-parity_tests!(llama, mistral, qwen2, qwen3);
+parity_tests!(llama, mistral, qwen2, qwen3, gemma2, gemma3);

@@ -10,15 +10,16 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use hearth_engine::kernels::linear::Quantization;
 use hearth_engine::loading::weights::{gguf_name, GgufWeights, WeightSource};
-use hearth_engine::models::llama::{Llama, LlamaConfig};
+use hearth_engine::models::llama::{Family, Llama, LlamaConfig};
 use hearth_engine::{Engine, EngineConfig, GenerateRequest, KvCacheSize, Prompt};
 use hearth_package::Package;
 use hearth_protocol::{GenerationEvent, SamplingParams};
 
 mod parity_support;
-use parity_support::{
-    against_reference, compare, config, fixture_dir, logits, reference, FAMILIES,
-};
+use parity_support::{against_reference, compare, config, fixture_dir, logits, reference};
+
+/// Every family with a parity fixture.
+const FAMILIES: [&str; 6] = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"];
 
 /// q8_0 against the f32 reference: measured 2.6e-2 to 3.7e-2 on the fixtures (tiny random
 /// models, and candle's q8_0 kernel quantizes activations too); a GGUF whose q/k rows are in the
@@ -155,8 +156,9 @@ fn permute(w: &Tensor, heads: usize) -> Tensor {
 }
 
 /// Writes the safetensors checkpoint `st` as a GGUF in llama.cpp's layout: its tensor names,
-/// q/k rows permuted when `permute_qk` (what the converter does for `llama`), 2-D weights q8_0
-/// where their rows allow and everything else f32.
+/// q/k rows permuted when `permute_qk` (what the converter does for `llama`), Gemma's norm
+/// weights stored as `1 + weight` (what the converter does for Gemma), 2-D weights q8_0 where
+/// their rows allow and everything else f32.
 fn write_gguf(st: &Path, cfg: &LlamaConfig, arch: &str, permute_qk: bool, out: &Path) {
     let tensors = candle_core::safetensors::load(st, &Device::Cpu).unwrap();
     let mut q = Vec::new();
@@ -164,7 +166,11 @@ fn write_gguf(st: &Path, cfg: &LlamaConfig, arch: &str, permute_qk: bool, out: &
     names.sort();
     for hf in names {
         let mut t = tensors[hf].clone();
-        let name = gguf_name(hf).unwrap_or_else(|| panic!("no GGUF name for {hf}"));
+        let family = cfg.family().unwrap();
+        let name = gguf_name(hf, family).unwrap_or_else(|| panic!("no GGUF name for {hf}"));
+        if matches!(family, Family::Gemma2 | Family::Gemma3) && hf.ends_with("norm.weight") {
+            t = (t + 1.0).unwrap();
+        }
         if permute_qk && name.ends_with("attn_q.weight") {
             t = permute(&t, cfg.num_attention_heads);
         } else if permute_qk && name.ends_with("attn_k.weight") {
@@ -203,6 +209,8 @@ fn gguf_in_llama_cpp_layout_matches_the_quantized_safetensors_model() {
         ("mistral", "llama", true),
         ("qwen2", "qwen2", false),
         ("qwen3", "qwen3", false),
+        ("gemma2", "gemma2", false),
+        ("gemma3", "gemma3", false),
     ] {
         let dir = fixture_dir(family);
         let cfg = config(&dir);

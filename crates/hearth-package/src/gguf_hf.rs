@@ -94,17 +94,19 @@ pub(crate) fn derive(gguf: &GgufFile, file: &str) -> Result<DerivedFiles, Packag
 }
 
 /// `config.json` for the architectures Hearth runs (`llama`, which llama.cpp also uses for
-/// Mistral, `qwen2`, `qwen3`).
+/// Mistral, `qwen2`, `qwen3`, `gemma2`, `gemma3`).
 fn config(meta: &Meta, vocab: usize) -> Result<Value, PackageError> {
     let arch = meta.gguf.architecture.as_deref().unwrap_or("");
     let (class, model_type) = match arch {
         "llama" => ("LlamaForCausalLM", "llama"),
         "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
         "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
+        "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
+        "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
         other => {
             return Err(meta.error(format!(
-                "architecture `{other}` has no config derivation here (llama, qwen2, qwen3 do); \
-                 add a config.json beside the GGUF"
+                "architecture `{other}` has no config derivation here (llama, qwen2, qwen3, \
+                 gemma2, gemma3 do); add a config.json beside the GGUF"
             )))
         }
     };
@@ -150,7 +152,34 @@ fn config(meta: &Meta, vocab: usize) -> Result<Value, PackageError> {
             }
         }
     }
+    if arch.starts_with("gemma") {
+        gemma_config(meta, arch, &mut config)?;
+    }
     Ok(config)
+}
+
+/// Gemma's own keys. What the metadata leaves out is what llama.cpp assumes for it
+/// (`llama-model.cpp`): every sixth Gemma 3 layer is global and its others use a RoPE base of
+/// 10,000; the attention scale is `head_dim^-0.5`, but `(hidden / heads)^-0.5` in the 27B models
+/// (46 layers in Gemma 2, 62 in Gemma 3), as their `query_pre_attn_scalar` says.
+fn gemma_config(meta: &Meta, arch: &str, config: &mut Value) -> Result<(), PackageError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let layers = meta.required_int(&key("block_count"))?;
+    let hidden = meta.required_int(&key("embedding_length"))?;
+    let heads = meta.required_int(&key("attention.head_count"))?.max(1);
+    let head_dim = meta.int(&key("attention.key_length"))?.unwrap_or(hidden / heads);
+    let is_27b = (arch == "gemma2" && layers == 46) || (arch == "gemma3" && layers == 62);
+    config["query_pre_attn_scalar"] = json!(if is_27b { hidden / heads } else { head_dim });
+    config["hidden_act"] = json!("gelu_pytorch_tanh");
+    config["hidden_activation"] = json!("gelu_pytorch_tanh");
+    config["sliding_window"] = json!(meta.int(&key("attention.sliding_window"))?);
+    config["attn_logit_softcapping"] = json!(meta.float(&key("attn_logit_softcapping")));
+    config["final_logit_softcapping"] = json!(meta.float(&key("final_logit_softcapping")));
+    if arch == "gemma3" {
+        config["sliding_window_pattern"] = json!(6);
+        config["rope_local_base_freq"] = json!(10_000.0);
+    }
+    Ok(())
 }
 
 /// `tokenizer.json` for the file's tokenizer model.
@@ -273,18 +302,24 @@ fn sentencepiece_bpe(
     let merges: Vec<String> = merges.iter().map(|m| format!("{} {}", m.3, m.4)).collect();
     let unk = meta.int("tokenizer.ggml.unknown_token_id")?.and_then(|id| tokens.get(id as usize));
     let space = "\u{2581}";
+    // Llama's SentencePiece models prefix text with a space (and strip it when decoding);
+    // Gemma's do not, which llama.cpp's converter records as `add_space_prefix = false`.
+    let prefix_space = meta.get("tokenizer.ggml.add_space_prefix").and_then(MetaValue::as_bool);
+    let mut normalizers =
+        vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": space})];
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": space}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix_space.unwrap_or(true) {
+        normalizers.insert(0, json!({"type": "Prepend", "prepend": space}));
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
     Ok(json!({
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": space},
-            {"type": "Replace", "pattern": {"String": " "}, "content": space},
-        ]},
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
         "pre_tokenizer": null,
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": space}, "content": " "},
-            {"type": "ByteFallback"},
-            {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-        ]},
+        "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {"type": "BPE", "dropout": null, "unk_token": unk,
                   "continuing_subword_prefix": null, "end_of_word_suffix": null,
                   "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,

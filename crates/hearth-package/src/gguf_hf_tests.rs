@@ -76,6 +76,47 @@ fn config_comes_from_the_architecture_keys() {
     assert_eq!(tokenizer_config["chat_template"], "{{ messages[0]['content'] }}");
 }
 
+/// A Gemma 2 header as llama.cpp's converter writes it: the llama keys under `gemma2.`, the
+/// soft caps and window, and a SentencePiece vocabulary without the space prefix.
+fn gemma2(layers: i64) -> GgufFile {
+    let mut file = sentencepiece();
+    file.architecture = Some("gemma2".into());
+    let llama: Vec<(String, MetaValue)> = std::mem::take(&mut file.metadata).into_iter().collect();
+    for (k, v) in llama {
+        let k = k.strip_prefix("llama.").map_or(k.clone(), |rest| format!("gemma2.{rest}"));
+        file.metadata.insert(k, v);
+    }
+    let extra = [
+        ("gemma2.block_count", MetaValue::Int(layers)),
+        ("gemma2.attention.key_length", MetaValue::Int(32)),
+        ("gemma2.attention.sliding_window", MetaValue::Int(4096)),
+        ("gemma2.attn_logit_softcapping", MetaValue::Float(50.0)),
+        ("gemma2.final_logit_softcapping", MetaValue::Float(30.0)),
+        ("tokenizer.ggml.add_space_prefix", MetaValue::Bool(false)),
+    ];
+    file.metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    file
+}
+
+#[test]
+fn gemma_config_carries_caps_window_and_scale() {
+    let files = derive(&gemma2(26), "model.gguf").unwrap();
+    let config: Value = serde_json::from_str(&files.config).unwrap();
+    assert_eq!(config["architectures"], json!(["Gemma2ForCausalLM"]));
+    assert_eq!(config["model_type"], "gemma2");
+    assert_eq!(config["hidden_activation"], "gelu_pytorch_tanh");
+    assert_eq!(config["sliding_window"], 4096);
+    assert_eq!(config["attn_logit_softcapping"], 50.0);
+    assert_eq!(config["final_logit_softcapping"], 30.0);
+    assert_eq!(config["query_pre_attn_scalar"], 32, "head_dim, as llama.cpp scales");
+    let big: Value = serde_json::from_str(&derive(&gemma2(46), "m.gguf").unwrap().config).unwrap();
+    assert_eq!(big["query_pre_attn_scalar"], 16, "27B: hidden / heads (64 / 4)");
+    // No space prefix: "ab" is `ab`, not `▁ab`, and nothing is stripped when decoding.
+    let tokenizer: tokenizers::Tokenizer = files.tokenizer.parse().unwrap();
+    assert_eq!(tokenizer.encode("ab ab", false).unwrap().get_ids(), [9, 10]);
+    assert_eq!(tokenizer.decode(&[10], false).unwrap(), " ab");
+}
+
 #[test]
 fn sentencepiece_pieces_merge_by_score_and_bytes_fall_back() {
     let files = derive(&sentencepiece(), "model.gguf").unwrap();
@@ -125,9 +166,9 @@ fn byte_level_bpe_follows_the_pre_tokenizer_name() {
 #[test]
 fn what_cannot_be_derived_is_named() {
     let mut file = sentencepiece();
-    file.architecture = Some("gemma2".into());
+    file.architecture = Some("gpt2".into());
     let err = derive(&file, "model.gguf").unwrap_err().to_string();
-    assert!(err.contains("architecture `gemma2`") && err.contains("config.json"), "{err}");
+    assert!(err.contains("architecture `gpt2`") && err.contains("config.json"), "{err}");
     let mut file = sentencepiece();
     file.metadata.remove("llama.block_count");
     let err = derive(&file, "model.gguf").unwrap_err().to_string();

@@ -10,8 +10,15 @@ use crate::error::PackageError;
 pub(crate) const CONFIG_FILE: &str = "config.json";
 
 /// The architectures (`config.json` `architectures[0]`) that Hearth's engine can run.
-pub const SUPPORTED_ARCHITECTURES: [&str; 5] =
-    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "BertModel"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 7] = [
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "BertModel",
+];
 
 /// The supported architectures that are encoders: they embed text rather than generate it.
 pub const EMBEDDING_ARCHITECTURES: [&str; 1] = ["BertModel"];
@@ -137,7 +144,8 @@ mod tests {
         assert_eq!(
             ModelConfig::parse(&gpt2).unwrap_err().to_string(),
             "config.json: unsupported architecture `GPT2LMHeadModel` (supported: \
-             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, BertModel)"
+             LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
+             Gemma2ForCausalLM, Gemma3ForCausalLM, BertModel)"
         );
     }
 }

@@ -422,7 +422,8 @@ fn load_llama(
     let load_err = |message: String| EngineError::Load { package: package.name.clone(), message };
     let expected = llama::expected_tensors(model_cfg);
     let source = if let Some(gguf) = package.weights.gguf() {
-        check_gguf_tensors(gguf, &expected, model_cfg.tie_word_embeddings)?;
+        let family = model_cfg.family().map_err(|e| load_err(e.to_string()))?;
+        check_gguf_tensors(gguf, &expected, model_cfg.tie_word_embeddings(), family)?;
         if let Some(q) = package.settings.quantize {
             tracing::warn!(
                 quantize = q.as_str(),
@@ -470,12 +471,13 @@ fn check_gguf_tensors(
     gguf: &hearth_package::GgufFile,
     expected: &[(String, Vec<usize>)],
     tied: bool,
+    family: llama::Family,
 ) -> Result<(), EngineError> {
     use hearth_package::{PackageError, TensorProblem};
     let mut problems = Vec::new();
     let mut wanted = std::collections::BTreeSet::new();
     for (hf, shape) in expected {
-        let Some(name) = gguf_name(hf) else { continue };
+        let Some(name) = gguf_name(hf, family) else { continue };
         match gguf.tensors.get(&name) {
             None if tied && name == "output.weight" => {}
             None => problems.push(TensorProblem::Missing { name: name.clone() }),

@@ -27,6 +27,10 @@ pub struct DecodeAttention<'a> {
     pub head_dim: usize,
     /// Sliding window: only the last `window` positions are attended to.
     pub window: Option<usize>,
+    /// What scores are multiplied by (`1/√head_dim` in most families).
+    pub scale: f32,
+    /// Scores become `cap · tanh(scores / cap)` after the scale (Gemma 2).
+    pub softcap: Option<f32>,
 }
 
 impl DecodeAttention<'_> {
@@ -88,6 +92,8 @@ impl CustomOp3 for DecodeAttention<'_> {
                     kv_head,
                     kv_heads,
                     hd,
+                    scale: self.scale,
+                    softcap: self.softcap,
                     dst: &mut dst,
                 });
             }
@@ -116,6 +122,8 @@ struct Item<'a> {
     kv_head: usize,
     kv_heads: usize,
     hd: usize,
+    scale: f32,
+    softcap: Option<f32>,
     dst: &'a mut [f32],
 }
 
@@ -124,9 +132,8 @@ impl pulp::WithSimd for Item<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, simd: S) {
-        let Item { q, k, v, context, kv_head, kv_heads, hd, dst } = self;
+        let Item { q, k, v, context, kv_head, kv_heads, hd, scale, softcap, dst } = self;
         let group = q.len() / hd;
-        let scale = (hd as f32).powf(-0.5);
         let row = |cache, slot| cache_row(cache, slot, kv_heads, kv_head, hd);
         // scores[h * ctx + p], then probabilities in place.
         let ctx = context.len();
@@ -136,6 +143,9 @@ impl pulp::WithSimd for Item<'_> {
             for h in 0..group {
                 scores[h * ctx + p] = dot(simd, &q[h * hd..(h + 1) * hd], key) * scale;
             }
+        }
+        if let Some(cap) = softcap {
+            scores.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
         }
         scores.chunks_mut(ctx).for_each(super::softmax::softmax_in_place);
         dst.fill(0.0);
@@ -183,19 +193,29 @@ fn axpy<S: pulp::Simd>(simd: S, alpha: f32, x: &[f32], y: &mut [f32]) {
 mod tests {
     use super::*;
 
-    /// Plain attention of one query row against gathered keys/values, head by head.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, context: &[u32], group: usize) -> Tensor {
+    /// Plain attention of one query row against gathered keys/values, head by head, with
+    /// the op's scale and soft cap.
+    fn reference(
+        op: &DecodeAttention,
+        q: &Tensor,
+        (k, v): (&Tensor, &Tensor),
+        context: &[u32],
+    ) -> Tensor {
+        let group = op.num_heads / op.num_kv_heads;
         let slots = Tensor::new(context, &Device::Cpu).unwrap();
         let (k, v) = (k.index_select(&slots, 0).unwrap(), v.index_select(&slots, 0).unwrap());
-        let (heads, hd) = q.dims2().unwrap();
+        let heads = q.dim(0).unwrap();
         let rows: Vec<Tensor> = (0..heads)
             .map(|h| {
                 let kv_head = h / group;
                 let kh = k.narrow(1, kv_head, 1).unwrap().squeeze(1).unwrap();
                 let vh = v.narrow(1, kv_head, 1).unwrap().squeeze(1).unwrap();
                 let qh = q.narrow(0, h, 1).unwrap();
-                let scores =
-                    (qh.matmul(&kh.t().unwrap()).unwrap() * (hd as f64).powf(-0.5)).unwrap();
+                let scores = (qh.matmul(&kh.t().unwrap()).unwrap() * f64::from(op.scale)).unwrap();
+                let scores = match op.softcap.map(f64::from) {
+                    Some(cap) => ((scores / cap).unwrap().tanh().unwrap() * cap).unwrap(),
+                    None => scores,
+                };
                 let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
                 probs.matmul(&vh).unwrap()
             })
@@ -204,30 +224,34 @@ mod tests {
     }
 
     #[test]
-    fn matches_plain_attention_with_grouped_heads_and_a_window() {
+    fn matches_plain_attention_with_grouped_heads_a_window_and_a_soft_cap() {
         let device = Device::Cpu;
         let (slots, kv_heads, heads, hd) = (24, 2, 6, 20);
         let k = Tensor::randn(0f32, 1.0, (slots, kv_heads, hd), &device).unwrap();
         let v = Tensor::randn(0f32, 1.0, (slots, kv_heads, hd), &device).unwrap();
         let q = Tensor::randn(0f32, 1.0, (3, heads, hd), &device).unwrap();
         let contexts: [&[u32]; 3] = [&[5], &[3, 7, 1, 0], &[23, 2, 9, 11, 4, 17, 6, 8, 20]];
-        for window in [None, Some(3)] {
+        // Scores of a few units, so that a cap of 1.5 bends them and a window cuts them.
+        let cases = [(None, 0.2, None), (Some(3), 0.2, None), (Some(3), 0.7, Some(1.5))];
+        for (window, scale, softcap) in cases {
             let op = DecodeAttention {
                 contexts: &contexts,
                 num_heads: heads,
                 num_kv_heads: kv_heads,
                 head_dim: hd,
                 window,
+                scale,
+                softcap,
             };
             let out = op.forward(&q, &k, &v).unwrap().expect("CPU f32 applies");
             assert_eq!(out.dims(), &[3, heads * hd]);
             for (i, context) in contexts.iter().enumerate() {
                 let seen = op.window_of(context);
                 let q_i = q.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
-                let want = reference(&q_i, &k, &v, seen, heads / kv_heads);
+                let want = reference(&op, &q_i, (&k, &v), seen);
                 let got = out.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
                 let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-                assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "seq {i}, window {window:?}");
+                assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "seq {i}, {window:?} {softcap:?}");
             }
         }
         let half = q.to_dtype(DType::F16).unwrap();
@@ -237,6 +261,8 @@ mod tests {
             num_kv_heads: kv_heads,
             head_dim: hd,
             window: None,
+            scale: 0.2,
+            softcap: None,
         };
         assert!(op.forward(&half, &k, &v).unwrap().is_none(), "only CPU f32 takes this path");
     }

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::{Embedding, Init, RmsNorm, VarBuilder};
 
 use crate::kernels::linear::{Linear, Quantization};
-use crate::models::llama::config::LlamaConfig;
+use crate::models::llama::config::{Family, LlamaConfig};
 
 /// The GGUF tensor of per-frequency RoPE divisors (Llama 3.1 scaling), which no Hugging Face
 /// tensor maps to.
@@ -35,6 +35,8 @@ pub struct GgufWeights {
     dtype: DType,
     /// Row permutation of q/k undone on load: `(num_heads, num_kv_heads)`.
     unpermute_qk: Option<(usize, usize)>,
+    /// The family, whose norms llama.cpp names its own way (see [`gguf_name`]).
+    family: Family,
 }
 
 impl GgufWeights {
@@ -50,7 +52,9 @@ impl GgufWeights {
         check_metadata(&content, &arch, cfg)?;
         let unpermute_qk =
             (arch == "llama").then(|| (cfg.num_attention_heads, cfg.num_key_value_heads()));
-        Ok(Self { content, file: Mutex::new(file), device: device.clone(), dtype, unpermute_qk })
+        let family = cfg.family().map_err(candle_core::Error::wrap)?;
+        let file = Mutex::new(file);
+        Ok(Self { content, file, device: device.clone(), dtype, unpermute_qk, family })
     }
 
     /// The GGUF tensor `name` as stored, on the CPU.
@@ -61,7 +65,7 @@ impl GgufWeights {
 
     /// The GGUF tensor behind the Hugging Face name `hf`, in Hugging Face row order.
     fn qtensor(&self, hf: &str) -> Result<QTensor> {
-        let name = gguf_name(hf)
+        let name = gguf_name(hf, self.family)
             .ok_or_else(|| candle_core::Error::Msg(format!("no GGUF name for tensor `{hf}`")))?;
         if !self.content.tensor_infos.contains_key(&name) {
             candle_core::bail!("GGUF lacks tensor `{name}` (for `{hf}`)");
@@ -107,8 +111,10 @@ fn unpermute_rows(t: &QTensor, num_heads: usize) -> Result<QTensor> {
     QTensor::new(storage, t.shape().clone())
 }
 
-/// llama.cpp's name for a Hugging Face Llama-family tensor.
-pub fn gguf_name(hf: &str) -> Option<String> {
+/// llama.cpp's name for a Hugging Face Llama-family tensor. Gemma's norms around each block
+/// have names of their own there, and its MLP's input norm (`pre_feedforward_layernorm`) is
+/// what llama.cpp calls `ffn_norm` in every family.
+pub fn gguf_name(hf: &str, family: Family) -> Option<String> {
     let fixed = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
@@ -118,6 +124,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     if let Some(name) = fixed {
         return Some(name.to_string());
     }
+    let gemma = matches!(family, Family::Gemma2 | Family::Gemma3);
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (module, kind) = rest.rsplit_once('.')?;
@@ -132,7 +139,9 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
+        "post_attention_layernorm" if gemma => "post_attention_norm",
+        "post_attention_layernorm" | "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
         _ => return None,
     };
     Some(format!("blk.{layer}.{module}.{kind}"))
@@ -239,6 +248,20 @@ impl<'a> WeightSource<'a> {
         Ok(RmsNorm::new(self.get(size, "weight")?, eps))
     }
 
+    /// A norm that multiplies by `1 + weight` (Gemma's), as an ordinary norm over `1 + weight`:
+    /// the sum transformers computes in f32 before each product, computed once. llama.cpp's
+    /// converter stores the sum in the GGUF already.
+    pub fn unit_offset_rms_norm(&self, size: usize, eps: f64) -> Result<RmsNorm> {
+        let weight = match &self.inner {
+            Inner::Var { vb, .. } => {
+                let w = vb.get_with_hints_dtype(size, "weight", Init::Const(0.), DType::F32)?;
+                (w + 1.0)?.to_dtype(vb.dtype())?
+            }
+            Inner::Gguf(_) => self.get(size, "weight")?,
+        };
+        Ok(RmsNorm::new(weight, eps))
+    }
+
     pub fn embedding(&self, vocab: usize, hidden: usize) -> Result<Embedding> {
         Ok(Embedding::new(self.get((vocab, hidden), "weight")?, hidden))
     }
@@ -307,7 +330,7 @@ impl<'a> WeightSource<'a> {
     pub fn contains(&self, name: &str) -> bool {
         match &self.inner {
             Inner::Var { vb, .. } => vb.contains_tensor(name),
-            Inner::Gguf(g) => gguf_name(&self.full_name(name))
+            Inner::Gguf(g) => gguf_name(&self.full_name(name), g.family)
                 .is_some_and(|n| g.content.tensor_infos.contains_key(&n)),
         }
     }
@@ -330,21 +353,22 @@ mod tests {
 
     #[test]
     fn maps_hugging_face_names() {
+        let llama = |hf| gguf_name(hf, Family::Llama);
+        assert_eq!(llama("model.layers.3.self_attn.q_proj.weight").unwrap(), "blk.3.attn_q.weight");
+        assert_eq!(llama("model.layers.0.self_attn.k_proj.bias").unwrap(), "blk.0.attn_k.bias");
+        assert_eq!(llama("model.layers.1.mlp.down_proj.weight").unwrap(), "blk.1.ffn_down.weight");
         assert_eq!(
-            gguf_name("model.layers.3.self_attn.q_proj.weight").unwrap(),
-            "blk.3.attn_q.weight"
-        );
-        assert_eq!(gguf_name("model.layers.0.self_attn.k_proj.bias").unwrap(), "blk.0.attn_k.bias");
-        assert_eq!(
-            gguf_name("model.layers.1.mlp.down_proj.weight").unwrap(),
-            "blk.1.ffn_down.weight"
-        );
-        assert_eq!(
-            gguf_name("model.layers.1.post_attention_layernorm.weight").unwrap(),
+            llama("model.layers.1.post_attention_layernorm.weight").unwrap(),
             "blk.1.ffn_norm.weight"
         );
-        assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
-        assert_eq!(gguf_name("model.layers.1.mlp.act.weight"), None);
+        assert_eq!(llama("lm_head.weight").unwrap(), "output.weight");
+        assert_eq!(llama("model.layers.1.mlp.act.weight"), None);
+        // Gemma's sandwich norms, as llama.cpp's converter names them.
+        let gemma = |hf: &str| gguf_name(&format!("model.layers.2.{hf}.weight"), Family::Gemma2);
+        assert_eq!(gemma("post_attention_layernorm").unwrap(), "blk.2.post_attention_norm.weight");
+        assert_eq!(gemma("pre_feedforward_layernorm").unwrap(), "blk.2.ffn_norm.weight");
+        assert_eq!(gemma("post_feedforward_layernorm").unwrap(), "blk.2.post_ffw_norm.weight");
+        assert_eq!(gemma("input_layernorm").unwrap(), "blk.2.attn_norm.weight");
     }
 
     #[test]

@@ -1,23 +1,25 @@
 //! The Llama family over packed batches: Llama 2/3 (incl. llama3 RoPE scaling), Mistral (sliding
-//! window), Qwen2/2.5 (QKV bias) and Qwen3 (per-head QK RMSNorm).
+//! window), Qwen2/2.5 (QKV bias), Qwen3 (per-head QK RMSNorm), and Gemma 2 and 3 (text), whose
+//! differences `config.rs` lists.
 //!
 //! Linear layers, norms and the MLP run once over all `T` packed tokens; RoPE uses each token's
 //! own position; attention runs per sequence over its cached context read from the engine-owned
 //! paged cache. Numerics follow Hugging Face `transformers` (see `tests/parity.rs`).
 
+mod attention;
 pub mod config;
 
 pub use config::{expected_tensors, ConfigError, Family, LlamaConfig, Rope, RopeScaling};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{rotary_emb::rope_thd, Embedding, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
-use crate::kernels::decode_attention::DecodeAttention;
+use self::attention::{attention_mask, Attention};
+use crate::generation::kv_cache::{KvCache, PackedBatch, SlotWriteIndex};
 use crate::kernels::linear::Linear;
-use crate::kernels::softmax::{self, CausalRows};
+use crate::kernels::softmax;
 use crate::loading::weights::WeightSource;
-
-use crate::generation::kv_cache::{KvCache, PackedBatch, SeqSlice, SlotWriteIndex};
+use crate::models::activation::Activation;
 
 /// Inverse RoPE frequencies, `[1, head_dim / 2]` f32.
 struct Rotary {
@@ -88,8 +90,8 @@ fn scale_frequency(inv_freq: f64, scaling: &RopeScaling) -> f64 {
 /// Everything the layers share within one step, built once before the layer loop.
 struct Step<'a> {
     batch: &'a PackedBatch,
-    cos: Tensor,
-    sin: Tensor,
+    /// `cos` and `sin` of every token's angles, per distinct RoPE of the model's layers.
+    ropes: Vec<(Tensor, Tensor)>,
     write_index: SlotWriteIndex,
     /// Per distinct window, each sequence's additive mask (`None` where nothing is masked).
     masks: Vec<(Option<usize>, Vec<Option<Tensor>>)>,
@@ -137,188 +139,13 @@ impl Step<'_> {
     }
 }
 
-/// `[len, context_len]` additive mask: 0 where query `i` (at `start_pos + i`) may see key `j`
-/// (causal, and `q - k < window` as transformers' sliding window has it), `-inf` elsewhere.
-fn attention_mask(
-    seq: &SeqSlice,
-    window: Option<usize>,
-    dtype: DType,
-    dev: &Device,
-) -> Result<Option<Tensor>> {
-    let (len, ctx) = (seq.len, seq.context_len);
-    let windowed = window.filter(|w| ctx > *w);
-    if len == 1 && windowed.is_none() {
-        return Ok(None);
-    }
-    let q_pos = Tensor::arange(seq.start_pos() as u32, ctx as u32, dev)?.reshape((len, 1))?;
-    let k_pos = Tensor::arange(0u32, ctx as u32, dev)?.reshape((1, ctx))?;
-    let mut visible = k_pos.broadcast_le(&q_pos)?;
-    if let Some(w) = windowed {
-        let k_plus_w = Tensor::arange(w as u32, (ctx + w) as u32, dev)?.reshape((1, ctx))?;
-        visible = (visible * k_plus_w.broadcast_gt(&q_pos)?)?;
-    }
-    let zeros = Tensor::zeros((len, ctx), dtype, dev)?;
-    let neg_inf = Tensor::full(f32::NEG_INFINITY, (len, ctx), dev)?.to_dtype(dtype)?;
-    visible.where_cond(&zeros, &neg_inf).map(Some)
-}
-
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    /// Qwen3's per-head RMSNorm on queries and keys, applied before RoPE.
-    qk_norm: Option<(RmsNorm, RmsNorm)>,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    window: Option<usize>,
-}
-
-impl Attention {
-    fn new(cfg: &LlamaConfig, window: Option<usize>, vb: WeightSource) -> Result<Self> {
-        let (h, hd, layout) = (cfg.hidden_size, cfg.head_dim(), cfg.layout());
-        let (q_out, kv_out) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads() * hd);
-        let qk_norm = if layout.qk_norm {
-            let q_norm = vb.pp("q_norm").rms_norm(hd, cfg.rms_norm_eps)?;
-            Some((q_norm, vb.pp("k_norm").rms_norm(hd, cfg.rms_norm_eps)?))
-        } else {
-            None
-        };
-        Ok(Self {
-            q_proj: vb.pp("q_proj").linear(h, q_out, layout.qkv_bias)?,
-            k_proj: vb.pp("k_proj").linear(h, kv_out, layout.qkv_bias)?,
-            v_proj: vb.pp("v_proj").linear(h, kv_out, layout.qkv_bias)?,
-            o_proj: vb.pp("o_proj").linear(q_out, h, layout.o_bias)?,
-            qk_norm,
-            num_heads: cfg.num_attention_heads,
-            num_kv_heads: cfg.num_key_value_heads(),
-            head_dim: hd,
-            window,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, layer: usize, step: &Step, kv: &mut KvCache) -> Result<Tensor> {
-        let t = x.dim(0)?;
-        let q = self.q_proj.forward(x)?.reshape((1, t, self.num_heads, self.head_dim))?;
-        let k = self.k_proj.forward(x)?.reshape((1, t, self.num_kv_heads, self.head_dim))?;
-        let v = self.v_proj.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
-        let (q, k) = match &self.qk_norm {
-            Some((q_norm, k_norm)) => (q_norm.forward(&q)?, k_norm.forward(&k)?),
-            None => (q, k),
-        };
-        let q = rope_thd(&q.contiguous()?, &step.cos, &step.sin)?.squeeze(0)?;
-        let k = rope_thd(&k.contiguous()?, &step.cos, &step.sin)?.squeeze(0)?;
-        kv.write(layer, &k, &v, &step.write_index)?;
-        let decoded = self.attend_decode_rows(&q, kv, layer, step)?;
-        if let Some(out) = decoded.as_ref().filter(|_| step.decode.is_whole_batch()) {
-            return self.o_proj.forward(out);
-        }
-        let mut outs = Vec::with_capacity(step.batch.seqs.len());
-        let mut next_decoded = 0;
-        for (i, seq) in step.batch.seqs.iter().enumerate() {
-            if let Some(rows) = decoded.as_ref().filter(|_| seq.len == 1) {
-                outs.push(rows.narrow(0, next_decoded, 1)?);
-                next_decoded += 1;
-                continue;
-            }
-            let q_seq = q.narrow(0, seq.offset, seq.len)?;
-            let (k_ctx, v_ctx) = match seq.start_pos() {
-                // The whole context is this step's: skip the round trip through the cache.
-                0 => (k.narrow(0, seq.offset, seq.len)?, v.narrow(0, seq.offset, seq.len)?),
-                _ => self.read_context(kv, layer, step, i, q.dtype())?,
-            };
-            let rows = CausalRows {
-                len: seq.len,
-                start_pos: seq.start_pos(),
-                window: self.window,
-                scale: (self.head_dim as f32).powf(-0.5),
-            };
-            outs.push(self.attend(&q_seq, &k_ctx, &v_ctx, rows, step.mask(self.window, i))?);
-        }
-        let out = match outs.len() {
-            1 => outs.swap_remove(0),
-            _ => Tensor::cat(&outs, 0)?,
-        };
-        self.o_proj.forward(&out)
-    }
-
-    /// The attention output of every sequence adding one token this step, in batch order, from
-    /// one CPU kernel over the paged cache (see `decode_attention.rs`); `None` when there are
-    /// no such rows or the kernel does not apply (not CPU f32), and the general path runs.
-    fn attend_decode_rows(
-        &self,
-        q: &Tensor,
-        kv: &KvCache,
-        layer: usize,
-        step: &Step,
-    ) -> Result<Option<Tensor>> {
-        let decode = &step.decode;
-        if decode.seqs.is_empty() {
-            return Ok(None);
-        }
-        let q = match &decode.rows {
-            None => q.clone(),
-            Some(rows) => q.index_select(rows, 0)?,
-        };
-        let (keys, values) = kv.layer(layer)?;
-        let op = DecodeAttention {
-            contexts: &decode.contexts,
-            num_heads: self.num_heads,
-            num_kv_heads: self.num_kv_heads,
-            head_dim: self.head_dim,
-            window: self.window,
-        };
-        op.forward(&q, keys, values)
-    }
-
-    fn read_context(
-        &self,
-        kv: &KvCache,
-        layer: usize,
-        step: &Step,
-        seq: usize,
-        dtype: DType,
-    ) -> Result<(Tensor, Tensor)> {
-        let slots = step
-            .batch
-            .context_slots(seq)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no sequence {seq}")))?;
-        let (k, v) = kv.gather(layer, slots)?;
-        Ok((k.to_dtype(dtype)?, v.to_dtype(dtype)?))
-    }
-
-    /// One sequence: `q` `[len, heads, hd]`, `k`/`v` `[ctx, kv_heads, hd]` → `[len, heads * hd]`.
-    /// Grouped queries are folded into the row dimension so each KV head is used in place,
-    /// never repeated in memory. The scores are scaled and masked by the fused CPU softmax
-    /// where it applies, else by `rows.scale` and the additive `mask`.
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        rows: CausalRows,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (len, ctx) = (q.dim(0)?, k.dim(0)?);
-        let (kv_heads, hd) = (self.num_kv_heads, self.head_dim);
-        let group = self.num_heads / kv_heads;
-        let q = q.transpose(0, 1)?.contiguous()?.reshape((kv_heads, group * len, hd))?;
-        let k = k.transpose(0, 1)?.contiguous()?;
-        let v = v.transpose(0, 1)?.contiguous()?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = if softmax::fuses_masks(scores.device(), scores.dtype()) {
-            softmax::causal_softmax(scores, rows)?
-        } else {
-            let scores = (scores * f64::from(rows.scale))?;
-            let scores = match mask {
-                Some(mask) => scores.reshape((kv_heads, group, len, ctx))?.broadcast_add(mask)?,
-                None => scores,
-            };
-            softmax::softmax_last_dim(&scores)?.reshape((kv_heads, group * len, ctx))?
-        };
-        let out = probs.matmul(&v)?.reshape((self.num_heads, len, hd))?;
-        out.transpose(0, 1)?.reshape((len, self.num_heads * hd))
+/// The RMS norm at `vb` over `size` values, as the family stores it: Gemma's multiplies by
+/// `1 + weight`.
+fn rms_norm(vb: &WeightSource, size: usize, cfg: &LlamaConfig) -> Result<RmsNorm> {
+    if cfg.layout().norm_offset {
+        vb.unit_offset_rms_norm(size, cfg.rms_norm_eps)
+    } else {
+        vb.rms_norm(size, cfg.rms_norm_eps)
     }
 }
 
@@ -326,6 +153,7 @@ struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    activation: Activation,
 }
 
 impl Mlp {
@@ -335,37 +163,70 @@ impl Mlp {
             gate_proj: vb.pp("gate_proj").linear(h, inter, bias)?,
             up_proj: vb.pp("up_proj").linear(h, inter, bias)?,
             down_proj: vb.pp("down_proj").linear(inter, h, bias)?,
+            activation: cfg.activation().map_err(candle_core::Error::wrap)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
+        let gate = self.activation.apply(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
+}
+
+/// Gemma's second norms, on the attention and MLP outputs before each residual add.
+struct SandwichNorms {
+    post_attention: RmsNorm,
+    post_feedforward: RmsNorm,
 }
 
 struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
+    /// The MLP's input norm: `post_attention_layernorm` in Llama's naming, Gemma's
+    /// `pre_feedforward_layernorm`.
+    pre_feedforward_layernorm: RmsNorm,
+    sandwich: Option<SandwichNorms>,
     mlp: Mlp,
 }
 
 impl DecoderLayer {
-    fn new(cfg: &LlamaConfig, window: Option<usize>, vb: WeightSource) -> Result<Self> {
-        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+    fn new(
+        cfg: &LlamaConfig,
+        window: Option<usize>,
+        rope: usize,
+        vb: WeightSource,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (pre_feedforward, sandwich) = if cfg.layout().sandwich_norms {
+            let sandwich = SandwichNorms {
+                post_attention: rms_norm(&vb.pp("post_attention_layernorm"), h, cfg)?,
+                post_feedforward: rms_norm(&vb.pp("post_feedforward_layernorm"), h, cfg)?,
+            };
+            (rms_norm(&vb.pp("pre_feedforward_layernorm"), h, cfg)?, Some(sandwich))
+        } else {
+            (rms_norm(&vb.pp("post_attention_layernorm"), h, cfg)?, None)
+        };
         Ok(Self {
-            input_layernorm: vb.pp("input_layernorm").rms_norm(h, eps)?,
-            self_attn: Attention::new(cfg, window, vb.pp("self_attn"))?,
-            post_attention_layernorm: vb.pp("post_attention_layernorm").rms_norm(h, eps)?,
+            input_layernorm: rms_norm(&vb.pp("input_layernorm"), h, cfg)?,
+            self_attn: Attention::new(cfg, window, rope, vb.pp("self_attn"))?,
+            pre_feedforward_layernorm: pre_feedforward,
+            sandwich,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
 
     fn forward(&self, x: &Tensor, layer: usize, step: &Step, kv: &mut KvCache) -> Result<Tensor> {
         let attn = self.self_attn.forward(&self.input_layernorm.forward(x)?, layer, step, kv)?;
+        let attn = match &self.sandwich {
+            Some(norms) => norms.post_attention.forward(&attn)?,
+            None => attn,
+        };
         let x = (x + attn)?;
-        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let mlp = self.mlp.forward(&self.pre_feedforward_layernorm.forward(&x)?)?;
+        let mlp = match &self.sandwich {
+            Some(norms) => norms.post_feedforward.forward(&mlp)?,
+            None => mlp,
+        };
         x + mlp
     }
 }
@@ -376,7 +237,12 @@ pub struct Llama {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
-    rotary: Rotary,
+    /// One per distinct RoPE of the layers (each layer's `Attention::rope` indexes this).
+    rotaries: Vec<Rotary>,
+    /// Gemma: embeddings are multiplied by `√hidden_size`.
+    embed_scale: Option<f64>,
+    /// Gemma 2: logits become `cap · tanh(logits / cap)`.
+    logit_softcap: Option<f64>,
     vocab_size: usize,
     dtype: DType,
     device: Device,
@@ -391,18 +257,34 @@ impl Llama {
     /// A model over `src`'s weights: dense, quantized on load, or read from a GGUF file.
     pub fn load(cfg: &LlamaConfig, vb: WeightSource) -> Result<Self> {
         cfg.validate().map_err(|e| candle_core::Error::Msg(format!("config.json: {e}")))?;
-        let rope = cfg.rope().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let ropes = cfg.layer_ropes().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let windows = cfg.sliding_windows().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut distinct: Vec<Rope> = Vec::new();
+        for rope in &ropes {
+            if !distinct.contains(rope) {
+                distinct.push(*rope);
+            }
+        }
         let vb_m = vb.pp("model");
         let embed_tokens = vb_m.pp("embed_tokens").embedding(cfg.vocab_size, cfg.hidden_size)?;
         let layers = windows
             .iter()
+            .zip(&ropes)
             .enumerate()
-            .map(|(i, w)| DecoderLayer::new(cfg, *w, vb_m.pp(format!("layers.{i}"))))
+            .map(|(i, (w, rope))| {
+                let rope = distinct.iter().position(|r| r == rope).unwrap_or(0);
+                DecoderLayer::new(cfg, *w, rope, vb_m.pp(format!("layers.{i}")))
+            })
             .collect::<Result<Vec<_>>>()?;
+        let factors = vb.rope_freq_factors()?;
+        let rotaries = distinct
+            .iter()
+            .map(|rope| Rotary::new(rope, cfg.head_dim(), factors.as_deref(), &vb.device()))
+            .collect::<Result<Vec<_>>>()?;
+        let layout = cfg.layout();
         // A GGUF of a tied model may still ship `output.weight` (llama.cpp's converter does for
         // some); when present it is used, already quantized.
-        let lm_head = if cfg.tie_word_embeddings && !vb.pp("lm_head").contains("weight") {
+        let lm_head = if cfg.tie_word_embeddings() && !vb.pp("lm_head").contains("weight") {
             vb.pp("lm_head").linear_from(embed_tokens.embeddings().clone())?
         } else {
             vb.pp("lm_head").linear(cfg.hidden_size, cfg.vocab_size, false)?
@@ -410,14 +292,11 @@ impl Llama {
         Ok(Self {
             embed_tokens,
             layers,
-            norm: vb_m.pp("norm").rms_norm(cfg.hidden_size, cfg.rms_norm_eps)?,
+            norm: rms_norm(&vb_m.pp("norm"), cfg.hidden_size, cfg)?,
             lm_head,
-            rotary: Rotary::new(
-                &rope,
-                cfg.head_dim(),
-                vb.rope_freq_factors()?.as_deref(),
-                &vb.device(),
-            )?,
+            rotaries,
+            embed_scale: layout.scaled_embeddings.then(|| (cfg.hidden_size as f64).sqrt()),
+            logit_softcap: cfg.logit_softcap(),
             vocab_size: cfg.vocab_size,
             dtype: vb.dtype(),
             device: vb.device(),
@@ -429,6 +308,9 @@ impl Llama {
     pub fn forward(&self, batch: &PackedBatch, kv: &mut KvCache) -> Result<Tensor> {
         let step = self.prepare(batch, kv)?;
         let mut x = self.embed_tokens.forward(&batch.input_ids)?;
+        if let Some(scale) = self.embed_scale {
+            x = (x * scale)?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, i, &step, kv)?;
         }
@@ -437,11 +319,17 @@ impl Llama {
         };
         // Norm and head are row-wise, so only the wanted rows go through them.
         let x = self.norm.forward(&x.index_select(rows, 0)?)?;
-        self.lm_head.forward(&x)?.to_dtype(DType::F32)
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        match self.logit_softcap {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
     }
 
     fn prepare<'a>(&self, batch: &'a PackedBatch, kv: &KvCache) -> Result<Step<'a>> {
-        let (cos, sin) = self.rotary.cos_sin(&batch.positions, self.dtype)?;
+        let ropes = (self.rotaries.iter())
+            .map(|r| r.cos_sin(&batch.positions, self.dtype))
+            .collect::<Result<Vec<_>>>()?;
         let mut windows: Vec<Option<usize>> =
             self.layers.iter().map(|l| l.self_attn.window).collect();
         windows.sort_unstable();
@@ -464,48 +352,13 @@ impl Llama {
         } else {
             DecodeRows { seqs: Vec::new(), contexts: Vec::new(), rows: None }
         };
-        Ok(Step { batch, cos, sin, write_index: kv.write_index(batch)?, masks, decode })
+        Ok(Step { batch, ropes, write_index: kv.write_index(batch)?, masks, decode })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The fused softmax's visibility rule and `attention_mask` are written apart; they must
-    /// agree on every kind of chunk.
-    #[test]
-    fn the_fused_softmax_masks_as_attention_mask_does() {
-        if !softmax::fuses_masks(&Device::Cpu, DType::F32) {
-            return;
-        }
-        let dev = &Device::Cpu;
-        // (new tokens, context, window): a first chunk, a later one, a decode row, windows
-        // shorter and longer than the context.
-        for (len, context_len, window) in
-            [(5, 5, None), (3, 40, None), (1, 9, None), (6, 26, Some(8)), (4, 6, Some(64))]
-        {
-            let seq = SeqSlice { offset: 0, len, context_len, block_table: Vec::new() };
-            let rows = CausalRows { len, start_pos: seq.start_pos(), window, scale: 0.25 };
-            let scores =
-                (Tensor::randn(0f32, 1.0, (2, 3 * len, context_len), dev).unwrap() * 4.0).unwrap();
-            let scaled = (&scores * 0.25).unwrap();
-            let masked = match attention_mask(&seq, window, DType::F32, dev).unwrap() {
-                Some(mask) => scaled
-                    .reshape((2, 3, len, context_len))
-                    .unwrap()
-                    .broadcast_add(&mask)
-                    .unwrap()
-                    .reshape((2, 3 * len, context_len))
-                    .unwrap(),
-                None => scaled,
-            };
-            let want = candle_nn::ops::softmax_last_dim(&masked).unwrap();
-            let got = softmax::causal_softmax(scores, rows).unwrap();
-            let gap = (got - want).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(gap.to_scalar::<f32>().unwrap() <= 1e-6, "{len} {context_len} {window:?}");
-        }
-    }
 
     #[test]
     fn llama3_frequency_bands() {

@@ -3,5 +3,6 @@
 //! the embedder. Their layers run on [`crate::kernels`], their weights come from
 //! [`crate::loading`].
 
+pub mod activation;
 pub mod bert;
 pub mod llama;

@@ -10,8 +10,6 @@ use hearth_engine::generation::kv_cache::{
 };
 use hearth_engine::models::llama::{Llama, LlamaConfig};
 
-pub const FAMILIES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
-
 pub fn fixture_dir(family: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(family)
 }

@@ -116,6 +116,41 @@ struct LlamaConfig {
     eos_token_id: u32,
     torch_dtype: &'static str,
     use_cache: bool,
+    #[serde(flatten)]
+    gemma: Option<GemmaConfig>,
+}
+
+/// What a Gemma config adds: the values of the published Gemma 2 and Gemma 3 checkpoints.
+#[derive(Serialize)]
+struct GemmaConfig {
+    hidden_activation: &'static str,
+    query_pre_attn_scalar: usize,
+    sliding_window: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sliding_window_pattern: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rope_local_base_freq: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+}
+
+impl GemmaConfig {
+    fn new(spec: &SynthSpec) -> Option<Self> {
+        let gemma2 = match spec.family {
+            SynthFamily::Llama | SynthFamily::Qwen3 => return None,
+            SynthFamily::Gemma2 => true,
+            SynthFamily::Gemma3 => false,
+        };
+        Some(Self {
+            hidden_activation: "gelu_pytorch_tanh",
+            query_pre_attn_scalar: spec.head_dim(),
+            sliding_window: 512,
+            sliding_window_pattern: (!gemma2).then_some(6),
+            rope_local_base_freq: (!gemma2).then_some(10_000.0),
+            attn_logit_softcapping: gemma2.then_some(50.0),
+            final_logit_softcapping: gemma2.then_some(30.0),
+        })
+    }
 }
 
 impl LlamaConfig {
@@ -124,10 +159,14 @@ impl LlamaConfig {
             architectures: match spec.family {
                 SynthFamily::Llama => ["LlamaForCausalLM"],
                 SynthFamily::Qwen3 => ["Qwen3ForCausalLM"],
+                SynthFamily::Gemma2 => ["Gemma2ForCausalLM"],
+                SynthFamily::Gemma3 => ["Gemma3ForCausalLM"],
             },
             model_type: match spec.family {
                 SynthFamily::Llama => "llama",
                 SynthFamily::Qwen3 => "qwen3",
+                SynthFamily::Gemma2 => "gemma2",
+                SynthFamily::Gemma3 => "gemma3_text",
             },
             hidden_size: spec.hidden_size,
             intermediate_size: spec.intermediate_size,
@@ -135,7 +174,10 @@ impl LlamaConfig {
             num_attention_heads: spec.num_attention_heads,
             num_key_value_heads: spec.num_key_value_heads,
             head_dim: spec.head_dim(),
-            hidden_act: "silu",
+            hidden_act: match spec.family {
+                SynthFamily::Llama | SynthFamily::Qwen3 => "silu",
+                SynthFamily::Gemma2 | SynthFamily::Gemma3 => "gelu_pytorch_tanh",
+            },
             max_position_embeddings: spec.max_position_embeddings,
             rms_norm_eps: 1e-5,
             rope_theta: spec.rope_theta,
@@ -150,6 +192,7 @@ impl LlamaConfig {
             eos_token_id: EOS_TOKEN_ID,
             torch_dtype: spec.dtype.torch_name(),
             use_cache: true,
+            gemma: GemmaConfig::new(spec),
         }
     }
 }

@@ -40,16 +40,19 @@ pub struct SynthSpec {
     pub family: SynthFamily,
 }
 
-/// The architecture written: Llama, or Qwen3 (Llama with RMS norms on each head's queries and
-/// keys).
+/// The architecture written: Llama, Qwen3 (Llama with RMS norms on each head's queries and
+/// keys), or Gemma 2 / Gemma 3 with their published hyper-parameters (soft caps, windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SynthFamily {
     Llama,
     Qwen3,
+    Gemma2,
+    Gemma3,
 }
 
 /// The names [`SynthSpec::preset`] knows.
-pub const PRESETS: [&str; 3] = ["tiny-llama", "smollm2-135m", "llama3-8b"];
+pub const PRESETS: [&str; 5] =
+    ["tiny-llama", "tiny-gemma2", "tiny-gemma3", "smollm2-135m", "llama3-8b"];
 
 /// The special tokens every synthetic tokenizer has, in id order.
 pub(crate) const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -80,6 +83,32 @@ impl SynthSpec {
             seed: 0,
             gpu: false,
             family: SynthFamily::Llama,
+        }
+    }
+
+    /// [`Self::tiny_llama`]'s size as Gemma 2: alternating sliding and global layers, soft
+    /// caps, sandwich norms, tied embeddings.
+    pub fn tiny_gemma2() -> Self {
+        Self {
+            name: "tiny-gemma2".to_string(),
+            head_dim: Some(32),
+            tie_word_embeddings: true,
+            family: SynthFamily::Gemma2,
+            ..Self::tiny_llama()
+        }
+    }
+
+    /// [`Self::tiny_llama`]'s size as Gemma 3 (text): QK norms, a RoPE base per layer kind,
+    /// six layers so that one is global.
+    pub fn tiny_gemma3() -> Self {
+        Self {
+            name: "tiny-gemma3".to_string(),
+            num_hidden_layers: 6,
+            head_dim: Some(32),
+            rope_theta: 1_000_000.0,
+            tie_word_embeddings: true,
+            family: SynthFamily::Gemma3,
+            ..Self::tiny_llama()
         }
     }
 
@@ -131,6 +160,8 @@ impl SynthSpec {
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "tiny-llama" => Some(Self::tiny_llama()),
+            "tiny-gemma2" => Some(Self::tiny_gemma2()),
+            "tiny-gemma3" => Some(Self::tiny_gemma3()),
             "smollm2-135m" => Some(Self::smollm2_135m()),
             "llama3-8b" => Some(Self::llama3_8b()),
             _ => None,

@@ -30,6 +30,8 @@ pub(crate) enum TensorInit {
     Normal { std: f32 },
     /// All ones, as RMSNorm weights start.
     Ones,
+    /// All zeros, as Gemma's RMSNorm weights start (they multiply by `1 + weight`).
+    Zeros,
 }
 
 pub(crate) struct PlannedTensor {
@@ -51,6 +53,8 @@ impl PlannedTensor {
 /// The Hugging Face Llama checkpoint layout for `spec`, in file order.
 pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
     let normal = TensorInit::Normal { std: INIT_STD };
+    let gemma = matches!(spec.family, SynthFamily::Gemma2 | SynthFamily::Gemma3);
+    let norm = if gemma { TensorInit::Zeros } else { TensorInit::Ones };
     let (hidden, inter) = (spec.hidden_size, spec.intermediate_size);
     let q_dim = spec.num_attention_heads * spec.head_dim();
     let kv_dim = spec.num_key_value_heads * spec.head_dim();
@@ -62,12 +66,12 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
     for layer in 0..spec.num_hidden_layers {
         let prefix = format!("model.layers.{layer}");
         let layer_tensors = [
-            ("input_layernorm", vec![hidden], TensorInit::Ones),
+            ("input_layernorm", vec![hidden], norm),
             ("self_attn.q_proj", vec![q_dim, hidden], normal),
             ("self_attn.k_proj", vec![kv_dim, hidden], normal),
             ("self_attn.v_proj", vec![kv_dim, hidden], normal),
             ("self_attn.o_proj", vec![hidden, q_dim], normal),
-            ("post_attention_layernorm", vec![hidden], TensorInit::Ones),
+            ("post_attention_layernorm", vec![hidden], norm),
             ("mlp.gate_proj", vec![inter, hidden], normal),
             ("mlp.up_proj", vec![inter, hidden], normal),
             ("mlp.down_proj", vec![hidden, inter], normal),
@@ -75,18 +79,20 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
         for (name, shape, init) in layer_tensors {
             tensors.push(PlannedTensor::new(format!("{prefix}.{name}.weight"), shape, init));
         }
-        if spec.family == SynthFamily::Qwen3 {
-            for norm in ["self_attn.q_norm", "self_attn.k_norm"] {
-                let name = format!("{prefix}.{norm}.weight");
-                tensors.push(PlannedTensor::new(name, vec![spec.head_dim()], TensorInit::Ones));
+        if gemma {
+            for name in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
+                let name = format!("{prefix}.{name}.weight");
+                tensors.push(PlannedTensor::new(name, vec![hidden], norm));
+            }
+        }
+        if matches!(spec.family, SynthFamily::Qwen3 | SynthFamily::Gemma3) {
+            for name in ["self_attn.q_norm", "self_attn.k_norm"] {
+                let name = format!("{prefix}.{name}.weight");
+                tensors.push(PlannedTensor::new(name, vec![spec.head_dim()], norm));
             }
         }
     }
-    tensors.push(PlannedTensor::new(
-        "model.norm.weight".to_string(),
-        vec![hidden],
-        TensorInit::Ones,
-    ));
+    tensors.push(PlannedTensor::new("model.norm.weight".to_string(), vec![hidden], norm));
     if !spec.tie_word_embeddings {
         tensors.push(PlannedTensor::new(
             "lm_head.weight".to_string(),
@@ -239,8 +245,9 @@ fn write_tensor(
     rng.set_stream(index as u64);
     let normal = match tensor.init {
         TensorInit::Normal { std } => Normal::new(0.0f32, std).ok(),
-        TensorInit::Ones => None,
+        TensorInit::Ones | TensorInit::Zeros => None,
     };
+    let constant = if matches!(tensor.init, TensorInit::Zeros) { 0.0 } else { 1.0 };
     let mut values = Vec::with_capacity(CHUNK_ELEMENTS);
     let mut bytes = Vec::with_capacity(CHUNK_ELEMENTS * spec.dtype.size_in_bytes());
     let mut remaining = tensor.num_elements();
@@ -249,7 +256,7 @@ fn write_tensor(
         values.clear();
         match &normal {
             Some(normal) => values.extend((0..count).map(|_| normal.sample(&mut rng))),
-            None => values.resize(count, 1.0f32),
+            None => values.resize(count, constant),
         }
         encode(&values, spec.dtype, &mut bytes);
         out.write_all(&bytes)?;
