@@ -112,6 +112,24 @@ FAMILIES = {
             "sliding_attention": dict(rope_type="default", rope_theta=10000.0),
         },
     ),
+    # Phi-3: fused QKV and gate-up projections; LongRoPE over three quarters of each head
+    # (Phi-4-mini's partial rotation), switching to the long factors for the 29-token sequence
+    # (longer than original_max_position_embeddings), the attention factor from 128 / 16.
+    "phi3": dict(
+        model_type="phi3",
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        sliding_window=10,
+        partial_rotary_factor=0.75,
+        original_max_position_embeddings=16,
+        rope_scaling=dict(
+            type="longrope",
+            short_factor=[1.0, 1.1, 1.3, 1.7, 2.0, 2.5],
+            long_factor=[1.2, 1.9, 3.1, 4.6, 6.3, 9.0],
+        ),
+    ),
 }
 
 # Keys of BASE that a family's config does not take.

@@ -96,8 +96,13 @@ fn greedy(prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
     let mut cache = KvCache::new(&kv, &Device::Cpu).unwrap();
     let table: Vec<u32> = (0..kv.num_blocks as u32).collect();
     let mut step = |tokens: &[u32], start_pos: usize| -> Vec<f32> {
-        let seq =
-            SeqInput { tokens, start_pos, block_table: &table, want_logits: WantLogits::Last };
+        let seq = SeqInput {
+            tokens,
+            start_pos,
+            block_table: &table,
+            want_logits: WantLogits::Last,
+            known_len: 0,
+        };
         let batch = PackedBatch::new(&Device::Cpu, BLOCK_SIZE, &[seq]).unwrap();
         let logits: Tensor = model.forward(&batch, &mut cache).unwrap();
         logits.squeeze(0).unwrap().to_vec1().unwrap()

@@ -163,6 +163,7 @@ fn single_sequences(family: &str) -> Result<Vec<Tensor>> {
             start_pos: 0,
             block_table: &tables[0],
             want_logits: WantLogits::All,
+            known_len: ids.len(),
         };
         let batch = PackedBatch::new(&device(), BLOCK_SIZE, &[seq])?;
         let logits = fx.model.forward(&batch, &mut new_cache(&fx.cfg)?)?;
@@ -187,6 +188,7 @@ fn packed_batch(family: &str) -> Result<()> {
             start_pos: 0,
             block_table: t,
             want_logits: WantLogits::All,
+            known_len: ids.len(),
         })
         .collect();
     let batch = PackedBatch::new(&device(), BLOCK_SIZE, &inputs)?;
@@ -246,6 +248,8 @@ fn chunked_prefill_and_decode(family: &str) -> Result<()> {
                 start_pos: start,
                 block_table: &tables[s],
                 want_logits: want,
+                // The whole sequence is the prompt: LongRoPE decides by its length from the start.
+                known_len: fx.seqs[s].0.len(),
             })
             .collect();
         let batch = PackedBatch::new(&device(), BLOCK_SIZE, &inputs)?;
@@ -317,4 +321,4 @@ macro_rules! parity_tests {
     )*};
 }
 
-parity_tests!(llama, mistral, qwen2, qwen3, gemma2, gemma3);
+parity_tests!(llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3);

@@ -19,7 +19,7 @@ mod parity_support;
 use parity_support::{against_reference, compare, config, fixture_dir, logits, reference};
 
 /// Every family with a parity fixture.
-const FAMILIES: [&str; 6] = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"];
+const FAMILIES: [&str; 7] = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
 
 /// q8_0 against the f32 reference: measured 2.6e-2 to 3.7e-2 on the fixtures (tiny random
 /// models, and candle's q8_0 kernel quantizes activations too); a GGUF whose q/k rows are in the
@@ -211,6 +211,7 @@ fn gguf_in_llama_cpp_layout_matches_the_quantized_safetensors_model() {
         ("qwen3", "qwen3", false),
         ("gemma2", "gemma2", false),
         ("gemma3", "gemma3", false),
+        ("phi3", "phi3", false),
     ] {
         let dir = fixture_dir(family);
         let cfg = config(&dir);

@@ -103,10 +103,11 @@ fn config(meta: &Meta, vocab: usize) -> Result<Value, PackageError> {
         "qwen3" => ("Qwen3ForCausalLM", "qwen3"),
         "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
         "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
+        "phi3" => ("Phi3ForCausalLM", "phi3"),
         other => {
             return Err(meta.error(format!(
                 "architecture `{other}` has no config derivation here (llama, qwen2, qwen3, \
-                 gemma2, gemma3 do); add a config.json beside the GGUF"
+                 gemma2, gemma3, phi3 do); add a config.json beside the GGUF"
             )))
         }
     };
@@ -155,7 +156,57 @@ fn config(meta: &Meta, vocab: usize) -> Result<Value, PackageError> {
     if arch.starts_with("gemma") {
         gemma_config(meta, arch, &mut config)?;
     }
+    if arch == "phi3" {
+        phi3_config(meta, &mut config)?;
+    }
     Ok(config)
+}
+
+/// Phi-3's own keys: the window, the rotated share of each head, and LongRoPE, whose factors
+/// llama.cpp's converter stores as the f32 tensors `rope_factors_long` and `rope_factors_short`.
+fn phi3_config(meta: &Meta, config: &mut Value) -> Result<(), PackageError> {
+    let heads = meta.required_int("phi3.attention.head_count")?.max(1);
+    let head_dim = match meta.int("phi3.attention.key_length")? {
+        Some(d) => d,
+        None => meta.required_int("phi3.embedding_length")? / heads,
+    };
+    config["sliding_window"] = json!(meta.int("phi3.attention.sliding_window")?);
+    if let Some(rotated) = meta.int("phi3.rope.dimension_count")?.filter(|d| *d != head_dim) {
+        config["partial_rotary_factor"] = json!(rotated as f64 / head_dim as f64);
+    }
+    let long = f32_tensor(meta, "rope_factors_long.weight")?;
+    let short = f32_tensor(meta, "rope_factors_short.weight")?;
+    let (long, short) = match (long, short) {
+        (Some(long), Some(short)) => (long, short),
+        (None, None) => return Ok(()),
+        _ => return Err(meta.error("LongRoPE needs both rope_factors_long and _short".into())),
+    };
+    let original = meta.required_int("phi3.rope.scaling.original_context_length")?;
+    let mut rope = json!({"rope_type": "longrope", "long_factor": long, "short_factor": short,
+                          "original_max_position_embeddings": original});
+    if let Some(factor) = meta.float("phi3.rope.scaling.attn_factor") {
+        rope["attention_factor"] = json!(factor);
+    }
+    config["rope_scaling"] = rope;
+    config["original_max_position_embeddings"] = json!(original);
+    Ok(())
+}
+
+/// The f32 tensor `name` of the file, read from disk (`None` when it has none).
+fn f32_tensor(meta: &Meta, name: &str) -> Result<Option<Vec<f64>>, PackageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(tensor) = meta.gguf.tensors.get(name) else { return Ok(None) };
+    if tensor.ggml_type != "f32" {
+        return Err(meta.error(format!("`{name}` is {}, expected f32", tensor.ggml_type)));
+    }
+    let path = &meta.gguf.path;
+    let mut bytes = vec![0u8; (tensor.range.end - tensor.range.start) as usize];
+    let mut file = std::fs::File::open(path).map_err(|e| PackageError::io(path, e))?;
+    file.seek(SeekFrom::Start(tensor.range.start)).map_err(|e| PackageError::io(path, e))?;
+    file.read_exact(&mut bytes).map_err(|e| PackageError::io(path, e))?;
+    let values =
+        bytes.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    Ok(Some(values.collect()))
 }
 
 /// Gemma's own keys. What the metadata leaves out is what llama.cpp assumes for it

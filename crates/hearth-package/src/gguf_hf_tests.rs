@@ -117,6 +117,42 @@ fn gemma_config_carries_caps_window_and_scale() {
     assert_eq!(tokenizer.decode(&[10], false).unwrap(), " ab");
 }
 
+/// Phi-3 with LongRoPE: the factors are f32 tensors in the file, read from disk.
+#[test]
+fn phi3_config_reads_long_rope_factors_from_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phi3.gguf");
+    let (long, short) = ([1.5f32, 2.0, 4.0, 8.0], [1.0f32, 1.0, 1.25, 1.5]);
+    let bytes: Vec<u8> = long.iter().chain(&short).flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    let mut file = sentencepiece();
+    file.path = path;
+    file.architecture = Some("phi3".into());
+    let llama: Vec<(String, MetaValue)> = std::mem::take(&mut file.metadata).into_iter().collect();
+    for (k, v) in llama {
+        file.metadata.insert(k.replace("llama.", "phi3."), v);
+    }
+    let extra = [
+        ("phi3.rope.dimension_count", MetaValue::Int(8)),
+        ("phi3.rope.scaling.original_context_length", MetaValue::Int(4096)),
+        ("phi3.rope.scaling.attn_factor", MetaValue::Float(1.25)),
+    ];
+    file.metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let factors = |range| GgufTensor { ggml_type: "f32", shape: vec![4], range };
+    file.tensors.insert("rope_factors_long.weight".into(), factors(0..16));
+    file.tensors.insert("rope_factors_short.weight".into(), factors(16..32));
+    let config: Value = serde_json::from_str(&derive(&file, "phi3.gguf").unwrap().config).unwrap();
+    assert_eq!(config["architectures"], json!(["Phi3ForCausalLM"]));
+    assert_eq!(config["partial_rotary_factor"], 0.5, "8 of 16 dimensions rotate");
+    assert_eq!(config["rope_scaling"]["rope_type"], "longrope");
+    assert_eq!(config["rope_scaling"]["long_factor"], json!([1.5, 2.0, 4.0, 8.0]));
+    assert_eq!(config["rope_scaling"]["short_factor"], json!([1.0, 1.0, 1.25, 1.5]));
+    assert_eq!(config["rope_scaling"]["attention_factor"], 1.25);
+    assert_eq!(config["original_max_position_embeddings"], 4096);
+    file.tensors.remove("rope_factors_short.weight");
+    assert!(derive(&file, "phi3.gguf").unwrap_err().to_string().contains("rope_factors"));
+}
+
 #[test]
 fn sentencepiece_pieces_merge_by_score_and_bytes_fall_back() {
     let files = derive(&sentencepiece(), "model.gguf").unwrap();

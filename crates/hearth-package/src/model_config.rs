@@ -10,13 +10,14 @@ use crate::error::PackageError;
 pub(crate) const CONFIG_FILE: &str = "config.json";
 
 /// The architectures (`config.json` `architectures[0]`) that Hearth's engine can run.
-pub const SUPPORTED_ARCHITECTURES: [&str; 7] = [
+pub const SUPPORTED_ARCHITECTURES: [&str; 8] = [
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
+    "Phi3ForCausalLM",
     "BertModel",
 ];
 
@@ -145,7 +146,7 @@ mod tests {
             ModelConfig::parse(&gpt2).unwrap_err().to_string(),
             "config.json: unsupported architecture `GPT2LMHeadModel` (supported: \
              LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
-             Gemma2ForCausalLM, Gemma3ForCausalLM, BertModel)"
+             Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, BertModel)"
         );
     }
 }

@@ -27,7 +27,7 @@ use crate::generation::scheduler::SchedulerConfig;
 use crate::generation::shared::{EngineStats, Shared};
 use crate::generation::worker::{Command, Submission, Worker, WorkerParts};
 use crate::kernels::linear::Quantization;
-use crate::loading::weights::{gguf_name, GgufWeights, WeightSource, ROPE_FREQS};
+use crate::loading::weights::{gguf_name, GgufWeights, WeightSource, ROPE_FACTOR_TENSORS};
 use crate::loading::{var_builder, Progress};
 use crate::models::llama::{self, Llama, LlamaConfig};
 
@@ -465,8 +465,8 @@ fn load_llama(
 }
 
 /// A GGUF must hold the model's tensors under llama.cpp's names with the expected shapes; a
-/// tied model may omit `output.weight`, and llama3-scaled RoPE may add `rope_freqs.weight`
-/// (read by the model as its RoPE factors).
+/// tied model may omit `output.weight`, and RoPE factors may come beside them
+/// ([`ROPE_FACTOR_TENSORS`]).
 fn check_gguf_tensors(
     gguf: &hearth_package::GgufFile,
     expected: &[(String, Vec<usize>)],
@@ -494,7 +494,7 @@ fn check_gguf_tensors(
         wanted.insert("output.weight".to_string());
     }
     for name in gguf.tensors.keys() {
-        if !wanted.contains(name) && name != ROPE_FREQS {
+        if !wanted.contains(name) && !ROPE_FACTOR_TENSORS.contains(&name.as_str()) {
             problems.push(TensorProblem::Unexpected { name: name.clone() });
         }
     }

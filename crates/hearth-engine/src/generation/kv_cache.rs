@@ -190,6 +190,10 @@ pub struct SeqInput<'a> {
     /// Physical block ids in order; must cover `start_pos + tokens.len()` tokens.
     pub block_table: &'a [u32],
     pub want_logits: WantLogits,
+    /// How long the sequence is known to be: its whole prompt while that is prefilled in chunks,
+    /// its tokens so far when decoding. LongRoPE picks its frequencies by it; a value below
+    /// `start_pos + tokens.len()` counts as that.
+    pub known_len: usize,
 }
 
 /// One sequence's part of a packed batch.
@@ -203,6 +207,8 @@ pub struct SeqSlice {
     pub context_len: usize,
     /// Physical block ids, in order.
     pub block_table: Vec<u32>,
+    /// At least `context_len`: see [`SeqInput::known_len`].
+    pub known_len: usize,
 }
 
 impl SeqSlice {
@@ -347,7 +353,8 @@ impl HostIndices {
         });
         self.context_slots.push(slots);
         let block_table = seq.block_table.to_vec();
-        self.seqs.push(SeqSlice { offset, len, context_len, block_table });
+        let known_len = seq.known_len.max(context_len);
+        self.seqs.push(SeqSlice { offset, len, context_len, block_table, known_len });
         Ok(())
     }
 }
@@ -376,12 +383,14 @@ mod tests {
                 start_pos: 5,
                 block_table: &[4, 1],
                 want_logits: WantLogits::Last,
+                known_len: 0,
             },
             SeqInput {
                 tokens: &b,
                 start_pos: 0,
                 block_table: &[3, 0],
                 want_logits: WantLogits::All,
+                known_len: 0,
             },
         ];
         let batch = PackedBatch::new(&Device::Cpu, 4, &seqs).unwrap();
@@ -398,14 +407,20 @@ mod tests {
     #[test]
     fn rejects_short_block_tables_and_empty_sequences() {
         let t = [1, 2, 3, 4, 5];
-        let short =
-            SeqInput { tokens: &t, start_pos: 0, block_table: &[0], want_logits: WantLogits::None };
+        let short = SeqInput {
+            tokens: &t,
+            start_pos: 0,
+            block_table: &[0],
+            want_logits: WantLogits::None,
+            known_len: 0,
+        };
         assert!(PackedBatch::new(&Device::Cpu, 4, &[short]).is_err());
         let empty = SeqInput {
             tokens: &[],
             start_pos: 0,
             block_table: &[0],
             want_logits: WantLogits::None,
+            known_len: 0,
         };
         assert!(PackedBatch::new(&Device::Cpu, 4, &[empty]).is_err());
         assert!(PackedBatch::new(&Device::Cpu, 4, &[]).is_err());
@@ -421,6 +436,7 @@ mod tests {
             start_pos: 2,
             block_table: &[5, 2],
             want_logits: WantLogits::None,
+            known_len: 0,
         };
         let batch = PackedBatch::new(&Device::Cpu, 4, &[seq]).unwrap();
         let k = Tensor::arange(0f32, 30.0, &Device::Cpu).unwrap().reshape((5, 2, 3)).unwrap();
@@ -489,6 +505,7 @@ mod tests {
             start_pos: 0,
             block_table: &[6],
             want_logits: WantLogits::Last,
+            known_len: 0,
         };
         let batch = PackedBatch::new(&Device::Cpu, 4, &[seq]).unwrap();
         assert!(cache.write_index(&batch).is_err());

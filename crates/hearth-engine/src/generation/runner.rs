@@ -28,6 +28,7 @@ pub fn run_step(
             start_pos: s.start,
             block_table: &seq.block_table,
             want_logits: if s.samples { WantLogits::Last } else { WantLogits::None },
+            known_len: seq.token_ids.len(),
         });
     }
     let batch = PackedBatch::new(device, block_size, &inputs)?;

@@ -27,6 +27,12 @@ use crate::models::llama::config::{Family, LlamaConfig};
 /// tensor maps to.
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
+/// GGUF tensors that hold RoPE factors rather than weights: Llama 3.1's, read by the model
+/// ([`ROPE_FREQS`]), and Phi-3's LongRoPE factors, which reach the model through the config
+/// (as config.json has them, or as `hearth-package` derives it from these tensors).
+pub const ROPE_FACTOR_TENSORS: [&str; 3] =
+    [ROPE_FREQS, "rope_factors_long.weight", "rope_factors_short.weight"];
+
 /// A GGUF file, its parsed header and what the model needs to read it.
 pub struct GgufWeights {
     content: gguf_file::Content,
@@ -132,11 +138,13 @@ pub fn gguf_name(hf: &str, family: Family) -> Option<String> {
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
+        "self_attn.qkv_proj" => "attn_qkv",
         "self_attn.o_proj" => "attn_output",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
         "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
+        // llama.cpp keeps Phi-3's fused gate and up rows together as `ffn_up`.
+        "mlp.up_proj" | "mlp.gate_up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
         "input_layernorm" => "attn_norm",
         "post_attention_layernorm" if gemma => "post_attention_norm",

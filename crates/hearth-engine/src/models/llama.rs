@@ -8,84 +8,20 @@
 
 mod attention;
 pub mod config;
+mod rope;
 
 pub use config::{expected_tensors, ConfigError, Family, LlamaConfig, Rope, RopeScaling};
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
-use self::attention::{attention_mask, Attention};
+use self::attention::{attention_mask, Attention, LayerRope};
+use self::rope::Rotary;
 use crate::generation::kv_cache::{KvCache, PackedBatch, SlotWriteIndex};
 use crate::kernels::linear::Linear;
 use crate::kernels::softmax;
 use crate::loading::weights::WeightSource;
 use crate::models::activation::Activation;
-
-/// Inverse RoPE frequencies, `[1, head_dim / 2]` f32.
-struct Rotary {
-    inv_freq: Tensor,
-}
-
-impl Rotary {
-    /// `factors`, when given, are per-frequency divisors stored in the weights (a GGUF's
-    /// `rope_freqs.weight`, which llama.cpp's converter writes for Llama 3.1 scaling). They are
-    /// what llama.cpp runs, so they replace config.json's llama3 scaling.
-    fn new(rope: &Rope, head_dim: usize, factors: Option<&[f32]>, device: &Device) -> Result<Self> {
-        let base =
-            (0..head_dim / 2).map(|i| 1.0 / rope.theta.powf((2 * i) as f64 / head_dim as f64));
-        let inv_freq: Vec<f32> = match factors {
-            Some(factors) if factors.len() != head_dim / 2 => candle_core::bail!(
-                "rope_freqs has {} factors, expected head_dim / 2 = {}",
-                factors.len(),
-                head_dim / 2
-            ),
-            Some(factors) => {
-                let scaling = match rope.scaling {
-                    RopeScaling::Llama3 { .. } => RopeScaling::None,
-                    other => other,
-                };
-                base.zip(factors)
-                    .map(|(f, &d)| scale_frequency(f / f64::from(d), &scaling) as f32)
-                    .collect()
-            }
-            None => base.map(|f| scale_frequency(f, &rope.scaling) as f32).collect(),
-        };
-        let inv_freq = Tensor::from_vec(inv_freq, (1, head_dim / 2), device)?;
-        Ok(Self { inv_freq })
-    }
-
-    /// `cos` and `sin` of every packed token's angles, each `[T, head_dim / 2]`, computed in f32
-    /// as transformers does, then cast to the model's dtype.
-    fn cos_sin(&self, positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let angles = positions.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&self.inv_freq)?;
-        Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
-    }
-}
-
-/// transformers' `_compute_linear_scaling_rope_parameters` / `_compute_llama3_parameters`.
-fn scale_frequency(inv_freq: f64, scaling: &RopeScaling) -> f64 {
-    match *scaling {
-        RopeScaling::None => inv_freq,
-        RopeScaling::Linear { factor } => inv_freq / factor,
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        } => {
-            let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
-            if wavelen < original_max_position_embeddings / high_freq_factor {
-                inv_freq
-            } else if wavelen > original_max_position_embeddings / low_freq_factor {
-                inv_freq / factor
-            } else {
-                let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
-                    / (high_freq_factor - low_freq_factor);
-                (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
-            }
-        }
-    }
-}
 
 /// Everything the layers share within one step, built once before the layer loop.
 struct Step<'a> {
@@ -149,27 +85,50 @@ fn rms_norm(vb: &WeightSource, size: usize, cfg: &LlamaConfig) -> Result<RmsNorm
     }
 }
 
+/// The MLP's input projections: separate, or Phi-3's one `gate_up_proj` (gate rows first).
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUp,
     down_proj: Linear,
     activation: Activation,
+    intermediate_size: usize,
 }
 
 impl Mlp {
     fn new(cfg: &LlamaConfig, vb: WeightSource) -> Result<Self> {
-        let (h, inter, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.layout().mlp_bias);
+        let (h, inter, layout) = (cfg.hidden_size, cfg.intermediate_size, cfg.layout());
+        let bias = layout.mlp_bias;
+        let gate_up = if layout.fused_projections {
+            GateUp::Fused(vb.pp("gate_up_proj").linear(h, 2 * inter, bias)?)
+        } else {
+            GateUp::Separate {
+                gate: vb.pp("gate_proj").linear(h, inter, bias)?,
+                up: vb.pp("up_proj").linear(h, inter, bias)?,
+            }
+        };
         Ok(Self {
-            gate_proj: vb.pp("gate_proj").linear(h, inter, bias)?,
-            up_proj: vb.pp("up_proj").linear(h, inter, bias)?,
+            gate_up,
             down_proj: vb.pp("down_proj").linear(inter, h, bias)?,
             activation: cfg.activation().map_err(candle_core::Error::wrap)?,
+            intermediate_size: inter,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.activation.apply(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused(gate_up) => {
+                let both = gate_up.forward(x)?;
+                let inter = self.intermediate_size;
+                (both.narrow(1, 0, inter)?, both.narrow(1, inter, inter)?)
+            }
+        };
+        let gate = self.activation.apply(&gate)?;
+        self.down_proj.forward(&(gate * up)?)
     }
 }
 
@@ -193,7 +152,7 @@ impl DecoderLayer {
     fn new(
         cfg: &LlamaConfig,
         window: Option<usize>,
-        rope: usize,
+        rope: LayerRope,
         vb: WeightSource,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
@@ -262,7 +221,7 @@ impl Llama {
         let mut distinct: Vec<Rope> = Vec::new();
         for rope in &ropes {
             if !distinct.contains(rope) {
-                distinct.push(*rope);
+                distinct.push(rope.clone());
             }
         }
         let vb_m = vb.pp("model");
@@ -272,7 +231,8 @@ impl Llama {
             .zip(&ropes)
             .enumerate()
             .map(|(i, (w, rope))| {
-                let rope = distinct.iter().position(|r| r == rope).unwrap_or(0);
+                let table = distinct.iter().position(|r| r == rope).unwrap_or(0);
+                let rope = LayerRope { table, rotary_dim: rope.rotary_dim(cfg.head_dim()) };
                 DecoderLayer::new(cfg, *w, rope, vb_m.pp(format!("layers.{i}")))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -328,7 +288,7 @@ impl Llama {
 
     fn prepare<'a>(&self, batch: &'a PackedBatch, kv: &KvCache) -> Result<Step<'a>> {
         let ropes = (self.rotaries.iter())
-            .map(|r| r.cos_sin(&batch.positions, self.dtype))
+            .map(|r| r.cos_sin(batch, self.dtype))
             .collect::<Result<Vec<_>>>()?;
         let mut windows: Vec<Option<usize>> =
             self.layers.iter().map(|l| l.self_attn.window).collect();
@@ -353,53 +313,5 @@ impl Llama {
             DecodeRows { seqs: Vec::new(), contexts: Vec::new(), rows: None }
         };
         Ok(Step { batch, ropes, write_index: kv.write_index(batch)?, masks, decode })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn llama3_frequency_bands() {
-        let s = RopeScaling::Llama3 {
-            factor: 4.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 64.0,
-        };
-        assert_eq!(scale_frequency(1.0, &s), 1.0);
-        assert!((scale_frequency(0.001, &s) - 0.00025).abs() < 1e-12);
-        let mid = scale_frequency(0.1, &s);
-        assert!(mid > 0.025 && mid < 0.1, "{mid}");
-    }
-
-    /// Stored factors (a GGUF's `rope_freqs`) computed from the same llama3 parameters give the
-    /// frequencies config.json's scaling gives, and they replace that scaling rather than compound it.
-    #[test]
-    fn stored_rope_factors_replace_llama3_scaling() {
-        let scaling = RopeScaling::Llama3 {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 64.0,
-        };
-        let rope = Rope { theta: 10_000.0, scaling };
-        let head_dim = 16;
-        let factors: Vec<f32> = (0..head_dim / 2)
-            .map(|i| {
-                let f = 1.0 / 10_000f64.powf((2 * i) as f64 / head_dim as f64);
-                (f / scale_frequency(f, &scaling)) as f32
-            })
-            .collect();
-        assert!(factors.iter().any(|&d| d > 1.0) && factors.contains(&1.0), "{factors:?}");
-        let from_config = Rotary::new(&rope, head_dim, None, &Device::Cpu).unwrap();
-        let from_factors = Rotary::new(&rope, head_dim, Some(&factors), &Device::Cpu).unwrap();
-        let a: Vec<f32> = from_config.inv_freq.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = from_factors.inv_freq.flatten_all().unwrap().to_vec1().unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-6 * x.abs(), "{a:?} vs {b:?}");
-        }
-        assert!(Rotary::new(&rope, head_dim, Some(&factors[1..]), &Device::Cpu).is_err());
     }
 }

@@ -42,8 +42,13 @@ pub fn logits(model: &Llama, cfg: &LlamaConfig, ids: &[u32]) -> Result<Tensor> {
         dtype: DType::F32,
     };
     let table: Vec<u32> = (0..ids.len().div_ceil(4) as u32).collect();
-    let seq =
-        SeqInput { tokens: ids, start_pos: 0, block_table: &table, want_logits: WantLogits::All };
+    let seq = SeqInput {
+        tokens: ids,
+        start_pos: 0,
+        block_table: &table,
+        want_logits: WantLogits::All,
+        known_len: ids.len(),
+    };
     let batch = PackedBatch::new(&Device::Cpu, 4, &[seq])?;
     model.forward(&batch, &mut KvCache::new(&kv, &Device::Cpu)?)
 }

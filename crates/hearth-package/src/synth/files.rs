@@ -137,7 +137,7 @@ struct GemmaConfig {
 impl GemmaConfig {
     fn new(spec: &SynthSpec) -> Option<Self> {
         let gemma2 = match spec.family {
-            SynthFamily::Llama | SynthFamily::Qwen3 => return None,
+            SynthFamily::Llama | SynthFamily::Qwen3 | SynthFamily::Phi3 => return None,
             SynthFamily::Gemma2 => true,
             SynthFamily::Gemma3 => false,
         };
@@ -161,12 +161,14 @@ impl LlamaConfig {
                 SynthFamily::Qwen3 => ["Qwen3ForCausalLM"],
                 SynthFamily::Gemma2 => ["Gemma2ForCausalLM"],
                 SynthFamily::Gemma3 => ["Gemma3ForCausalLM"],
+                SynthFamily::Phi3 => ["Phi3ForCausalLM"],
             },
             model_type: match spec.family {
                 SynthFamily::Llama => "llama",
                 SynthFamily::Qwen3 => "qwen3",
                 SynthFamily::Gemma2 => "gemma2",
                 SynthFamily::Gemma3 => "gemma3_text",
+                SynthFamily::Phi3 => "phi3",
             },
             hidden_size: spec.hidden_size,
             intermediate_size: spec.intermediate_size,
@@ -175,7 +177,7 @@ impl LlamaConfig {
             num_key_value_heads: spec.num_key_value_heads,
             head_dim: spec.head_dim(),
             hidden_act: match spec.family {
-                SynthFamily::Llama | SynthFamily::Qwen3 => "silu",
+                SynthFamily::Llama | SynthFamily::Qwen3 | SynthFamily::Phi3 => "silu",
                 SynthFamily::Gemma2 | SynthFamily::Gemma3 => "gelu_pytorch_tanh",
             },
             max_position_embeddings: spec.max_position_embeddings,

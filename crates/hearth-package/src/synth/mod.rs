@@ -48,11 +48,13 @@ pub enum SynthFamily {
     Qwen3,
     Gemma2,
     Gemma3,
+    /// Phi-3 / Phi-4: fused `qkv_proj` and `gate_up_proj`.
+    Phi3,
 }
 
 /// The names [`SynthSpec::preset`] knows.
-pub const PRESETS: [&str; 5] =
-    ["tiny-llama", "tiny-gemma2", "tiny-gemma3", "smollm2-135m", "llama3-8b"];
+pub const PRESETS: [&str; 6] =
+    ["tiny-llama", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "smollm2-135m", "llama3-8b"];
 
 /// The special tokens every synthetic tokenizer has, in id order.
 pub(crate) const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -112,6 +114,11 @@ impl SynthSpec {
         }
     }
 
+    /// [`Self::tiny_llama`]'s size as Phi-3 (fused projections).
+    pub fn tiny_phi3() -> Self {
+        Self { name: "tiny-phi3".to_string(), family: SynthFamily::Phi3, ..Self::tiny_llama() }
+    }
+
     /// The shape of SmolLM2-135M (tied embeddings, 49152-token vocabulary).
     pub fn smollm2_135m() -> Self {
         Self {
@@ -162,6 +169,7 @@ impl SynthSpec {
             "tiny-llama" => Some(Self::tiny_llama()),
             "tiny-gemma2" => Some(Self::tiny_gemma2()),
             "tiny-gemma3" => Some(Self::tiny_gemma3()),
+            "tiny-phi3" => Some(Self::tiny_phi3()),
             "smollm2-135m" => Some(Self::smollm2_135m()),
             "llama3-8b" => Some(Self::llama3_8b()),
             _ => None,

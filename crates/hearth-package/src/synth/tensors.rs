@@ -65,17 +65,28 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
     )];
     for layer in 0..spec.num_hidden_layers {
         let prefix = format!("model.layers.{layer}");
-        let layer_tensors = [
-            ("input_layernorm", vec![hidden], norm),
-            ("self_attn.q_proj", vec![q_dim, hidden], normal),
-            ("self_attn.k_proj", vec![kv_dim, hidden], normal),
-            ("self_attn.v_proj", vec![kv_dim, hidden], normal),
-            ("self_attn.o_proj", vec![hidden, q_dim], normal),
-            ("post_attention_layernorm", vec![hidden], norm),
-            ("mlp.gate_proj", vec![inter, hidden], normal),
-            ("mlp.up_proj", vec![inter, hidden], normal),
-            ("mlp.down_proj", vec![hidden, inter], normal),
-        ];
+        let layer_tensors = if spec.family == SynthFamily::Phi3 {
+            vec![
+                ("input_layernorm", vec![hidden], norm),
+                ("self_attn.qkv_proj", vec![q_dim + 2 * kv_dim, hidden], normal),
+                ("self_attn.o_proj", vec![hidden, q_dim], normal),
+                ("post_attention_layernorm", vec![hidden], norm),
+                ("mlp.gate_up_proj", vec![2 * inter, hidden], normal),
+                ("mlp.down_proj", vec![hidden, inter], normal),
+            ]
+        } else {
+            vec![
+                ("input_layernorm", vec![hidden], norm),
+                ("self_attn.q_proj", vec![q_dim, hidden], normal),
+                ("self_attn.k_proj", vec![kv_dim, hidden], normal),
+                ("self_attn.v_proj", vec![kv_dim, hidden], normal),
+                ("self_attn.o_proj", vec![hidden, q_dim], normal),
+                ("post_attention_layernorm", vec![hidden], norm),
+                ("mlp.gate_proj", vec![inter, hidden], normal),
+                ("mlp.up_proj", vec![inter, hidden], normal),
+                ("mlp.down_proj", vec![hidden, inter], normal),
+            ]
+        };
         for (name, shape, init) in layer_tensors {
             tensors.push(PlannedTensor::new(format!("{prefix}.{name}.weight"), shape, init));
         }

@@ -38,10 +38,22 @@ pub(super) fn attention_mask(
     visible.where_cond(&zeros, &neg_inf).map(Some)
 }
 
+/// Which of the step's RoPE tables a layer uses (Gemma 3's differ by layer kind), and how many
+/// of each head's dimensions it rotates (the rest pass through).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LayerRope {
+    pub table: usize,
+    pub rotary_dim: usize,
+}
+
+/// The query, key and value projections: separate, or Phi-3's one `qkv_proj`.
+enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
 pub(super) struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: Qkv,
     o_proj: Linear,
     /// Qwen3's and Gemma 3's per-head RMSNorm on queries and keys, applied before RoPE.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
@@ -49,8 +61,7 @@ pub(super) struct Attention {
     num_kv_heads: usize,
     head_dim: usize,
     pub(super) window: Option<usize>,
-    /// Which of the step's RoPE tables this layer uses (Gemma 3's differ by layer kind).
-    rope: usize,
+    rope: LayerRope,
     /// What scores are multiplied by (`1/√head_dim`, or Gemma's `query_pre_attn_scalar`).
     scale: f32,
     /// Gemma 2: scores become `cap · tanh(scores / cap)` before masking.
@@ -58,11 +69,11 @@ pub(super) struct Attention {
 }
 
 impl Attention {
-    /// `window` and `rope` (an index into the step's RoPE tables) are the layer's own.
+    /// `window` and `rope` are the layer's own.
     pub(super) fn new(
         cfg: &LlamaConfig,
         window: Option<usize>,
-        rope: usize,
+        rope: LayerRope,
         vb: WeightSource,
     ) -> Result<Self> {
         let (h, hd, layout) = (cfg.hidden_size, cfg.head_dim(), cfg.layout());
@@ -74,9 +85,15 @@ impl Attention {
             None
         };
         Ok(Self {
-            q_proj: vb.pp("q_proj").linear(h, q_out, layout.qkv_bias)?,
-            k_proj: vb.pp("k_proj").linear(h, kv_out, layout.qkv_bias)?,
-            v_proj: vb.pp("v_proj").linear(h, kv_out, layout.qkv_bias)?,
+            qkv: if layout.fused_projections {
+                Qkv::Fused(vb.pp("qkv_proj").linear(h, q_out + 2 * kv_out, layout.qkv_bias)?)
+            } else {
+                Qkv::Separate {
+                    q: vb.pp("q_proj").linear(h, q_out, layout.qkv_bias)?,
+                    k: vb.pp("k_proj").linear(h, kv_out, layout.qkv_bias)?,
+                    v: vb.pp("v_proj").linear(h, kv_out, layout.qkv_bias)?,
+                }
+            },
             o_proj: vb.pp("o_proj").linear(q_out, h, layout.o_bias)?,
             qk_norm,
             num_heads: cfg.num_attention_heads,
@@ -97,16 +114,16 @@ impl Attention {
         kv: &mut KvCache,
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
-        let q = self.q_proj.forward(x)?.reshape((1, t, self.num_heads, self.head_dim))?;
-        let k = self.k_proj.forward(x)?.reshape((1, t, self.num_kv_heads, self.head_dim))?;
-        let v = self.v_proj.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
+        let (q, k, v) = self.project(x)?;
+        let q = q.reshape((1, t, self.num_heads, self.head_dim))?;
+        let k = k.reshape((1, t, self.num_kv_heads, self.head_dim))?;
+        let v = v.reshape((t, self.num_kv_heads, self.head_dim))?;
         let (q, k) = match &self.qk_norm {
             Some((q_norm, k_norm)) => (q_norm.forward(&q)?, k_norm.forward(&k)?),
             None => (q, k),
         };
-        let (cos, sin) = &step.ropes[self.rope];
-        let q = rope_thd(&q.contiguous()?, cos, sin)?.squeeze(0)?;
-        let k = rope_thd(&k.contiguous()?, cos, sin)?.squeeze(0)?;
+        let q = self.rotate(&q, step)?;
+        let k = self.rotate(&k, step)?;
         kv.write(layer, &k, &v, &step.write_index)?;
         let decoded = self.attend_decode_rows(&q, kv, layer, step)?;
         if let Some(out) = decoded.as_ref().filter(|_| step.decode.is_whole_batch()) {
@@ -139,6 +156,33 @@ impl Attention {
             _ => Tensor::cat(&outs, 0)?,
         };
         self.o_proj.forward(&out)
+    }
+
+    /// Queries, keys and values `[T, heads · head_dim]` each.
+    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match &self.qkv {
+            Qkv::Separate { q, k, v } => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
+            Qkv::Fused(qkv) => {
+                let all = qkv.forward(x)?;
+                let q_out = self.num_heads * self.head_dim;
+                let kv_out = self.num_kv_heads * self.head_dim;
+                let part = |from, len| all.narrow(1, from, len)?.contiguous();
+                Ok((part(0, q_out)?, part(q_out, kv_out)?, part(q_out + kv_out, kv_out)?))
+            }
+        }
+    }
+
+    /// RoPE over `x` `[1, T, heads, head_dim]` → `[T, heads, head_dim]`; with a partial rotary
+    /// factor only the first `rotary_dim` dimensions of each head turn.
+    fn rotate(&self, x: &Tensor, step: &Step) -> Result<Tensor> {
+        let (cos, sin) = &step.ropes[self.rope.table];
+        let dim = self.rope.rotary_dim;
+        if dim == self.head_dim {
+            return rope_thd(&x.contiguous()?, cos, sin)?.squeeze(0);
+        }
+        let turned = rope_thd(&x.narrow(3, 0, dim)?.contiguous()?, cos, sin)?;
+        let kept = x.narrow(3, dim, self.head_dim - dim)?;
+        Tensor::cat(&[turned, kept], 3)?.squeeze(0)
     }
 
     /// The attention output of every sequence adding one token this step, in batch order, from
@@ -247,7 +291,8 @@ mod tests {
         for (len, context_len, window) in
             [(5, 5, None), (3, 40, None), (1, 9, None), (6, 26, Some(8)), (4, 6, Some(64))]
         {
-            let seq = SeqSlice { offset: 0, len, context_len, block_table: Vec::new() };
+            let seq =
+                SeqSlice { offset: 0, len, context_len, block_table: Vec::new(), known_len: 0 };
             let rows = CausalRows { len, start_pos: seq.start_pos(), window, scale: 0.25 };
             let scores =
                 (Tensor::randn(0f32, 1.0, (2, 3 * len, context_len), dev).unwrap() * 4.0).unwrap();

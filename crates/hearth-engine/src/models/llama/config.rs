@@ -8,6 +8,8 @@
 
 use serde::Deserialize;
 
+pub use super::rope::{LongRope, Rope, RopeScaling};
+use super::rope::{RawRope, RopeContext};
 pub use crate::models::activation::Activation;
 
 /// What a Hugging Face `config.json` says about a Llama-family model. Deserialize it with
@@ -56,6 +58,9 @@ pub struct LlamaConfig {
     rope_local_base_freq: Option<f64>,
     #[serde(default)]
     partial_rotary_factor: Option<f64>,
+    /// Phi-3's pretraining context, where LongRoPE switches to its long factors.
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
     /// Outer `None`: key absent (family default applies); inner `None`: explicitly `null`.
     #[serde(default, deserialize_with = "present")]
     sliding_window: Option<Option<usize>>,
@@ -77,20 +82,6 @@ pub struct LlamaConfig {
     /// Gemma 2: logits become `cap · tanh(logits / cap)`.
     #[serde(default)]
     final_logit_softcapping: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-struct RawRope {
-    rope_type: Option<String>,
-    /// Older spelling of `rope_type`.
-    #[serde(rename = "type")]
-    legacy_type: Option<String>,
-    rope_theta: Option<f64>,
-    factor: Option<f64>,
-    low_freq_factor: Option<f64>,
-    high_freq_factor: Option<f64>,
-    original_max_position_embeddings: Option<f64>,
-    partial_rotary_factor: Option<f64>,
 }
 
 fn default_rms_norm_eps() -> f64 {
@@ -117,11 +108,13 @@ pub enum Family {
     Qwen3,
     Gemma2,
     Gemma3,
+    /// Phi-3 and Phi-4 (`Phi3ForCausalLM`).
+    Phi3,
 }
 
 impl Family {
     const SUPPORTED: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
-        Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM";
+        Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM";
 
     fn from_architecture(name: &str) -> Option<Self> {
         match name {
@@ -131,6 +124,7 @@ impl Family {
             "Qwen3ForCausalLM" => Some(Self::Qwen3),
             "Gemma2ForCausalLM" => Some(Self::Gemma2),
             "Gemma3ForCausalLM" => Some(Self::Gemma3),
+            "Phi3ForCausalLM" => Some(Self::Phi3),
             _ => None,
         }
     }
@@ -138,29 +132,6 @@ impl Family {
     fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma2 | Self::Gemma3)
     }
-}
-
-/// How RoPE frequencies are derived from `theta`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum RopeScaling {
-    None,
-    /// Positions divided by `factor`.
-    Linear {
-        factor: f64,
-    },
-    /// Llama 3.1's banded frequency scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: f64,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rope {
-    pub theta: f64,
-    pub scaling: RopeScaling,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +144,7 @@ pub enum ConfigError {
     Invalid { field: &'static str, reason: String },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field, reason: reason.into() }
 }
 
@@ -191,6 +162,9 @@ pub(super) struct Layout {
     pub sandwich_norms: bool,
     /// Embeddings are multiplied by `√hidden_size` (Gemma).
     pub scaled_embeddings: bool,
+    /// One `qkv_proj` (queries, keys, values in that order) and one `gate_up_proj` (gate, then
+    /// up) instead of separate projections (Phi-3).
+    pub fused_projections: bool,
 }
 
 impl LlamaConfig {
@@ -310,7 +284,10 @@ impl LlamaConfig {
         let full = self.rope_of(false)?;
         let sliding = self.rope_of(true)?;
         let windows = self.sliding_windows()?;
-        Ok(windows.iter().map(|w| if w.is_some() { sliding } else { full }).collect())
+        Ok(windows
+            .iter()
+            .map(|w| if w.is_some() { sliding.clone() } else { full.clone() })
+            .collect())
     }
 
     /// The RoPE of full (`sliding = false`) or sliding-window layers: the same but in Gemma 3,
@@ -328,60 +305,20 @@ impl LlamaConfig {
                 Some(params) => RawRope::deserialize(params)?,
                 None => return Err(invalid("rope_parameters", format!("no `{kind}` entry"))),
             },
-            _ if sliding && gemma3 => RawRope {
-                rope_theta: Some(self.rope_local_base_freq.unwrap_or(10_000.0)),
-                ..RawRope::default()
-            },
+            _ if sliding && gemma3 => RawRope::plain(self.rope_local_base_freq.unwrap_or(10_000.0)),
             (None, Some(scaling), _) => scaling.clone(),
             (None, None, Some(params)) => RawRope::deserialize(params)?,
             (None, None, None) => RawRope::default(),
         };
         // transformers' Gemma3TextConfig defaults rope_theta to 1e6, the others to 1e4.
         let default_theta = if gemma3 { 1_000_000.0 } else { 10_000.0 };
-        let theta = raw.rope_theta.or(self.rope_theta).unwrap_or(default_theta);
-        if theta.is_nan() || theta <= 0.0 {
-            return Err(invalid("rope_theta", "must be positive"));
-        }
-        let partial = raw.partial_rotary_factor.or(self.partial_rotary_factor).unwrap_or(1.0);
-        if partial != 1.0 {
-            return Err(invalid(
-                "partial_rotary_factor",
-                "partial rotary embeddings are not supported",
-            ));
-        }
-        let kind = raw.rope_type.as_deref().or(raw.legacy_type.as_deref()).unwrap_or("default");
-        let need = |v: Option<f64>, name: &str| {
-            v.filter(|v| *v > 0.0).ok_or_else(|| {
-                invalid("rope_scaling", format!("`{kind}` needs a positive `{name}`"))
-            })
-        };
-        let scaling = match kind {
-            "default" => RopeScaling::None,
-            "linear" => RopeScaling::Linear { factor: need(raw.factor, "factor")? },
-            "llama3" => RopeScaling::Llama3 {
-                factor: need(raw.factor, "factor")?,
-                low_freq_factor: need(raw.low_freq_factor, "low_freq_factor")?,
-                high_freq_factor: need(raw.high_freq_factor, "high_freq_factor")?,
-                original_max_position_embeddings: need(
-                    raw.original_max_position_embeddings,
-                    "original_max_position_embeddings",
-                )?,
-            },
-            other => {
-                let reason =
-                    format!("rope type `{other}` is not supported (default, linear, llama3)");
-                return Err(invalid("rope_scaling", reason));
-            }
-        };
-        if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = scaling {
-            if high_freq_factor <= low_freq_factor {
-                return Err(invalid(
-                    "rope_scaling",
-                    "llama3 needs high_freq_factor > low_freq_factor",
-                ));
-            }
-        }
-        Ok(Rope { theta, scaling })
+        raw.parse(&RopeContext {
+            default_theta: self.rope_theta.unwrap_or(default_theta),
+            partial_rotary_factor: self.partial_rotary_factor,
+            max_position_embeddings: self.max_position_embeddings,
+            original_max_position_embeddings: self.original_max_position_embeddings,
+            head_dim: self.head_dim(),
+        })
     }
 
     /// Each layer's attention window (`None`: full causal attention), as transformers decides it.
@@ -392,6 +329,8 @@ impl LlamaConfig {
         let windows = match family {
             Family::Llama => vec![None; self.num_hidden_layers],
             Family::Mistral => vec![window; self.num_hidden_layers],
+            // transformers' Phi3Config has no window unless the checkpoint names one.
+            Family::Phi3 => vec![self.sliding_window.flatten(); self.num_hidden_layers],
             Family::Qwen2 | Family::Qwen3 => {
                 let first = self.max_window_layers.unwrap_or(28);
                 self.typed_windows(window.filter(|_| self.use_sliding_window), |i| i >= first)?
@@ -443,6 +382,7 @@ impl LlamaConfig {
             norm_offset: false,
             sandwich_norms: false,
             scaled_embeddings: false,
+            fused_projections: false,
         };
         // A config that failed validation is described by plain Llama rules.
         let family = self.family().unwrap_or(Family::Llama);
@@ -454,6 +394,7 @@ impl LlamaConfig {
                 ..plain
             },
             Family::Mistral => plain,
+            Family::Phi3 => Layout { fused_projections: true, ..plain },
             Family::Qwen2 => Layout { qkv_bias: true, ..plain },
             Family::Qwen3 => Layout {
                 qkv_bias: self.attention_bias,
@@ -489,16 +430,23 @@ pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
             push("pre_feedforward_layernorm.weight", vec![h]);
             push("post_feedforward_layernorm.weight", vec![h]);
         }
-        let linears = [
+        let separate = [
             ("self_attn.q_proj", q_out, h, layout.qkv_bias),
             ("self_attn.k_proj", kv_out, h, layout.qkv_bias),
             ("self_attn.v_proj", kv_out, h, layout.qkv_bias),
-            ("self_attn.o_proj", h, q_out, layout.o_bias),
             ("mlp.gate_proj", inter, h, layout.mlp_bias),
             ("mlp.up_proj", inter, h, layout.mlp_bias),
+        ];
+        let fused = [
+            ("self_attn.qkv_proj", q_out + 2 * kv_out, h, layout.qkv_bias),
+            ("mlp.gate_up_proj", 2 * inter, h, layout.mlp_bias),
+        ];
+        let projections = if layout.fused_projections { &fused[..] } else { &separate[..] };
+        let outputs = [
+            ("self_attn.o_proj", h, q_out, layout.o_bias),
             ("mlp.down_proj", h, inter, layout.mlp_bias),
         ];
-        for (name, rows, cols, bias) in linears {
+        for &(name, rows, cols, bias) in projections.iter().chain(&outputs) {
             push(&format!("{name}.weight"), vec![rows, cols]);
             if bias {
                 push(&format!("{name}.bias"), vec![rows]);
@@ -585,10 +533,17 @@ mod tests {
         let modern = gemma3(json!({"rope_parameters": {
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}));
-        let local = Rope { theta: 1e4, scaling: RopeScaling::None };
-        let global = Rope { theta: 1e6, scaling: RopeScaling::Linear { factor: 8.0 } };
+        let local = Rope { theta: 1e4, scaling: RopeScaling::None, partial_rotary_factor: 1.0 };
+        let global = Rope {
+            theta: 1e6,
+            scaling: RopeScaling::Linear { factor: 8.0 },
+            partial_rotary_factor: 1.0,
+        };
         for cfg in [&published, &modern] {
-            assert_eq!(cfg.layer_ropes().unwrap(), [local, global, local, global]);
+            assert_eq!(
+                cfg.layer_ropes().unwrap(),
+                [&local, &global, &local, &global].map(Rope::clone)
+            );
             assert_eq!(cfg.sliding_windows().unwrap(), [Some(8), None, Some(8), None]);
             assert!(cfg.tie_word_embeddings(), "Gemma ties its head unless told otherwise");
             assert_eq!(cfg.activation().unwrap(), Activation::GeluTanh);
