@@ -130,6 +130,38 @@ FAMILIES = {
             long_factor=[1.2, 1.9, 3.1, 4.6, 6.3, 9.0],
         ),
     ),
+    # Mixtral: 4 experts, top 2 renormalized, over a Mistral decoder with a window.
+    "mixtral": dict(
+        model_type="mixtral",
+        tie_word_embeddings=False,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=8,
+    ),
+    # Qwen2-MoE: top 2 of 4 without renormalization, a gated shared expert, and layer 1 dense
+    # (mlp_only_layers).
+    "qwen2_moe": dict(
+        model_type="qwen2_moe",
+        tie_word_embeddings=False,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        norm_topk_prob=False,
+        mlp_only_layers=[1],
+        use_sliding_window=False,
+    ),
+    # Qwen3-MoE: top 3 of 6, renormalized, over a Qwen3 decoder (QK norms).
+    "qwen3_moe": dict(
+        model_type="qwen3_moe",
+        tie_word_embeddings=False,
+        num_experts=6,
+        num_experts_per_tok=3,
+        moe_intermediate_size=32,
+        norm_topk_prob=True,
+        head_dim=16,
+        use_sliding_window=False,
+    ),
 }
 
 # Keys of BASE that a family's config does not take.
@@ -140,11 +172,15 @@ def randomize(model: torch.nn.Module, norm_offset: float) -> None:
     """Overwrite every parameter so the logits are far from zero and every weight matters:
     random non-unit norm weights, nonzero biases, matrices wide enough to give varied attention.
     Norms scale by 0.5–1.5 in every family: Gemma's multiply by `1 + weight`, so theirs are
-    drawn `norm_offset` = 1 lower."""
+    drawn `norm_offset` = 1 lower. MoE routers (`….gate.weight`) are drawn ten times wider, so
+    that routing is decided as a trained router's is, not by near-ties that any rounding (a
+    quantized layer before it) would flip."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.uniform_(0.5 - norm_offset, 1.5 - norm_offset)
+            elif name.endswith(".gate.weight"):
+                p.normal_(0.0, 1.0)
             elif name.endswith(".bias"):
                 p.normal_(0.0, 0.1)
             else:

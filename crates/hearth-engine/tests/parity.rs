@@ -321,4 +321,4 @@ macro_rules! parity_tests {
     )*};
 }
 
-parity_tests!(llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3);
+parity_tests!(llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3, mixtral, qwen2_moe, qwen3_moe);

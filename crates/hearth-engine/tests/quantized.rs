@@ -18,8 +18,12 @@ use hearth_protocol::{GenerationEvent, SamplingParams};
 mod parity_support;
 use parity_support::{against_reference, compare, config, fixture_dir, logits, reference};
 
-/// Every family with a parity fixture.
-const FAMILIES: [&str; 7] = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
+/// The families whose parity fixtures q8_0 is checked on. Not Mixtral's or Qwen3-MoE's: their
+/// tiny random models route some tokens on near-ties between experts, which any rounding can
+/// flip (q8_0 attention weights alone, in transformers, move their logits by 2.2e-1 and 5.8e-2;
+/// Hearth's q8_0 measured 3.2e-1 and 5.6e-2, too close to the bound to hold on every CPU path).
+const FAMILIES: [&str; 8] =
+    ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "qwen2_moe"];
 
 /// q8_0 against the f32 reference: measured 2.6e-2 to 3.7e-2 on the fixtures (tiny random
 /// models, and candle's q8_0 kernel quantizes activations too); a GGUF whose q/k rows are in the

@@ -1,4 +1,4 @@
-//! The `hearth synth` presets of the Gemma and Phi-3 families load as packages and serve through the
+//! The `hearth synth` presets of the Gemma, Phi-3 and Qwen3-MoE families load as packages and serve through the
 //! batched engine: greedy output is the same for a prompt alone and beside others. (Numerics
 //! against transformers are `tests/parity.rs`; this is the package-to-stream path.)
 
@@ -67,4 +67,9 @@ async fn tiny_gemma3_serves() {
 #[tokio::test]
 async fn tiny_phi3_serves() {
     serves_alone_and_batched("tiny-phi3").await;
+}
+
+#[tokio::test]
+async fn tiny_qwen3_moe_serves() {
+    serves_alone_and_batched("tiny-qwen3-moe").await;
 }

@@ -10,7 +10,7 @@ use crate::error::PackageError;
 pub(crate) const CONFIG_FILE: &str = "config.json";
 
 /// The architectures (`config.json` `architectures[0]`) that Hearth's engine can run.
-pub const SUPPORTED_ARCHITECTURES: [&str; 8] = [
+pub const SUPPORTED_ARCHITECTURES: [&str; 11] = [
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
@@ -18,6 +18,9 @@ pub const SUPPORTED_ARCHITECTURES: [&str; 8] = [
     "Gemma2ForCausalLM",
     "Gemma3ForCausalLM",
     "Phi3ForCausalLM",
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
     "BertModel",
 ];
 
@@ -146,7 +149,8 @@ mod tests {
             ModelConfig::parse(&gpt2).unwrap_err().to_string(),
             "config.json: unsupported architecture `GPT2LMHeadModel` (supported: \
              LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
-             Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, BertModel)"
+             Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, MixtralForCausalLM, \
+             Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, BertModel)"
         );
     }
 }

@@ -8,14 +8,18 @@
 
 mod attention;
 pub mod config;
+pub mod moe;
 mod rope;
+mod tensors;
 
-pub use config::{expected_tensors, ConfigError, Family, LlamaConfig, Rope, RopeScaling};
+pub use config::{ConfigError, Family, LlamaConfig, Rope, RopeScaling};
+pub use tensors::expected_tensors;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use self::attention::{attention_mask, Attention, LayerRope};
+use self::moe::{MoeSpec, SparseMoe};
 use self::rope::Rotary;
 use crate::generation::kv_cache::{KvCache, PackedBatch, SlotWriteIndex};
 use crate::kernels::linear::Linear;
@@ -99,20 +103,34 @@ struct Mlp {
 }
 
 impl Mlp {
+    /// The layer's dense MLP at `vb` (a layer's `mlp`).
     fn new(cfg: &LlamaConfig, vb: WeightSource) -> Result<Self> {
         let (h, inter, layout) = (cfg.hidden_size, cfg.intermediate_size, cfg.layout());
-        let bias = layout.mlp_bias;
-        let gate_up = if layout.fused_projections {
-            GateUp::Fused(vb.pp("gate_up_proj").linear(h, 2 * inter, bias)?)
-        } else {
-            GateUp::Separate {
-                gate: vb.pp("gate_proj").linear(h, inter, bias)?,
-                up: vb.pp("up_proj").linear(h, inter, bias)?,
-            }
-        };
+        if !layout.fused_projections {
+            return Self::with_names(cfg, &vb, inter, ["gate_proj", "up_proj", "down_proj"]);
+        }
         Ok(Self {
-            gate_up,
-            down_proj: vb.pp("down_proj").linear(inter, h, bias)?,
+            gate_up: GateUp::Fused(vb.pp("gate_up_proj").linear(h, 2 * inter, layout.mlp_bias)?),
+            down_proj: vb.pp("down_proj").linear(inter, h, layout.mlp_bias)?,
+            activation: cfg.activation().map_err(candle_core::Error::wrap)?,
+            intermediate_size: inter,
+        })
+    }
+
+    /// Separate gate, up and down projections under `names`, `inter` wide (an expert's own).
+    fn with_names(
+        cfg: &LlamaConfig,
+        vb: &WeightSource,
+        inter: usize,
+        [gate, up, down]: [&str; 3],
+    ) -> Result<Self> {
+        let (h, bias) = (cfg.hidden_size, cfg.layout().mlp_bias);
+        Ok(Self {
+            gate_up: GateUp::Separate {
+                gate: vb.pp(gate).linear(h, inter, bias)?,
+                up: vb.pp(up).linear(h, inter, bias)?,
+            },
+            down_proj: vb.pp(down).linear(inter, h, bias)?,
             activation: cfg.activation().map_err(candle_core::Error::wrap)?,
             intermediate_size: inter,
         })
@@ -132,6 +150,21 @@ impl Mlp {
     }
 }
 
+/// A layer's feed-forward block: one MLP, or a mixture of experts.
+enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(x),
+            Self::Sparse(moe) => moe.forward(x),
+        }
+    }
+}
+
 /// Gemma's second norms, on the attention and MLP outputs before each residual add.
 struct SandwichNorms {
     post_attention: RmsNorm,
@@ -145,7 +178,7 @@ struct DecoderLayer {
     /// `pre_feedforward_layernorm`.
     pre_feedforward_layernorm: RmsNorm,
     sandwich: Option<SandwichNorms>,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 impl DecoderLayer {
@@ -153,6 +186,7 @@ impl DecoderLayer {
         cfg: &LlamaConfig,
         window: Option<usize>,
         rope: LayerRope,
+        experts: Option<&MoeSpec>,
         vb: WeightSource,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
@@ -170,7 +204,10 @@ impl DecoderLayer {
             self_attn: Attention::new(cfg, window, rope, vb.pp("self_attn"))?,
             pre_feedforward_layernorm: pre_feedforward,
             sandwich,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: match experts {
+                Some(spec) => FeedForward::Sparse(SparseMoe::new(cfg, spec, &vb)?),
+                None => FeedForward::Dense(Mlp::new(cfg, vb.pp("mlp"))?),
+            },
         })
     }
 
@@ -218,6 +255,7 @@ impl Llama {
         cfg.validate().map_err(|e| candle_core::Error::Msg(format!("config.json: {e}")))?;
         let ropes = cfg.layer_ropes().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let windows = cfg.sliding_windows().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let moe = cfg.moe().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut distinct: Vec<Rope> = Vec::new();
         for rope in &ropes {
             if !distinct.contains(rope) {
@@ -233,7 +271,8 @@ impl Llama {
             .map(|(i, (w, rope))| {
                 let table = distinct.iter().position(|r| r == rope).unwrap_or(0);
                 let rope = LayerRope { table, rotary_dim: rope.rotary_dim(cfg.head_dim()) };
-                DecoderLayer::new(cfg, *w, rope, vb_m.pp(format!("layers.{i}")))
+                let experts = moe.as_ref().filter(|spec| spec.sparse_layers[i]);
+                DecoderLayer::new(cfg, *w, rope, experts, vb_m.pp(format!("layers.{i}")))
             })
             .collect::<Result<Vec<_>>>()?;
         let factors = vb.rope_freq_factors()?;

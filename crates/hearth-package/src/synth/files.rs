@@ -7,7 +7,8 @@ use hearth_protocol::SamplingParams;
 use serde::Serialize;
 
 use super::{
-    write_file, SynthFamily, SynthSpec, BOS_TOKEN_ID, END_OF_TEXT_ID, EOS_TOKEN_ID, SPECIAL_TOKENS,
+    write_file, SynthFamily, SynthSpec, BOS_TOKEN_ID, END_OF_TEXT_ID, EOS_TOKEN_ID, MOE_EXPERTS,
+    MOE_TOP_K, SPECIAL_TOKENS,
 };
 use crate::cog::COG_FILE;
 use crate::error::PackageError;
@@ -118,6 +119,32 @@ struct LlamaConfig {
     use_cache: bool,
     #[serde(flatten)]
     gemma: Option<GemmaConfig>,
+    #[serde(flatten)]
+    moe: Option<MoeConfig>,
+}
+
+/// What a Qwen3-MoE config adds.
+#[derive(Serialize)]
+struct MoeConfig {
+    num_experts: usize,
+    num_experts_per_tok: usize,
+    moe_intermediate_size: usize,
+    norm_topk_prob: bool,
+    decoder_sparse_step: usize,
+    mlp_only_layers: [usize; 0],
+}
+
+impl MoeConfig {
+    fn new(spec: &SynthSpec) -> Option<Self> {
+        (spec.family == SynthFamily::Qwen3Moe).then_some(Self {
+            num_experts: MOE_EXPERTS,
+            num_experts_per_tok: MOE_TOP_K,
+            moe_intermediate_size: spec.intermediate_size / 4,
+            norm_topk_prob: true,
+            decoder_sparse_step: 1,
+            mlp_only_layers: [],
+        })
+    }
 }
 
 /// What a Gemma config adds: the values of the published Gemma 2 and Gemma 3 checkpoints.
@@ -137,7 +164,9 @@ struct GemmaConfig {
 impl GemmaConfig {
     fn new(spec: &SynthSpec) -> Option<Self> {
         let gemma2 = match spec.family {
-            SynthFamily::Llama | SynthFamily::Qwen3 | SynthFamily::Phi3 => return None,
+            SynthFamily::Llama | SynthFamily::Qwen3 | SynthFamily::Phi3 | SynthFamily::Qwen3Moe => {
+                return None
+            }
             SynthFamily::Gemma2 => true,
             SynthFamily::Gemma3 => false,
         };
@@ -162,6 +191,7 @@ impl LlamaConfig {
                 SynthFamily::Gemma2 => ["Gemma2ForCausalLM"],
                 SynthFamily::Gemma3 => ["Gemma3ForCausalLM"],
                 SynthFamily::Phi3 => ["Phi3ForCausalLM"],
+                SynthFamily::Qwen3Moe => ["Qwen3MoeForCausalLM"],
             },
             model_type: match spec.family {
                 SynthFamily::Llama => "llama",
@@ -169,6 +199,7 @@ impl LlamaConfig {
                 SynthFamily::Gemma2 => "gemma2",
                 SynthFamily::Gemma3 => "gemma3_text",
                 SynthFamily::Phi3 => "phi3",
+                SynthFamily::Qwen3Moe => "qwen3_moe",
             },
             hidden_size: spec.hidden_size,
             intermediate_size: spec.intermediate_size,
@@ -177,8 +208,8 @@ impl LlamaConfig {
             num_key_value_heads: spec.num_key_value_heads,
             head_dim: spec.head_dim(),
             hidden_act: match spec.family {
-                SynthFamily::Llama | SynthFamily::Qwen3 | SynthFamily::Phi3 => "silu",
                 SynthFamily::Gemma2 | SynthFamily::Gemma3 => "gelu_pytorch_tanh",
+                _ => "silu",
             },
             max_position_embeddings: spec.max_position_embeddings,
             rms_norm_eps: 1e-5,
@@ -195,6 +226,7 @@ impl LlamaConfig {
             torch_dtype: spec.dtype.torch_name(),
             use_cache: true,
             gemma: GemmaConfig::new(spec),
+            moe: MoeConfig::new(spec),
         }
     }
 }

@@ -50,11 +50,26 @@ pub enum SynthFamily {
     Gemma3,
     /// Phi-3 / Phi-4: fused `qkv_proj` and `gate_up_proj`.
     Phi3,
+    /// Qwen3-MoE: a Qwen3 decoder whose MLPs are [`MOE_EXPERTS`] experts of a quarter of
+    /// `intermediate_size`, [`MOE_TOP_K`] per token, renormalized.
+    Qwen3Moe,
 }
 
+/// Experts per layer of a synthetic MoE model.
+pub const MOE_EXPERTS: usize = 8;
+/// Experts each token is routed to.
+pub const MOE_TOP_K: usize = 2;
+
 /// The names [`SynthSpec::preset`] knows.
-pub const PRESETS: [&str; 6] =
-    ["tiny-llama", "tiny-gemma2", "tiny-gemma3", "tiny-phi3", "smollm2-135m", "llama3-8b"];
+pub const PRESETS: [&str; 7] = [
+    "tiny-llama",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-qwen3-moe",
+    "smollm2-135m",
+    "llama3-8b",
+];
 
 /// The special tokens every synthetic tokenizer has, in id order.
 pub(crate) const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -119,6 +134,12 @@ impl SynthSpec {
         Self { name: "tiny-phi3".to_string(), family: SynthFamily::Phi3, ..Self::tiny_llama() }
     }
 
+    /// [`Self::tiny_llama`]'s size as Qwen3-MoE (8 experts, 2 per token).
+    pub fn tiny_qwen3_moe() -> Self {
+        let name = "tiny-qwen3-moe".to_string();
+        Self { name, family: SynthFamily::Qwen3Moe, ..Self::tiny_llama() }
+    }
+
     /// The shape of SmolLM2-135M (tied embeddings, 49152-token vocabulary).
     pub fn smollm2_135m() -> Self {
         Self {
@@ -170,6 +191,7 @@ impl SynthSpec {
             "tiny-gemma2" => Some(Self::tiny_gemma2()),
             "tiny-gemma3" => Some(Self::tiny_gemma3()),
             "tiny-phi3" => Some(Self::tiny_phi3()),
+            "tiny-qwen3-moe" => Some(Self::tiny_qwen3_moe()),
             "smollm2-135m" => Some(Self::smollm2_135m()),
             "llama3-8b" => Some(Self::llama3_8b()),
             _ => None,

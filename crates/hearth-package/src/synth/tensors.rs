@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Normal};
 use safetensors::tensor::{Metadata, TensorInfo};
 use serde::Serialize;
 
-use super::{write_file, SynthFamily, SynthSpec};
+use super::{write_file, SynthFamily, SynthSpec, MOE_EXPERTS};
 use crate::error::PackageError;
 use crate::settings::DType;
 use crate::weights::{TensorDtype, INDEX_FILE, SINGLE_FILE};
@@ -65,7 +65,7 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
     )];
     for layer in 0..spec.num_hidden_layers {
         let prefix = format!("model.layers.{layer}");
-        let layer_tensors = if spec.family == SynthFamily::Phi3 {
+        let mut layer_tensors = if spec.family == SynthFamily::Phi3 {
             vec![
                 ("input_layernorm", vec![hidden], norm),
                 ("self_attn.qkv_proj", vec![q_dim + 2 * kv_dim, hidden], normal),
@@ -87,6 +87,9 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
                 ("mlp.down_proj", vec![hidden, inter], normal),
             ]
         };
+        if spec.family == SynthFamily::Qwen3Moe {
+            layer_tensors.retain(|(name, ..)| !name.starts_with("mlp."));
+        }
         for (name, shape, init) in layer_tensors {
             tensors.push(PlannedTensor::new(format!("{prefix}.{name}.weight"), shape, init));
         }
@@ -96,7 +99,10 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
                 tensors.push(PlannedTensor::new(name, vec![hidden], norm));
             }
         }
-        if matches!(spec.family, SynthFamily::Qwen3 | SynthFamily::Gemma3) {
+        if spec.family == SynthFamily::Qwen3Moe {
+            tensors.extend(experts(&prefix, hidden, inter / 4, normal));
+        }
+        if matches!(spec.family, SynthFamily::Qwen3 | SynthFamily::Gemma3 | SynthFamily::Qwen3Moe) {
             for name in ["self_attn.q_norm", "self_attn.k_norm"] {
                 let name = format!("{prefix}.{name}.weight");
                 tensors.push(PlannedTensor::new(name, vec![spec.head_dim()], norm));
@@ -112,6 +118,30 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
         ));
     }
     tensors
+}
+
+/// A Qwen3-MoE layer's router and experts, each expert `inter` wide.
+fn experts(prefix: &str, hidden: usize, inter: usize, init: TensorInit) -> Vec<PlannedTensor> {
+    let mut out = vec![PlannedTensor::new(
+        format!("{prefix}.mlp.gate.weight"),
+        vec![MOE_EXPERTS, hidden],
+        init,
+    )];
+    for e in 0..MOE_EXPERTS {
+        let expert = format!("{prefix}.mlp.experts.{e}");
+        out.push(PlannedTensor::new(
+            format!("{expert}.gate_proj.weight"),
+            vec![inter, hidden],
+            init,
+        ));
+        out.push(PlannedTensor::new(format!("{expert}.up_proj.weight"), vec![inter, hidden], init));
+        out.push(PlannedTensor::new(
+            format!("{expert}.down_proj.weight"),
+            vec![hidden, inter],
+            init,
+        ));
+    }
+    out
 }
 
 /// A tensor in a shard, with its position in the whole checkpoint (which seeds its values, so

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use super::moe::{MoeFields, MoeSpec};
 pub use super::rope::{LongRope, Rope, RopeScaling};
 use super::rope::{RawRope, RopeContext};
 pub use crate::models::activation::Activation;
@@ -82,6 +83,8 @@ pub struct LlamaConfig {
     /// Gemma 2: logits become `cap · tanh(logits / cap)`.
     #[serde(default)]
     final_logit_softcapping: Option<f64>,
+    #[serde(flatten)]
+    moe: MoeFields,
 }
 
 fn default_rms_norm_eps() -> f64 {
@@ -110,11 +113,18 @@ pub enum Family {
     Gemma3,
     /// Phi-3 and Phi-4 (`Phi3ForCausalLM`).
     Phi3,
+    /// Mixtral's mixture of experts over a Mistral decoder.
+    Mixtral,
+    /// Qwen2-MoE (Qwen1.5-MoE, Qwen2-57B-A14B): experts plus a gated shared expert.
+    Qwen2Moe,
+    /// Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B): experts over a Qwen3 decoder.
+    Qwen3Moe,
 }
 
 impl Family {
     const SUPPORTED: &'static str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
-        Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM";
+        Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, \
+        MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM";
 
     fn from_architecture(name: &str) -> Option<Self> {
         match name {
@@ -125,6 +135,9 @@ impl Family {
             "Gemma2ForCausalLM" => Some(Self::Gemma2),
             "Gemma3ForCausalLM" => Some(Self::Gemma3),
             "Phi3ForCausalLM" => Some(Self::Phi3),
+            "MixtralForCausalLM" => Some(Self::Mixtral),
+            "Qwen2MoeForCausalLM" => Some(Self::Qwen2Moe),
+            "Qwen3MoeForCausalLM" => Some(Self::Qwen3Moe),
             _ => None,
         }
     }
@@ -210,7 +223,13 @@ impl LlamaConfig {
             return Err(invalid(field, "must be positive"));
         }
         self.layer_ropes()?;
+        self.moe()?;
         self.sliding_windows().map(|_| ())
+    }
+
+    /// The mixture-of-experts layers (`None`: a dense model).
+    pub fn moe(&self) -> std::result::Result<Option<MoeSpec>, ConfigError> {
+        self.moe.spec(self.family()?, self.num_hidden_layers, self.intermediate_size)
     }
 
     /// The MLP's activation: `hidden_act`, or Gemma's `hidden_activation`.
@@ -329,14 +348,25 @@ impl LlamaConfig {
         let windows = match family {
             Family::Llama => vec![None; self.num_hidden_layers],
             Family::Mistral => vec![window; self.num_hidden_layers],
-            // transformers' Phi3Config has no window unless the checkpoint names one.
-            Family::Phi3 => vec![self.sliding_window.flatten(); self.num_hidden_layers],
+            // transformers' Phi3 and Mixtral configs have no window unless the checkpoint names one.
+            Family::Phi3 | Family::Mixtral => {
+                vec![self.sliding_window.flatten(); self.num_hidden_layers]
+            }
+            Family::Qwen3Moe => {
+                vec![window.filter(|_| self.use_sliding_window); self.num_hidden_layers]
+            }
+            // transformers: even layers below max_window_layers, when sliding is on.
+            Family::Qwen2Moe => {
+                let first = self.max_window_layers.unwrap_or(28);
+                let slides = |i: usize| i.is_multiple_of(2) && i < first;
+                self.typed_windows(window.filter(|_| self.use_sliding_window), slides)?
+            }
             Family::Qwen2 | Family::Qwen3 => {
                 let first = self.max_window_layers.unwrap_or(28);
                 self.typed_windows(window.filter(|_| self.use_sliding_window), |i| i >= first)?
             }
             // transformers: Gemma 2's even layers slide; Gemma 3's all but every sixth.
-            Family::Gemma2 => self.typed_windows(window, |i| i % 2 == 0)?,
+            Family::Gemma2 => self.typed_windows(window, |i| i.is_multiple_of(2))?,
             Family::Gemma3 => {
                 let every = self.sliding_window_pattern.unwrap_or(6);
                 if every == 0 {
@@ -393,10 +423,10 @@ impl LlamaConfig {
                 mlp_bias: self.mlp_bias,
                 ..plain
             },
-            Family::Mistral => plain,
+            Family::Mistral | Family::Mixtral => plain,
             Family::Phi3 => Layout { fused_projections: true, ..plain },
-            Family::Qwen2 => Layout { qkv_bias: true, ..plain },
-            Family::Qwen3 => Layout {
+            Family::Qwen2 | Family::Qwen2Moe => Layout { qkv_bias: true, ..plain },
+            Family::Qwen3 | Family::Qwen3Moe => Layout {
                 qkv_bias: self.attention_bias,
                 o_bias: self.attention_bias,
                 qk_norm: true,
@@ -413,55 +443,6 @@ impl LlamaConfig {
             },
         }
     }
-}
-
-/// The exact tensor names and shapes a checkpoint for `cfg` must hold.
-pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, hd, inter) = (cfg.hidden_size, cfg.head_dim(), cfg.intermediate_size);
-    let (q_out, kv_out) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads() * hd);
-    let layout = cfg.layout();
-    let mut out = vec![("model.embed_tokens.weight".to_owned(), vec![cfg.vocab_size, h])];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let mut push = |name: &str, shape: Vec<usize>| out.push((format!("{p}.{name}"), shape));
-        push("input_layernorm.weight", vec![h]);
-        push("post_attention_layernorm.weight", vec![h]);
-        if layout.sandwich_norms {
-            push("pre_feedforward_layernorm.weight", vec![h]);
-            push("post_feedforward_layernorm.weight", vec![h]);
-        }
-        let separate = [
-            ("self_attn.q_proj", q_out, h, layout.qkv_bias),
-            ("self_attn.k_proj", kv_out, h, layout.qkv_bias),
-            ("self_attn.v_proj", kv_out, h, layout.qkv_bias),
-            ("mlp.gate_proj", inter, h, layout.mlp_bias),
-            ("mlp.up_proj", inter, h, layout.mlp_bias),
-        ];
-        let fused = [
-            ("self_attn.qkv_proj", q_out + 2 * kv_out, h, layout.qkv_bias),
-            ("mlp.gate_up_proj", 2 * inter, h, layout.mlp_bias),
-        ];
-        let projections = if layout.fused_projections { &fused[..] } else { &separate[..] };
-        let outputs = [
-            ("self_attn.o_proj", h, q_out, layout.o_bias),
-            ("mlp.down_proj", h, inter, layout.mlp_bias),
-        ];
-        for &(name, rows, cols, bias) in projections.iter().chain(&outputs) {
-            push(&format!("{name}.weight"), vec![rows, cols]);
-            if bias {
-                push(&format!("{name}.bias"), vec![rows]);
-            }
-        }
-        if layout.qk_norm {
-            push("self_attn.q_norm.weight", vec![hd]);
-            push("self_attn.k_norm.weight", vec![hd]);
-        }
-    }
-    out.push(("model.norm.weight".to_owned(), vec![h]));
-    if !cfg.tie_word_embeddings() {
-        out.push(("lm_head.weight".to_owned(), vec![cfg.vocab_size, h]));
-    }
-    out
 }
 
 #[cfg(test)]
