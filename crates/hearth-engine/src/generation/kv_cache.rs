@@ -13,7 +13,11 @@ pub type BlockId = u32;
 /// prefix cache key).
 pub type BlockHash = u64;
 
+use std::sync::Arc;
+
 use candle_core::{bail, DType, Device, Result, Tensor};
+
+use crate::models::llama::lora::LoraAdapter;
 
 /// A copy of `src`'s first `num_slots` slots over `dst`'s, in every layer: how a sequence takes
 /// the leading tokens of a block it shares only in part (see the block manager's `partial`).
@@ -228,6 +232,8 @@ pub struct PackedBatch {
     pub seqs: Vec<SeqSlice>,
     /// Packed rows whose logits are wanted, in output order.
     pub logits_rows: Vec<usize>,
+    /// Per sequence, the LoRA adapter it runs with (`None`: the base model).
+    pub adapters: Vec<Option<Arc<LoraAdapter>>>,
     block_size: usize,
     /// `[T]` u32 cache slot of each new token.
     slot_mapping: Tensor,
@@ -253,6 +259,15 @@ struct HostIndices {
 }
 
 impl PackedBatch {
+    /// The same batch with sequence `i` running under `adapters[i]`.
+    pub fn with_adapters(mut self, adapters: Vec<Option<Arc<LoraAdapter>>>) -> Result<Self> {
+        if adapters.len() != self.seqs.len() {
+            bail!("{} adapters for {} sequences", adapters.len(), self.seqs.len());
+        }
+        self.adapters = adapters;
+        Ok(self)
+    }
+
     pub fn new(device: &Device, block_size: usize, seqs: &[SeqInput]) -> Result<Self> {
         let host = HostIndices::build(block_size, seqs)?;
         let u32_tensor = |v: Vec<u32>| {
@@ -272,6 +287,7 @@ impl PackedBatch {
         Ok(Self {
             input_ids: u32_tensor(host.input_ids)?,
             positions: u32_tensor(host.positions)?,
+            adapters: vec![None; host.seqs.len()],
             seqs: host.seqs,
             logits_rows: host.logits_rows,
             block_size,

@@ -8,6 +8,7 @@
 
 mod attention;
 pub mod config;
+pub mod lora;
 pub mod moe;
 mod rope;
 mod tensors;
@@ -19,6 +20,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use self::attention::{attention_mask, Attention, LayerRope};
+use self::lora::{LoraRows, Target};
 use self::moe::{MoeSpec, SparseMoe};
 use self::rope::Rotary;
 use crate::generation::kv_cache::{KvCache, PackedBatch, SlotWriteIndex};
@@ -32,6 +34,8 @@ struct Step<'a> {
     batch: &'a PackedBatch,
     /// `cos` and `sin` of every token's angles, per distinct RoPE of the model's layers.
     ropes: Vec<(Tensor, Tensor)>,
+    /// The rows of each LoRA adapter in the step.
+    lora: LoraRows,
     write_index: SlotWriteIndex,
     /// Per distinct window, each sequence's additive mask (`None` where nothing is masked).
     masks: Vec<(Option<usize>, Vec<Option<Tensor>>)>,
@@ -136,17 +140,25 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x` `[T, hidden]` → `[T, hidden]`; `lora`, when given, adds the step's adapters'
+    /// updates of this layer's projections (experts have none).
+    fn forward(&self, x: &Tensor, lora: Option<(&LoraRows, usize)>) -> Result<Tensor> {
+        let adapt = |y: Tensor, x: &Tensor, target| match lora {
+            Some((rows, layer)) => rows.apply(y, x, layer, target),
+            None => Ok(y),
+        };
         let (gate, up) = match &self.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Separate { gate, up } => {
+                (adapt(gate.forward(x)?, x, Target::Gate)?, adapt(up.forward(x)?, x, Target::Up)?)
+            }
             GateUp::Fused(gate_up) => {
-                let both = gate_up.forward(x)?;
+                let both = adapt(gate_up.forward(x)?, x, Target::GateUp)?;
                 let inter = self.intermediate_size;
                 (both.narrow(1, 0, inter)?, both.narrow(1, inter, inter)?)
             }
         };
-        let gate = self.activation.apply(&gate)?;
-        self.down_proj.forward(&(gate * up)?)
+        let hidden = (self.activation.apply(&gate)? * up)?;
+        adapt(self.down_proj.forward(&hidden)?, &hidden, Target::Down)
     }
 }
 
@@ -157,9 +169,9 @@ enum FeedForward {
 }
 
 impl FeedForward {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, layer: usize, step: &Step) -> Result<Tensor> {
         match self {
-            Self::Dense(mlp) => mlp.forward(x),
+            Self::Dense(mlp) => mlp.forward(x, Some((&step.lora, layer))),
             Self::Sparse(moe) => moe.forward(x),
         }
     }
@@ -218,7 +230,7 @@ impl DecoderLayer {
             None => attn,
         };
         let x = (x + attn)?;
-        let mlp = self.mlp.forward(&self.pre_feedforward_layernorm.forward(&x)?)?;
+        let mlp = self.mlp.forward(&self.pre_feedforward_layernorm.forward(&x)?, layer, step)?;
         let mlp = match &self.sandwich {
             Some(norms) => norms.post_feedforward.forward(&mlp)?,
             None => mlp,
@@ -351,6 +363,7 @@ impl Llama {
         } else {
             DecodeRows { seqs: Vec::new(), contexts: Vec::new(), rows: None }
         };
-        Ok(Step { batch, ropes, write_index: kv.write_index(batch)?, masks, decode })
+        let lora = LoraRows::new(batch, &self.device)?;
+        Ok(Step { batch, ropes, lora, write_index: kv.write_index(batch)?, masks, decode })
     }
 }

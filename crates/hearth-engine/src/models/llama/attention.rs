@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::rotary_emb::rope_thd;
 use candle_nn::RmsNorm;
 
+use super::lora::Target;
 use super::{rms_norm, LlamaConfig, Step};
 use crate::generation::kv_cache::{KvCache, SeqSlice};
 use crate::kernels::decode_attention::DecodeAttention;
@@ -114,7 +115,7 @@ impl Attention {
         kv: &mut KvCache,
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
-        let (q, k, v) = self.project(x)?;
+        let (q, k, v) = self.project(x, layer, step)?;
         let q = q.reshape((1, t, self.num_heads, self.head_dim))?;
         let k = k.reshape((1, t, self.num_kv_heads, self.head_dim))?;
         let v = v.reshape((t, self.num_kv_heads, self.head_dim))?;
@@ -127,7 +128,7 @@ impl Attention {
         kv.write(layer, &k, &v, &step.write_index)?;
         let decoded = self.attend_decode_rows(&q, kv, layer, step)?;
         if let Some(out) = decoded.as_ref().filter(|_| step.decode.is_whole_batch()) {
-            return self.o_proj.forward(out);
+            return self.output(out, layer, step);
         }
         let mut outs = Vec::with_capacity(step.batch.seqs.len());
         let mut next_decoded = 0;
@@ -155,15 +156,23 @@ impl Attention {
             1 => outs.swap_remove(0),
             _ => Tensor::cat(&outs, 0)?,
         };
-        self.o_proj.forward(&out)
+        self.output(&out, layer, step)
+    }
+
+    /// The output projection of the heads' concatenated outputs `[T, heads · head_dim]`.
+    fn output(&self, out: &Tensor, layer: usize, step: &Step) -> Result<Tensor> {
+        step.lora.apply(self.o_proj.forward(out)?, out, layer, Target::O)
     }
 
     /// Queries, keys and values `[T, heads · head_dim]` each.
-    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn project(&self, x: &Tensor, layer: usize, step: &Step) -> Result<(Tensor, Tensor, Tensor)> {
+        let adapt = |linear: &Linear, target| step.lora.apply(linear.forward(x)?, x, layer, target);
         match &self.qkv {
-            Qkv::Separate { q, k, v } => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
+            Qkv::Separate { q, k, v } => {
+                Ok((adapt(q, Target::Q)?, adapt(k, Target::K)?, adapt(v, Target::V)?))
+            }
             Qkv::Fused(qkv) => {
-                let all = qkv.forward(x)?;
+                let all = adapt(qkv, Target::Qkv)?;
                 let q_out = self.num_heads * self.head_dim;
                 let kv_out = self.num_kv_heads * self.head_dim;
                 let part = |from, len| all.narrow(1, from, len)?.contiguous();

@@ -190,12 +190,12 @@ impl SparseMoe {
             let n = rows.len();
             let rows = Tensor::from_vec(rows, n, x.device())?;
             let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
-            let y = self.experts[expert].forward(&x.index_select(&rows, 0)?)?;
+            let y = self.experts[expert].forward(&x.index_select(&rows, 0)?, None)?;
             out = out.index_add(&rows, &y.broadcast_mul(&weights)?, 0)?;
         }
         if let Some((mlp, gate)) = &self.shared {
             let gate = candle_nn::ops::sigmoid(&gate.forward(x)?)?;
-            out = (out + mlp.forward(x)?.broadcast_mul(&gate)?)?;
+            out = (out + mlp.forward(x, None)?.broadcast_mul(&gate)?)?;
         }
         Ok(out)
     }
