@@ -87,6 +87,7 @@ async fn first_token(engine: &Engine, prompt: Vec<u32>) -> (Duration, usize) {
             prompt: Prompt::Tokens(prompt),
             sampling: sampling.validated().expect("valid"),
             constraint: None,
+            adapter: None,
         })
         .expect("accepted");
     let mut ttft = None;

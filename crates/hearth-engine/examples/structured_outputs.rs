@@ -134,6 +134,7 @@ fn request(
         prompt: Prompt::Tokens(prompt),
         sampling: sampling.validated().expect("valid"),
         constraint,
+        adapter: None,
     }
 }
 

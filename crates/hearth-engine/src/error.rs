@@ -38,6 +38,9 @@ pub enum SubmitError {
     /// The requested output grammar (a JSON Schema, a regular expression, ...) cannot be used.
     #[error("the output grammar cannot be used: {0}")]
     Grammar(String),
+    /// The request names a LoRA adapter the model does not serve, or one that failed to load.
+    #[error("{0}")]
+    Adapter(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("preparing the request failed: {0}")]

@@ -35,7 +35,12 @@ fn submit(
     constraint: Option<OutputConstraint>,
 ) -> Result<hearth_engine::GenerationStream, SubmitError> {
     let sampling = sampling.validated().expect("valid sampling");
-    engine.submit(GenerateRequest { prompt: Prompt::Tokens(prompt), sampling, constraint })
+    engine.submit(GenerateRequest {
+        prompt: Prompt::Tokens(prompt),
+        sampling,
+        constraint,
+        adapter: None,
+    })
 }
 
 async fn generate(

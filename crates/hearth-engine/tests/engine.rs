@@ -25,7 +25,12 @@ fn sampled(max_tokens: usize, seed: u64) -> SamplingParams {
 fn submit(engine: &Engine, prompt: Vec<u32>, sampling: SamplingParams) -> GenerationStream {
     let sampling = sampling.validated().expect("valid sampling");
     engine
-        .submit(GenerateRequest { prompt: Prompt::Tokens(prompt), sampling, constraint: None })
+        .submit(GenerateRequest {
+            prompt: Prompt::Tokens(prompt),
+            sampling,
+            constraint: None,
+            adapter: None,
+        })
         .expect("accepted")
 }
 

@@ -300,8 +300,12 @@ async fn greedy_text(dir: &Path, prompt: &str) -> (String, usize) {
     let engine = Engine::start(&package, config, &Device::Cpu, &|_, _| {}).unwrap();
     let sampling = SamplingParams { max_tokens: 16, ignore_eos: true, ..SamplingParams::default() };
     let sampling = sampling.validated().unwrap();
-    let request =
-        GenerateRequest { prompt: Prompt::Text(prompt.to_string()), sampling, constraint: None };
+    let request = GenerateRequest {
+        prompt: Prompt::Text(prompt.to_string()),
+        sampling,
+        constraint: None,
+        adapter: None,
+    };
     let mut stream = engine.submit(request).unwrap();
     let mut text = String::new();
     loop {

@@ -28,6 +28,7 @@ fn request(prompt: &str) -> GenerateRequest {
         prompt: Prompt::Text(prompt.to_string()),
         sampling: sampling.validated().expect("valid sampling"),
         constraint: None,
+        adapter: None,
     }
 }
 

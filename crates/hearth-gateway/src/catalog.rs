@@ -76,22 +76,35 @@ struct ModelEntry {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Route {
-    Local(LocalModel),
-    Upstream { provider: String, model: String },
+    /// A local package, under one of its LoRA adapters when `adapter` names one.
+    Local {
+        model: LocalModel,
+        adapter: Option<String>,
+    },
+    Upstream {
+        provider: String,
+        model: String,
+    },
 }
 
 impl Route {
     /// How the route is named in config, logs and the ledger: `provider/model`.
     pub fn label(&self) -> String {
         match self {
-            Route::Local(model) => format!("{LOCAL_PROVIDER}/{}", model.engine.info().name),
+            Route::Local { model, adapter } => {
+                let name = &model.engine.info().name;
+                match adapter {
+                    Some(adapter) => format!("{LOCAL_PROVIDER}/{name}{ADAPTER_SEPARATOR}{adapter}"),
+                    None => format!("{LOCAL_PROVIDER}/{name}"),
+                }
+            }
             Route::Upstream { provider, model } => format!("{provider}/{model}"),
         }
     }
 
     pub fn kind(&self) -> RouteKind {
         match self {
-            Route::Local(_) => RouteKind::Local,
+            Route::Local { .. } => RouteKind::Local,
             Route::Upstream { .. } => RouteKind::Upstream,
         }
     }
@@ -124,7 +137,12 @@ pub struct ModelListing {
     pub modality: &'static str,
     pub context_length: Option<u64>,
     pub prices: Prices,
+    /// For a LoRA adapter (`PACKAGE:ADAPTER`), the package it runs over.
+    pub parent: Option<String>,
 }
+
+/// Separates a local package from one of its adapters in a model id: `PACKAGE:ADAPTER`.
+pub const ADAPTER_SEPARATOR: char = ':';
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
@@ -134,6 +152,8 @@ pub enum CatalogError {
     Unavailable { model: String, reason: String },
     #[error("model `{0}` is an embedding model; it serves embeddings, not text generation")]
     EmbeddingOnly(String),
+    #[error("model `{model}` has no LoRA adapter `{adapter}` (adapters: {known})")]
+    NoAdapter { model: String, adapter: String, known: String },
 }
 
 impl Catalog {
@@ -312,7 +332,7 @@ impl Catalog {
                 );
                 return Ok(ResolvedModel {
                     id: id.into(),
-                    routes: vec![Route::Local(model.clone())],
+                    routes: vec![Route::Local { model: model.clone(), adapter: None }],
                     prices,
                 });
             }
@@ -324,6 +344,9 @@ impl Catalog {
             }
             None => {}
         }
+        if let Some(resolved) = self.resolve_adapter(id)? {
+            return Ok(resolved);
+        }
         match id.split_once('/') {
             Some((provider, model))
                 if !model.is_empty() && self.providers.contains_key(provider) =>
@@ -333,6 +356,28 @@ impl Catalog {
             }
             _ => Err(CatalogError::NotFound(id.into())),
         }
+    }
+
+    /// `PACKAGE:ADAPTER`: a ready local package under one of its LoRA adapters (`None` when
+    /// `id` has no such form or no such package, so other rules apply).
+    fn resolve_adapter(&self, id: &str) -> Result<Option<ResolvedModel>, CatalogError> {
+        let Some((base, adapter)) = id.split_once(ADAPTER_SEPARATOR) else { return Ok(None) };
+        let Some(CatalogEntry::Ready(model)) = self.entries.get(base) else { return Ok(None) };
+        let names = model.engine.adapter_names();
+        if !names.iter().any(|n| n == adapter) {
+            let known = if names.is_empty() { "none".into() } else { names.join(", ") };
+            return Err(CatalogError::NoAdapter {
+                model: base.into(),
+                adapter: adapter.into(),
+                known,
+            });
+        }
+        let prices = Prices::from_floats(
+            model.settings.input_price_per_mtok,
+            model.settings.output_price_per_mtok,
+        );
+        let route = Route::Local { model: model.clone(), adapter: Some(adapter.into()) };
+        Ok(Some(ResolvedModel { id: id.into(), routes: vec![route], prices }))
     }
 
     /// Shorthand for `resolve(id)?.routes`.
@@ -351,7 +396,9 @@ impl Catalog {
                 continue;
             }
             match self.entries.get(model) {
-                Some(CatalogEntry::Ready(local)) => routes.push(Route::Local(local.clone())),
+                Some(CatalogEntry::Ready(local)) => {
+                    routes.push(Route::Local { model: local.clone(), adapter: None })
+                }
                 Some(CatalogEntry::Failed { reason }) => {
                     missing.push(format!("local/{model}: {reason}"))
                 }
@@ -374,9 +421,10 @@ impl Catalog {
             .filter_map(|route| {
                 let label = route.label();
                 match route {
-                    Route::Local(local) => {
-                        let provider: Arc<dyn Provider> =
-                            Arc::new(LocalProvider::new(local.engine.clone()));
+                    Route::Local { model: local, adapter } => {
+                        let provider: Arc<dyn Provider> = Arc::new(
+                            LocalProvider::new(local.engine.clone()).with_adapter(adapter.clone()),
+                        );
                         Some(Target { label, provider, model: local.engine.info().name.clone() })
                     }
                     Route::Upstream { provider, model } => {
@@ -395,6 +443,11 @@ impl Catalog {
         for (name, model) in self.ready() {
             if !self.models.contains_key(name) {
                 out.push(local_listing(name, model));
+            }
+            for adapter in model.engine.adapter_names() {
+                let base = local_listing(name, model);
+                let id = format!("{name}{ADAPTER_SEPARATOR}{adapter}");
+                out.push(ModelListing { id, parent: Some(name.clone()), ..base });
             }
         }
         for (name, model) in &self.embedders {
@@ -432,6 +485,7 @@ impl Catalog {
                 .context_length
                 .or_else(|| first_local.map(|m| m.engine.info().context_length as u64)),
             prices: entry.prices,
+            parent: None,
         }
     }
 
@@ -459,6 +513,7 @@ fn python_listing(name: &str, model: &PythonModel) -> ModelListing {
         modality,
         context_length: None,
         prices: Prices::default(),
+        parent: None,
     }
 }
 
@@ -496,6 +551,7 @@ fn local_listing(name: &str, model: &LocalModel) -> ModelListing {
             model.settings.input_price_per_mtok,
             model.settings.output_price_per_mtok,
         ),
+        parent: None,
     }
 }
 
@@ -507,6 +563,7 @@ fn embedding_listing(name: &str, model: &EmbeddingModel) -> ModelListing {
         modality: "embedding",
         context_length: Some(model.embedder.info().max_input_tokens as u64),
         prices: Prices::from_floats(model.settings.input_price_per_mtok, None),
+        parent: None,
     }
 }
 

@@ -138,6 +138,23 @@ pub struct PackageSettings {
     /// Seconds a Python prediction may take; then it is cancelled (and, if it will not stop,
     /// its worker is restarted).
     pub predict_timeout_s: Option<u64>,
+    /// LoRA adapters (PEFT format) served over this model; a request picks one with the model
+    /// id `PACKAGE:NAME`.
+    #[serde(default)]
+    pub adapters: Vec<AdapterEntry>,
+    /// Memory the loaded adapters may take, in MiB (default 256); beyond it the least recently
+    /// used is dropped, to be read again on its next request.
+    pub adapter_cache_mb: Option<usize>,
+}
+
+/// One adapter of `hearth.yaml`'s `adapters:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterEntry {
+    /// What requests call it (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// Its directory (`adapter_config.json` + `adapter_model.safetensors`), inside the package.
+    pub path: String,
 }
 
 impl PackageSettings {
@@ -177,6 +194,10 @@ impl PackageSettings {
         if self.kv_cache_mb == Some(0) {
             return Err(invalid("kv_cache_mb", "must be at least 1"));
         }
+        if self.adapter_cache_mb == Some(0) {
+            return Err(invalid("adapter_cache_mb", "must be at least 1"));
+        }
+        self.validate_adapters()?;
         let prices = [
             ("input_price_per_mtok", self.input_price_per_mtok),
             ("output_price_per_mtok", self.output_price_per_mtok),
@@ -189,11 +210,57 @@ impl PackageSettings {
         }
         Ok(())
     }
+
+    fn validate_adapters(&self) -> Result<(), PackageError> {
+        let invalid = |message: String| PackageError::invalid(SETTINGS_FILE, "adapters", &message);
+        let mut seen = std::collections::HashSet::new();
+        for adapter in &self.adapters {
+            let name = &adapter.name;
+            let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+            if name.is_empty() || !name.chars().all(allowed) {
+                return Err(invalid(format!(
+                    "name `{name}` must be letters, digits, `-`, `_` or `.`"
+                )));
+            }
+            if !seen.insert(name) {
+                return Err(invalid(format!("`{name}` is named twice")));
+            }
+            let path = Path::new(&adapter.path);
+            let escapes = path.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if adapter.path.is_empty() || escapes {
+                return Err(invalid(format!(
+                    "`{name}`: path `{}` must be a relative path inside the package",
+                    adapter.path
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adapters_need_plain_names_and_paths_inside_the_package() {
+        let ok =
+            "adapters:\n  - {name: support-v2, path: adapters/support}\nadapter_cache_mb: 64\n";
+        let settings = PackageSettings::parse(ok).unwrap();
+        assert_eq!(settings.adapters[0].name, "support-v2");
+        assert_eq!(settings.adapter_cache_mb, Some(64));
+        let refused = [
+            ("adapters:\n  - {name: 'a:b', path: x}\n", "name `a:b`"),
+            ("adapters:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "named twice"),
+            ("adapters:\n  - {name: a, path: ../elsewhere}\n", "inside the package"),
+            ("adapters:\n  - {name: a, path: /abs}\n", "inside the package"),
+            ("adapters:\n  - {name: a}\n", "path"),
+        ];
+        for (text, why) in refused {
+            let err = PackageSettings::parse(text).unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
 
     #[test]
     fn parses_all_fields() {

@@ -48,6 +48,14 @@ static BLOCK_HASHER: RandomState = RandomState::with_seeds(
     0x082e_fa98_ec4e_6c89,
 );
 
+/// What a sequence's first block has for a parent serial: none, or for a salted sequence (one
+/// under a LoRA adapter) a value of the salt's own. Publication serials count up from zero, so
+/// values from the top of the range never meet one: a partial first block is shared only
+/// between sequences of the same salt, as whole blocks are (their hashes chain from the salt).
+fn root_serial(seq: &Sequence) -> Option<u64> {
+    seq.cache_salt.map(|salt| u64::MAX - salt)
+}
+
 /// The hash of a full block holding `token_ids`, after a block hashed `parent` (`None` for a
 /// sequence's first block).
 pub fn hash_block(parent: Option<BlockHash>, token_ids: &[u32]) -> BlockHash {
@@ -190,7 +198,8 @@ impl BlockManager {
         }
         let num_full_blocks = seq.num_tokens() / self.block_size;
         for index in seq.block_hashes.len()..num_full_blocks {
-            let parent = index.checked_sub(1).map(|p| seq.block_hashes[p]);
+            // The first block chains from the salt, so every hash after it differs by adapter.
+            let parent = index.checked_sub(1).map(|p| seq.block_hashes[p]).or(seq.cache_salt);
             let start = index * self.block_size;
             let hash = hash_block(parent, &seq.token_ids[start..start + self.block_size]);
             seq.block_hashes.push(hash);
@@ -328,7 +337,7 @@ impl BlockManager {
         }
         let max_blocks = seq.num_tokens().saturating_sub(1) / self.block_size;
         let mut found = PrefixMatch::default();
-        let mut parent_serial = None;
+        let mut parent_serial = root_serial(seq);
         for (index, &hash) in seq.block_hashes.iter().take(max_blocks).enumerate() {
             let start = index * self.block_size;
             let tokens = &seq.token_ids[start..start + self.block_size];
@@ -390,7 +399,7 @@ impl BlockManager {
     /// `Some(Some(serial))` after a published block, `None` after an unpublished one.
     fn parent_serial(&self, seq: &Sequence, index: usize) -> Option<Option<u64>> {
         match index.checked_sub(1) {
-            None => Some(None),
+            None => Some(root_serial(seq)),
             Some(parent) => {
                 let publication = self.blocks[seq.block_table[parent] as usize].publication?;
                 Some(Some(publication.serial))

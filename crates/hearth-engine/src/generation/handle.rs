@@ -5,6 +5,7 @@
 //! requests with [`Engine::submit`] and read events from the returned [`GenerationStream`];
 //! dropping the stream cancels the request and frees its KV memory at the next step.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -19,6 +20,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, SubmitError};
+use crate::generation::adapters::{AdapterLookupError, AdapterRegistry, AdapterStats};
 use crate::generation::constraint::{GrammarCompiler, TokenConstraint};
 use crate::generation::kv_cache::{KvCache, KvCacheConfig};
 use crate::generation::memory::KvCacheSize;
@@ -99,6 +101,8 @@ pub struct GenerateRequest {
     pub sampling: ValidSampling,
     /// A grammar the output must match (structured outputs), enforced token by token.
     pub constraint: Option<OutputConstraint>,
+    /// The LoRA adapter to run with, by name (`None`: the base model).
+    pub adapter: Option<String>,
 }
 
 /// Runs `work` with `engine` on tokio's blocking pool: CPU-bound preparation of a request
@@ -147,6 +151,7 @@ struct EngineInner {
     submissions: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    adapters: AdapterRegistry,
 }
 
 impl Engine {
@@ -167,6 +172,8 @@ impl Engine {
         let model_cfg = LlamaConfig::from_value(&package.model.raw)
             .map_err(|e| load_err(format!("config.json: {e}")))?;
         let model = load_llama(package, &model_cfg, &config, device, progress)?;
+        let adapters = AdapterRegistry::for_package(package, &model_cfg, model.dtype(), device)
+            .map_err(load_err)?;
 
         let kv_cfg = kv_cache_config(&model_cfg, &config, device, &package.name);
         let kv = KvCache::new(&kv_cfg, device)
@@ -221,8 +228,26 @@ impl Engine {
                 submissions,
                 shared,
                 worker: Mutex::new(Some(handle)),
+                adapters,
             }),
         })
+    }
+
+    /// The LoRA adapters this model serves, by name.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.inner.adapters.names()
+    }
+
+    pub fn adapter_stats(&self) -> AdapterStats {
+        self.inner.adapters.stats()
+    }
+
+    /// Serves the adapter in `dir` as `name` from now on (replacing one of that name), after
+    /// reading it once to check that it fits this model.
+    pub fn register_adapter(&self, name: &str, dir: PathBuf) -> Result<(), AdapterLookupError> {
+        self.inner.adapters.check(name, &dir)?;
+        self.inner.adapters.declare(name, dir);
+        Ok(())
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -311,6 +336,12 @@ impl Engine {
         let mut sampling = request.sampling.into_inner();
         self.check_fits(&prompt_ids, &mut sampling)?;
         let constraint = request.constraint.as_ref().map(|c| self.compile(c)).transpose()?;
+        let adapter = match &request.adapter {
+            Some(name) => {
+                Some(inner.adapters.get(name).map_err(|e| SubmitError::Adapter(e.to_string()))?)
+            }
+            None => None,
+        };
 
         let num_waiting = inner.shared.num_queued.fetch_add(1, Ordering::AcqRel);
         if num_waiting >= inner.max_waiting {
@@ -319,8 +350,14 @@ impl Engine {
         }
         let (events_tx, events) = mpsc::unbounded_channel();
         let prompt_tokens = prompt_ids.len();
-        let submission =
-            Submission { prompt_ids, sampling, constraint, events: events_tx, submitted_at };
+        let submission = Submission {
+            prompt_ids,
+            sampling,
+            constraint,
+            adapter,
+            events: events_tx,
+            submitted_at,
+        };
         if let Err(err) = inner.submissions.try_send(Command::Submit(submission)) {
             inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
             return Err(match err {

@@ -2,6 +2,7 @@
 //! ([`worker`]) that runs each step, the scheduler deciding what runs, the block manager and
 //! paged KV cache holding what was computed, the sampler, the detokenizer and the metrics.
 
+pub mod adapters;
 pub mod block_manager;
 mod constraint;
 pub mod detokenizer;

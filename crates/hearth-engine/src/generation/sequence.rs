@@ -34,6 +34,9 @@ pub struct Sequence {
     pub max_tokens: usize,
     /// The scheduler step at which the sequence was queued; the fairness bound counts from here.
     pub arrival_step: u64,
+    /// Keys its prefix-cache entries apart from other sequences' with the same tokens: the id of
+    /// its LoRA adapter (`None`: the base model).
+    pub cache_salt: Option<u64>,
 }
 
 impl Sequence {
@@ -52,6 +55,7 @@ impl Sequence {
             num_preemptions: 0,
             max_tokens,
             arrival_step,
+            cache_salt: None,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::generation::sampler::Sampler;
 use crate::generation::scheduler::{AdmitError, ScheduledSeq, Scheduler, SchedulerConfig};
 use crate::generation::sequence::{SeqId, Sequence};
 use crate::generation::shared::Shared;
+use crate::models::llama::lora::LoraAdapter;
 use crate::models::llama::Llama;
 
 /// What a handle sends to the worker.
@@ -39,6 +40,8 @@ pub(crate) struct Submission {
     pub sampling: SamplingParams,
     /// The grammar the output must match, compiled.
     pub constraint: Option<TokenConstraint>,
+    /// The LoRA adapter the request runs with.
+    pub adapter: Option<Arc<LoraAdapter>>,
     pub events: mpsc::UnboundedSender<GenerationEvent>,
     /// When `Engine::submit` was called: the start of the request's latencies.
     pub submitted_at: Instant,
@@ -56,6 +59,7 @@ struct Active {
     stop: StopMatcher,
     sampling: SamplingParams,
     constraint: Option<TokenConstraint>,
+    adapter: Option<Arc<LoraAdapter>>,
     /// Still counted in `Shared::num_queued` (no prefill chunk scheduled yet).
     queued: bool,
     /// Metrics: TTFT, inter-token and end-to-end latency.
@@ -142,7 +146,8 @@ impl Worker {
     }
 
     fn admit(&mut self, submission: Submission) {
-        let Submission { prompt_ids, sampling, constraint, events, submitted_at } = submission;
+        let Submission { prompt_ids, sampling, constraint, adapter, events, submitted_at } =
+            submission;
         let id = self.next_id;
         self.next_id += 1;
         let active = Active {
@@ -151,11 +156,14 @@ impl Worker {
             stop: StopMatcher::new(sampling.stop.clone()),
             sampling,
             constraint,
+            // A prefix computed under one adapter (or none) is never reused under another.
+            adapter: adapter.clone(),
             events,
             queued: true,
             timer: RequestTimer::new(submitted_at),
         };
-        let seq = Sequence::new(id, prompt_ids, active.sampling.max_tokens, self.num_steps);
+        let mut seq = Sequence::new(id, prompt_ids, active.sampling.max_tokens, self.num_steps);
+        seq.cache_salt = adapter.map(|a| a.id());
         match self.scheduler.add(seq) {
             Ok(()) => {
                 self.active.insert(id, active);
@@ -229,13 +237,18 @@ impl Worker {
         scheduled: &[ScheduledSeq],
     ) -> (candle_core::Result<Vec<Vec<f32>>>, Masks) {
         let Worker { model, kv, scheduler, active, device, block_size, .. } = self;
+        let adapters: Vec<_> = scheduled
+            .iter()
+            .map(|s| active.get(&s.seq_id).and_then(|a| a.adapter.clone()))
+            .collect();
         // Constrained requests first: a step with none (the common case) scans nothing more.
         let constrained: Vec<(SeqId, &mut TokenConstraint)> = active
             .iter_mut()
             .filter_map(|(&id, a)| a.constraint.as_mut().map(|c| (id, c)))
             .filter(|(id, _)| scheduled.iter().any(|s| s.samples && s.seq_id == *id))
             .collect();
-        let mut forward = || runner::run_step(model, kv, scheduler, scheduled, device, *block_size);
+        let mut forward =
+            || runner::run_step(model, kv, scheduler, scheduled, &adapters, device, *block_size);
         if constrained.is_empty() {
             return (forward(), HashMap::new());
         }

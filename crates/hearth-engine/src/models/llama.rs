@@ -314,6 +314,11 @@ impl Llama {
         })
     }
 
+    /// The dtype of its weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Runs one step: writes every packed token's K/V into `kv` and returns f32 logits
     /// `[batch.logits_rows.len(), vocab]` for the requested rows, in that order.
     pub fn forward(&self, batch: &PackedBatch, kv: &mut KvCache) -> Result<Tensor> {

@@ -3,8 +3,11 @@
 //! nothing is downloaded; the same spec always gives byte-identical files.
 
 mod files;
+mod lora;
 mod tensors;
 mod tokenizer;
+
+pub use lora::{write_lora_adapter, LoraSpec};
 
 use std::path::Path;
 

@@ -21,6 +21,8 @@ fn model_object(state: &AppState, listing: &ModelListing) -> Value {
         "modality": listing.modality,
         "context_length": listing.context_length,
         "prices": listing.prices,
+        // vLLM's name for the model a LoRA adapter runs over.
+        "parent": listing.parent,
     })
 }
 

@@ -105,7 +105,9 @@ impl RelayError {
             Self::Body(BodyError::TooLarge { .. }) => Some("request_too_large"),
             Self::Body(BodyError::Stalled) => Some("timeout"),
             Self::Body(_) => Some("invalid_json"),
-            Self::Start(StartError::Model(CatalogError::NotFound(_))) => Some("model_not_found"),
+            Self::Start(StartError::Model(
+                CatalogError::NotFound(_) | CatalogError::NoAdapter { .. },
+            )) => Some("model_not_found"),
             Self::Start(StartError::Model(CatalogError::Unavailable { .. })) => {
                 Some("model_unavailable")
             }

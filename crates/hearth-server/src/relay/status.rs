@@ -40,6 +40,7 @@ pub(crate) fn of_catalog(error: &CatalogError) -> StatusCode {
         CatalogError::NotFound(_) => StatusCode::NOT_FOUND,
         CatalogError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         CatalogError::EmbeddingOnly(_) => StatusCode::BAD_REQUEST,
+        CatalogError::NoAdapter { .. } => StatusCode::NOT_FOUND,
     }
 }
 

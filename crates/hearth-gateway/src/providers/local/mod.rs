@@ -33,11 +33,17 @@ const LOCAL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1)
 
 pub struct LocalProvider {
     engine: Engine,
+    /// The LoRA adapter every request through this provider runs with.
+    adapter: Option<String>,
 }
 
 impl LocalProvider {
     pub fn new(engine: Engine) -> Self {
-        Self { engine }
+        Self { engine, adapter: None }
+    }
+
+    pub fn with_adapter(self, adapter: Option<String>) -> Self {
+        Self { adapter, ..self }
     }
 }
 
@@ -118,6 +124,7 @@ impl LocalProvider {
         &self,
         request: EngineInput,
     ) -> Result<Result<(GenerationStream, bool), Refusal>, SubmitError> {
+        let adapter = self.adapter.clone();
         run_blocking(self.engine.clone(), move |engine| {
             let EngineInput { input, sampling, mut constraint, thinks } = request;
             let prompt = match input {
@@ -132,7 +139,7 @@ impl LocalProvider {
             if thinks {
                 constraint = constraint.map(|c| after_thinking(c, opens_thinking));
             }
-            let request = GenerateRequest { prompt, sampling, constraint };
+            let request = GenerateRequest { prompt, sampling, constraint, adapter };
             let stream = engine.submit(request).map_err(Refusal::Submit)?;
             Ok((stream, opens_thinking))
         })
@@ -246,6 +253,9 @@ fn submit_error(model: &str, error: SubmitError) -> ProviderError {
         }
         SubmitError::Grammar(_) => {
             ProviderError::Rejected { message, param: Some("response_format".into()), code: None }
+        }
+        SubmitError::Adapter(_) => {
+            ProviderError::Rejected { message, param: Some("model".into()), code: None }
         }
         SubmitError::Internal(_) => ProviderError::Rejected { message, param: None, code: None },
     }

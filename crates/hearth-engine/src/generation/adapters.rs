@@ -1,0 +1,155 @@
+//! The LoRA adapters an engine serves: declared by name (in the package's `hearth.yaml`, or
+//! registered while it runs), read from disk on first use, and dropped least recently used
+//! first when the loaded ones would take more than their memory bound. A request holds its
+//! adapter for as long as it runs, so dropping one never disturbs a running sequence.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device};
+use hearth_package::Package;
+
+use crate::models::llama::lora::{AdapterError, LoraAdapter};
+use crate::models::llama::LlamaConfig;
+
+/// What the adapter cache has done since the engine started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdapterStats {
+    pub declared: usize,
+    pub loaded: usize,
+    pub loaded_bytes: usize,
+    pub loads: u64,
+    pub evictions: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterLookupError {
+    #[error("no adapter `{name}` on this model (adapters: {known})")]
+    Unknown { name: String, known: String },
+    #[error(transparent)]
+    Load(#[from] AdapterError),
+}
+
+pub struct AdapterRegistry {
+    cfg: LlamaConfig,
+    dtype: DType,
+    device: Device,
+    max_bytes: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    declared: HashMap<String, PathBuf>,
+    /// Loaded adapters, least recently used first.
+    loaded: Vec<Arc<LoraAdapter>>,
+    loads: u64,
+    evictions: u64,
+}
+
+/// Loaded adapters' memory bound when `hearth.yaml` sets no `adapter_cache_mb`.
+const DEFAULT_CACHE_MB: usize = 256;
+
+impl AdapterRegistry {
+    pub fn new(cfg: LlamaConfig, dtype: DType, device: Device, max_bytes: usize) -> Self {
+        Self { cfg, dtype, device, max_bytes, state: Mutex::default() }
+    }
+
+    /// The adapters `package`'s `hearth.yaml` declares, each directory checked to hold an
+    /// adapter (its tensors are read on first use).
+    pub fn for_package(
+        package: &Package,
+        cfg: &LlamaConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, String> {
+        let settings = &package.settings;
+        let max_bytes = settings.adapter_cache_mb.unwrap_or(DEFAULT_CACHE_MB) << 20;
+        let registry = Self::new(cfg.clone(), dtype, device.clone(), max_bytes);
+        for entry in &settings.adapters {
+            let dir = package.dir.join(&entry.path);
+            if !dir.join("adapter_config.json").is_file() {
+                return Err(format!(
+                    "hearth.yaml: adapter `{}`: {} has no adapter_config.json",
+                    entry.name,
+                    dir.display()
+                ));
+            }
+            registry.declare(&entry.name, dir);
+        }
+        Ok(registry)
+    }
+
+    /// Reads the adapter in `dir` once, to refuse one that does not fit before it is declared.
+    pub fn check(&self, name: &str, dir: &std::path::Path) -> Result<(), AdapterLookupError> {
+        LoraAdapter::load(dir, name, &self.cfg, self.dtype, &self.device)?;
+        Ok(())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Declares `name` as the adapter in `dir`, replacing an earlier one of that name (its
+    /// loaded copy is dropped; running requests keep theirs).
+    pub fn declare(&self, name: &str, dir: PathBuf) {
+        let mut state = self.state();
+        state.loaded.retain(|a| a.name() != name);
+        state.declared.insert(name.to_string(), dir);
+    }
+
+    /// Declared names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.state().declared.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The adapter `name`, loading it (and evicting others past the bound) if it is not loaded.
+    pub fn get(&self, name: &str) -> Result<Arc<LoraAdapter>, AdapterLookupError> {
+        let dir = {
+            let mut state = self.state();
+            if let Some(at) = state.loaded.iter().position(|a| a.name() == name) {
+                let adapter = state.loaded.remove(at);
+                state.loaded.push(adapter.clone());
+                return Ok(adapter);
+            }
+            match state.declared.get(name) {
+                Some(dir) => dir.clone(),
+                None => {
+                    let mut names: Vec<&str> = state.declared.keys().map(String::as_str).collect();
+                    names.sort_unstable();
+                    let known = if names.is_empty() { "none".into() } else { names.join(", ") };
+                    return Err(AdapterLookupError::Unknown { name: name.into(), known });
+                }
+            }
+        };
+        // Read outside the lock: other requests' adapters stay available meanwhile.
+        let adapter = Arc::new(LoraAdapter::load(&dir, name, &self.cfg, self.dtype, &self.device)?);
+        tracing::info!(adapter = name, bytes = adapter.bytes(), "LoRA adapter loaded");
+        let mut state = self.state();
+        state.loads += 1;
+        state.loaded.retain(|a| a.name() != name);
+        state.loaded.push(adapter.clone());
+        while state.loaded.len() > 1
+            && state.loaded.iter().map(|a| a.bytes()).sum::<usize>() > self.max_bytes
+        {
+            let evicted = state.loaded.remove(0);
+            state.evictions += 1;
+            tracing::info!(adapter = evicted.name(), "LoRA adapter evicted (least recently used)");
+        }
+        Ok(adapter)
+    }
+
+    pub fn stats(&self) -> AdapterStats {
+        let state = self.state();
+        AdapterStats {
+            declared: state.declared.len(),
+            loaded: state.loaded.len(),
+            loaded_bytes: state.loaded.iter().map(|a| a.bytes()).sum(),
+            loads: state.loads,
+            evictions: state.evictions,
+        }
+    }
+}
