@@ -165,7 +165,7 @@ fn cache_row(cache: &[f32], slot: u32, kv_heads: usize, kv_head: usize, hd: usiz
 }
 
 #[inline(always)]
-fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
     let (a_simd, a_tail) = S::as_simd_f32s(a);
     let (b_simd, b_tail) = S::as_simd_f32s(b);
     let mut acc = simd.splat_f32s(0.0);
@@ -177,7 +177,7 @@ fn dot<S: pulp::Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
 
 /// `y += alpha · x`.
 #[inline(always)]
-fn axpy<S: pulp::Simd>(simd: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+pub(crate) fn axpy<S: pulp::Simd>(simd: S, alpha: f32, x: &[f32], y: &mut [f32]) {
     let (x_simd, x_tail) = S::as_simd_f32s(x);
     let (y_simd, y_tail) = S::as_mut_simd_f32s(y);
     let a = simd.splat_f32s(alpha);

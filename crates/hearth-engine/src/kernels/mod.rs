@@ -12,6 +12,7 @@ pub mod decode_attention;
 mod ggml_groups;
 pub mod int8_matmul;
 pub mod linear;
+pub mod lora_delta;
 pub mod nibble_matmul;
 pub mod q8_matmul;
 pub mod softmax;

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::config::LlamaConfig;
 use crate::generation::kv_cache::PackedBatch;
+use crate::kernels::lora_delta::{HostLora, LoraDelta};
 
 /// The projections an adapter may target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,12 +134,12 @@ fn pattern_value<'a, T>(patterns: &'a HashMap<String, T>, path: &str) -> Option<
     patterns.iter().find(|(p, _)| names(p)).map(|(_, v)| v)
 }
 
-/// One projection's update: `x · a_t · b_t` is `scale · B A x` for a row `x`.
-struct LoraPair {
-    /// `Aᵀ`, `[in, r]`.
-    a_t: Tensor,
-    /// `scale · Bᵀ`, `[r, out]`.
-    b_t: Tensor,
+/// One projection's update of a row `x`, `scale · B A x`.
+enum LoraPair {
+    /// On the CPU in f32: host matrices for the fused kernel (`kernels/lora_delta.rs`).
+    Host(HostLora),
+    /// Elsewhere: `x · a_t · b_t` with `a_t = Aᵀ` (`[in, r]`) and `b_t = scale · Bᵀ` (`[r, out]`).
+    Device { a_t: Tensor, b_t: Tensor },
 }
 
 /// A loaded adapter: per layer, its update of each targeted projection.
@@ -337,18 +338,24 @@ fn to_pair(
     dtype: DType,
     device: &Device,
 ) -> candle_core::Result<LoraPair> {
-    let a_t = a.to_dtype(DType::F32)?.t()?.contiguous()?;
+    let a = a.to_dtype(DType::F32)?;
     let b_t = (b.to_dtype(DType::F32)?.t()?.contiguous()? * scale)?;
-    Ok(LoraPair {
-        a_t: a_t.to_dtype(dtype)?.to_device(device)?,
+    if device.is_cpu() && dtype == DType::F32 {
+        let rank = a.dim(0)?;
+        let (a, bt) = (a.flatten_all()?.to_vec1()?, b_t.flatten_all()?.to_vec1()?);
+        return Ok(LoraPair::Host(HostLora { a, bt, rank }));
+    }
+    Ok(LoraPair::Device {
+        a_t: a.t()?.contiguous()?.to_dtype(dtype)?.to_device(device)?,
         b_t: b_t.to_dtype(dtype)?.to_device(device)?,
     })
 }
 
-/// The step's rows of each adapter present in it, found once for every layer.
+/// The step's rows of each adapter present in it, found once for every layer: on the host,
+/// and as an index tensor for the device path.
 #[derive(Default)]
 pub(super) struct LoraRows {
-    groups: Vec<(Arc<LoraAdapter>, Tensor)>,
+    groups: Vec<(Arc<LoraAdapter>, Vec<u32>, Tensor)>,
 }
 
 impl LoraRows {
@@ -365,14 +372,16 @@ impl LoraRows {
         let groups = groups
             .into_iter()
             .map(|(adapter, rows)| {
-                let n = rows.len();
-                Ok((adapter, Tensor::from_vec(rows, n, device)?))
+                let index = Tensor::new(rows.as_slice(), device)?;
+                Ok((adapter, rows, index))
             })
             .collect::<candle_core::Result<_>>()?;
         Ok(Self { groups })
     }
 
     /// `y` (a projection of `x`, both `[T, ·]`) plus every adapter's update on its own rows.
+    /// On the CPU `y` is updated in place, so it must be a product's fresh output that no other
+    /// tensor holds.
     pub fn apply(
         &self,
         y: Tensor,
@@ -380,12 +389,72 @@ impl LoraRows {
         layer: usize,
         target: Target,
     ) -> candle_core::Result<Tensor> {
+        let mut host_rows = Vec::new();
         let mut y = y;
-        for (adapter, rows) in &self.groups {
-            let Some(pair) = adapter.pair(layer, target) else { continue };
-            let delta = x.index_select(rows, 0)?.matmul(&pair.a_t)?.matmul(&pair.b_t)?;
-            y = y.index_add(rows, &delta.to_dtype(y.dtype())?, 0)?;
+        for (adapter, rows, index) in &self.groups {
+            match adapter.pair(layer, target) {
+                None => {}
+                Some(LoraPair::Host(lora)) => {
+                    host_rows.extend(rows.iter().map(|&r| (r as usize, lora)));
+                }
+                Some(LoraPair::Device { a_t, b_t }) => {
+                    let delta = x.index_select(index, 0)?.matmul(a_t)?.matmul(b_t)?;
+                    y = y.index_add(index, &delta.to_dtype(y.dtype())?, 0)?;
+                }
+            }
         }
+        if host_rows.is_empty() {
+            return Ok(y);
+        }
+        let y = y.contiguous()?;
+        y.inplace_op2(&x.contiguous()?, &LoraDelta { rows: host_rows })?;
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused CPU kernel and the candle-op path (GPUs, other dtypes) compute the same update.
+    #[test]
+    fn host_and_device_updates_agree() {
+        let dev = Device::Cpu;
+        let (rows, inp, out, rank) = (5, 24, 40, 3);
+        let a = Tensor::randn(0f32, 1.0, (rank, inp), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (out, rank), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (rows, inp), &dev).unwrap();
+        let y = Tensor::randn(0f32, 1.0, (rows, out), &dev).unwrap();
+        let adapter = |pair: LoraPair| {
+            let mut layer: [Option<LoraPair>; Target::COUNT] = Default::default();
+            layer[Target::O as usize] = Some(pair);
+            Arc::new(LoraAdapter { name: "t".into(), id: 1, layers: vec![layer], bytes: 0 })
+        };
+        let host = to_pair(&a, &b, 0.5, DType::F32, &dev).unwrap();
+        assert!(matches!(host, LoraPair::Host(_)));
+        let a_t = a.t().unwrap().contiguous().unwrap();
+        let b_t = (b.t().unwrap().contiguous().unwrap() * 0.5).unwrap();
+        let device = LoraPair::Device { a_t, b_t };
+        // Rows 1 and 3 under the adapter; the others keep the base output.
+        let picked = vec![1u32, 3];
+        let group = |adapter| {
+            let index = Tensor::new(picked.as_slice(), &dev).unwrap();
+            LoraRows { groups: vec![(adapter, picked.clone(), index)] }
+        };
+        let via_host = group(adapter(host)).apply(y.copy().unwrap(), &x, 0, Target::O).unwrap();
+        let via_device = group(adapter(device)).apply(y.copy().unwrap(), &x, 0, Target::O).unwrap();
+        let gap = (&via_host - &via_device).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(gap.to_scalar::<f32>().unwrap() < 1e-5);
+        let untouched = (via_host.get(0).unwrap() - y.get(0).unwrap()).unwrap().abs().unwrap();
+        assert_eq!(untouched.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let moved = (via_host.get(1).unwrap() - y.get(1).unwrap()).unwrap().abs().unwrap();
+        assert!(moved.max_all().unwrap().to_scalar::<f32>().unwrap() > 0.1);
+        // Another layer or projection: nothing to add.
+        let other = group(adapter(to_pair(&a, &b, 0.5, DType::F32, &dev).unwrap()));
+        let same = other.apply(y.copy().unwrap(), &x, 0, Target::Q).unwrap();
+        assert_eq!(
+            (same - &y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
     }
 }
