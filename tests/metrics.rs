@@ -144,6 +144,9 @@ fn metrics_count_requests_tokens_and_latencies_per_model() {
     let before = scrape(&daemon);
     // Only generative engines are exported.
     assert!(!before.keys().any(|k| k.contains(EMBEDDER)), "{before:?}");
+    // A package without adapters reports an empty adapter cache.
+    assert_eq!(get(&before, &model("hearth_lora_adapters_loaded", M)), 0.0);
+    assert_eq!(get(&before, &model("hearth_lora_adapter_loads_total", M)), 0.0);
     let total = get(&before, &model("hearth_kv_blocks_total", M));
     assert!(total > 0.0);
     assert_eq!(

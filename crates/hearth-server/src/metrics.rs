@@ -19,7 +19,7 @@ use std::fmt::Write;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use hearth_gateway::{EngineStats, HistogramSnapshot, MetricsSnapshot};
+use hearth_gateway::{AdapterStats, EngineStats, HistogramSnapshot, MetricsSnapshot};
 
 use crate::state::AppState;
 
@@ -32,6 +32,7 @@ struct ModelSample {
     label: String,
     stats: EngineStats,
     metrics: MetricsSnapshot,
+    adapters: AdapterStats,
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
@@ -42,6 +43,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
             label: escape_label(name),
             stats: model.engine.stats(),
             metrics: model.engine.metrics(),
+            adapters: model.engine.adapter_stats(),
         })
         .collect();
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&samples)).into_response()
@@ -122,6 +124,7 @@ fn render(samples: &[ModelSample]) -> String {
         "KV-cache blocks in the prefix cache, held or free.",
         |s| s.kv_blocks_cached,
     );
+    adapter_series(&mut out, samples);
     // Histograms.
     histogram(
         &mut out,
@@ -145,6 +148,35 @@ fn render(samples: &[ModelSample]) -> String {
         |m| &m.e2e_latency,
     );
     out
+}
+
+/// The LoRA adapter cache of each model (`hearth.yaml` `adapters:`).
+fn adapter_series(out: &mut String, samples: &[ModelSample]) {
+    type Series = (&'static str, &'static str, &'static str, fn(&AdapterStats) -> u64);
+    let series: [Series; 4] = [
+        ("hearth_lora_adapters_loaded", "gauge", "LoRA adapters in memory.", |a| a.loaded as u64),
+        (
+            "hearth_lora_adapter_bytes",
+            "gauge",
+            "Memory the loaded LoRA adapters take, in bytes.",
+            |a| a.loaded_bytes as u64,
+        ),
+        ("hearth_lora_adapter_loads_total", "counter", "LoRA adapters read from disk.", |a| {
+            a.loads
+        }),
+        (
+            "hearth_lora_adapter_evictions_total",
+            "counter",
+            "LoRA adapters dropped, least recently used first, past adapter_cache_mb.",
+            |a| a.evictions,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        family(out, name, kind, help);
+        for s in samples {
+            let _ = writeln!(out, "{name}{{model=\"{}\"}} {}", s.label, value(&s.adapters));
+        }
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

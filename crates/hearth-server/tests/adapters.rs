@@ -69,6 +69,15 @@ async fn a_request_names_its_adapter_in_the_model_id() {
     assert_ne!(support, base, "the adapter changes the answer");
     let (_, again) = text(post(&app, "/v1/chat/completions", chat("tiny-llama:support")).await);
     assert_eq!(again, support, "greedy decoding under one adapter is repeatable");
+    // Read once, on first use; the other adapter is not read yet.
+    let metrics = get(&app, "/metrics").await.text();
+    for line in [
+        "hearth_lora_adapter_loads_total{model=\"tiny-llama\"} 1",
+        "hearth_lora_adapters_loaded{model=\"tiny-llama\"} 1",
+        "hearth_lora_adapter_evictions_total{model=\"tiny-llama\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
     let anthropic = json!({"model": "tiny-llama:legal", "max_tokens": 8,
                            "messages": [{"role": "user", "content": "hello there"}]});
     let reply = post(&app, "/v1/messages", anthropic).await;
