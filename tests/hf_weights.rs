@@ -115,3 +115,28 @@ fn a_refused_hub_token_fails_only_that_package() {
     assert!(reason.contains("hf://hearth-test/tiny-llama") && reason.contains("401"), "{reason}");
     assert_eq!(predict(&daemon, "tiny-llama")["status"], "succeeded");
 }
+
+/// The families beyond Llama load from `hf://` as the Llama family does: Gemma 2 and 3, Phi-3
+/// and a mixture of experts, each a synthetic repository on the mimic.
+#[test]
+fn every_native_family_loads_from_the_hub() {
+    use hearth_package::synth::{write_llama_package, SynthSpec};
+    let mimic = HubMimic::start();
+    let root = tempfile::tempdir().unwrap();
+    let models = root.path().join("models");
+    let presets = ["tiny-gemma2", "tiny-gemma3", "tiny-phi3", "tiny-qwen3-moe"];
+    for preset in presets {
+        let repo = root.path().join("repos").join(preset);
+        write_llama_package(&SynthSpec::preset(preset).unwrap(), &repo, &mut |_, _| {}).unwrap();
+        mimic.add_dir(&format!("hearth-test/{preset}"), &repo);
+        write_hf_package(&models.join(preset), &format!("hf://hearth-test/{preset}"));
+    }
+    let hf_home = root.path().join("hf-home");
+    let env = [("HF_ENDPOINT", mimic.endpoint.as_str()), ("HF_HOME", hf_home.to_str().unwrap())];
+    let daemon = Daemon::start_with_env(&["--models", models.to_str().unwrap()], &env);
+    let health = health(&daemon);
+    for preset in presets {
+        assert_eq!(health["models"][preset]["state"], "ready", "{preset}: {health}");
+        assert_eq!(predict(&daemon, preset)["status"], "succeeded", "{preset}");
+    }
+}
