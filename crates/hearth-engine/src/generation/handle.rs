@@ -29,7 +29,7 @@ use crate::generation::scheduler::SchedulerConfig;
 use crate::generation::shared::{EngineStats, Shared};
 use crate::generation::worker::{Command, Submission, Worker, WorkerParts};
 use crate::kernels::linear::Quantization;
-use crate::loading::weights::{gguf_name, GgufWeights, WeightSource, ROPE_FACTOR_TENSORS};
+use crate::loading::weights::{gguf_location, GgufWeights, WeightSource, ROPE_FACTOR_TENSORS};
 use crate::loading::{var_builder, Progress};
 use crate::models::llama::{self, Llama, LlamaConfig};
 
@@ -460,7 +460,9 @@ fn load_llama(
     let expected = llama::expected_tensors(model_cfg);
     let source = if let Some(gguf) = package.weights.gguf() {
         let family = model_cfg.family().map_err(|e| load_err(e.to_string()))?;
-        check_gguf_tensors(gguf, &expected, model_cfg.tie_word_embeddings(), family)?;
+        let experts = model_cfg.moe().ok().flatten().map_or(0, |moe| moe.num_experts);
+        let layout = GgufLayout { tied: model_cfg.tie_word_embeddings(), family, experts };
+        check_gguf_tensors(gguf, &expected, layout)?;
         if let Some(q) = package.settings.quantize {
             tracing::warn!(
                 quantize = q.as_str(),
@@ -504,25 +506,44 @@ fn load_llama(
 /// A GGUF must hold the model's tensors under llama.cpp's names with the expected shapes; a
 /// tied model may omit `output.weight`, and RoPE factors may come beside them
 /// ([`ROPE_FACTOR_TENSORS`]).
+/// What decides a model's GGUF tensor table besides its tensors' names.
+struct GgufLayout {
+    tied: bool,
+    family: llama::Family,
+    /// Experts per sparse layer (0 for a dense model): llama.cpp stacks them in one tensor.
+    experts: usize,
+}
+
 fn check_gguf_tensors(
     gguf: &hearth_package::GgufFile,
     expected: &[(String, Vec<usize>)],
-    tied: bool,
-    family: llama::Family,
+    layout: GgufLayout,
 ) -> Result<(), EngineError> {
     use hearth_package::{PackageError, TensorProblem};
+    let GgufLayout { tied, family, experts } = layout;
     let mut problems = Vec::new();
     let mut wanted = std::collections::BTreeSet::new();
     for (hf, shape) in expected {
-        let Some(name) = gguf_name(hf, family) else { continue };
+        let Some((name, expert)) = gguf_location(hf, family) else { continue };
+        if wanted.contains(&name) {
+            continue; // another expert of the same stacked tensor, already checked
+        }
+        let shape = match expert {
+            Some(_) => [&[experts][..], shape].concat(),
+            None => shape.clone(),
+        };
+        // A one-row weight may be stored as a vector (Qwen2-MoE's shared-expert gate).
+        let vector = |actual: &[usize]| shape.len() == 2 && shape[0] == 1 && actual == [shape[1]];
         match gguf.tensors.get(&name) {
             None if tied && name == "output.weight" => {}
             None => problems.push(TensorProblem::Missing { name: name.clone() }),
-            Some(t) if &t.shape != shape => problems.push(TensorProblem::Shape {
-                name: name.clone(),
-                actual: t.shape.clone(),
-                expected: shape.clone(),
-            }),
+            Some(t) if t.shape != shape && !vector(&t.shape) => {
+                problems.push(TensorProblem::Shape {
+                    name: name.clone(),
+                    actual: t.shape.clone(),
+                    expected: shape,
+                })
+            }
             Some(_) => {}
         }
         wanted.insert(name);

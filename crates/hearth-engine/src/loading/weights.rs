@@ -71,12 +71,21 @@ impl GgufWeights {
 
     /// The GGUF tensor behind the Hugging Face name `hf`, in Hugging Face row order.
     fn qtensor(&self, hf: &str) -> Result<QTensor> {
-        let name = gguf_name(hf, self.family)
+        let (name, expert) = gguf_location(hf, self.family)
             .ok_or_else(|| candle_core::Error::Msg(format!("no GGUF name for tensor `{hf}`")))?;
         if !self.content.tensor_infos.contains_key(&name) {
             candle_core::bail!("GGUF lacks tensor `{name}` (for `{hf}`)");
         }
         let t = self.stored(&name)?;
+        let t = match expert {
+            Some(index) => expert_slice(&t, index)?,
+            // llama.cpp stores a one-row weight (Qwen2-MoE's shared-expert gate) as a vector.
+            None if t.shape().rank() == 1 && hf.ends_with("shared_expert_gate.weight") => {
+                let n = t.shape().elem_count();
+                QTensor::new(QStorage::from_data(t.data()?, &Device::Cpu, t.dtype())?, (1, n))?
+            }
+            None => t,
+        };
         let heads = match (self.unpermute_qk, name.rsplit('.').nth(1)) {
             (Some((q, _)), Some("attn_q")) => Some(q),
             (Some((_, kv)), Some("attn_k")) => Some(kv),
@@ -115,6 +124,59 @@ fn unpermute_rows(t: &QTensor, num_heads: usize) -> Result<QTensor> {
     }
     let storage = QStorage::from_data(out.into(), &Device::Cpu, t.dtype())?;
     QTensor::new(storage, t.shape().clone())
+}
+
+/// Where a Hugging Face tensor lives in a llama.cpp GGUF: the GGUF tensor's name and, for one
+/// expert of a mixture of experts, its index in the layer's stacked tensor (llama.cpp keeps a
+/// layer's experts as one `[experts, rows, columns]` tensor, `ffn_gate_exps` and the like).
+pub fn gguf_location(hf: &str, family: Family) -> Option<(String, Option<usize>)> {
+    match expert_location(hf) {
+        Some(found) => Some(found),
+        None => gguf_name(hf, family).map(|name| (name, None)),
+    }
+}
+
+/// The router, experts and shared expert of a sparse layer (Qwen's `mlp.…`, Mixtral's
+/// `block_sparse_moe.…`).
+fn expert_location(hf: &str) -> Option<(String, Option<usize>)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let rest = rest.strip_prefix("mlp.").or_else(|| rest.strip_prefix("block_sparse_moe."))?;
+    let (module, kind) = rest.rsplit_once('.')?;
+    let name = |m: &str| format!("blk.{layer}.{m}.{kind}");
+    let whole = match module {
+        "gate" => Some("ffn_gate_inp"),
+        "shared_expert.gate_proj" => Some("ffn_gate_shexp"),
+        "shared_expert.up_proj" => Some("ffn_up_shexp"),
+        "shared_expert.down_proj" => Some("ffn_down_shexp"),
+        "shared_expert_gate" => Some("ffn_gate_inp_shexp"),
+        _ => None,
+    };
+    if let Some(whole) = whole {
+        return Some((name(whole), None));
+    }
+    let (expert, projection) = module.strip_prefix("experts.")?.split_once('.')?;
+    let stacked = match projection {
+        "gate_proj" | "w1" => "ffn_gate_exps",
+        "up_proj" | "w3" => "ffn_up_exps",
+        "down_proj" | "w2" => "ffn_down_exps",
+        _ => return None,
+    };
+    Some((name(stacked), Some(expert.parse().ok()?)))
+}
+
+/// Expert `index` of a stacked `[experts, rows, columns]` tensor, as its own `[rows, columns]`
+/// tensor: experts are whole runs of rows, so this moves bytes and never requantizes.
+fn expert_slice(t: &QTensor, index: usize) -> Result<QTensor> {
+    let (experts, rows, columns) = t.shape().dims3()?;
+    if index >= experts {
+        candle_core::bail!("expert {index} of a tensor holding {experts}");
+    }
+    let data = t.data()?;
+    let size = data.len() / experts;
+    let slice = data[index * size..(index + 1) * size].to_vec();
+    let storage = QStorage::from_data(slice.into(), &Device::Cpu, t.dtype())?;
+    QTensor::new(storage, (rows, columns))
 }
 
 /// llama.cpp's name for a Hugging Face Llama-family tensor. Gemma's norms around each block
@@ -338,8 +400,8 @@ impl<'a> WeightSource<'a> {
     pub fn contains(&self, name: &str) -> bool {
         match &self.inner {
             Inner::Var { vb, .. } => vb.contains_tensor(name),
-            Inner::Gguf(g) => gguf_name(&self.full_name(name), g.family)
-                .is_some_and(|n| g.content.tensor_infos.contains_key(&n)),
+            Inner::Gguf(g) => gguf_location(&self.full_name(name), g.family)
+                .is_some_and(|(n, _)| g.content.tensor_infos.contains_key(&n)),
         }
     }
 }
@@ -377,6 +439,29 @@ mod tests {
         assert_eq!(gemma("pre_feedforward_layernorm").unwrap(), "blk.2.ffn_norm.weight");
         assert_eq!(gemma("post_feedforward_layernorm").unwrap(), "blk.2.post_ffw_norm.weight");
         assert_eq!(gemma("input_layernorm").unwrap(), "blk.2.attn_norm.weight");
+        // Experts sit in one stacked tensor per projection; routers and shared experts apart.
+        let at = |hf: &str| gguf_location(hf, Family::Qwen2Moe).unwrap();
+        let stacked = |name: &str, e| (name.to_string(), Some(e));
+        assert_eq!(
+            at("model.layers.1.mlp.experts.5.up_proj.weight"),
+            stacked("blk.1.ffn_up_exps.weight", 5)
+        );
+        let mixtral =
+            gguf_location("model.layers.0.block_sparse_moe.experts.2.w2.weight", Family::Mixtral);
+        assert_eq!(mixtral.unwrap(), stacked("blk.0.ffn_down_exps.weight", 2));
+        assert_eq!(at("model.layers.1.mlp.gate.weight").0, "blk.1.ffn_gate_inp.weight");
+        assert_eq!(
+            at("model.layers.1.mlp.shared_expert_gate.weight").0,
+            "blk.1.ffn_gate_inp_shexp.weight"
+        );
+        assert_eq!(
+            at("model.layers.1.mlp.shared_expert.down_proj.weight").0,
+            "blk.1.ffn_down_shexp.weight"
+        );
+        assert_eq!(
+            at("model.layers.1.mlp.gate_proj.weight"),
+            ("blk.1.ffn_gate.weight".into(), None)
+        );
     }
 
     #[test]
