@@ -104,10 +104,12 @@ fn config(meta: &Meta, vocab: usize) -> Result<Value, PackageError> {
         "gemma2" => ("Gemma2ForCausalLM", "gemma2"),
         "gemma3" => ("Gemma3ForCausalLM", "gemma3_text"),
         "phi3" => ("Phi3ForCausalLM", "phi3"),
+        "qwen2moe" => ("Qwen2MoeForCausalLM", "qwen2_moe"),
+        "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
         other => {
             return Err(meta.error(format!(
                 "architecture `{other}` has no config derivation here (llama, qwen2, qwen3, \
-                 gemma2, gemma3, phi3 do); add a config.json beside the GGUF"
+                 gemma2, gemma3, phi3, qwen2moe, qwen3moe do); add a config.json beside the GGUF"
             )))
         }
     };
@@ -159,7 +161,33 @@ fn config(meta: &Meta, vocab: usize) -> Result<Value, PackageError> {
     if arch == "phi3" {
         phi3_config(meta, &mut config)?;
     }
+    moe_config(meta, arch, &mut config)?;
     Ok(config)
+}
+
+/// The experts of a mixture of experts: Qwen2/3-MoE, or Mixtral (llama.cpp's `llama` with
+/// experts). Routing renormalizes as llama.cpp's graph does for each: always in Mixtral and
+/// Qwen3-MoE, never in Qwen2-MoE; every layer is sparse.
+fn moe_config(meta: &Meta, arch: &str, config: &mut Value) -> Result<(), PackageError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let Some(experts) = meta.int(&key("expert_count"))?.filter(|n| *n > 0) else {
+        return Ok(());
+    };
+    if arch == "llama" {
+        config["architectures"] = json!(["MixtralForCausalLM"]);
+        config["model_type"] = json!("mixtral");
+    }
+    config["num_experts"] = json!(experts);
+    config["num_experts_per_tok"] = json!(meta.int(&key("expert_used_count"))?.unwrap_or(2));
+    config["norm_topk_prob"] = json!(arch != "qwen2moe");
+    config["decoder_sparse_step"] = json!(1);
+    if let Some(size) = meta.int(&key("expert_feed_forward_length"))? {
+        config["moe_intermediate_size"] = json!(size);
+    }
+    if let Some(size) = meta.int(&key("expert_shared_feed_forward_length"))? {
+        config["shared_expert_intermediate_size"] = json!(size);
+    }
+    Ok(())
 }
 
 /// Phi-3's own keys: the window, the rotated share of each head, and LongRoPE, whose factors

@@ -154,6 +154,38 @@ fn phi3_config_reads_long_rope_factors_from_tensors() {
 }
 
 #[test]
+fn moe_configs_carry_their_experts() {
+    let mut file = sentencepiece();
+    file.architecture = Some("qwen3moe".into());
+    let llama: Vec<(String, MetaValue)> = std::mem::take(&mut file.metadata).into_iter().collect();
+    for (k, v) in llama {
+        file.metadata.insert(k.replace("llama.", "qwen3moe."), v);
+    }
+    let extra = [
+        ("qwen3moe.expert_count", MetaValue::Int(128)),
+        ("qwen3moe.expert_used_count", MetaValue::Int(8)),
+        ("qwen3moe.expert_feed_forward_length", MetaValue::Int(768)),
+    ];
+    file.metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let config: Value = serde_json::from_str(&derive(&file, "m.gguf").unwrap().config).unwrap();
+    assert_eq!(config["architectures"], json!(["Qwen3MoeForCausalLM"]));
+    assert_eq!(
+        (config["num_experts"].as_i64(), config["num_experts_per_tok"].as_i64()),
+        (Some(128), Some(8))
+    );
+    assert_eq!(
+        (config["moe_intermediate_size"].as_i64(), config["norm_topk_prob"].as_bool()),
+        (Some(768), Some(true))
+    );
+    // llama.cpp's `llama` with experts is Mixtral.
+    let mut mixtral = sentencepiece();
+    mixtral.metadata.insert("llama.expert_count".into(), MetaValue::Int(8));
+    let config: Value = serde_json::from_str(&derive(&mixtral, "m.gguf").unwrap().config).unwrap();
+    assert_eq!(config["architectures"], json!(["MixtralForCausalLM"]));
+    assert_eq!(config["num_experts_per_tok"], 2);
+}
+
+#[test]
 fn sentencepiece_pieces_merge_by_score_and_bytes_fall_back() {
     let files = derive(&sentencepiece(), "model.gguf").unwrap();
     let tokenizer: tokenizers::Tokenizer = files.tokenizer.parse().unwrap();
