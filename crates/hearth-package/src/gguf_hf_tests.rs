@@ -79,21 +79,28 @@ fn config_comes_from_the_architecture_keys() {
 /// A Gemma 2 header as llama.cpp's converter writes it: the llama keys under `gemma2.`, the
 /// soft caps and window, and a SentencePiece vocabulary without the space prefix.
 fn gemma2(layers: i64) -> GgufFile {
+    with_arch(
+        "gemma2",
+        [
+            ("gemma2.block_count", MetaValue::Int(layers)),
+            ("gemma2.attention.key_length", MetaValue::Int(32)),
+            ("gemma2.attention.sliding_window", MetaValue::Int(4096)),
+            ("gemma2.attn_logit_softcapping", MetaValue::Float(50.0)),
+            ("gemma2.final_logit_softcapping", MetaValue::Float(30.0)),
+            ("tokenizer.ggml.add_space_prefix", MetaValue::Bool(false)),
+        ],
+    )
+}
+
+/// [`sentencepiece`]'s header under architecture `arch` (its `llama.` keys renamed), plus `extra`.
+fn with_arch<const N: usize>(arch: &str, extra: [(&str, MetaValue); N]) -> GgufFile {
     let mut file = sentencepiece();
-    file.architecture = Some("gemma2".into());
+    file.architecture = Some(arch.into());
     let llama: Vec<(String, MetaValue)> = std::mem::take(&mut file.metadata).into_iter().collect();
     for (k, v) in llama {
-        let k = k.strip_prefix("llama.").map_or(k.clone(), |rest| format!("gemma2.{rest}"));
+        let k = k.strip_prefix("llama.").map_or(k.clone(), |rest| format!("{arch}.{rest}"));
         file.metadata.insert(k, v);
     }
-    let extra = [
-        ("gemma2.block_count", MetaValue::Int(layers)),
-        ("gemma2.attention.key_length", MetaValue::Int(32)),
-        ("gemma2.attention.sliding_window", MetaValue::Int(4096)),
-        ("gemma2.attn_logit_softcapping", MetaValue::Float(50.0)),
-        ("gemma2.final_logit_softcapping", MetaValue::Float(30.0)),
-        ("tokenizer.ggml.add_space_prefix", MetaValue::Bool(false)),
-    ];
     file.metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
     file
 }
@@ -125,19 +132,15 @@ fn phi3_config_reads_long_rope_factors_from_tensors() {
     let (long, short) = ([1.5f32, 2.0, 4.0, 8.0], [1.0f32, 1.0, 1.25, 1.5]);
     let bytes: Vec<u8> = long.iter().chain(&short).flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&path, bytes).unwrap();
-    let mut file = sentencepiece();
+    let mut file = with_arch(
+        "phi3",
+        [
+            ("phi3.rope.dimension_count", MetaValue::Int(8)),
+            ("phi3.rope.scaling.original_context_length", MetaValue::Int(4096)),
+            ("phi3.rope.scaling.attn_factor", MetaValue::Float(1.25)),
+        ],
+    );
     file.path = path;
-    file.architecture = Some("phi3".into());
-    let llama: Vec<(String, MetaValue)> = std::mem::take(&mut file.metadata).into_iter().collect();
-    for (k, v) in llama {
-        file.metadata.insert(k.replace("llama.", "phi3."), v);
-    }
-    let extra = [
-        ("phi3.rope.dimension_count", MetaValue::Int(8)),
-        ("phi3.rope.scaling.original_context_length", MetaValue::Int(4096)),
-        ("phi3.rope.scaling.attn_factor", MetaValue::Float(1.25)),
-    ];
-    file.metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
     let factors = |range| GgufTensor { ggml_type: "f32", shape: vec![4], range };
     file.tensors.insert("rope_factors_long.weight".into(), factors(0..16));
     file.tensors.insert("rope_factors_short.weight".into(), factors(16..32));
@@ -155,18 +158,14 @@ fn phi3_config_reads_long_rope_factors_from_tensors() {
 
 #[test]
 fn moe_configs_carry_their_experts() {
-    let mut file = sentencepiece();
-    file.architecture = Some("qwen3moe".into());
-    let llama: Vec<(String, MetaValue)> = std::mem::take(&mut file.metadata).into_iter().collect();
-    for (k, v) in llama {
-        file.metadata.insert(k.replace("llama.", "qwen3moe."), v);
-    }
-    let extra = [
-        ("qwen3moe.expert_count", MetaValue::Int(128)),
-        ("qwen3moe.expert_used_count", MetaValue::Int(8)),
-        ("qwen3moe.expert_feed_forward_length", MetaValue::Int(768)),
-    ];
-    file.metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let file = with_arch(
+        "qwen3moe",
+        [
+            ("qwen3moe.expert_count", MetaValue::Int(128)),
+            ("qwen3moe.expert_used_count", MetaValue::Int(8)),
+            ("qwen3moe.expert_feed_forward_length", MetaValue::Int(768)),
+        ],
+    );
     let config: Value = serde_json::from_str(&derive(&file, "m.gguf").unwrap().config).unwrap();
     assert_eq!(config["architectures"], json!(["Qwen3MoeForCausalLM"]));
     assert_eq!(

@@ -36,19 +36,17 @@ pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
             ]
         };
         linears.push(("self_attn.o_proj", h, q_out, layout.o_bias));
-        match &moe {
-            Some(spec) if spec.sparse_layers[i] => out.extend(moe::expected_tensors(spec, &p, h)),
-            _ if layout.fused_projections => {
-                linears.push(("mlp.gate_up_proj", 2 * inter, h, layout.mlp_bias))
-            }
-            _ => linears.extend([
+        match moe.as_ref().filter(|spec| spec.sparse_layers[i]) {
+            Some(spec) => out.extend(moe::expected_tensors(spec, &p, h)),
+            None if layout.fused_projections => linears.extend([
+                ("mlp.gate_up_proj", 2 * inter, h, layout.mlp_bias),
+                ("mlp.down_proj", h, inter, layout.mlp_bias),
+            ]),
+            None => linears.extend([
                 ("mlp.gate_proj", inter, h, layout.mlp_bias),
                 ("mlp.up_proj", inter, h, layout.mlp_bias),
+                ("mlp.down_proj", h, inter, layout.mlp_bias),
             ]),
-        }
-        let sparse = moe.as_ref().is_some_and(|spec| spec.sparse_layers[i]);
-        if !sparse {
-            linears.push(("mlp.down_proj", h, inter, layout.mlp_bias));
         }
         for (name, rows, cols, bias) in linears {
             out.push((format!("{p}.{name}.weight"), vec![rows, cols]));
