@@ -140,3 +140,55 @@ fn every_native_family_loads_from_the_hub() {
         assert_eq!(predict(&daemon, preset)["status"], "succeeded", "{preset}");
     }
 }
+
+/// A `hearth.yaml` adapter with an `hf://` source: its adapter files (and only those) are
+/// fetched beside the package, and it is served as `PACKAGE:ADAPTER`.
+#[test]
+fn an_adapter_loads_from_the_hub() {
+    use hearth_package::synth::{write_lora_adapter, LoraSpec, SynthSpec};
+    let mimic = HubMimic::start();
+    let root = tempfile::tempdir().unwrap();
+    let repo = root.path().join("repos/support-lora");
+    let spec = SynthSpec::tiny_llama();
+    write_lora_adapter(&spec, &LoraSpec::all_projections(5), &repo).unwrap();
+    std::fs::write(repo.join("README.md"), "# a PEFT adapter\n").unwrap();
+    mimic.add_dir("hearth-test/support-lora", &repo);
+
+    let package = root.path().join("models/tiny-llama");
+    std::fs::create_dir_all(&package).unwrap();
+    for entry in std::fs::read_dir(tiny_llama()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), package.join(entry.file_name())).unwrap();
+    }
+    let yaml = "adapters:\n  - {name: support, source: 'hf://hearth-test/support-lora'}\n";
+    std::fs::write(package.join("hearth.yaml"), yaml).unwrap();
+
+    let hf_home = root.path().join("hf-home");
+    let env = [("HF_ENDPOINT", mimic.endpoint.as_str()), ("HF_HOME", hf_home.to_str().unwrap())];
+    let models = root.path().join("models");
+    let daemon = Daemon::start_with_env(&["--models", models.to_str().unwrap()], &env);
+    let listed: Value = client().get(daemon.url("/v1/models")).send().unwrap().json().unwrap();
+    let ids: Vec<&str> =
+        listed["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    assert!(ids.contains(&"tiny-llama:support"), "{listed}");
+
+    let fetched = package.join(hearth_package::HF_ADAPTERS_DIR).join("support");
+    assert!(fetched.join("adapter_model.safetensors").is_file());
+    assert!(!fetched.join("README.md").exists(), "only the adapter's own files are fetched");
+    let chat = |model: &str| -> String {
+        let body = json!({"model": model, "max_tokens": 8, "temperature": 0,
+                          "messages": [{"role": "user", "content": "hello there"}]});
+        let reply: Value = client()
+            .post(daemon.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        reply["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .to_owned()
+    };
+    assert_ne!(chat("tiny-llama:support"), chat("tiny-llama"), "the adapter changes the answer");
+}

@@ -12,6 +12,10 @@
 //! hub access loads a revision it fetched before from the cache alone. Files are hard-linked
 //! from the cache into the package (copied where the two are on different filesystems).
 //!
+//! `hearth.yaml` adapters with `source: hf://org/repo[@revision]` are fetched the same way: their
+//! `adapter_config.json` and `adapter_model.safetensors` are placed in the package's
+//! [`crate::HF_ADAPTERS_DIR`]`/<name>`.
+//!
 //! Only built with the `hub` feature: the rest of this crate does no network I/O.
 
 use std::fs;
@@ -24,6 +28,7 @@ use hf_hub::{Cache, Repo, RepoType};
 use crate::archive::safe_relative_path;
 use crate::cog::{CogConfig, WeightsEntry, COG_FILE};
 use crate::error::PackageError;
+use crate::settings::PackageSettings;
 
 const SCHEME: &str = "hf://";
 /// Cog's working directory in the container: the package root.
@@ -102,6 +107,8 @@ pub enum HubError {
     Package(#[from] PackageError),
     #[error("cog.yaml: `weights[{index}].source.uri` `{uri}`: {why}")]
     BadUri { index: usize, uri: String, why: &'static str },
+    #[error("hearth.yaml: adapter `{name}`: source `{uri}`: expected hf://org/repo or hf://org/repo@revision")]
+    BadAdapterSource { name: String, uri: String },
     #[error("cog.yaml: `weights[{index}].target` `{target}`: {why}")]
     BadTarget { index: usize, target: String, why: String },
     #[error("{uri}: {message}")]
@@ -162,8 +169,8 @@ struct HfEntry {
     exclude: Vec<String>,
 }
 
-/// The `hf://` entries of the package in `dir`; empty when it has none (or no cog.yaml, which
-/// [`crate::Package::load`] reports).
+/// The `hf://` entries of the package in `dir`: `cog.yaml` weights, then `hearth.yaml`
+/// adapters. Empty when it has none (or no cog.yaml, which [`crate::Package::load`] reports).
 fn hf_entries(dir: &Path) -> Result<Vec<HfEntry>, HubError> {
     if !dir.join(COG_FILE).is_file() {
         return Ok(Vec::new());
@@ -175,8 +182,26 @@ fn hf_entries(dir: &Path) -> Result<Vec<HfEntry>, HubError> {
             entries.push(check_entry(dir, index, entry)?);
         }
     }
+    for adapter in PackageSettings::load(dir)?.adapters {
+        let Some(uri) = &adapter.source else { continue };
+        let source = HfSource::parse(uri).ok_or_else(|| HubError::BadAdapterSource {
+            name: adapter.name.clone(),
+            uri: uri.clone(),
+        })?;
+        entries.push(HfEntry {
+            package: dir.to_path_buf(),
+            source,
+            target: adapter.dir_in(dir),
+            include: ADAPTER_FILES.map(str::to_owned).to_vec(),
+            exclude: Vec::new(),
+        });
+    }
     Ok(entries)
 }
+
+/// What a PEFT adapter repository holds that serving needs (it often holds a README, a
+/// tokenizer and training state as well).
+const ADAPTER_FILES: [&str; 2] = ["adapter_config.json", "adapter_model.safetensors"];
 
 fn check_entry(dir: &Path, index: usize, entry: &WeightsEntry) -> Result<HfEntry, HubError> {
     let uri = &entry.source.uri;

@@ -40,7 +40,7 @@ pub use embedding::{EmbeddingConfig, PoolingMode};
 pub use error::{PackageError, TensorProblem};
 pub use gguf::{GgufFile, GgufTensor, MetaValue};
 pub use model_config::{ModelConfig, ModelKind, EMBEDDING_ARCHITECTURES, SUPPORTED_ARCHITECTURES};
-pub use settings::{DType, PackageSettings, Quantize, Runtime};
+pub use settings::{AdapterEntry, DType, PackageSettings, Quantize, Runtime, HF_ADAPTERS_DIR};
 pub use template::ChatTemplate;
 pub use tokens::SpecialTokens;
 pub use weights::{TensorDtype, TensorInfo, Weights};
@@ -310,6 +310,19 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.bytes().next().is_some_and(is_plain)
         && name.bytes().all(|b| is_plain(b) || b"._-".contains(&b))
 }
+
+/// Whether `name` can name a LoRA adapter: as a package name, but upper-case letters are
+/// allowed (PEFT adapters are often named so). It becomes a directory name when the adapter is
+/// pushed, so it may not start with a dot.
+pub fn is_valid_adapter_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// [`is_valid_adapter_name`] in words.
+pub const ADAPTER_NAME_PATTERN: &str =
+    "1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit";
 
 fn check_context_length(
     settings: &PackageSettings,

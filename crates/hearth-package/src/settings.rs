@@ -147,14 +147,32 @@ pub struct PackageSettings {
     pub adapter_cache_mb: Option<usize>,
 }
 
-/// One adapter of `hearth.yaml`'s `adapters:`.
+/// One adapter of `hearth.yaml`'s `adapters:`: a directory in the package, or an `hf://`
+/// repository fetched when the package loads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterEntry {
     /// What requests call it (letters, digits, `-`, `_`, `.`).
     pub name: String,
     /// Its directory (`adapter_config.json` + `adapter_model.safetensors`), inside the package.
-    pub path: String,
+    pub path: Option<String>,
+    /// `hf://org/repo[@revision]`: a PEFT adapter repository on the hub, whose adapter files are
+    /// fetched into [`HF_ADAPTERS_DIR`]`/<name>` in the package, beside `hf://` weights.
+    pub source: Option<String>,
+}
+
+/// Where adapters with an `hf://` source are placed inside the package (a hidden directory,
+/// so it never clashes with the package's own files).
+pub const HF_ADAPTERS_DIR: &str = ".hearth-hf-adapters";
+
+impl AdapterEntry {
+    /// The adapter's directory in the package at `package_dir`.
+    pub fn dir_in(&self, package_dir: &Path) -> std::path::PathBuf {
+        match &self.path {
+            Some(path) => package_dir.join(path),
+            None => package_dir.join(HF_ADAPTERS_DIR).join(&self.name),
+        }
+    }
 }
 
 impl PackageSettings {
@@ -216,22 +234,38 @@ impl PackageSettings {
         let mut seen = std::collections::HashSet::new();
         for adapter in &self.adapters {
             let name = &adapter.name;
-            let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
-            if name.is_empty() || !name.chars().all(allowed) {
+            if !crate::is_valid_adapter_name(name) {
                 return Err(invalid(format!(
-                    "name `{name}` must be letters, digits, `-`, `_` or `.`"
+                    "name `{name}` must be {}",
+                    crate::ADAPTER_NAME_PATTERN
                 )));
             }
             if !seen.insert(name) {
                 return Err(invalid(format!("`{name}` is named twice")));
             }
-            let path = Path::new(&adapter.path);
-            let escapes = path.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
-            if adapter.path.is_empty() || escapes {
-                return Err(invalid(format!(
-                    "`{name}`: path `{}` must be a relative path inside the package",
-                    adapter.path
-                )));
+            match (&adapter.path, &adapter.source) {
+                (Some(path), None) => {
+                    let escapes = Path::new(path)
+                        .components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)));
+                    if path.is_empty() || escapes {
+                        return Err(invalid(format!(
+                            "`{name}`: path `{path}` must be a relative path inside the package"
+                        )));
+                    }
+                }
+                (None, Some(source)) if source.starts_with("hf://") => {}
+                (None, Some(source)) => {
+                    return Err(invalid(format!(
+                        "`{name}`: source `{source}` must be hf://org/repo[@revision]"
+                    )))
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "`{name}` needs exactly one of `path` (a directory in the package) or \
+                         `source` (hf://org/repo)"
+                    )))
+                }
             }
         }
         Ok(())
@@ -251,10 +285,13 @@ mod tests {
         assert_eq!(settings.adapter_cache_mb, Some(64));
         let refused = [
             ("adapters:\n  - {name: 'a:b', path: x}\n", "name `a:b`"),
+            ("adapters:\n  - {name: '..', path: x}\n", "name `..`"),
             ("adapters:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "named twice"),
             ("adapters:\n  - {name: a, path: ../elsewhere}\n", "inside the package"),
             ("adapters:\n  - {name: a, path: /abs}\n", "inside the package"),
-            ("adapters:\n  - {name: a}\n", "path"),
+            ("adapters:\n  - {name: a}\n", "exactly one of `path`"),
+            ("adapters:\n  - {name: a, path: x, source: 'hf://o/r'}\n", "exactly one of `path`"),
+            ("adapters:\n  - {name: a, source: 's3://o/r'}\n", "hf://org/repo"),
         ];
         for (text, why) in refused {
             let err = PackageSettings::parse(text).unwrap_err().to_string();

@@ -1,5 +1,5 @@
 //! The LoRA adapters an engine serves: declared by name (in the package's `hearth.yaml`, or
-//! registered while it runs), read from disk on first use, and dropped least recently used
+//! registered while it runs, as a pushed adapter is), read from disk on first use, and dropped least recently used
 //! first when the loaded ones would take more than their memory bound. A request holds its
 //! adapter for as long as it runs, so dropping one never disturbs a running sequence.
 
@@ -27,6 +27,13 @@ pub struct AdapterStats {
 pub enum AdapterLookupError {
     #[error("no adapter `{name}` on this model (adapters: {known})")]
     Unknown { name: String, known: String },
+    /// Only adapters registered while the engine runs may be replaced or removed that way; the
+    /// package's own change with the package.
+    #[error(
+        "adapter `{name}` is declared in the package's hearth.yaml; push a new version of the \
+         package to change it, or give this adapter another name"
+    )]
+    Packaged { name: String },
     #[error(transparent)]
     Load(#[from] AdapterError),
 }
@@ -42,10 +49,22 @@ pub struct AdapterRegistry {
 #[derive(Default)]
 struct State {
     declared: HashMap<String, PathBuf>,
+    /// The names `hearth.yaml` declares.
+    packaged: std::collections::HashSet<String>,
     /// Loaded adapters, least recently used first.
     loaded: Vec<Arc<LoraAdapter>>,
     loads: u64,
     evictions: u64,
+}
+
+impl State {
+    /// The error for a name that is not declared, listing those that are.
+    fn unknown(&self, name: &str) -> AdapterLookupError {
+        let mut names: Vec<&str> = self.declared.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let known = if names.is_empty() { "none".into() } else { names.join(", ") };
+        AdapterLookupError::Unknown { name: name.into(), known }
+    }
 }
 
 /// Loaded adapters' memory bound when `hearth.yaml` sets no `adapter_cache_mb`.
@@ -68,22 +87,45 @@ impl AdapterRegistry {
         let max_bytes = settings.adapter_cache_mb.unwrap_or(DEFAULT_CACHE_MB) << 20;
         let registry = Self::new(cfg.clone(), dtype, device.clone(), max_bytes);
         for entry in &settings.adapters {
-            let dir = package.dir.join(&entry.path);
+            let dir = entry.dir_in(&package.dir);
             if !dir.join("adapter_config.json").is_file() {
+                let fetched = entry.source.as_deref().map(|s| format!(" (fetched from {s})"));
                 return Err(format!(
-                    "hearth.yaml: adapter `{}`: {} has no adapter_config.json",
+                    "hearth.yaml: adapter `{}`: {}{} has no adapter_config.json",
                     entry.name,
-                    dir.display()
+                    dir.display(),
+                    fetched.unwrap_or_default()
                 ));
             }
             registry.declare(&entry.name, dir);
+            registry.state().packaged.insert(entry.name.clone());
         }
         Ok(registry)
     }
 
-    /// Reads the adapter in `dir` once, to refuse one that does not fit before it is declared.
+    /// Reads the adapter in `dir` once, to refuse one that does not fit before it is declared,
+    /// or one that would replace an adapter of the package.
     pub fn check(&self, name: &str, dir: &std::path::Path) -> Result<(), AdapterLookupError> {
+        self.refuse_packaged(name)?;
         LoraAdapter::load(dir, name, &self.cfg, self.dtype, &self.device)?;
+        Ok(())
+    }
+
+    fn refuse_packaged(&self, name: &str) -> Result<(), AdapterLookupError> {
+        match self.state().packaged.contains(name) {
+            true => Err(AdapterLookupError::Packaged { name: name.into() }),
+            false => Ok(()),
+        }
+    }
+
+    /// Stops serving the registered adapter `name`; requests running with it finish with it.
+    pub fn forget(&self, name: &str) -> Result<(), AdapterLookupError> {
+        self.refuse_packaged(name)?;
+        let mut state = self.state();
+        if state.declared.remove(name).is_none() {
+            return Err(state.unknown(name));
+        }
+        state.loaded.retain(|a| a.name() != name);
         Ok(())
     }
 
@@ -117,12 +159,7 @@ impl AdapterRegistry {
             }
             match state.declared.get(name) {
                 Some(dir) => dir.clone(),
-                None => {
-                    let mut names: Vec<&str> = state.declared.keys().map(String::as_str).collect();
-                    names.sort_unstable();
-                    let known = if names.is_empty() { "none".into() } else { names.join(", ") };
-                    return Err(AdapterLookupError::Unknown { name: name.into(), known });
-                }
+                None => return Err(state.unknown(name)),
             }
         };
         // Read outside the lock: other requests' adapters stay available meanwhile.
