@@ -64,13 +64,14 @@ pub const MOE_EXPERTS: usize = 8;
 pub const MOE_TOP_K: usize = 2;
 
 /// The names [`SynthSpec::preset`] knows.
-pub const PRESETS: [&str; 7] = [
+pub const PRESETS: [&str; 8] = [
     "tiny-llama",
     "tiny-gemma2",
     "tiny-gemma3",
     "tiny-phi3",
     "tiny-qwen3-moe",
     "smollm2-135m",
+    "smollm2-moe",
     "llama3-8b",
 ];
 
@@ -165,6 +166,17 @@ impl SynthSpec {
         }
     }
 
+    /// SmolLM2-135M's shape as a Qwen3-MoE model: each MLP becomes 8 experts of a quarter of
+    /// its width, 2 per token (about 210M parameters, 95M of them active per token). The mixture of
+    /// experts benchmarks run on it.
+    pub fn smollm2_moe() -> Self {
+        Self {
+            name: "smollm2-moe".to_string(),
+            family: SynthFamily::Qwen3Moe,
+            ..Self::smollm2_135m()
+        }
+    }
+
     /// The shape of Llama-3-8B (about 16 GB in bf16), sharded like the original checkpoint.
     pub fn llama3_8b() -> Self {
         Self {
@@ -196,6 +208,7 @@ impl SynthSpec {
             "tiny-phi3" => Some(Self::tiny_phi3()),
             "tiny-qwen3-moe" => Some(Self::tiny_qwen3_moe()),
             "smollm2-135m" => Some(Self::smollm2_135m()),
+            "smollm2-moe" => Some(Self::smollm2_moe()),
             "llama3-8b" => Some(Self::llama3_8b()),
             _ => None,
         }
