@@ -49,7 +49,8 @@ pub struct ModelsArgs {
 
 #[derive(Subcommand)]
 enum ModelsAction {
-    /// Unload a model (its in-flight requests finish) and delete its package directory.
+    /// Unload a model (its in-flight requests finish) and delete its package directory; or,
+    /// named `BASE:ADAPTER`, stop serving a pushed LoRA adapter and delete it.
     Rm { name: String },
 }
 
@@ -82,19 +83,30 @@ async fn list(client: &reqwest::Client, daemon: &DaemonArgs) -> anyhow::Result<(
         let detail = match text("state").as_str() {
             "failed" => text("reason"),
             "loading" => text("phase"),
+            _ if text("pushing").contains("adapter") => {
+                format!("{} ({})", text("predict_url"), text("pushing"))
+            }
             _ if !text("pushing").is_empty() => {
                 format!("{} (new version {})", text("predict_url"), text("pushing"))
             }
             _ => text("predict_url"),
         };
         println!("{:<32} {:<8} {:<11} {detail}", text("id"), text("state"), text("kind"));
+        for adapter in model["adapters"].as_array().into_iter().flatten() {
+            let id = format!("{}:{}", text("id"), adapter.as_str().unwrap_or(""));
+            println!("{id:<32} {:<8} {:<11} LoRA adapter over {}", "ready", "adapter", text("id"));
+        }
     }
     Ok(())
 }
 
 async fn remove(client: &reqwest::Client, daemon: &DaemonArgs, name: &str) -> anyhow::Result<()> {
+    let path = match name.split_once(':') {
+        Some((base, adapter)) => format!("/admin/models/{base}/adapters/{adapter}"),
+        None => format!("/admin/models/{name}"),
+    };
     let response = daemon
-        .request(client, Method::DELETE, &format!("/admin/models/{name}"))
+        .request(client, Method::DELETE, &path)
         .send()
         .await
         .with_context(|| format!("reaching {}", daemon.to))?;

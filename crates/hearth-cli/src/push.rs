@@ -1,5 +1,7 @@
 //! `hearth push DIR [--to URL] [--name NAME]`: uploads a package directory to a running daemon,
-//! which validates, installs and serves it.
+//! which validates, installs and serves it. With `--adapter-of BASE --name NAME`, DIR is a PEFT
+//! LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`) to serve over the running
+//! model BASE as `BASE:NAME`.
 //!
 //! The upload is a plain tar stream (the format `hearth_package::archive` documents), written
 //! file by file on a separate thread into a small bounded channel that feeds the request body:
@@ -32,14 +34,20 @@ pub struct PushArgs {
     /// The package directory (cog.yaml, config.json, weights, tokenizer, ...).
     dir: PathBuf,
     /// Name to serve it as (default: the package's own name: hearth.yaml `name`, cog.yaml
-    /// `model`, or the directory's name).
+    /// `model`, or the directory's name). For an adapter, its name (required).
     #[arg(long)]
     name: Option<String>,
+    /// DIR is a LoRA adapter for this running model, served as `BASE:NAME`.
+    #[arg(long, value_name = "BASE", requires = "name")]
+    adapter_of: Option<String>,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
 
 pub fn run(args: PushArgs) -> anyhow::Result<()> {
+    if let Some(base) = &args.adapter_of {
+        return push_adapter(&args, base);
+    }
     let name = match &args.name {
         Some(name) => name.clone(),
         None => hearth_package::read_name(&args.dir)
@@ -47,16 +55,37 @@ pub fn run(args: PushArgs) -> anyhow::Result<()> {
     };
     let plan = PackPlan::new(&args.dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let body = runtime.block_on(upload(&args.daemon, &name, plan))?;
+    let path = format!("/admin/models/{name}");
+    let body = runtime.block_on(upload(&args.daemon, &name, &path, plan))?;
     let replaced = body["replaced"].as_bool().unwrap_or(false);
     let url = body["predict_url"].as_str().unwrap_or("");
     println!("{name} is {}: {url}", if replaced { "replaced and serving" } else { "serving" });
     Ok(())
 }
 
+fn push_adapter(args: &PushArgs, base: &str) -> anyhow::Result<()> {
+    let name = args.name.as_deref().context("--adapter-of needs --name")?;
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        if !args.dir.join(file).is_file() {
+            bail!("{} is not a PEFT LoRA adapter: it has no {file}", args.dir.display());
+        }
+    }
+    let plan = PackPlan::new(&args.dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let path = format!("/admin/models/{base}/adapters/{name}");
+    let body = runtime.block_on(upload(&args.daemon, base, &path, plan))?;
+    let replaced = body["replaced"].as_bool().unwrap_or(false);
+    let id = body["id"].as_str().unwrap_or(name);
+    println!("{id} is {}", if replaced { "replaced and serving" } else { "serving" });
+    Ok(())
+}
+
+/// Sends `plan` as a `PUT` to `path`, showing progress, and the daemon's load steps of the
+/// model `name` while it answers.
 async fn upload(
     daemon: &DaemonArgs,
     name: &str,
+    path: &str,
     plan: PackPlan,
 ) -> anyhow::Result<serde_json::Value> {
     let client = reqwest::Client::new();
@@ -81,7 +110,7 @@ async fn upload(
     })
     .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
     let put = daemon
-        .request(&client, Method::PUT, &format!("/admin/models/{name}"))
+        .request(&client, Method::PUT, path)
         .header(header::CONTENT_TYPE, "application/x-tar")
         .body(reqwest::Body::wrap_stream(stream))
         .send();

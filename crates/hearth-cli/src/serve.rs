@@ -55,6 +55,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _in_runtime = runtime.enter();
     let mut catalog = Catalog::new();
     load_all(&package_dirs, &engine_config, &args.device, &mut catalog);
+    if let Some(dir) = &models_dir {
+        hearth_server::restore_all_adapters(dir, &catalog);
+    }
     catalog.set_default(args.default_model.or(config.server.default_model.clone()));
     let gateway_config = config.gateway_config();
     catalog.configure(&gateway_config).context("in the gateway configuration")?;

@@ -23,7 +23,7 @@ pub mod models;
 
 pub use embeddings::{EmbedInput, EmbedTicket, Embedder, EmbedderConfig, EmbedderInfo, Embeddings};
 pub use error::{EmbedError, EngineError, SubmitError};
-pub use generation::adapters::AdapterStats;
+pub use generation::adapters::{AdapterLookupError, AdapterStats};
 pub use generation::handle::{
     run_blocking, ChatTraits, Engine, EngineConfig, GenerateRequest, GenerationStream, ModelInfo,
     Prompt,

@@ -10,7 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use hearth_engine::{Engine, EngineConfig, GenerateRequest, KvCacheSize, Prompt, SubmitError};
+use hearth_engine::{
+    AdapterLookupError, Engine, EngineConfig, GenerateRequest, KvCacheSize, Prompt, SubmitError,
+};
 use hearth_package::synth::{write_llama_package, write_lora_adapter, LoraSpec, SynthSpec};
 use hearth_package::Package;
 use hearth_protocol::SamplingParams;
@@ -132,8 +134,19 @@ async fn unknown_and_unfit_adapters_are_refused_by_name() {
     let text = std::fs::read_to_string(late.join("adapter_config.json")).unwrap();
     std::fs::write(late.join("adapter_config.json"), text.replace("\"q_proj\"", "\"c_attn\""))
         .unwrap();
-    let err = engine.register_adapter("bad", late).unwrap_err().to_string();
+    let err = engine.register_adapter("bad", late.clone()).unwrap_err().to_string();
     assert!(err.contains("`c_attn` is not a projection of this model"), "{err}");
     assert!(!engine.adapter_names().contains(&"bad".to_string()));
+    // The package's own adapters are neither replaced nor removed at run time.
+    for err in
+        [engine.register_adapter("a", late).unwrap_err(), engine.remove_adapter("a").unwrap_err()]
+    {
+        assert!(matches!(err, AdapterLookupError::Packaged { .. }), "{err}");
+    }
+    // A removed adapter is no longer served; the rest are.
+    engine.remove_adapter("late").unwrap();
+    assert!(matches!(engine.submit(request(Some("late"))), Err(SubmitError::Adapter(_))));
+    assert!(matches!(engine.remove_adapter("late"), Err(AdapterLookupError::Unknown { .. })));
+    assert_eq!(engine.adapter_names(), ["a", "b", "c"]);
     engine.shutdown();
 }

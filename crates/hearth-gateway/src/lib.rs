@@ -33,7 +33,9 @@ pub use gateway::{Caller, Gateway, StartError, StartedRun};
 /// refusals (`Gateway::embed`), and the load and latency figures of a local model that the
 /// edge exports as metrics. The edge depends on the gateway alone.
 pub use hearth_engine::metrics::HistogramSnapshot;
-pub use hearth_engine::{AdapterStats, EmbedError, EmbedInput, EngineStats, MetricsSnapshot};
+pub use hearth_engine::{
+    AdapterLookupError, AdapterStats, EmbedError, EmbedInput, Engine, EngineStats, MetricsSnapshot,
+};
 /// The Python bridge's types that are part of the gateway's interface.
 pub use hearth_python::{
     files::FileConfig, Event as PredictionEvent, Schema as PredictorSchema, SetupReport, Worker,

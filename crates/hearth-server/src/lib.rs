@@ -23,7 +23,10 @@ mod runs;
 mod serve;
 mod state;
 
-pub use admin::{clean_staging, AdminSettings, AdminState, LoadedModel, ModelLoader};
+pub use admin::{
+    clean_staging, restore_adapters, restore_all_adapters, AdminSettings, AdminState, LoadedModel,
+    ModelLoader,
+};
 pub use config::{ServerConfig, WebhookConfig};
 pub use router::router;
 pub use serve::serve;

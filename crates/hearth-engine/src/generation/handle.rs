@@ -5,7 +5,7 @@
 //! requests with [`Engine::submit`] and read events from the returned [`GenerationStream`];
 //! dropping the stream cancels the request and frees its KV memory at the next step.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -242,12 +242,24 @@ impl Engine {
         self.inner.adapters.stats()
     }
 
-    /// Serves the adapter in `dir` as `name` from now on (replacing one of that name), after
-    /// reading it once to check that it fits this model.
+    /// Serves the adapter in `dir` as `name` from now on (replacing one registered under that
+    /// name), after reading it once to check that it fits this model. The package's own
+    /// adapters (`hearth.yaml`) are not replaced this way.
     pub fn register_adapter(&self, name: &str, dir: PathBuf) -> Result<(), AdapterLookupError> {
-        self.inner.adapters.check(name, &dir)?;
+        self.check_adapter(name, &dir)?;
         self.inner.adapters.declare(name, dir);
         Ok(())
+    }
+
+    /// What [`Engine::register_adapter`] would refuse, without registering anything.
+    pub fn check_adapter(&self, name: &str, dir: &Path) -> Result<(), AdapterLookupError> {
+        self.inner.adapters.check(name, dir)
+    }
+
+    /// Stops serving an adapter registered with [`Engine::register_adapter`]; requests already
+    /// running with it finish with it.
+    pub fn remove_adapter(&self, name: &str) -> Result<(), AdapterLookupError> {
+        self.inner.adapters.forget(name)
     }
 
     pub fn info(&self) -> &ModelInfo {

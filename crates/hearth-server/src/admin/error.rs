@@ -26,6 +26,9 @@ pub(crate) enum AdminError {
     /// The archive unpacked, but the package in it was refused.
     #[error("the package was refused: {0}")]
     Refused(String),
+    /// The archive unpacked, but the LoRA adapter in it does not fit its base model.
+    #[error("the adapter was refused: {0}")]
+    AdapterRefused(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -41,6 +44,7 @@ impl AdminError {
             Self::Interrupted(_) => (StatusCode::BAD_REQUEST, "upload_interrupted"),
             Self::Archive(err) => archive_status(err),
             Self::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "package_refused"),
+            Self::AdapterRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "adapter_refused"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -49,6 +49,13 @@ impl Drop for Staging {
 /// thread: a large package takes a while).
 pub(crate) struct Trash(PathBuf);
 
+impl Trash {
+    /// The directory to move what is to be deleted into.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Drop for Trash {
     fn drop(&mut self) {
         remove_all(&self.0);
@@ -119,7 +126,7 @@ pub(crate) fn discard(models_dir: &Path, dir: &Path) -> Result<Trash, AdminError
     Ok(trash)
 }
 
-fn new_trash(models_dir: &Path) -> Result<Trash, AdminError> {
+pub(crate) fn new_trash(models_dir: &Path) -> Result<Trash, AdminError> {
     let id = uuid::Uuid::new_v4().simple();
     let path = models_dir.join(STAGING_DIR).join(format!("{REPLACED_PREFIX}{id}"));
     fs::create_dir_all(&path).map_err(|e| internal(&path, "creating", e))?;

@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `PUT /admin/models/{name}` | body: the package as a plain tar stream (see [`hearth_package::archive`]); validated, installed under the models directory and loaded; answers the model id and its predict URL |
 //! | `GET /admin/models` | every model with its state: `loading`, `ready`, or `failed` with the reason |
-//! | `DELETE /admin/models/{name}` | unloads the model and deletes its package directory |
+//! | `DELETE /admin/models/{name}` | unloads the model and deletes its package directory (and the adapters pushed to it) |
+//! | `PUT /admin/models/{name}/adapters/{adapter}` | body: a PEFT LoRA adapter directory as a tar stream; checked against the model, stored, and served as `{name}:{adapter}` (see [`adapters`]) |
+//! | `DELETE /admin/models/{name}/adapters/{adapter}` | stops serving a pushed adapter and deletes it |
 //!
 //! With an admin token configured, every call needs `Authorization: Bearer <token>` (401
 //! otherwise). Without one, only loopback clients are answered (403 for the rest): an
@@ -13,6 +15,7 @@
 //! A replaced or removed model's engine keeps serving the requests it has; it stops once the
 //! last of them ends and the last handle to it is dropped.
 
+mod adapters;
 mod error;
 mod install;
 mod models;
@@ -29,6 +32,7 @@ use axum::routing::{get, put};
 use axum::Router;
 
 use crate::state::AppState;
+pub use adapters::{restore_adapters, restore_all_adapters};
 pub(crate) use error::AdminError;
 pub use install::clean_staging;
 pub use state::{AdminSettings, AdminState, LoadedModel, ModelLoader};
@@ -40,7 +44,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .delete(models::remove)
         // Uploads are streamed to disk and bounded by the archive limits, not the body limit.
         .layer(DefaultBodyLimit::disable());
-    Router::new().route("/admin/models", get(models::list)).route("/admin/models/{name}", model)
+    let adapter = put(adapters::push_adapter)
+        .delete(adapters::remove_adapter)
+        .layer(DefaultBodyLimit::disable());
+    Router::new()
+        .route("/admin/models", get(models::list))
+        .route("/admin/models/{name}", model)
+        .route("/admin/models/{name}/adapters/{adapter}", adapter)
 }
 
 /// An authenticated admin caller.

@@ -8,12 +8,13 @@ use axum::Json;
 use hearth_gateway::CatalogEntry;
 use serde_json::{json, Value};
 
+use super::adapters::adapters_of;
 use super::install::{dirs_serving, discard};
 use super::{predict_url, Admin, AdminError, Phase};
 use crate::state::AppState;
 
-/// Every model the daemon knows, sorted by id: `ready`, `failed` (with the reason), or
-/// `loading` while its first push is in progress. A ready model being replaced says so in
+/// Every model the daemon knows, sorted by id: `ready` (a generative one with its LoRA
+/// `adapters`), `failed` (with the reason), or `loading` while its first push is in progress. A ready model being replaced says so in
 /// `pushing`. A push in progress has the `steps` of its load: `{total, latest: [...]}`, the
 /// latest few of `total` in all (`hearth push` shows them as they come).
 pub(crate) async fn list(
@@ -26,7 +27,11 @@ pub(crate) async fn list(
     let mut rows: BTreeMap<String, Value> = BTreeMap::new();
     for (name, entry) in catalog.entries() {
         let row = match entry {
-            CatalogEntry::Ready(_) => ready_row(name, "generative", host),
+            CatalogEntry::Ready(model) => {
+                let mut row = ready_row(name, "generative", host);
+                row["adapters"] = json!(model.engine.adapter_names());
+                row
+            }
             CatalogEntry::Failed { reason } => {
                 json!({ "id": name, "state": "failed", "reason": reason })
             }
@@ -59,7 +64,7 @@ fn ready_row(name: &str, kind: &str, host: Option<&str>) -> Value {
 }
 
 /// Unloads `name` (its engine finishes what it has in flight, then stops) and deletes its
-/// package directory when it is under the models directory.
+/// package directory when it is under the models directory, with the adapters pushed to it.
 pub(crate) async fn remove(
     Admin(admin): Admin,
     State(state): State<AppState>,
@@ -89,6 +94,10 @@ fn remove_dirs(models_dir: &std::path::Path, name: &str) -> Result<usize, AdminE
     let dirs = dirs_serving(models_dir, name);
     for dir in &dirs {
         drop(discard(models_dir, dir)?);
+    }
+    let adapters = adapters_of(models_dir, name);
+    if adapters.is_dir() {
+        drop(discard(models_dir, &adapters)?);
     }
     Ok(dirs.len())
 }

@@ -22,6 +22,7 @@ use hearth_package::archive::{self, ArchiveError, ArchiveLimits, Unpacked};
 use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use super::adapters::restore_adapters;
 use super::install::{install, Staging, Trash};
 use super::state::Steps;
 use super::{predict_url, Admin, AdminError, AdminState, BusyGuard, LoadedModel, Phase};
@@ -29,8 +30,8 @@ use crate::state::AppState;
 
 /// Of a refused upload, the bytes read and thrown away so that a client still sending reads
 /// the answer instead of a reset connection; an unauthenticated client gets less.
-const DRAIN_BYTES: usize = 256 << 20;
-const DRAIN_BYTES_UNAUTHENTICATED: usize = 4 << 20;
+pub(crate) const DRAIN_BYTES: usize = 256 << 20;
+pub(crate) const DRAIN_BYTES_UNAUTHENTICATED: usize = 4 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(30);
 
 pub(crate) async fn push(
@@ -77,7 +78,7 @@ fn prepare(
     Ok(Push { state: state.clone(), admin, name, models_dir, busy })
 }
 
-fn refuse(err: AdminError, body: Body, drain_bytes: usize) -> Response {
+pub(crate) fn refuse(err: AdminError, body: Body, drain_bytes: usize) -> Response {
     drain(body.into_data_stream(), drain_bytes);
     err.into_response()
 }
@@ -103,7 +104,10 @@ where
 }
 
 /// A `Content-Length` over the limit is refused before a byte is read.
-fn check_declared_size(headers: &HeaderMap, limits: &ArchiveLimits) -> Result<(), AdminError> {
+pub(crate) fn check_declared_size(
+    headers: &HeaderMap,
+    limits: &ArchiveLimits,
+) -> Result<(), AdminError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     match declared {
@@ -146,8 +150,10 @@ impl Push {
             LoadedModel::Python(_) => "python",
         };
         let trash = self.install(staging).await?;
-        if let LoadedModel::Python(python) = &model {
-            python.worker.relocate(self.models_dir.join(&self.name));
+        match &model {
+            LoadedModel::Python(python) => python.worker.relocate(self.models_dir.join(&self.name)),
+            LoadedModel::Generative(local) => self.restore_adapters(&local.engine).await,
+            LoadedModel::Embedding(_) => {}
         }
         let replaced = self.swap(model);
         // The set-aside package may be large; delete it off the async threads.
@@ -181,6 +187,16 @@ impl Push {
             )));
         }
         Ok((staging, model))
+    }
+
+    /// Serves the adapters pushed to the previous version on this one too (those that fit).
+    async fn restore_adapters(&self, engine: &hearth_gateway::Engine) {
+        let (models_dir, name, engine) =
+            (self.models_dir.clone(), self.name.clone(), engine.clone());
+        let restore = move || restore_adapters(&models_dir, &name, &engine);
+        if let Err(err) = tokio::task::spawn_blocking(restore).await {
+            tracing::error!(model = %self.name, error = %err, "restoring pushed adapters failed");
+        }
     }
 
     async fn install(&self, staging: Staging) -> Result<Trash, AdminError> {
@@ -231,7 +247,11 @@ impl Pushed {
 
 /// Unpacks the body into `dest` as it streams in, on a blocking thread (the tar reader is
 /// synchronous). A body that breaks off is reported as an interrupted upload.
-async fn receive(body: Body, dest: PathBuf, limits: ArchiveLimits) -> Result<Unpacked, AdminError> {
+pub(crate) async fn receive(
+    body: Body,
+    dest: PathBuf,
+    limits: ArchiveLimits,
+) -> Result<Unpacked, AdminError> {
     let body_error: Arc<Mutex<Option<String>>> = Arc::default();
     let seen = body_error.clone();
     let stream = body.into_data_stream().map_err(move |e| {

@@ -73,6 +73,8 @@ pub(crate) enum Phase {
     Receiving,
     Loading,
     Removing,
+    AddingAdapter,
+    RemovingAdapter,
 }
 
 impl Phase {
@@ -81,6 +83,8 @@ impl Phase {
             Phase::Receiving => "receiving",
             Phase::Loading => "loading",
             Phase::Removing => "removing",
+            Phase::AddingAdapter => "adding an adapter",
+            Phase::RemovingAdapter => "removing an adapter",
         }
     }
 }
