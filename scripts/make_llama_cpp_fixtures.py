@@ -14,8 +14,8 @@ Two jobs, both run with llama.cpp's own code (llama-cpp-python, which vendors ll
       arithmetic differences may flip). Read by
       crates/hearth-engine/tests/llama_cpp_smollm2.rs.
 
-  parity FIXTURES
-      The four families' parity checkpoints (FIXTURES/<family>/config.json + model.safetensors,
+  parity FIXTURES [FAMILY ...]
+      The families' parity checkpoints (all of FAMILIES unless some are named) (FIXTURES/<family>/config.json + model.safetensors,
       made by scripts/make_parity_fixtures.py) converted to GGUF by llama.cpp: f16 and q8_0 by
       `convert_hf_to_gguf.py`, q4_1 and q4_k_m by llama.cpp's quantizer from the f32 conversion
       (q4_k_m's k-quants fall back to q5_0/q5_1/q8_0 where rows are shorter than their 256-wide
@@ -66,7 +66,10 @@ PROMPTS = [
 TOP = 64
 STRIDE = 61
 GREEDY_STEPS = 8
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
+# Not qwen2_moe: its fixture has a dense layer (`mlp_only_layers`), which llama.cpp's converter
+# cannot map ("Can not map tensor 'model.layers.1.mlp.down_proj.weight'").
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral",
+            "qwen3_moe"]
 OUTTYPES = ["f16", "q8_0", "q4_1", "q4_k_m"]
 # llama.cpp keeps K and V in f16 by default; Hearth's CPU cache is f32. On SmolLM2 that choice
 # alone moves llama.cpp's first-step logits by up to 0.83 (of 17), so the references are taken
@@ -127,7 +130,7 @@ def smollm2(gguf: str, out: str) -> None:
     print(f"wrote {out}")
 
 
-def byte_level_tokenizer(directory: Path) -> None:
+def byte_level_tokenizer(directory: Path, tokenizer_class: str = "PreTrainedTokenizerFast") -> None:
     """254 single-byte tokens (bytes 0-253) in GPT-2's byte-to-character mapping, one merge
     (" t", token 254: llama.cpp refuses a BPE vocabulary without merges) and `<|endoftext|>` as
     token 255 (Qwen's tokenizer class adds that token when it is missing, which would take id
@@ -154,7 +157,7 @@ def byte_level_tokenizer(directory: Path) -> None:
     tok.add_special_tokens(["<|endoftext|>"])
     tok.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
+        "tokenizer_class": tokenizer_class,
         "model_max_length": 128,
         "eos_token": "<|endoftext|>",
     }))
@@ -177,7 +180,19 @@ def convert(src: Path, model: Path, outtype: str, out: Path) -> None:
             return "gpt-2"
 
     TextModel.get_vocab_base_pre = get_vocab_base_pre
-    sys.argv = ["convert_hf_to_gguf.py", str(model), "--outtype", outtype, "--outfile", str(out)]
+    # Gemma 2's converter reads only SentencePiece models; the fixtures' byte-level BPE goes
+    # through the GPT-2 path, as Gemma 3's converter does without a tokenizer.model.
+    from conversion.gemma import Gemma2Model
+
+    def gemma2_vocab(self):
+        self._set_vocab_gpt2()
+        self.gguf_writer.add_add_space_prefix(False)
+
+    Gemma2Model.set_vocab = gemma2_vocab
+    # The name is neutral because llama.cpp reads tokenizer quirks off it: a name with "phi3" in
+    # it makes the loader look up Phi-3's `</s>`, `<unk>` and `<s>`, which this vocabulary lacks.
+    sys.argv = ["convert_hf_to_gguf.py", str(model), "--outtype", outtype, "--outfile", str(out),
+                "--model-name", "hearth-parity-fixture"]
     convert_hf_to_gguf.main()
 
 
@@ -191,11 +206,11 @@ def quantize(f32: Path, ftype: int, out: Path) -> None:
         sys.exit(f"llama.cpp could not quantize {f32} to {out}")
 
 
-def parity(fixtures: str) -> None:
+def parity(fixtures: str, families: list[str]) -> None:
     import llama_cpp
 
     src = llama_cpp_src()
-    for family in FAMILIES:
+    for family in families or FAMILIES:
         fixture = Path(fixtures) / family
         dest = fixture / "llama-cpp"
         dest.mkdir(exist_ok=True)
@@ -204,7 +219,9 @@ def parity(fixtures: str) -> None:
             model.mkdir()
             for name in ("config.json", "model.safetensors"):
                 shutil.copy(fixture / name, model / name)
-            byte_level_tokenizer(model)
+            # Phi-3's converter takes a BPE tokenizer only when it is declared GPT-2's.
+            byte_level_tokenizer(model, "GPT2Tokenizer" if family == "phi3" else
+                                 "PreTrainedTokenizerFast")
             f32 = Path(tmp) / "model-f32.gguf"
             convert(src, model, "f32", f32)
             for outtype in ("f16", "q8_0"):
@@ -243,8 +260,8 @@ def main() -> None:
     match sys.argv[1:]:
         case ["smollm2", gguf, out]:
             smollm2(gguf, out)
-        case ["parity", fixtures]:
-            parity(fixtures)
+        case ["parity", fixtures, *families]:
+            parity(fixtures, families)
         case _:
             sys.exit(__doc__)
 

@@ -1,4 +1,4 @@
-//! GGUF files written by llama.cpp itself: the four families' parity checkpoints converted by
+//! GGUF files written by llama.cpp itself: the families' parity checkpoints converted by
 //! its `convert_hf_to_gguf.py` (f16, q8_0) and quantized by its quantizer (q4_1, q4_k_m), kept in
 //! `tests/fixtures/<family>/llama-cpp/` (made by `scripts/make_llama_cpp_fixtures.py parity`).
 //! Each file is checked against the logits llama.cpp computes from it (`logits.safetensors`,
@@ -16,8 +16,29 @@ mod parity_support;
 use parity_support::{against_reference, compare, config, fixture_dir, logits, reference};
 
 /// The families whose fixtures hold llama.cpp's own conversions (`llama-cpp/`, made by
-/// `scripts/make_llama_cpp_fixtures.py parity`).
-const LLAMA_CPP_FAMILIES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
+/// `scripts/make_llama_cpp_fixtures.py parity`). Not Qwen2-MoE: its fixture has a dense layer
+/// (`mlp_only_layers`), which llama.cpp's converter cannot write.
+const LLAMA_CPP_FAMILIES: [&str; 9] =
+    ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "mixtral", "qwen3_moe"];
+
+/// Families llama.cpp runs differently from `transformers` on purpose, so that its logits are
+/// no target: Phi-3, whose sliding window llama.cpp turns off ("Phi SWA is currently
+/// disabled") and whose LongRoPE factors it picks by the context size rather than by the
+/// sequence's length (its logits are 1.0 away from transformers' on this fixture, Hearth's from
+/// the same f16 file 1.1e-3 with config.json).
+const NOT_LIKE_LLAMA_CPP: [&str; 1] = ["phi3"];
+
+/// The largest relative error against llama.cpp for `family`'s `file`. Mixtral's top-2 routing
+/// turns a near-tie between two experts into a different expert under another rounding: its
+/// worst rows differ by up to 3.5e-2 on the f16 file while every other row stays at the dense
+/// families' 1e-3 to 3e-3 (measured per row), so Mixtral gets the room of one such row.
+fn max_err(family: &str, file: &str, dense: f32) -> f32 {
+    match (family, file) {
+        ("mixtral", "f16") => 4e-2,
+        ("mixtral", _) => 6e-2,
+        _ => dense,
+    }
+}
 
 /// The file types, each with the largest relative error Hearth's logits may show against
 /// llama.cpp's on the same file (max |Hearth − llama.cpp| / max |llama.cpp| over every row).
@@ -55,8 +76,9 @@ fn llama_cpp_logits(family: &str, file: &str, i: usize) -> Tensor {
 /// without its sliding window, which the converter does not write and llama.cpp does not apply.
 #[test]
 fn each_file_served_alone_computes_what_llama_cpp_computes() {
-    for family in LLAMA_CPP_FAMILIES {
-        for (file, max_err) in FILES {
+    for family in LLAMA_CPP_FAMILIES.into_iter().filter(|f| !NOT_LIKE_LLAMA_CPP.contains(f)) {
+        for (file, dense_max_err) in FILES {
+            let max_err = max_err(family, file, dense_max_err);
             let path = gguf(family, file);
             let cfg = derived_config(&path);
             let model = load(&path, &cfg);
@@ -74,9 +96,11 @@ fn each_file_served_alone_computes_what_llama_cpp_computes() {
 
 /// Beside the checkpoint's config.json (Mistral's sliding window included), each file is at
 /// least as close to the `transformers` reference as llama.cpp gets from it (within 25 %:
-/// measured at most 1.17× llama.cpp's error, q8_0 on qwen3, and below it for most files; for
-/// Mistral far below, as llama.cpp runs it without its sliding window). On these tiny random
-/// models 4-bit files are far from the reference either way (llama.cpp: 0.15–0.35).
+/// measured at most 1.17× llama.cpp's error, q8_0 on qwen3, and below it for most files). For
+/// Mistral, Mixtral and Phi-3 far below, as llama.cpp runs them without their sliding window
+/// (llama.cpp 1.0–1.3 from the reference, Hearth's f16 files 1e-3 to 7e-3); for Gemma 2 and 3
+/// too (llama.cpp 0.18 and 0.52, Hearth 8e-4 and 1.2e-3). On these tiny random models 4-bit
+/// files are far from the reference either way (llama.cpp: 0.15–0.35, Mixtral's 1.4).
 #[test]
 fn with_config_json_each_file_is_as_close_to_the_reference_as_llama_cpp_is() {
     for family in LLAMA_CPP_FAMILIES {
