@@ -345,9 +345,13 @@ impl Catalog {
         }
     }
 
-    /// `PACKAGE:ADAPTER`: a ready local package under one of its LoRA adapters (`None` when
-    /// `id` has no such form or no such package, so other rules apply).
-    fn resolve_adapter(&self, id: &str) -> Result<Option<ResolvedModel>, CatalogError> {
+    /// The ready local package a `PACKAGE:ADAPTER` id runs on, and the adapter: `None` when
+    /// `id` has no such form or names no ready package (so other rules apply), an error naming
+    /// the package's adapters when it has none of that name.
+    pub fn adapter_base<'a>(
+        &self,
+        id: &'a str,
+    ) -> Result<Option<(&LocalModel, &'a str)>, CatalogError> {
         let Some((base, adapter)) = id.split_once(ADAPTER_SEPARATOR) else { return Ok(None) };
         let Some(CatalogEntry::Ready(model)) = self.entries.get(base) else { return Ok(None) };
         let names = model.engine.adapter_names();
@@ -359,6 +363,12 @@ impl Catalog {
                 known,
             });
         }
+        Ok(Some((model, adapter)))
+    }
+
+    /// `PACKAGE:ADAPTER`: a ready local package under one of its LoRA adapters.
+    fn resolve_adapter(&self, id: &str) -> Result<Option<ResolvedModel>, CatalogError> {
+        let Some((model, adapter)) = self.adapter_base(id)? else { return Ok(None) };
         let prices = Prices::from_floats(
             model.settings.input_price_per_mtok,
             model.settings.output_price_per_mtok,

@@ -92,3 +92,47 @@ async fn an_unknown_adapter_is_a_404_naming_the_adapters() {
     let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(message.contains("`nope`") && message.contains("legal, support"), "{message}");
 }
+
+/// Raw completions, the Responses API and Cog's per-model routes select an adapter the same way,
+/// and each computes what chat under that adapter computes from the same prompt.
+#[tokio::test]
+async fn every_surface_takes_the_adapter_in_the_model_id() {
+    let (app, _tmp) = adapter_app();
+    let completion = |model: &str| json!({"model": model, "prompt": "hello there", "max_tokens": 8, "temperature": 0});
+    let text = |reply: Reply, pointer: &str| {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json().pointer(pointer).and_then(|v| v.as_str()).unwrap().to_string()
+    };
+    let base =
+        text(post(&app, "/v1/completions", completion("tiny-llama")).await, "/choices/0/text");
+    let support = text(
+        post(&app, "/v1/completions", completion("tiny-llama:support")).await,
+        "/choices/0/text",
+    );
+    assert_ne!(support, base, "the adapter changes the raw completion");
+
+    let responses = json!({"model": "tiny-llama:support", "input": "hello there",
+                           "max_output_tokens": 8, "temperature": 0});
+    let reply = post(&app, "/v1/responses", responses).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["model"], "tiny-llama:support");
+
+    let cog = json!({"input": {"prompt": "hello there", "max_tokens": 8, "temperature": 0}});
+    let cog_text = |reply: Reply| {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let output = reply.json()["output"].as_array().unwrap().clone();
+        output.iter().map(|t| t.as_str().unwrap().to_string()).collect::<String>()
+    };
+    let cog_base = cog_text(post(&app, "/cog/tiny-llama/predictions", cog.clone()).await);
+    let cog_support =
+        cog_text(post(&app, "/cog/tiny-llama:support/predictions", cog.clone()).await);
+    assert_ne!(cog_support, cog_base, "the adapter changes the prediction");
+
+    // An adapter the model does not have: a 404 naming those it has, on each surface.
+    let reply = post(&app, "/v1/completions", completion("tiny-llama:nope")).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    assert!(reply.text().contains("legal, support"), "{}", reply.text());
+    let reply = post(&app, "/cog/tiny-llama:nope/predictions", cog).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    assert!(reply.text().contains("legal, support"), "{}", reply.text());
+}

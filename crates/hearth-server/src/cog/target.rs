@@ -51,7 +51,16 @@ fn resolve(state: &AppState, named: Option<String>) -> Result<CogModelState, Cog
         Some(CatalogEntry::Failed { reason }) => {
             Ok(CogModelState::Failed { reason: reason.clone() })
         }
-        None => Err(unknown(state, &format!("model `{name}` does not exist"))),
+        // `PACKAGE:ADAPTER`: the package's engine, under the adapter the name carries on to the
+        // gateway's route.
+        None => match catalog.adapter_base(&name) {
+            Ok(Some((model, _))) => {
+                let prefix = format!("/cog/{name}");
+                Ok(CogModelState::Ready(Box::new(CogModel { name, model: model.clone(), prefix })))
+            }
+            Ok(None) => Err(unknown(state, &format!("model `{name}` does not exist"))),
+            Err(err) => Err(unknown(state, &err.to_string())),
+        },
     }
 }
 

@@ -1,11 +1,12 @@
 //! The request fields the chat and completions endpoints share: sampling, limits, streaming.
 
-use hearth_gateway::{CatalogEntry, LocalModel};
+use hearth_gateway::{CatalogEntry, LocalModel, StartError};
 use hearth_protocol::{SamplingOptions, SamplingParams};
 use serde::Deserialize;
 
 use super::error::OpenAiError;
 use crate::defaults;
+use crate::relay::RelayError;
 use crate::state::AppState;
 
 /// `stop`: one string or a list of them.
@@ -131,11 +132,17 @@ impl CommonFields {
 
 /// The ready model called `name`.
 pub(crate) fn find_model(state: &AppState, name: &str) -> Result<LocalModel, OpenAiError> {
-    match state.catalog().entry(name) {
+    let catalog = state.catalog();
+    match catalog.entry(name) {
         Some(CatalogEntry::Ready(model)) => Ok(model.clone()),
         Some(CatalogEntry::Failed { reason }) => {
             Err(OpenAiError::ModelUnavailable { model: name.to_owned(), reason: reason.clone() })
         }
-        None => Err(OpenAiError::ModelNotFound(name.to_owned())),
+        // `PACKAGE:ADAPTER` runs on the package's engine.
+        None => match catalog.adapter_base(name) {
+            Ok(Some((model, _))) => Ok(model.clone()),
+            Ok(None) => Err(OpenAiError::ModelNotFound(name.to_owned())),
+            Err(err) => Err(RelayError::Start(StartError::Model(err)).into()),
+        },
     }
 }
