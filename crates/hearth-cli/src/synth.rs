@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Args)]
 pub struct SynthArgs {
     /// Model shape: tiny-llama, tiny-gemma2, tiny-gemma3, tiny-phi3, tiny-qwen3-moe,
-    /// smollm2-135m, smollm2-moe or llama3-8b.
+    /// tiny-qwen2-moe, tiny-mixtral, smollm2-135m, smollm2-moe or llama3-8b.
     #[arg(long, default_value = "tiny-llama")]
     preset: String,
     /// Directory to write the package into (created; must be empty or absent).

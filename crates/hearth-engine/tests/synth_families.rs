@@ -74,3 +74,13 @@ async fn tiny_phi3_serves() {
 async fn tiny_qwen3_moe_serves() {
     serves_alone_and_batched("tiny-qwen3-moe").await;
 }
+
+#[tokio::test]
+async fn tiny_qwen2_moe_serves() {
+    serves_alone_and_batched("tiny-qwen2-moe").await;
+}
+
+#[tokio::test]
+async fn tiny_mixtral_serves() {
+    serves_alone_and_batched("tiny-mixtral").await;
+}

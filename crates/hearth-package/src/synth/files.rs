@@ -123,27 +123,50 @@ struct LlamaConfig {
     moe: Option<MoeConfig>,
 }
 
-/// What a Qwen3-MoE config adds.
-#[derive(Serialize)]
+/// What a mixture-of-experts config adds, under each family's own keys.
+#[derive(Serialize, Default)]
 struct MoeConfig {
-    num_experts: usize,
+    /// Qwen's name for the expert count; Mixtral's is `num_local_experts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_experts: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    num_local_experts: Option<usize>,
     num_experts_per_tok: usize,
-    moe_intermediate_size: usize,
-    norm_topk_prob: bool,
-    decoder_sparse_step: usize,
-    mlp_only_layers: [usize; 0],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    moe_intermediate_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_expert_intermediate_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    norm_topk_prob: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decoder_sparse_step: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mlp_only_layers: Option<[usize; 0]>,
 }
 
 impl MoeConfig {
     fn new(spec: &SynthSpec) -> Option<Self> {
-        (spec.family == SynthFamily::Qwen3Moe).then_some(Self {
-            num_experts: MOE_EXPERTS,
+        let inter = spec.intermediate_size;
+        let qwen = |norm_topk_prob, shared| Self {
+            num_experts: Some(MOE_EXPERTS),
             num_experts_per_tok: MOE_TOP_K,
-            moe_intermediate_size: spec.intermediate_size / 4,
-            norm_topk_prob: true,
-            decoder_sparse_step: 1,
-            mlp_only_layers: [],
-        })
+            moe_intermediate_size: Some(inter / 4),
+            shared_expert_intermediate_size: shared,
+            norm_topk_prob: Some(norm_topk_prob),
+            decoder_sparse_step: Some(1),
+            mlp_only_layers: Some([]),
+            ..Self::default()
+        };
+        match spec.family {
+            SynthFamily::Qwen3Moe => Some(qwen(true, None)),
+            SynthFamily::Qwen2Moe => Some(qwen(false, Some(inter / 2))),
+            SynthFamily::Mixtral => Some(Self {
+                num_local_experts: Some(MOE_EXPERTS),
+                num_experts_per_tok: MOE_TOP_K,
+                ..Self::default()
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -164,9 +187,12 @@ struct GemmaConfig {
 impl GemmaConfig {
     fn new(spec: &SynthSpec) -> Option<Self> {
         let gemma2 = match spec.family {
-            SynthFamily::Llama | SynthFamily::Qwen3 | SynthFamily::Phi3 | SynthFamily::Qwen3Moe => {
-                return None
-            }
+            SynthFamily::Llama
+            | SynthFamily::Qwen3
+            | SynthFamily::Phi3
+            | SynthFamily::Qwen3Moe
+            | SynthFamily::Qwen2Moe
+            | SynthFamily::Mixtral => return None,
             SynthFamily::Gemma2 => true,
             SynthFamily::Gemma3 => false,
         };
@@ -192,6 +218,8 @@ impl LlamaConfig {
                 SynthFamily::Gemma3 => ["Gemma3ForCausalLM"],
                 SynthFamily::Phi3 => ["Phi3ForCausalLM"],
                 SynthFamily::Qwen3Moe => ["Qwen3MoeForCausalLM"],
+                SynthFamily::Qwen2Moe => ["Qwen2MoeForCausalLM"],
+                SynthFamily::Mixtral => ["MixtralForCausalLM"],
             },
             model_type: match spec.family {
                 SynthFamily::Llama => "llama",
@@ -200,6 +228,8 @@ impl LlamaConfig {
                 SynthFamily::Gemma3 => "gemma3_text",
                 SynthFamily::Phi3 => "phi3",
                 SynthFamily::Qwen3Moe => "qwen3_moe",
+                SynthFamily::Qwen2Moe => "qwen2_moe",
+                SynthFamily::Mixtral => "mixtral",
             },
             hidden_size: spec.hidden_size,
             intermediate_size: spec.intermediate_size,

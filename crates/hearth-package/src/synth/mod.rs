@@ -56,6 +56,19 @@ pub enum SynthFamily {
     /// Qwen3-MoE: a Qwen3 decoder whose MLPs are [`MOE_EXPERTS`] experts of a quarter of
     /// `intermediate_size`, [`MOE_TOP_K`] per token, renormalized.
     Qwen3Moe,
+    /// Qwen2-MoE: Qwen2 attention (biased query, key and value) over experts as Qwen3-MoE's,
+    /// not renormalized, plus a gated shared expert of half `intermediate_size`.
+    Qwen2Moe,
+    /// Mixtral: Llama attention over [`MOE_EXPERTS`] experts of `intermediate_size`, top
+    /// [`MOE_TOP_K`], renormalized.
+    Mixtral,
+}
+
+impl SynthFamily {
+    /// Whether the MLPs are mixtures of experts.
+    pub fn is_moe(self) -> bool {
+        matches!(self, Self::Qwen3Moe | Self::Qwen2Moe | Self::Mixtral)
+    }
 }
 
 /// Experts per layer of a synthetic MoE model.
@@ -64,12 +77,14 @@ pub const MOE_EXPERTS: usize = 8;
 pub const MOE_TOP_K: usize = 2;
 
 /// The names [`SynthSpec::preset`] knows.
-pub const PRESETS: [&str; 8] = [
+pub const PRESETS: [&str; 10] = [
     "tiny-llama",
     "tiny-gemma2",
     "tiny-gemma3",
     "tiny-phi3",
     "tiny-qwen3-moe",
+    "tiny-qwen2-moe",
+    "tiny-mixtral",
     "smollm2-135m",
     "smollm2-moe",
     "llama3-8b",
@@ -144,6 +159,11 @@ impl SynthSpec {
         Self { name, family: SynthFamily::Qwen3Moe, ..Self::tiny_llama() }
     }
 
+    /// [`Self::tiny_llama`]'s size as another mixture-of-experts `family`.
+    pub fn tiny_moe(name: &str, family: SynthFamily) -> Self {
+        Self { name: name.to_string(), family, ..Self::tiny_llama() }
+    }
+
     /// The shape of SmolLM2-135M (tied embeddings, 49152-token vocabulary).
     pub fn smollm2_135m() -> Self {
         Self {
@@ -207,6 +227,8 @@ impl SynthSpec {
             "tiny-gemma3" => Some(Self::tiny_gemma3()),
             "tiny-phi3" => Some(Self::tiny_phi3()),
             "tiny-qwen3-moe" => Some(Self::tiny_qwen3_moe()),
+            "tiny-qwen2-moe" => Some(Self::tiny_moe("tiny-qwen2-moe", SynthFamily::Qwen2Moe)),
+            "tiny-mixtral" => Some(Self::tiny_moe("tiny-mixtral", SynthFamily::Mixtral)),
             "smollm2-135m" => Some(Self::smollm2_135m()),
             "smollm2-moe" => Some(Self::smollm2_moe()),
             "llama3-8b" => Some(Self::llama3_8b()),

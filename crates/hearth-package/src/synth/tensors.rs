@@ -87,11 +87,18 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
                 ("mlp.down_proj", vec![hidden, inter], normal),
             ]
         };
-        if spec.family == SynthFamily::Qwen3Moe {
+        if spec.family.is_moe() {
             layer_tensors.retain(|(name, ..)| !name.starts_with("mlp."));
         }
         for (name, shape, init) in layer_tensors {
             tensors.push(PlannedTensor::new(format!("{prefix}.{name}.weight"), shape, init));
+        }
+        if spec.family == SynthFamily::Qwen2Moe {
+            // Qwen2's attention has biases on its query, key and value projections.
+            for (name, size) in [("q_proj", q_dim), ("k_proj", kv_dim), ("v_proj", kv_dim)] {
+                let name = format!("{prefix}.self_attn.{name}.bias");
+                tensors.push(PlannedTensor::new(name, vec![size], normal));
+            }
         }
         if gemma {
             for name in ["pre_feedforward_layernorm", "post_feedforward_layernorm"] {
@@ -99,8 +106,15 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
                 tensors.push(PlannedTensor::new(name, vec![hidden], norm));
             }
         }
-        if spec.family == SynthFamily::Qwen3Moe {
-            tensors.extend(experts(&prefix, hidden, inter / 4, normal));
+        match spec.family {
+            SynthFamily::Qwen3Moe => tensors.extend(experts(&prefix, QWEN, hidden, inter / 4)),
+            SynthFamily::Qwen2Moe => {
+                tensors.extend(experts(&prefix, QWEN, hidden, inter / 4));
+                tensors.extend(shared_expert(&prefix, hidden, inter / 2));
+            }
+            // Mixtral's experts are `intermediate_size` wide.
+            SynthFamily::Mixtral => tensors.extend(experts(&prefix, MIXTRAL, hidden, inter)),
+            _ => {}
         }
         if matches!(spec.family, SynthFamily::Qwen3 | SynthFamily::Gemma3 | SynthFamily::Qwen3Moe) {
             for name in ["self_attn.q_norm", "self_attn.k_norm"] {
@@ -120,27 +134,45 @@ pub(crate) fn plan(spec: &SynthSpec) -> Vec<PlannedTensor> {
     tensors
 }
 
-/// A Qwen3-MoE layer's router and experts, each expert `inter` wide.
-fn experts(prefix: &str, hidden: usize, inter: usize, init: TensorInit) -> Vec<PlannedTensor> {
-    let mut out = vec![PlannedTensor::new(
-        format!("{prefix}.mlp.gate.weight"),
-        vec![MOE_EXPERTS, hidden],
-        init,
-    )];
+/// Where a family keeps a sparse layer's router and experts: the block's name, then each
+/// expert's gate, up and down projections.
+type ExpertNames = (&'static str, [&'static str; 3]);
+const QWEN: ExpertNames = ("mlp", ["gate_proj", "up_proj", "down_proj"]);
+const MIXTRAL: ExpertNames = ("block_sparse_moe", ["w1", "w3", "w2"]);
+
+/// A sparse layer's router and [`MOE_EXPERTS`] experts, each `inter` wide.
+fn experts(prefix: &str, names: ExpertNames, hidden: usize, inter: usize) -> Vec<PlannedTensor> {
+    let init = TensorInit::Normal { std: INIT_STD };
+    let (block, [gate, up, down]) = names;
+    let router = format!("{prefix}.{block}.gate.weight");
+    let mut out = vec![PlannedTensor::new(router, vec![MOE_EXPERTS, hidden], init)];
     for e in 0..MOE_EXPERTS {
-        let expert = format!("{prefix}.mlp.experts.{e}");
-        out.push(PlannedTensor::new(
-            format!("{expert}.gate_proj.weight"),
-            vec![inter, hidden],
-            init,
-        ));
-        out.push(PlannedTensor::new(format!("{expert}.up_proj.weight"), vec![inter, hidden], init));
-        out.push(PlannedTensor::new(
-            format!("{expert}.down_proj.weight"),
-            vec![hidden, inter],
-            init,
-        ));
+        let expert = format!("{prefix}.{block}.experts.{e}");
+        for (name, shape) in
+            [(gate, [inter, hidden]), (up, [inter, hidden]), (down, [hidden, inter])]
+        {
+            out.push(PlannedTensor::new(format!("{expert}.{name}.weight"), shape.to_vec(), init));
+        }
     }
+    out
+}
+
+/// Qwen2-MoE's shared expert, `inter` wide, and its sigmoid gate.
+fn shared_expert(prefix: &str, hidden: usize, inter: usize) -> Vec<PlannedTensor> {
+    let init = TensorInit::Normal { std: INIT_STD };
+    let shared = format!("{prefix}.mlp.shared_expert");
+    let mut out: Vec<PlannedTensor> = [
+        ("gate_proj", [inter, hidden]),
+        ("up_proj", [inter, hidden]),
+        ("down_proj", [hidden, inter]),
+    ]
+    .into_iter()
+    .map(|(name, shape)| {
+        PlannedTensor::new(format!("{shared}.{name}.weight"), shape.to_vec(), init)
+    })
+    .collect();
+    let gate = format!("{prefix}.mlp.shared_expert_gate.weight");
+    out.push(PlannedTensor::new(gate, vec![1, hidden], init));
     out
 }
 
