@@ -65,6 +65,7 @@ fn text(bytes: &[u8]) -> String {
 
 fn chat_body(model: &str, max_tokens: u32, stream: bool) -> Value {
     json!({"model": model, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+           "ignore_eos": true,
            "messages": [{"role": "user", "content": "tell me a long story"}]})
 }
 
@@ -84,21 +85,25 @@ fn model_ids(daemon: &Daemon) -> Vec<String> {
     data.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect()
 }
 
-/// A streamed chat completion read on its own thread: it reports its first content delta on
-/// `started`, waits for `go_on`, then reads the rest and returns the whole text and the
-/// finish reason.
+/// Output tokens of each base-model stream that runs across the push: long enough that the
+/// engine is still decoding them when the adapter is served (checked, not assumed).
+const LONG: u32 = 1900;
+/// Base-model streams running across the push.
+const STREAMS: usize = 8;
+
+/// A streamed chat completion read on its own thread: it sends its run id on `started` at its
+/// first content delta, then reads to the end and returns the whole text and finish reason.
 fn stream_in_background(
     daemon: &Daemon,
-    max_tokens: u32,
-    started: mpsc::Sender<()>,
-    go_on: mpsc::Receiver<()>,
+    started: mpsc::Sender<String>,
 ) -> std::thread::JoinHandle<(String, String)> {
     let url = daemon.url("/v1/chat/completions");
-    let body = chat_body("tiny-llama", max_tokens, true);
+    let body = chat_body("tiny-llama", LONG, true);
     std::thread::spawn(move || {
         let resp = client().post(url).json(&body).send().unwrap();
         assert_eq!(resp.status(), 200);
-        let (mut content, mut finish, mut waited) = (String::new(), String::new(), false);
+        let run_id = resp.headers()["x-hearth-run-id"].to_str().unwrap().to_owned();
+        let (mut content, mut finish, mut told) = (String::new(), String::new(), false);
         for line in BufReader::new(resp).lines() {
             let line = line.unwrap();
             let Some(data) = line.strip_prefix("data: ") else { continue };
@@ -110,14 +115,19 @@ fn stream_in_background(
             if let Some(reason) = event["choices"][0]["finish_reason"].as_str() {
                 finish = reason.to_owned();
             }
-            if !waited && !content.is_empty() {
-                started.send(()).unwrap();
-                go_on.recv().unwrap();
-                waited = true;
+            if !told && !content.is_empty() {
+                started.send(run_id.clone()).unwrap();
+                told = true;
             }
         }
         (content, finish)
     })
+}
+
+fn run_status(daemon: &Daemon, run_id: &str) -> String {
+    let url = daemon.url(&format!("/v1/runs/{run_id}"));
+    let status: Value = client().get(url).send().unwrap().json().unwrap();
+    status["status"].as_str().unwrap_or_default().to_owned()
 }
 
 #[test]
@@ -127,36 +137,39 @@ fn an_adapter_pushed_while_the_base_streams_is_served_and_survives_a_restart() {
     let daemon = admin_daemon(&models);
     let (_, base_answer) = chat(&daemon, "tiny-llama");
 
-    // A base-model stream is mid-way when the adapter arrives.
+    // Base-model streams are mid-way when the adapter arrives.
     let (started_tx, started) = mpsc::channel();
-    let (go_on, go_on_rx) = mpsc::channel();
-    let stream = stream_in_background(&daemon, 64, started_tx, go_on_rx);
-    started.recv_timeout(Duration::from_secs(120)).expect("the base stream started");
+    let streams: Vec<_> =
+        (0..STREAMS).map(|_| stream_in_background(&daemon, started_tx.clone())).collect();
+    let run_ids: Vec<String> = (0..STREAMS)
+        .map(|_| started.recv_timeout(Duration::from_secs(120)).expect("a base stream started"))
+        .collect();
 
     let pushed = push_adapter(&daemon, &adapter(root.path(), 3), "tiny-llama", "support");
     assert!(pushed.status.success(), "{}", text(&pushed.stderr));
-    assert!(
-        text(&pushed.stdout).contains("tiny-llama:support is serving"),
-        "{}",
-        text(&pushed.stdout)
-    );
+    let stdout = text(&pushed.stdout);
+    assert!(stdout.contains("tiny-llama:support is serving"), "{stdout}");
     let (status, support_answer) = chat(&daemon, "tiny-llama:support");
     assert_eq!(status, 200);
     assert_ne!(support_answer, base_answer, "the adapter changes the answer");
     assert!(model_ids(&daemon).contains(&"tiny-llama:support".to_owned()));
+    let running = run_ids.iter().filter(|id| run_status(&daemon, id) == "running").count();
+    assert!(running > 0, "every base stream ended before the adapter served; lengthen LONG");
 
-    // The stream that was running goes on to its end, untouched by the adapter.
-    go_on.send(()).unwrap();
-    let (streamed, finish) = stream.join().unwrap();
-    assert!(!finish.is_empty(), "the stream ended without a finish reason: {streamed}");
+    // The streams that were running go on to their end, untouched by the adapter.
     let whole = client()
         .post(daemon.url("/v1/chat/completions"))
-        .json(&chat_body("tiny-llama", 64, false))
+        .json(&chat_body("tiny-llama", LONG, false))
         .send()
         .unwrap()
         .json::<Value>()
         .unwrap();
-    assert_eq!(streamed, whole["choices"][0]["message"]["content"].as_str().unwrap());
+    let expected = whole["choices"][0]["message"]["content"].as_str().unwrap();
+    for stream in streams {
+        let (streamed, finish) = stream.join().unwrap();
+        assert!(!finish.is_empty(), "a stream ended without a finish reason");
+        assert_eq!(streamed, expected);
+    }
 
     let listed: Value = client()
         .get(daemon.url("/admin/models"))

@@ -121,7 +121,7 @@ async fn upload(
     };
     if let Ok(Err(err)) = writer.join() {
         bar.finish_and_clear();
-        bail!("packing the package failed: {err}");
+        bail!("packing the upload failed: {err}");
     }
     let body = answer(response.with_context(|| format!("uploading to {}", daemon.to))?).await;
     if let Ok(body) = &body {
@@ -193,7 +193,7 @@ fn show_loading(bar: &ProgressBar) {
     )
     .unwrap_or_else(|_| ProgressStyle::default_spinner());
     bar.set_style(style);
-    bar.set_message("validating the package");
+    bar.set_message("validating the upload");
     bar.enable_steady_tick(Duration::from_millis(200));
 }
 

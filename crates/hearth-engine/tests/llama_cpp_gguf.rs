@@ -29,9 +29,10 @@ const LLAMA_CPP_FAMILIES: [&str; 9] =
 const NOT_LIKE_LLAMA_CPP: [&str; 1] = ["phi3"];
 
 /// The largest relative error against llama.cpp for `family`'s `file`. Mixtral's top-2 routing
-/// turns a near-tie between two experts into a different expert under another rounding: its
-/// worst rows differ by up to 3.5e-2 on the f16 file while every other row stays at the dense
-/// families' 1e-3 to 3e-3 (measured per row), so Mixtral gets the room of one such row.
+/// turns a near-tie between two experts into a different expert under another rounding: on the
+/// f16 file its worst row differs by 3.5e-2 (1.1e-2 of the largest logit) while every other
+/// row stays at the dense families' 1e-3 to 3e-3 (measured per row), so Mixtral gets the room
+/// of such a row.
 fn max_err(family: &str, file: &str, dense: f32) -> f32 {
     match (family, file) {
         ("mixtral", "f16") => 4e-2,
@@ -42,8 +43,8 @@ fn max_err(family: &str, file: &str, dense: f32) -> f32 {
 
 /// The file types, each with the largest relative error Hearth's logits may show against
 /// llama.cpp's on the same file (max |Hearth − llama.cpp| / max |llama.cpp| over every row).
-/// Measured on these fixtures, worst family: f16 1.2e-3, q8_0 2.5e-2, q4_1 2.4e-2, q4_k_m
-/// 2.4e-2. llama.cpp keeps its KV cache in f16 and quantizes activations its own way per type
+/// Measured on these fixtures, worst family but Mixtral: f16 1.4e-3, q8_0 2.5e-2, q4_1 3.5e-2,
+/// q4_k_m 2.4e-2. llama.cpp keeps its KV cache in f16 and quantizes activations its own way per type
 /// (q8_0, q8_1 or q8_K blocks; Hearth: q8_0 blocks of 32 with half sums), and these tiny random
 /// models amplify every rounding; a wrong RoPE row order measures 5.9e-1.
 const FILES: [(&str, f32); 4] = [("f16", 2e-3), ("q8_0", 4e-2), ("q4_1", 4e-2), ("q4_k_m", 4e-2)];
@@ -115,6 +116,15 @@ fn with_config_json_each_file_is_as_close_to_the_reference_as_llama_cpp_is() {
                 .fold(0f32, f32::max);
             println!("{family:8} {file:7} llama.cpp's rel err {theirs:.3e}");
             assert!(ours <= 1.25 * theirs + 1e-3, "{family} {file}: {ours:.3e} vs {theirs:.3e}");
+            // Where llama.cpp itself is far from the reference (it drops a sliding window),
+            // the bound above says little; these hold Hearth to its own measured closeness
+            // (worst: f16 6.9e-3, q8_0 1.6e-1, both Mixtral's).
+            let cap = match file {
+                "f16" => 1e-2,
+                "q8_0" => 2e-1,
+                _ => f32::INFINITY,
+            };
+            assert!(ours <= cap, "{family} {file}: {ours:.3e} from the reference");
         }
     }
 }

@@ -93,8 +93,9 @@ async fn an_unknown_adapter_is_a_404_naming_the_adapters() {
     assert!(message.contains("`nope`") && message.contains("legal, support"), "{message}");
 }
 
-/// Raw completions, the Responses API and Cog's per-model routes select an adapter the same way,
-/// and each computes what chat under that adapter computes from the same prompt.
+/// Raw completions, the Responses API and Cog's per-model routes take `PACKAGE:ADAPTER` too:
+/// the adapter changes raw completions' and Cog's greedy output, the Responses API answers under
+/// the adapter's id, and an unknown adapter is a 404 naming the known ones.
 #[tokio::test]
 async fn every_surface_takes_the_adapter_in_the_model_id() {
     let (app, _tmp) = adapter_app();

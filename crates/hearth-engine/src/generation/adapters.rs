@@ -4,12 +4,13 @@
 //! adapter for as long as it runs, so dropping one never disturbs a running sequence.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device};
 use hearth_package::Package;
 
+use crate::generation::handle::Engine;
 use crate::models::llama::lora::{AdapterError, LoraAdapter};
 use crate::models::llama::LlamaConfig;
 
@@ -48,7 +49,10 @@ pub struct AdapterRegistry {
 
 #[derive(Default)]
 struct State {
-    declared: HashMap<String, PathBuf>,
+    /// Each declared name's directory, and the declaration's number: a load that finds the
+    /// number changed when it ends (the adapter was replaced or removed meanwhile) is not kept.
+    declared: HashMap<String, (PathBuf, u64)>,
+    declarations: u64,
     /// The names `hearth.yaml` declares.
     packaged: std::collections::HashSet<String>,
     /// Loaded adapters, least recently used first.
@@ -138,7 +142,9 @@ impl AdapterRegistry {
     pub fn declare(&self, name: &str, dir: PathBuf) {
         let mut state = self.state();
         state.loaded.retain(|a| a.name() != name);
-        state.declared.insert(name.to_string(), dir);
+        state.declarations += 1;
+        let number = state.declarations;
+        state.declared.insert(name.to_string(), (dir, number));
     }
 
     /// Declared names, sorted.
@@ -150,24 +156,36 @@ impl AdapterRegistry {
 
     /// The adapter `name`, loading it (and evicting others past the bound) if it is not loaded.
     pub fn get(&self, name: &str) -> Result<Arc<LoraAdapter>, AdapterLookupError> {
-        let dir = {
+        loop {
+            let (dir, number) = {
+                let mut state = self.state();
+                if let Some(at) = state.loaded.iter().position(|a| a.name() == name) {
+                    let adapter = state.loaded.remove(at);
+                    state.loaded.push(adapter.clone());
+                    return Ok(adapter);
+                }
+                match state.declared.get(name) {
+                    Some(declared) => declared.clone(),
+                    None => return Err(state.unknown(name)),
+                }
+            };
+            // Read outside the lock: other requests' adapters stay available meanwhile.
+            let read = LoraAdapter::load(&dir, name, &self.cfg, self.dtype, &self.device);
             let mut state = self.state();
-            if let Some(at) = state.loaded.iter().position(|a| a.name() == name) {
-                let adapter = state.loaded.remove(at);
-                state.loaded.push(adapter.clone());
-                return Ok(adapter);
+            // Replaced (or removed) while it was read: what was read may be the old files, a
+            // mix of old and new, or nothing; read the current declaration instead.
+            if state.declared.get(name).map(|d| d.1) != Some(number) {
+                continue;
             }
-            match state.declared.get(name) {
-                Some(dir) => dir.clone(),
-                None => return Err(state.unknown(name)),
-            }
-        };
-        // Read outside the lock: other requests' adapters stay available meanwhile.
-        let adapter = Arc::new(LoraAdapter::load(&dir, name, &self.cfg, self.dtype, &self.device)?);
-        tracing::info!(adapter = name, bytes = adapter.bytes(), "LoRA adapter loaded");
-        let mut state = self.state();
+            return Ok(self.keep(&mut state, Arc::new(read?)));
+        }
+    }
+
+    /// Caches a freshly read adapter, evicting the least recently used past the bound.
+    fn keep(&self, state: &mut State, adapter: Arc<LoraAdapter>) -> Arc<LoraAdapter> {
+        tracing::info!(adapter = adapter.name(), bytes = adapter.bytes(), "LoRA adapter loaded");
         state.loads += 1;
-        state.loaded.retain(|a| a.name() != name);
+        state.loaded.retain(|a| a.name() != adapter.name());
         state.loaded.push(adapter.clone());
         while state.loaded.len() > 1
             && state.loaded.iter().map(|a| a.bytes()).sum::<usize>() > self.max_bytes
@@ -176,7 +194,7 @@ impl AdapterRegistry {
             state.evictions += 1;
             tracing::info!(adapter = evicted.name(), "LoRA adapter evicted (least recently used)");
         }
-        Ok(adapter)
+        adapter
     }
 
     pub fn stats(&self) -> AdapterStats {
@@ -188,5 +206,43 @@ impl AdapterRegistry {
             loads: state.loads,
             evictions: state.evictions,
         }
+    }
+}
+
+/// The adapter side of an engine's handle.
+impl Engine {
+    /// The LoRA adapters this model serves, by name.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.adapters().names()
+    }
+
+    pub fn adapter_stats(&self) -> AdapterStats {
+        self.adapters().stats()
+    }
+
+    /// Serves the adapter in `dir` as `name` from now on (replacing one registered under that
+    /// name), after reading it once to check that it fits this model. The package's own
+    /// adapters (`hearth.yaml`) are not replaced this way.
+    pub fn register_adapter(&self, name: &str, dir: PathBuf) -> Result<(), AdapterLookupError> {
+        self.check_adapter(name, &dir)?;
+        self.adapters().declare(name, dir);
+        Ok(())
+    }
+
+    /// What [`Engine::register_adapter`] would refuse, without registering anything.
+    pub fn check_adapter(&self, name: &str, dir: &Path) -> Result<(), AdapterLookupError> {
+        self.adapters().check(name, dir)
+    }
+
+    /// [`Engine::register_adapter`] without reading the files again, for files
+    /// [`Engine::check_adapter`] accepted (moved since, as a pushed adapter is).
+    pub fn declare_adapter(&self, name: &str, dir: PathBuf) {
+        self.adapters().declare(name, dir);
+    }
+
+    /// Stops serving an adapter registered with [`Engine::register_adapter`]; requests already
+    /// running with it finish with it.
+    pub fn remove_adapter(&self, name: &str) -> Result<(), AdapterLookupError> {
+        self.adapters().forget(name)
     }
 }

@@ -5,7 +5,6 @@
 //! requests with [`Engine::submit`] and read events from the returned [`GenerationStream`];
 //! dropping the stream cancels the request and frees its KV memory at the next step.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -20,7 +19,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, SubmitError};
-use crate::generation::adapters::{AdapterLookupError, AdapterRegistry, AdapterStats};
+use crate::generation::adapters::AdapterRegistry;
 use crate::generation::constraint::{GrammarCompiler, TokenConstraint};
 use crate::generation::kv_cache::{KvCache, KvCacheConfig};
 use crate::generation::memory::KvCacheSize;
@@ -233,33 +232,10 @@ impl Engine {
         })
     }
 
-    /// The LoRA adapters this model serves, by name.
-    pub fn adapter_names(&self) -> Vec<String> {
-        self.inner.adapters.names()
-    }
-
-    pub fn adapter_stats(&self) -> AdapterStats {
-        self.inner.adapters.stats()
-    }
-
-    /// Serves the adapter in `dir` as `name` from now on (replacing one registered under that
-    /// name), after reading it once to check that it fits this model. The package's own
-    /// adapters (`hearth.yaml`) are not replaced this way.
-    pub fn register_adapter(&self, name: &str, dir: PathBuf) -> Result<(), AdapterLookupError> {
-        self.check_adapter(name, &dir)?;
-        self.inner.adapters.declare(name, dir);
-        Ok(())
-    }
-
-    /// What [`Engine::register_adapter`] would refuse, without registering anything.
-    pub fn check_adapter(&self, name: &str, dir: &Path) -> Result<(), AdapterLookupError> {
-        self.inner.adapters.check(name, dir)
-    }
-
-    /// Stops serving an adapter registered with [`Engine::register_adapter`]; requests already
-    /// running with it finish with it.
-    pub fn remove_adapter(&self, name: &str) -> Result<(), AdapterLookupError> {
-        self.inner.adapters.forget(name)
+    /// The LoRA adapters this model serves (see [`AdapterRegistry`] and the adapter methods
+    /// in `generation/adapters.rs`).
+    pub(crate) fn adapters(&self) -> &AdapterRegistry {
+        &self.inner.adapters
     }
 
     pub fn info(&self) -> &ModelInfo {

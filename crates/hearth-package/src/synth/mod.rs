@@ -155,8 +155,7 @@ impl SynthSpec {
 
     /// [`Self::tiny_llama`]'s size as Qwen3-MoE (8 experts, 2 per token).
     pub fn tiny_qwen3_moe() -> Self {
-        let name = "tiny-qwen3-moe".to_string();
-        Self { name, family: SynthFamily::Qwen3Moe, ..Self::tiny_llama() }
+        Self::tiny_moe("tiny-qwen3-moe", SynthFamily::Qwen3Moe)
     }
 
     /// [`Self::tiny_llama`]'s size as another mixture-of-experts `family`.

@@ -25,7 +25,7 @@ use axum::Json;
 use hearth_gateway::{AdapterLookupError, Catalog, Engine};
 use serde_json::json;
 
-use super::install::{new_trash, Staging};
+use super::install::{new_adapter_trash, Staging};
 use super::push::{check_declared_size, receive, refuse, DRAIN_BYTES, DRAIN_BYTES_UNAUTHENTICATED};
 use super::{Admin, AdminError, AdminState, Phase};
 use crate::state::AppState;
@@ -143,25 +143,33 @@ impl AdapterPush {
     }
 
     /// Checks the staged adapter against the base, moves it into the store (setting aside the
-    /// one it replaces) and serves it. Blocking: it reads the adapter's tensors.
+    /// one it replaces, put back if the move fails) and serves it. Blocking: it reads the
+    /// adapter's tensors, once.
     fn install(self, staging: Staging) -> Result<Installed, AdminError> {
         let staged = staging.package_dir();
         self.engine.check_adapter(&self.adapter, staged).map_err(refusal)?;
         let store = adapters_of(&self.models_dir, &self.base);
         fs::create_dir_all(&store).map_err(|e| io_error(&store, "creating", e))?;
         let target = store.join(&self.adapter);
-        let trash = new_trash(&self.models_dir)?;
+        let trash = new_adapter_trash(&self.models_dir)?;
+        let set_aside = trash.path().join(&self.base).join(&self.adapter);
         let replaced = target.exists();
         if replaced {
-            fs::rename(&target, trash.path().join(&self.adapter))
+            fs::create_dir_all(trash.path().join(&self.base))
+                .and_then(|()| fs::rename(&target, &set_aside))
                 .map_err(|e| io_error(&target, "setting aside", e))?;
         }
-        fs::rename(staged, &target).map_err(|e| io_error(&target, "installing", e))?;
-        if let Err(err) = self.engine.register_adapter(&self.adapter, target.clone()) {
-            // Checked a moment ago; only the disk can make this fail. Nothing half-served stays.
-            let _ = fs::remove_dir_all(&target);
-            return Err(refusal(err));
+        if let Err(err) = fs::rename(staged, &target) {
+            if replaced {
+                if let Err(back) = fs::rename(&set_aside, &target) {
+                    tracing::error!(path = %target.display(), error = %back, "could not put the previous adapter back");
+                }
+            }
+            return Err(io_error(&target, "installing", err));
         }
+        // The engine reads it again on its first request (it was checked from these files).
+        self.engine.declare_adapter(&self.adapter, target);
+        drop(trash);
         let id = format!("{}:{}", self.base, self.adapter);
         tracing::info!(adapter = %id, replaced, "LoRA adapter pushed and serving");
         Ok(Installed { id, base: self.base, adapter: self.adapter, replaced })
@@ -204,13 +212,10 @@ pub(crate) async fn remove_adapter(
         },
         None => false,
     };
-    let dir = adapters_of(&models_dir, &base).join(&adapter);
-    let stored = dir.is_dir();
-    if stored {
-        let trash = new_trash(&models_dir)?;
-        fs::rename(&dir, trash.path().join(&adapter)).map_err(|e| io_error(&dir, "removing", e))?;
-        tokio::task::spawn_blocking(move || drop(trash));
-    }
+    let (name, owner) = (adapter.clone(), base.clone());
+    let stored = tokio::task::spawn_blocking(move || delete_stored(&models_dir, &owner, &name))
+        .await
+        .map_err(|e| AdminError::Internal(format!("removing the adapter failed: {e}")))??;
     if !unloaded && !stored {
         return Err(AdminError::NotFound(format!(
             "model `{base}` has no pushed adapter `{adapter}`"
@@ -218,6 +223,31 @@ pub(crate) async fn remove_adapter(
     }
     tracing::info!(model = %base, adapter = %adapter, "LoRA adapter removed");
     Ok(Json(json!({ "id": format!("{base}:{adapter}"), "removed": true })))
+}
+
+/// Deletes `base`'s stored adapter `adapter`; false when there is none.
+fn delete_stored(models_dir: &FsPath, base: &str, adapter: &str) -> Result<bool, AdminError> {
+    let dir = adapters_of(models_dir, base).join(adapter);
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let trash = new_adapter_trash(models_dir)?;
+    fs::create_dir_all(trash.path().join(base))
+        .and_then(|()| fs::rename(&dir, trash.path().join(base).join(adapter)))
+        .map_err(|e| io_error(&dir, "removing", e))?;
+    Ok(true)
+}
+
+/// Deletes every adapter pushed to `base` (the base is being removed); false when there were
+/// none.
+pub(crate) fn delete_store(models_dir: &FsPath, base: &str) -> Result<bool, AdminError> {
+    let store = adapters_of(models_dir, base);
+    if !store.is_dir() {
+        return Ok(false);
+    }
+    let trash = new_adapter_trash(models_dir)?;
+    fs::rename(&store, trash.path().join(base)).map_err(|e| io_error(&store, "removing", e))?;
+    Ok(true)
 }
 
 /// Registers with `engine` every adapter pushed to `base` before, and returns their names; one
@@ -233,6 +263,9 @@ pub fn restore_adapters(models_dir: &FsPath, base: &str, engine: &Engine) -> Vec
         }
         match engine.register_adapter(&name, entry.path()) {
             Ok(()) => restored.push(name),
+            Err(err @ AdapterLookupError::Packaged { .. }) => {
+                tracing::warn!(model = base, adapter = %name, error = %err, "a pushed adapter is shadowed by the package's own adapter of that name; not serving it")
+            }
             Err(err) => {
                 tracing::warn!(model = base, adapter = %name, error = %err, "a pushed adapter does not fit its model any more; not serving it")
             }

@@ -3,7 +3,9 @@
 //! same filesystem as the models, so the final move is a rename):
 //!
 //! - `.hearth-staging/<id>/<name>/`: an upload being received and validated;
-//! - `.hearth-staging/replaced-<id>/<name>/`: a package taken out of service, being deleted.
+//! - `.hearth-staging/replaced-<id>/<name>/`: a package taken out of service, being deleted;
+//! - `.hearth-staging/adapters-replaced-<id>/<base>/[<adapter>/]`: pushed LoRA adapters taken
+//!   out of service (one, or a removed base's all), being deleted.
 //!
 //! A package becomes visible at `<models>/<name>` only by a rename, after it was validated and
 //! loaded, so a failed or interrupted push leaves nothing there. A staging directory is removed
@@ -13,10 +15,12 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::adapters::ADAPTERS_DIR;
 use super::AdminError;
 
 pub(crate) const STAGING_DIR: &str = ".hearth-staging";
 const REPLACED_PREFIX: &str = "replaced-";
+const ADAPTERS_REPLACED_PREFIX: &str = "adapters-replaced-";
 
 /// An upload's staging directory; removed, with whatever is in it, when dropped.
 pub(crate) struct Staging {
@@ -127,8 +131,18 @@ pub(crate) fn discard(models_dir: &Path, dir: &Path) -> Result<Trash, AdminError
 }
 
 pub(crate) fn new_trash(models_dir: &Path) -> Result<Trash, AdminError> {
+    trash_with_prefix(models_dir, REPLACED_PREFIX)
+}
+
+/// Trash for pushed adapters, laid out as the adapter store is (`<base>/<adapter>`), so that a
+/// daemon that died before deleting it puts its contents back where they were.
+pub(crate) fn new_adapter_trash(models_dir: &Path) -> Result<Trash, AdminError> {
+    trash_with_prefix(models_dir, ADAPTERS_REPLACED_PREFIX)
+}
+
+fn trash_with_prefix(models_dir: &Path, prefix: &str) -> Result<Trash, AdminError> {
     let id = uuid::Uuid::new_v4().simple();
-    let path = models_dir.join(STAGING_DIR).join(format!("{REPLACED_PREFIX}{id}"));
+    let path = models_dir.join(STAGING_DIR).join(format!("{prefix}{id}"));
     fs::create_dir_all(&path).map_err(|e| internal(&path, "creating", e))?;
     Ok(Trash(path))
 }
@@ -163,12 +177,11 @@ pub fn clean_staging(models_dir: &Path) -> io::Result<()> {
         let entry = entry?;
         let path = entry.path();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        let is_replaced = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(REPLACED_PREFIX));
-        if is_dir && is_replaced {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if is_dir && name.starts_with(REPLACED_PREFIX) {
             restore_orphans(&path, models_dir);
+        } else if is_dir && name.starts_with(ADAPTERS_REPLACED_PREFIX) {
+            restore_orphaned_adapters(&path, models_dir);
         }
         tracing::info!(path = %path.display(), "removing a staging leftover");
         let removed = if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
@@ -190,6 +203,32 @@ fn restore_orphans(trash: &Path, models_dir: &Path) {
                 }
                 Err(e) => {
                     tracing::error!(package = %target.display(), error = %e, "could not restore a set-aside package")
+                }
+            }
+        }
+    }
+}
+
+/// Puts back pushed adapters an interrupted replacement or removal had set aside, where nothing
+/// has taken their place.
+fn restore_orphaned_adapters(trash: &Path, models_dir: &Path) {
+    let Ok(bases) = fs::read_dir(trash) else { return };
+    for base in bases.flatten().filter(|e| e.path().is_dir()) {
+        let Ok(adapters) = fs::read_dir(base.path()) else { continue };
+        let store = models_dir.join(ADAPTERS_DIR).join(base.file_name());
+        for adapter in adapters.flatten().filter(|e| e.path().is_dir()) {
+            let target = store.join(adapter.file_name());
+            if target.exists() {
+                continue;
+            }
+            let moved =
+                fs::create_dir_all(&store).and_then(|()| fs::rename(adapter.path(), &target));
+            match moved {
+                Ok(()) => {
+                    tracing::warn!(adapter = %target.display(), "restored an adapter an interrupted push or removal had set aside")
+                }
+                Err(e) => {
+                    tracing::error!(adapter = %target.display(), error = %e, "could not restore a set-aside adapter")
                 }
             }
         }
@@ -247,8 +286,16 @@ mod tests {
         // What a push under a name like `..` once unpacked straight into the staging area.
         fs::write(staging.join("cog.yaml"), "predict: p.py:P\n").unwrap();
         std::os::unix::fs::symlink("/nonexistent", staging.join("dangling")).unwrap();
+        // Pushed adapters set aside: one whose place is free goes back, one replaced stays out.
+        fs::create_dir_all(staging.join("adapters-replaced-1/m/lost")).unwrap();
+        fs::write(staging.join("adapters-replaced-1/m/lost/adapter_config.json"), "{}").unwrap();
+        fs::create_dir_all(staging.join("adapters-replaced-1/m/newer")).unwrap();
+        fs::create_dir_all(models.path().join(ADAPTERS_DIR).join("m/newer")).unwrap();
         clean_staging(models.path()).unwrap();
         assert!(models.path().join("orphan/cog.yaml").is_file());
         assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+        let store = models.path().join(ADAPTERS_DIR).join("m");
+        assert!(store.join("lost/adapter_config.json").is_file());
+        assert!(!models.path().join("lost").exists() && !models.path().join("m").exists());
     }
 }

@@ -8,7 +8,7 @@ use axum::Json;
 use hearth_gateway::CatalogEntry;
 use serde_json::{json, Value};
 
-use super::adapters::adapters_of;
+use super::adapters::delete_store;
 use super::install::{dirs_serving, discard};
 use super::{predict_url, Admin, AdminError, Phase};
 use crate::state::AppState;
@@ -95,9 +95,8 @@ fn remove_dirs(models_dir: &std::path::Path, name: &str) -> Result<usize, AdminE
     for dir in &dirs {
         drop(discard(models_dir, dir)?);
     }
-    let adapters = adapters_of(models_dir, name);
-    if adapters.is_dir() {
-        drop(discard(models_dir, &adapters)?);
-    }
-    Ok(dirs.len())
+    // Counted, so that removing a base whose package is gone but whose adapters remain is not
+    // answered 404.
+    let adapters = usize::from(delete_store(models_dir, name)?);
+    Ok(dirs.len() + adapters)
 }
