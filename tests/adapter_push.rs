@@ -157,13 +157,7 @@ fn an_adapter_pushed_while_the_base_streams_is_served_and_survives_a_restart() {
     assert!(running > 0, "every base stream ended before the adapter served; lengthen LONG");
 
     // The streams that were running go on to their end, untouched by the adapter.
-    let whole = client()
-        .post(daemon.url("/v1/chat/completions"))
-        .json(&chat_body("tiny-llama", LONG, false))
-        .send()
-        .unwrap()
-        .json::<Value>()
-        .unwrap();
+    let whole = daemon.post_json("/v1/chat/completions", &chat_body("tiny-llama", LONG, false));
     let expected = whole["choices"][0]["message"]["content"].as_str().unwrap();
     for stream in streams {
         let (streamed, finish) = stream.join().unwrap();

@@ -178,13 +178,7 @@ fn an_adapter_loads_from_the_hub() {
     let chat = |model: &str| -> String {
         let body = json!({"model": model, "max_tokens": 8, "temperature": 0,
                           "messages": [{"role": "user", "content": "hello there"}]});
-        let reply: Value = client()
-            .post(daemon.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let reply = daemon.post_json("/v1/chat/completions", &body);
         reply["choices"][0]["message"]["content"]
             .as_str()
             .unwrap_or_else(|| panic!("{reply}"))

@@ -133,6 +133,16 @@ impl Daemon {
         format!("{}{}", self.base, path)
     }
 
+    /// POSTs `body` as JSON to `path` and returns the JSON answer, whatever its status.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()
+            .expect("http client");
+        let response = client.post(self.url(path)).json(body).send().expect("POST");
+        response.json().expect("a JSON answer")
+    }
+
     /// Sends SIGTERM and waits for the process to exit, returning its status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         self.stop()

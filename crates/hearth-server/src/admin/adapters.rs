@@ -26,7 +26,7 @@ use hearth_gateway::{AdapterLookupError, Catalog, Engine};
 use serde_json::json;
 
 use super::install::{new_adapter_trash, Staging};
-use super::push::{check_declared_size, receive, refuse, DRAIN_BYTES, DRAIN_BYTES_UNAUTHENTICATED};
+use super::push::{answer_upload, check_declared_size, receive};
 use super::{Admin, AdminError, AdminState, Phase};
 use crate::state::AppState;
 
@@ -45,20 +45,8 @@ pub(crate) async fn push_adapter(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let admin = match admin {
-        Ok(Admin(admin)) => admin,
-        Err(err) => return refuse(err, body, DRAIN_BYTES_UNAUTHENTICATED),
-    };
-    let job = match prepare(&state, admin, base, adapter, &headers) {
-        Ok(job) => job,
-        Err(err) => return refuse(err, body, DRAIN_BYTES),
-    };
-    // Detached, as a package push is: a client leaving mid-way cannot stop it between steps.
-    match state.tasks().spawn(job.run(body)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(err)) => err.into_response(),
-        Err(err) => AdminError::Internal(format!("the push task failed: {err}")).into_response(),
-    }
+    let prepare = |admin| prepare(&state, admin, base, adapter, &headers);
+    answer_upload(&state, admin, body, prepare, AdapterPush::run).await
 }
 
 fn check_names(base: &str, adapter: &str) -> Result<(), AdminError> {

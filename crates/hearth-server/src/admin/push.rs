@@ -6,6 +6,7 @@
 //! failure before that deletes the staging directory and leaves the model served before, if any,
 //! untouched.
 
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,8 +31,8 @@ use crate::state::AppState;
 
 /// Of a refused upload, the bytes read and thrown away so that a client still sending reads
 /// the answer instead of a reset connection; an unauthenticated client gets less.
-pub(crate) const DRAIN_BYTES: usize = 256 << 20;
-pub(crate) const DRAIN_BYTES_UNAUTHENTICATED: usize = 4 << 20;
+const DRAIN_BYTES: usize = 256 << 20;
+const DRAIN_BYTES_UNAUTHENTICATED: usize = 4 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(30);
 
 pub(crate) async fn push(
@@ -41,19 +42,38 @@ pub(crate) async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let prepare = |admin| prepare(&state, admin, name, &headers);
+    let run = |job: Push, body| async move {
+        job.run(body).await.map(|pushed| pushed.into_response(host.as_deref()))
+    };
+    answer_upload(&state, admin, body, prepare, run).await
+}
+
+/// How an upload is answered: the caller authenticated, then the job prepared from what the
+/// request says (a refusal at either step drains the body, so that a client still sending reads
+/// the answer), then run as a detached task, so that a client leaving mid-way cannot stop it
+/// between its steps: the task either finishes the install or cleans up after itself.
+pub(crate) async fn answer_upload<J, F>(
+    state: &AppState,
+    admin: Result<Admin, AdminError>,
+    body: Body,
+    prepare: impl FnOnce(Arc<AdminState>) -> Result<J, AdminError>,
+    run: impl FnOnce(J, Body) -> F,
+) -> Response
+where
+    F: Future<Output = Result<Response, AdminError>> + Send + 'static,
+{
     let admin = match admin {
         Ok(Admin(admin)) => admin,
         Err(err) => return refuse(err, body, DRAIN_BYTES_UNAUTHENTICATED),
     };
-    let job = match prepare(&state, admin, name, &headers) {
+    let job = match prepare(admin) {
         Ok(job) => job,
         Err(err) => return refuse(err, body, DRAIN_BYTES),
     };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
-    // Detached, so that a client leaving mid-way cannot stop a push between its steps: the task
-    // either finishes the install or cleans up after itself.
-    match state.tasks().spawn(job.run(body)).await {
-        Ok(Ok(pushed)) => pushed.into_response(host.as_deref()),
+    match state.tasks().spawn(run(job, body)).await {
+        Ok(Ok(response)) => response,
         Ok(Err(err)) => err.into_response(),
         Err(err) => AdminError::Internal(format!("the push task failed: {err}")).into_response(),
     }
@@ -78,7 +98,7 @@ fn prepare(
     Ok(Push { state: state.clone(), admin, name, models_dir, busy })
 }
 
-pub(crate) fn refuse(err: AdminError, body: Body, drain_bytes: usize) -> Response {
+fn refuse(err: AdminError, body: Body, drain_bytes: usize) -> Response {
     drain(body.into_data_stream(), drain_bytes);
     err.into_response()
 }
