@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Shared-state tests talk to PostgreSQL and Redis on 127.0.0.1; start them if they stopped.
+scripts/services.sh
 cargo test --workspace
 
 # Client-library tests need Python packages; they go into a project-local virtualenv.

@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use hearth_gateway::{GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig};
+use hearth_gateway::{
+    GatewayConfig, GatewaySettings, LedgerSettings, LimitConfig, ModelConfig, ProviderConfig,
+    StateSettings,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +29,16 @@ pub struct Config {
     /// Model ids and their ordered routes (`provider/model` or `local/<package>`), with prices.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// State shared by replicas (`redis_url`); unset, runs stay in this process.
+    #[serde(default)]
+    pub state: StateSettings,
+    /// Where the spend ledger lives (`postgres_url`); unset, the SQLite file at
+    /// `gateway.ledger_path`.
+    #[serde(default)]
+    pub ledger: LedgerSettings,
+    /// Budgets and rate limits, per API key, per metadata value, or for everything.
+    #[serde(default)]
+    pub limits: Vec<LimitConfig>,
     /// The admin API (`hearth push`): its token and upload limits.
     #[serde(default)]
     pub admin: crate::serve_admin::AdminSection,
@@ -128,6 +141,9 @@ impl Config {
             gateway: self.gateway.clone(),
             providers: self.providers.clone(),
             models: self.models.clone(),
+            state: self.state.clone(),
+            ledger: self.ledger.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -183,6 +199,20 @@ output_price_per_mtok = 1.5
         let undeclared = text.replace("\"up/gpt\"", "\"nope/gpt\"");
         let msg = format!("{:#}", Config::parse(&undeclared).unwrap_err());
         assert!(msg.starts_with("models[0].routes[0]: provider `nope`"), "{msg}");
+    }
+
+    #[test]
+    fn shared_state_sections_parse_and_are_checked() {
+        let text = "[state]\nredis_url = \"redis://127.0.0.1:6379\"\nlease_ms = 2000\n\
+                    [ledger]\npostgres_url = \"postgres://postgres@127.0.0.1/test\"\n";
+        let cfg = Config::parse(text).unwrap();
+        assert_eq!(cfg.gateway_config().state.lease_ms, 2_000);
+        assert!(cfg.gateway_config().ledger.postgres_url.is_some());
+        let msg =
+            format!("{:#}", Config::parse("[state]\nredis_url = \"http://x\"\n").unwrap_err());
+        assert!(msg.starts_with("state.redis_url"), "{msg}");
+        let msg = format!("{:#}", Config::parse("[ledger]\npath = \"x\"\n").unwrap_err());
+        assert!(msg.contains("path"), "{msg}");
     }
 
     #[test]

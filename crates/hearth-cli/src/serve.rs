@@ -78,16 +78,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     runtime.block_on(async move {
         let settings = &gateway_config.gateway;
-        let gateway = Gateway::open(catalog, settings)
-            .await
-            .with_context(|| format!("opening the ledger {}", settings.ledger_path.display()))?;
+        let gateway =
+            Gateway::connect(catalog, &gateway_config).await.with_context(
+                || match &gateway_config.ledger.postgres_url {
+                    Some(_) => "opening the gateway's stores".to_string(),
+                    None => format!("opening the ledger {}", settings.ledger_path.display()),
+                },
+            )?;
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
         // Before "listening": a signal sent as soon as that is logged must find the handlers.
         let shutdown = shutdown_signal();
-        tracing::info!(addr = %local, ledger = %settings.ledger_path.display(), "listening");
+        let ledger = match &gateway_config.ledger.postgres_url {
+            Some(_) => "postgresql".to_string(),
+            None => settings.ledger_path.display().to_string(),
+        };
+        let runs = if gateway_config.state.redis_url.is_some() { "redis" } else { "memory" };
+        tracing::info!(addr = %local, %ledger, runs, "listening");
         let state = AppState::new(gateway, server_config)?;
         admin.enable(&state);
         hearth_server::serve(listener, state, shutdown).await?;

@@ -22,6 +22,62 @@ pub struct GatewayConfig {
     pub providers: Vec<ProviderConfig>,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub state: StateSettings,
+    #[serde(default)]
+    pub ledger: LedgerSettings,
+    #[serde(default)]
+    pub limits: Vec<crate::limits::LimitConfig>,
+}
+
+/// `[state]`: where state that replicas share lives. Unset, everything stays in this process
+/// (in-memory run buffers), which is right for one machine.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// `redis://[user:password@]host:port[/db]`: run buffers go to Redis Streams, so any replica
+    /// naming the same Redis serves resumes, status and cancel for any run.
+    pub redis_url: Option<String>,
+    /// Prefix of every key Hearth writes, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// A replica's lease: the runs of a replica that has not renewed it for this long (it was
+    /// killed, or lost Redis) are ended by another replica with an error event.
+    pub lease_ms: u64,
+    /// What `[[limits]]` do while Redis cannot be reached: `open` admits requests unchecked,
+    /// `closed` refuses them (503). `/health` says which.
+    pub limits_on_redis_error: FailureMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    Open,
+    Closed,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: "hearth:".into(),
+            lease_ms: 5_000,
+            limits_on_redis_error: FailureMode::Open,
+        }
+    }
+}
+
+impl StateSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+}
+
+/// `[ledger]`: where spend records go. Unset, the SQLite file at `gateway.ledger_path`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// `postgres://user[:password]@host:port/database`: the ledger of every replica naming it.
+    pub postgres_url: Option<String>,
 }
 
 /// Retry, timeout and state knobs. Durations carry their unit in the key.
@@ -177,6 +233,8 @@ impl GatewayConfig {
     /// Checks what serde cannot: ranges, references between sections, duplicates.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_settings(&self.gateway)?;
+        validate_backends(&self.state, &self.ledger)?;
+        crate::limits::Limits::new(&self.limits)?;
         let mut names = std::collections::BTreeSet::new();
         for (i, provider) in self.providers.iter().enumerate() {
             validate_provider(provider, &format!("providers[{i}]"))?;
@@ -221,6 +279,29 @@ fn validate_settings(s: &GatewaySettings) -> Result<(), ConfigError> {
             "gateway.backoff_base_ms",
             format!("must not exceed backoff_max_ms ({})", s.backoff_max_ms),
         ));
+    }
+    Ok(())
+}
+
+fn validate_backends(state: &StateSettings, ledger: &LedgerSettings) -> Result<(), ConfigError> {
+    if let Some(url) = &state.redis_url {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "state.redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+    }
+    if state.lease_ms < 300 {
+        return Err(ConfigError::new("state.lease_ms", "must be at least 300"));
+    }
+    if let Some(url) = &ledger.postgres_url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "ledger.postgres_url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
     }
     Ok(())
 }

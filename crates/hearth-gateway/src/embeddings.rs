@@ -54,7 +54,7 @@ impl Gateway {
         let run_id = new_run_id();
         let route = format!("local/{model}");
         let inner = self.inner.clone();
-        inner.runs.create(&run_id, model).await.map_err(StartError::from)?;
+        inner.runs.create(&run_id, model, None).await.map_err(StartError::from)?;
         let (ids, job) = (
             (run_id.clone(), route.clone()),
             EmbedJob { run_id, route, model: model.to_owned(), metadata, caller },

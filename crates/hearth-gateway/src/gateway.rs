@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use chrono::Utc;
 use futures::StreamExt;
 use hearth_protocol::{CanonicalRequest, ErrorKind, StreamError, ValidationError};
 use serde_json::Value;
@@ -12,15 +13,18 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::GatewaySettings;
+use crate::config::{FailureMode, GatewayConfig, GatewaySettings};
 use crate::ledger::{
-    BatchedLedger, CallerMetadata, Ledger, LedgerError, MetadataError, SqliteLedger, UsageGroup,
-    UsageQuery,
+    BatchedLedger, CallerMetadata, Ledger, LedgerError, LedgerRecord, MetadataError,
+    PostgresLedger, SqliteLedger, UsageGroup, UsageQuery,
 };
+use crate::limits::{self, LimitError, Limiter, Limits, MemoryLimiter, RedisLimiter, Usage};
 use crate::producer::{self, RunJob};
 use crate::router::{RetryPolicy, RouteHealth};
-use crate::runs::{InMemoryRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription};
-use crate::shared::Inner;
+use crate::runs::{
+    InMemoryRunStore, RedisRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription,
+};
+use crate::shared::{Backends, Inner};
 
 /// Who is calling, as the edge authenticated it.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +60,9 @@ pub enum StartError {
     Model(#[from] CatalogError),
     #[error(transparent)]
     Runs(#[from] RunError),
+    /// A `[[limits]]` entry refused the request (or its counters cannot be checked).
+    #[error(transparent)]
+    Limited(#[from] LimitError),
     /// Every route failed before the first content event, or the request was refused
     /// upstream. The run exists (status `failed`) and has its ledger record.
     #[error("{error}")]
@@ -76,7 +83,64 @@ pub struct Gateway {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// Why [`Gateway::connect`] could not open the gateway's stores.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("opening the ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("connecting to Redis for the run buffers: {0}")]
+    Runs(#[from] RunError),
+    #[error(transparent)]
+    Config(crate::config::ConfigError),
+}
+
+/// What a gateway is built from.
+struct Parts {
+    runs: Arc<dyn RunStore>,
+    ledger: Arc<dyn Ledger>,
+    limits: Limits,
+    limiter: Arc<dyn Limiter>,
+    backends: Backends,
+}
+
 impl Gateway {
+    /// The gateway over the stores `config` names: run buffers in Redis when `[state]
+    /// redis_url` is set, else in memory; the ledger in PostgreSQL when `[ledger]
+    /// postgres_url` is set, else the SQLite file at `gateway.ledger_path`.
+    pub async fn connect(catalog: Catalog, config: &GatewayConfig) -> Result<Gateway, OpenError> {
+        let settings = &config.gateway;
+        let mut backends = Backends::default();
+        let store: Arc<dyn Ledger> = match &config.ledger.postgres_url {
+            Some(url) => {
+                backends.ledger = "postgresql";
+                Arc::new(PostgresLedger::connect(url).await?)
+            }
+            None => Arc::new(SqliteLedger::open(&settings.ledger_path).await?),
+        };
+        let ledger = Arc::new(BatchedLedger::new(store));
+        let limits = Limits::new(&config.limits).map_err(OpenError::Config)?;
+        backends.limits = limits.len();
+        let (runs, limiter): (Arc<dyn RunStore>, Arc<dyn Limiter>) = match &config.state.redis_url {
+            Some(url) => {
+                let state = &config.state;
+                let (ttl, max_bytes) = (settings.run_ttl(), settings.run_buffer_max_bytes());
+                let runs = RedisRunStore::connect(state, url, ttl, max_bytes).await?;
+                let fail_open = state.limits_on_redis_error == FailureMode::Open;
+                let limiter = RedisLimiter::new(runs.connection(), &state.key_prefix, fail_open);
+                backends.runs = "redis";
+                backends.limit_counters = "redis";
+                backends.limits_on_redis_error = Some(limiter.failure_mode());
+                (Arc::new(runs), Arc::new(limiter))
+            }
+            None => (
+                Arc::new(InMemoryRunStore::from_settings(settings)),
+                Arc::new(MemoryLimiter::default()),
+            ),
+        };
+        let parts = Parts { runs, ledger, limits, limiter, backends };
+        Ok(Self::build(catalog, settings, parts))
+    }
+
     /// The default wiring: in-memory run buffers and the SQLite ledger at `ledger_path`, written
     /// in batches by a background task (call [`Gateway::wait_idle`] before exiting).
     pub async fn open(
@@ -95,16 +159,35 @@ impl Gateway {
         runs: Arc<dyn RunStore>,
         ledger: Arc<dyn Ledger>,
     ) -> Gateway {
-        let inner = Inner {
+        let limiter = Arc::new(MemoryLimiter::default());
+        let parts = Parts {
+            runs,
+            ledger,
+            limits: Limits::default(),
+            limiter,
+            backends: Backends::default(),
+        };
+        Self::build(catalog, settings, parts)
+    }
+
+    fn build(catalog: Catalog, settings: &GatewaySettings, parts: Parts) -> Gateway {
+        let Parts { runs, ledger, limits, limiter, backends } = parts;
+        let inner = Arc::new(Inner {
             catalog: ArcSwap::from_pointee(catalog),
             catalog_writer: Mutex::new(()),
             policy: RetryPolicy::from_settings(settings),
             health: RouteHealth::default(),
             runs,
             ledger,
+            limits,
+            limiter,
+            backends,
             tasks: TaskTracker::new(),
-        };
-        Gateway { inner: Arc::new(inner) }
+        });
+        if let Some(every) = inner.runs.sweep_interval() {
+            tokio::spawn(sweep_orphans(Arc::downgrade(&inner), every));
+        }
+        Gateway { inner }
     }
 
     /// The catalog as it is now (a snapshot: later updates do not change it).
@@ -127,6 +210,11 @@ impl Gateway {
         &self.inner.ledger
     }
 
+    /// Where the gateway keeps runs, spend and limit counters.
+    pub fn backends(&self) -> &Backends {
+        &self.inner.backends
+    }
+
     /// Validates the request and metadata, resolves the model, opens a run and starts its
     /// producer; returns once a route has committed (its first content event is buffered) or
     /// every route has failed. The producer is detached: dropping the returned subscription,
@@ -142,8 +230,23 @@ impl Gateway {
         let resolved = catalog.resolve(&request.model)?;
         let targets = catalog.targets(&resolved.routes);
         drop(catalog);
+        let api_key_id = caller.api_key_id.as_deref();
+        let reservation =
+            limits::admit(&self.inner, &request, api_key_id, &metadata, &resolved.prices).await?;
         let run_id = new_run_id();
-        let cancel = self.inner.runs.create(&run_id, &request.model).await?;
+        let runs = &self.inner.runs;
+        // Only a shared store keeps the record (for the replica that would end an orphan).
+        let record = runs.sweep_interval().map(|_| {
+            let key = caller.api_key_id.clone();
+            LedgerRecord::failed_start(&run_id, &request.model, metadata.clone(), key, Utc::now())
+        });
+        let cancel = match runs.create(&run_id, &request.model, record.as_ref()).await {
+            Ok(cancel) => cancel,
+            Err(e) => {
+                self.inner.limiter.settle(&reservation, Usage::default()).await;
+                return Err(e.into());
+            }
+        };
         // Subscribed before the producer starts, so the run is never seen without a reader.
         let mut events = self.inner.runs.subscribe(&run_id, 0).await?;
         if caller.cancel_on_disconnect {
@@ -158,6 +261,7 @@ impl Gateway {
             metadata,
             api_key_id: caller.api_key_id,
             cancel,
+            reservation,
         };
         self.inner.tasks.spawn(producer::drive(self.inner.clone(), job, commit));
         match committed.await {
@@ -210,6 +314,20 @@ impl Gateway {
         self.inner.tasks.wait().await;
         self.inner.tasks.reopen();
         self.inner.ledger.flush().await;
+    }
+}
+
+/// Ends, every `every`, the shared runs whose producing replica has stopped, and writes their
+/// ledger records; stops with the gateway.
+async fn sweep_orphans(inner: std::sync::Weak<Inner>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        for orphan in inner.runs.reap_orphans().await {
+            if let Err(e) = inner.ledger.record(&orphan.record).await {
+                tracing::error!(run_id = %orphan.info.run_id, error = %e, "could not write the ledger record");
+            }
+        }
     }
 }
 

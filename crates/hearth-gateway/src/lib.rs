@@ -12,6 +12,7 @@ pub mod config;
 mod embeddings;
 mod gateway;
 pub mod ledger;
+pub mod limits;
 mod pricing;
 mod producer;
 pub mod providers;
@@ -25,10 +26,11 @@ pub use catalog::{
     ResolvedModel, Route, RouteKind,
 };
 pub use config::{
-    ConfigError, GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, ProviderKind,
+    ConfigError, FailureMode, GatewayConfig, GatewaySettings, LedgerSettings, ModelConfig,
+    ProviderConfig, ProviderKind, StateSettings,
 };
 pub use embeddings::{EmbedRunError, EmbeddingRun};
-pub use gateway::{Caller, Gateway, StartError, StartedRun};
+pub use gateway::{Caller, Gateway, OpenError, StartError, StartedRun};
 /// The engine's types that are part of the gateway's own interface: embedding inputs and
 /// refusals (`Gateway::embed`), and the load and latency figures of a local model that the
 /// edge exports as metrics. The edge depends on the gateway alone.
@@ -42,6 +44,11 @@ pub use hearth_python::{
     WorkerStatus, COG_SDK_VERSION,
 };
 pub use ledger::{GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery};
+pub use limits::{LimitConfig, LimitError};
 pub use pricing::Prices;
 pub use python::{PredictRunError, PredictionRun};
-pub use runs::{RunError, RunEvent, RunInfo, RunStatus, RunStore, Subscription};
+pub use runs::{
+    InMemoryRunStore, OrphanedRun, RedisRunStore, RunError, RunEvent, RunInfo, RunStatus, RunStore,
+    Subscription,
+};
+pub use shared::Backends;

@@ -7,6 +7,20 @@ use serde::Serialize;
 
 use crate::config::ModelConfig;
 
+/// Money as integer nano-units of currency: exact sums in SQL and in counters, nine decimals
+/// far below any provider's price granularity.
+pub const NANO_SCALE: u32 = 9;
+
+pub fn to_nanos(amount: Decimal) -> i64 {
+    let mut scaled = amount.round_dp(NANO_SCALE);
+    scaled.rescale(NANO_SCALE);
+    i64::try_from(scaled.mantissa()).unwrap_or(i64::MAX)
+}
+
+pub fn from_nanos(nanos: i64) -> Decimal {
+    Decimal::new(nanos, NANO_SCALE).normalize()
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Prices {
     pub input_per_mtok: Option<Decimal>,

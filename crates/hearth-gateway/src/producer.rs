@@ -12,6 +12,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
+use crate::limits::{Reservation, Usage};
 use crate::pricing::Prices;
 use crate::providers::EventStream;
 use crate::router::{self, Committed, Target};
@@ -26,6 +27,8 @@ pub(crate) struct RunJob {
     pub metadata: CallerMetadata,
     pub api_key_id: Option<String>,
     pub cancel: CancellationToken,
+    /// What `[[limits]]` reserved at admission, settled to the run's use when it ends.
+    pub reservation: Reservation,
 }
 
 /// Told the route once one commits, or the error when none does.
@@ -102,6 +105,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
     }
     let info = inner.runs.finish(&job.run_id, tally.run_status()).await;
     let record = ledger_record(&job, &tally, info.ok(), started_at);
+    inner.limiter.settle(&job.reservation, Usage::of(&record)).await;
     if let Err(e) = inner.ledger.record(&record).await {
         tracing::error!(run_id = %job.run_id, error = %e, "could not write the ledger record");
     }

@@ -130,7 +130,7 @@ impl Gateway {
         let run_id = new_run_id();
         let route = format!("local/{model}");
         let runs = &self.inner.runs;
-        runs.create(&run_id, model).await.map_err(StartError::from)?;
+        runs.create(&run_id, model, None).await.map_err(StartError::from)?;
         let _ = runs.set_route(&run_id, &route).await;
         let _ =
             runs.append(&run_id, CanonicalEvent::MessageStart { model: model.to_owned() }).await;

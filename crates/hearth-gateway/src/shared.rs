@@ -7,8 +7,36 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
 use crate::ledger::Ledger;
+use crate::limits::{Limiter, Limits};
 use crate::router::{RetryPolicy, RouteHealth};
 use crate::runs::RunStore;
+
+/// Where the gateway keeps its state, as `/health` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Backends {
+    /// `memory` or `redis`.
+    pub runs: &'static str,
+    /// `sqlite` or `postgresql`.
+    pub ledger: &'static str,
+    /// How many `[[limits]]` are enforced, and where their counters are (`memory`, `redis`).
+    pub limits: usize,
+    pub limit_counters: &'static str,
+    /// With counters in Redis: `open` or `closed` while Redis cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits_on_redis_error: Option<&'static str>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Self {
+            runs: "memory",
+            ledger: "sqlite",
+            limits: 0,
+            limit_counters: "memory",
+            limits_on_redis_error: None,
+        }
+    }
+}
 
 pub(crate) struct Inner {
     /// Swapped whole when a package is pushed or removed at run time; a request resolves
@@ -20,6 +48,9 @@ pub(crate) struct Inner {
     pub health: RouteHealth,
     pub runs: Arc<dyn RunStore>,
     pub ledger: Arc<dyn Ledger>,
+    pub limits: Limits,
+    pub limiter: Arc<dyn Limiter>,
+    pub backends: Backends,
     /// Every producer and embedding run, so shutdown can wait for their ledger records.
     pub tasks: TaskTracker,
 }

@@ -2,7 +2,11 @@
 //! queries grouped by model, route or a caller metadata key.
 
 mod batched;
+#[cfg(test)]
+mod conformance;
 mod metadata;
+mod postgres;
+mod rows;
 mod sqlite;
 
 use std::str::FromStr;
@@ -13,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batched::BatchedLedger;
 pub use metadata::{CallerMetadata, MetadataError, MAX_METADATA_ENTRIES};
+pub use postgres::PostgresLedger;
 pub use sqlite::SqliteLedger;
 
 /// How a run ended, as billed.
@@ -80,6 +85,36 @@ pub struct LedgerRecord {
     pub ended_at: DateTime<Utc>,
     /// What went wrong, for failed and cancelled runs.
     pub error: Option<String>,
+}
+
+impl LedgerRecord {
+    /// A failed run's record with nothing used yet: what a shared run store keeps at a run's
+    /// start, for the replica that ends the run should its producer disappear.
+    pub fn failed_start(
+        run_id: &str,
+        model: &str,
+        metadata: CallerMetadata,
+        api_key_id: Option<String>,
+        started_at: DateTime<Utc>,
+    ) -> Self {
+        LedgerRecord {
+            run_id: run_id.to_owned(),
+            model: model.to_owned(),
+            route: None,
+            status: LedgerStatus::Failed,
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_input_tokens: 0,
+            cost: None,
+            ttft_ms: None,
+            latency_ms: 0,
+            metadata,
+            api_key_id,
+            started_at,
+            ended_at: started_at,
+            error: None,
+        }
+    }
 }
 
 /// What usage is grouped by.

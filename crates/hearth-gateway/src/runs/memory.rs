@@ -159,7 +159,12 @@ fn event_bytes(event: &CanonicalEvent) -> usize {
 
 #[async_trait::async_trait]
 impl RunStore for InMemoryRunStore {
-    async fn create(&self, run_id: &str, model: &str) -> Result<CancellationToken, RunError> {
+    async fn create(
+        &self,
+        run_id: &str,
+        model: &str,
+        _record: Option<&crate::ledger::LedgerRecord>,
+    ) -> Result<CancellationToken, RunError> {
         let mut runs = self.runs();
         if runs.by_id.contains_key(run_id) {
             return Err(RunError::AlreadyExists(run_id.into()));
@@ -349,7 +354,7 @@ mod tests {
     #[tokio::test]
     async fn subscribers_replay_then_tail_live_events() {
         let store = Arc::new(InMemoryRunStore::new(Duration::from_secs(60), 1 << 20));
-        store.create("r", "m").await.unwrap();
+        store.create("r", "m", None).await.unwrap();
         store.append("r", text("a")).await.unwrap();
         let early = store.subscribe("r", 0).await.unwrap();
         let late = store.subscribe("r", 1).await.unwrap();
@@ -378,7 +383,7 @@ mod tests {
     #[tokio::test]
     async fn finished_runs_refuse_events_and_bad_cursors() {
         let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
-        store.create("r", "m").await.unwrap();
+        store.create("r", "m", None).await.unwrap();
         store.finish("r", RunStatus::Failed).await.unwrap();
         assert_eq!(store.append("r", text("x")).await, Err(RunError::Ended("r".into())));
         assert!(matches!(store.subscribe("r", 5).await, Err(RunError::BadCursor { .. })));
@@ -389,7 +394,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn finished_runs_expire_after_their_ttl() {
         let store = InMemoryRunStore::new(Duration::from_secs(600), 1 << 20);
-        store.create("r", "m").await.unwrap();
+        store.create("r", "m", None).await.unwrap();
         store.append("r", text("a")).await.unwrap();
         tokio::time::advance(Duration::from_secs(3_600)).await;
         assert!(store.status("r").await.is_ok(), "running runs never expire");
@@ -406,29 +411,29 @@ mod tests {
         let big = "x".repeat(1000);
         let store = InMemoryRunStore::new(Duration::from_secs(600), 2_500);
         for id in ["old", "new"] {
-            store.create(id, "m").await.unwrap();
+            store.create(id, "m", None).await.unwrap();
             store.append(id, text(&big)).await.unwrap();
             store.finish(id, RunStatus::Finished).await.unwrap();
         }
-        store.create("live", "m").await.unwrap();
+        store.create("live", "m", None).await.unwrap();
         store.append("live", text(&big)).await.unwrap();
         assert_eq!(store.status("old").await, Err(RunError::NotFound("old".into())));
         assert!(store.status("new").await.is_ok());
         store.append("live", text(&big)).await.unwrap();
         assert!(store.status("new").await.is_err(), "evicted to make room for the live run");
         store.append("live", text(&big)).await.unwrap();
-        assert!(matches!(store.create("next", "m").await, Err(RunError::Full { .. })));
+        assert!(matches!(store.create("next", "m", None).await, Err(RunError::Full { .. })));
         store.finish("live", RunStatus::Finished).await.unwrap();
-        assert!(store.create("next", "m").await.is_ok(), "finished runs make room");
+        assert!(store.create("next", "m", None).await.is_ok(), "finished runs make room");
     }
 
     #[tokio::test]
     async fn cancel_fires_the_token_of_a_running_run_only() {
         let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
-        let token = store.create("r", "m").await.unwrap();
+        let token = store.create("r", "m", None).await.unwrap();
         store.cancel("r").await.unwrap();
         assert!(token.is_cancelled());
-        let token = store.create("done", "m").await.unwrap();
+        let token = store.create("done", "m", None).await.unwrap();
         store.finish("done", RunStatus::Finished).await.unwrap();
         store.cancel("done").await.unwrap();
         assert!(!token.is_cancelled());
@@ -439,10 +444,10 @@ mod tests {
         let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
         let running: Vec<_> = futures::future::join_all((0..3).map(|i| {
             let store = &store;
-            async move { store.create(&format!("r{i}"), "m").await.unwrap() }
+            async move { store.create(&format!("r{i}"), "m", None).await.unwrap() }
         }))
         .await;
-        let done = store.create("done", "m").await.unwrap();
+        let done = store.create("done", "m", None).await.unwrap();
         store.finish("done", RunStatus::Finished).await.unwrap();
         store.set_format("r0", "{\"format\":\"run\"}").await.unwrap();
         assert_eq!(store.cancel_running().await, 3);

@@ -4,6 +4,9 @@
 //! producer goes on regardless, so usage is exact even for abandoned streams.
 
 mod memory;
+mod redis_store;
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -12,6 +15,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use memory::InMemoryRunStore;
+pub use redis_store::RedisRunStore;
+
+use crate::ledger::LedgerRecord;
 
 /// One buffered event and its sequence number (0 for a run's first event).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,6 +71,17 @@ pub enum RunError {
     BadCursor { run_id: String, from: u64, num_events: u64 },
     #[error("run buffers are full: running requests hold {used_bytes} of {max_bytes} bytes; retry shortly")]
     Full { used_bytes: usize, max_bytes: usize },
+    /// The shared run store (Redis) cannot be reached.
+    #[error("the shared run store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A run that another replica produced until that replica stopped; the replica that ended it
+/// writes its ledger record.
+#[derive(Debug, Clone)]
+pub struct OrphanedRun {
+    pub info: RunInfo,
+    pub record: LedgerRecord,
 }
 
 /// Where run buffers live. The in-memory store is the default; a shared store (Redis) lets
@@ -72,8 +89,14 @@ pub enum RunError {
 #[async_trait::async_trait]
 pub trait RunStore: Send + Sync {
     /// Opens a run. The returned token is cancelled when someone calls [`RunStore::cancel`];
-    /// the producer watches it.
-    async fn create(&self, run_id: &str, model: &str) -> Result<CancellationToken, RunError>;
+    /// the producer watches it. `record` is the ledger record to write should the producer
+    /// disappear mid-run (a shared store keeps it for whichever replica ends the run).
+    async fn create(
+        &self,
+        run_id: &str,
+        model: &str,
+        record: Option<&LedgerRecord>,
+    ) -> Result<CancellationToken, RunError>;
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError>;
     /// Records the edge's stream format for the run (see [`RunInfo::format`]).
     async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError>;
@@ -88,4 +111,14 @@ pub trait RunStore: Send + Sync {
     async fn cancel(&self, run_id: &str) -> Result<RunInfo, RunError>;
     /// Asks every running run's producer to stop (shutdown); returns how many were running.
     async fn cancel_running(&self) -> usize;
+    /// How often the gateway should call [`RunStore::reap_orphans`]; `None` for a store whose
+    /// runs all live in this process.
+    fn sweep_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// Ends the runs whose producing replica has stopped, each with an error event after its
+    /// last event, and returns them so that their ledger records get written.
+    async fn reap_orphans(&self) -> Vec<OrphanedRun> {
+        Vec::new()
+    }
 }

@@ -2,7 +2,9 @@
 
 mod failover;
 mod fake;
+mod limits;
 mod local;
+mod replicas;
 mod resume;
 mod support;
 mod translation;

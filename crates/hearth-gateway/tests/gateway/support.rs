@@ -66,6 +66,9 @@ pub async fn harness_with(
     let settings = GatewaySettings { ledger_path: dir.path().join("ledger.db"), ..settings };
     let config = GatewayConfig {
         gateway: settings.clone(),
+        state: Default::default(),
+        ledger: Default::default(),
+        limits: Vec::new(),
         providers: upstreams.iter().map(provider_config).collect(),
         models: vec![ModelConfig {
             id: "m".into(),

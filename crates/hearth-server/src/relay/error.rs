@@ -113,6 +113,9 @@ impl RelayError {
             }
             Self::Run(RunError::NotFound(_)) => Some("run_not_found"),
             Self::Run(RunError::BadCursor { .. }) => Some("bad_cursor"),
+            Self::Start(StartError::Limited(_)) if self.status().as_u16() == 429 => {
+                Some("limit_exceeded")
+            }
             _ => match self.status().as_u16() {
                 429 => Some("rate_limit_exceeded"),
                 503 => Some("overloaded"),
@@ -152,6 +155,11 @@ pub(crate) fn error_type(status: StatusCode) -> &'static str {
 /// and the run's headers when the run exists.
 pub(crate) fn decorate(mut response: Response, error: &RelayError) -> Response {
     status::add_retry_after(&mut response);
+    // A limit knows when it frees up; every other refusal gets the fixed hint.
+    if let RelayError::Start(StartError::Limited(limited)) = error {
+        let value = axum::http::HeaderValue::from(limited.retry_after_secs());
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+    }
     if let Some((run_id, route)) = error.run() {
         set_run_headers(response.headers_mut(), run_id, route);
     }

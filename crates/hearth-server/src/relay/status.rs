@@ -3,7 +3,7 @@
 //! the edge, and only here. The lower crates carry kinds and know nothing of HTTP.
 
 use axum::http::StatusCode;
-use hearth_gateway::{CatalogError, RunError, StartError};
+use hearth_gateway::{CatalogError, LimitError, RunError, StartError};
 use hearth_protocol::ErrorKind;
 
 /// Seconds a caller is told to wait after a 429 or 503, on every surface. The gateway does not
@@ -49,7 +49,7 @@ pub(crate) fn of_run(error: &RunError) -> StatusCode {
         RunError::NotFound(_) => StatusCode::NOT_FOUND,
         RunError::AlreadyExists(_) | RunError::Ended(_) => StatusCode::CONFLICT,
         RunError::BadCursor { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-        RunError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        RunError::Full { .. } | RunError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -59,6 +59,8 @@ pub(crate) fn of_start(error: &StartError) -> StatusCode {
         StartError::Model(e) => of_catalog(e),
         StartError::Runs(e) => of_run(e),
         StartError::Failed { error, .. } => of_kind(error.kind),
+        StartError::Limited(LimitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        StartError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 

@@ -53,6 +53,9 @@ pub async fn gateway_app_with(
     };
     let config = GatewayConfig {
         gateway: settings.clone(),
+        state: Default::default(),
+        ledger: Default::default(),
+        limits: Vec::new(),
         providers: vec![
             provider("oa", ProviderKind::Openai, fake.openai_url()),
             provider("an", ProviderKind::Anthropic, fake.anthropic_url()),

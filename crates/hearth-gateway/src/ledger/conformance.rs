@@ -1,0 +1,60 @@
+//! What every ledger must do, run by each one's tests against a fresh store.
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+use super::{CallerMetadata, GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageQuery};
+
+fn record(run_id: &str, model: &str, team: Option<&str>, cost: Option<&str>) -> LedgerRecord {
+    let metadata = match team {
+        Some(t) => CallerMetadata::from_json(&json!({"team": t, "n": 1})).unwrap(),
+        None => CallerMetadata::default(),
+    };
+    LedgerRecord {
+        run_id: run_id.into(),
+        model: model.into(),
+        route: Some(format!("p/{model}")),
+        status: LedgerStatus::Finished,
+        input_tokens: 10,
+        output_tokens: 5,
+        cached_input_tokens: 2,
+        cost: cost.map(|c| c.parse().unwrap()),
+        ttft_ms: Some(12),
+        latency_ms: 40,
+        metadata,
+        api_key_id: Some("key-1".into()),
+        started_at: Utc.timestamp_millis_opt(1_000).unwrap(),
+        ended_at: Utc.timestamp_millis_opt(1_040).unwrap(),
+        error: None,
+    }
+}
+
+pub(crate) async fn records_round_trip_and_usage_groups(ledger: &dyn Ledger) {
+    let a = record("r1", "m1", Some("red"), Some("0.000000001"));
+    ledger.record(&a).await.unwrap();
+    ledger.record(&record("r2", "m1", Some("blue"), Some("0.5"))).await.unwrap();
+    ledger.record(&record("r3", "m2", None, None)).await.unwrap();
+    assert_eq!(ledger.get("r1").await.unwrap(), Some(a.clone()));
+    assert!(ledger.record(&a).await.is_err(), "one record per run");
+
+    let q = |group_by| UsageQuery { group_by, since: None, until: None };
+    let by_team = ledger.usage(&q(GroupBy::Metadata("team".into()))).await.unwrap();
+    let keys: Vec<_> = by_team.iter().map(|g| (g.key.clone(), g.requests)).collect();
+    assert_eq!(keys, vec![(None, 1), (Some("blue".into()), 1), (Some("red".into()), 1)]);
+    let by_model = ledger.usage(&q(GroupBy::Model)).await.unwrap();
+    assert_eq!(by_model[0].cost, "0.500000001".parse().unwrap());
+    assert_eq!((by_model[0].requests, by_model[0].input_tokens), (2, 20));
+    let by_route = ledger.usage(&q(GroupBy::Route)).await.unwrap();
+    assert_eq!(by_route[1].key.as_deref(), Some("p/m2"));
+    let numeric = ledger.usage(&q(GroupBy::Metadata("n".into()))).await.unwrap();
+    assert_eq!(numeric.iter().find(|g| g.key.as_deref() == Some("1")).map(|g| g.requests), Some(2));
+}
+
+pub(crate) async fn usage_respects_the_time_window(ledger: &dyn Ledger) {
+    ledger.record(&record("r1", "m", None, None)).await.unwrap();
+    let at = |ms| Some(Utc.timestamp_millis_opt(ms).unwrap());
+    let inside = UsageQuery { group_by: GroupBy::Model, since: at(1_000), until: at(1_001) };
+    assert_eq!(ledger.usage(&inside).await.unwrap()[0].requests, 1);
+    let after = UsageQuery { group_by: GroupBy::Model, since: at(1_001), until: None };
+    assert!(ledger.usage(&after).await.unwrap().is_empty());
+}

@@ -1,0 +1,221 @@
+//! Two gateway replicas sharing their run buffers in a real Redis and their ledger in a real
+//! PostgreSQL (`HEARTH_TEST_REDIS_URL`, `HEARTH_TEST_POSTGRES_URL`; the defaults are the
+//! local servers CI starts). Each test takes a key prefix and a schema of its own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use hearth_gateway::ledger::{CallerMetadata, PostgresLedger};
+use hearth_gateway::{
+    Caller, Catalog, Gateway, GatewayConfig, GatewaySettings, LedgerRecord, LedgerSettings,
+    LedgerStatus, ModelConfig, RedisRunStore, RunEvent, RunStatus, RunStore, StateSettings,
+};
+use hearth_protocol::{CanonicalEvent, ErrorKind, StopReason};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::fake::{Answer, FakeProvider, Fault, Wire};
+use crate::support::{hello, key_of, test_settings, upstream, Upstream};
+
+pub fn redis_url() -> String {
+    std::env::var("HEARTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("HEARTH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh schema in the test database, and a URL whose connections use it.
+pub async fn fresh_schema() -> String {
+    let schema = unique("ledger_");
+    let admin = sqlx::PgPool::connect(&postgres_url()).await.expect("PostgreSQL answers");
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    format!("{}?options=-c%20search_path%3D{schema}", postgres_url())
+}
+
+struct Replicas {
+    a: Gateway,
+    b: Gateway,
+    ledger_url: String,
+}
+
+pub fn config(upstreams: &[Upstream], state: &StateSettings, ledger_url: &str) -> GatewayConfig {
+    GatewayConfig {
+        gateway: GatewaySettings { run_ttl_secs: 60, ..test_settings() },
+        state: state.clone(),
+        ledger: LedgerSettings { postgres_url: Some(ledger_url.to_owned()) },
+        limits: Vec::new(),
+        providers: upstreams
+            .iter()
+            .map(|u| hearth_gateway::ProviderConfig {
+                name: u.name.into(),
+                kind: hearth_gateway::ProviderKind::Openai,
+                base_url: Some(u.base_url.clone()),
+                api_key_env: Some(format!("KEY_{}", u.name)),
+            })
+            .collect(),
+        models: vec![ModelConfig {
+            id: "m".into(),
+            routes: vec!["p/gpt".into()],
+            input_price_per_mtok: Some("1".parse().unwrap()),
+            output_price_per_mtok: Some("2".parse().unwrap()),
+            cached_input_price_per_mtok: None,
+            context_length: None,
+        }],
+    }
+}
+
+pub fn state(prefix: &str) -> StateSettings {
+    StateSettings {
+        redis_url: Some(redis_url()),
+        key_prefix: prefix.to_owned(),
+        lease_ms: 600,
+        ..Default::default()
+    }
+}
+
+pub async fn replica(config: &GatewayConfig) -> Gateway {
+    let keys: BTreeMap<String, String> = [("KEY_p".to_string(), key_of("p"))].into_iter().collect();
+    let mut catalog = Catalog::new();
+    catalog.configure_with_env(config, |var| keys.get(var).cloned()).unwrap();
+    Gateway::connect(catalog, config).await.expect("Redis and PostgreSQL answer")
+}
+
+async fn replicas(fake: &FakeProvider) -> Replicas {
+    let ledger_url = fresh_schema().await;
+    let upstreams = [upstream("p", Wire::OpenAi, fake.base_url())];
+    let config = config(&upstreams, &state(&unique("t:")), &ledger_url);
+    Replicas { a: replica(&config).await, b: replica(&config).await, ledger_url }
+}
+
+fn text(events: &[RunEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.event {
+            CanonicalEvent::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_started_on_a_is_resumed_on_b_live_and_billed_once() {
+    let gate = Arc::new(Notify::new());
+    let fake = FakeProvider::start(Wire::OpenAi, Answer::Letters).await;
+    let r = replicas(&fake).await;
+    fake.push(Fault::PauseAfter(3, gate.clone()));
+    let run = r.a.start_run(hello("m"), Caller::default()).await.unwrap();
+    let first: Vec<RunEvent> = run.events.take(2).collect().await;
+
+    // B serves status and the rest of the run, which A is still producing.
+    let info = r.b.status(&run.run_id).await.unwrap();
+    assert_eq!((info.status, info.route.as_deref()), (RunStatus::Running, Some("p/gpt")));
+    let rest = tokio::spawn({
+        let b = r.b.clone();
+        let run_id = run.run_id.clone();
+        async move { b.subscribe(&run_id, 2).await.unwrap().collect::<Vec<_>>().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(10), rest).await.unwrap().unwrap();
+    let seqs: Vec<u64> = first.iter().chain(&rest).map(|e| e.seq).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "each event once, in order");
+    assert_eq!(text(&first) + &text(&rest), "abcde");
+    assert_eq!(rest.last().unwrap().event, CanonicalEvent::Finish { reason: StopReason::Stop });
+    assert_eq!(fake.calls(), 1);
+
+    r.a.wait_idle().await;
+    let record = r.b.ledger().get(&run.run_id).await.unwrap().expect("one record, in PostgreSQL");
+    assert_eq!(record.status, LedgerStatus::Finished, "B's reader read the end");
+    assert_eq!(r.b.status(&run.run_id).await.unwrap().status, RunStatus::Finished);
+    // A resume on B after the end replays the same events.
+    let again: Vec<RunEvent> = r.b.subscribe(&run.run_id, 0).await.unwrap().collect().await;
+    assert_eq!(
+        again.iter().map(|e| &e.event).collect::<Vec<_>>(),
+        first.iter().chain(&rest).map(|e| &e.event).collect::<Vec<_>>()
+    );
+    assert!(!r.ledger_url.is_empty());
+}
+
+#[tokio::test]
+async fn a_cancel_sent_to_b_stops_the_run_a_produces() {
+    let gate = Arc::new(Notify::new());
+    let fake = FakeProvider::start(Wire::OpenAi, Answer::Letters).await;
+    let r = replicas(&fake).await;
+    fake.push(Fault::PauseAfter(3, gate.clone()));
+    let run = r.a.start_run(hello("m"), Caller::default()).await.unwrap();
+    r.b.cancel(&run.run_id).await.unwrap();
+    let events: Vec<RunEvent> =
+        tokio::time::timeout(Duration::from_secs(10), run.events.collect()).await.unwrap();
+    match &events.last().unwrap().event {
+        CanonicalEvent::Error { error } => assert_eq!(error.kind, ErrorKind::Cancelled),
+        other => panic!("expected a cancelled error, got {other:?}"),
+    }
+    r.a.wait_idle().await;
+    let record = r.b.ledger().get(&run.run_id).await.unwrap().unwrap();
+    assert_eq!(record.status, LedgerStatus::Cancelled);
+    assert_eq!(r.b.status(&run.run_id).await.unwrap().status, RunStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn the_run_of_a_replica_that_stopped_ends_with_one_error_event_and_one_record() {
+    let fake = FakeProvider::start(Wire::OpenAi, Answer::Letters).await;
+    let ledger_url = fresh_schema().await;
+    let state = state(&unique("t:"));
+    let config = config(&[upstream("p", Wire::OpenAi, fake.base_url())], &state, &ledger_url);
+    // Replica A is a bare store: it opens a run, appends three events and stops (its lease
+    // and listener tasks end with it), as a killed process would.
+    let a = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
+        .await
+        .unwrap();
+    let metadata = CallerMetadata::from_json(&json!({"team": "red"})).unwrap();
+    let left = LedgerRecord::failed_start("run_orphan", "m", metadata, None, Utc::now());
+    a.create("run_orphan", "m", Some(&left)).await.unwrap();
+    a.set_route("run_orphan", "p/gpt").await.unwrap();
+    for text in ["x", "y", "z"] {
+        a.append("run_orphan", CanonicalEvent::TextDelta { text: text.into() }).await.unwrap();
+    }
+    drop(a);
+
+    let b = replica(&config).await;
+    let c = replica(&config).await;
+    let events: Vec<RunEvent> = tokio::time::timeout(
+        Duration::from_secs(10),
+        b.subscribe("run_orphan", 1).await.unwrap().collect(),
+    )
+    .await
+    .expect("the reader never hangs");
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(text(&events), "yz");
+    match &events[2].event {
+        CanonicalEvent::Error { error } => assert!(error.message.contains("stopped"), "{error:?}"),
+        other => panic!("expected the error event, got {other:?}"),
+    }
+    // Two replicas sweep; exactly one ended the run and wrote its record.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    b.wait_idle().await;
+    c.wait_idle().await;
+    let record = b.ledger().get("run_orphan").await.unwrap().expect("the record");
+    assert_eq!((record.status, record.route.as_deref()), (LedgerStatus::Failed, Some("p/gpt")));
+    assert_eq!(record.metadata.labels().collect::<Vec<_>>(), vec![("team", "red".to_string())]);
+    let ledger = PostgresLedger::connect(&ledger_url).await.unwrap();
+    let all = hearth_gateway::UsageQuery {
+        group_by: hearth_gateway::GroupBy::Model,
+        since: None,
+        until: None,
+    };
+    use hearth_gateway::Ledger;
+    let groups = ledger.usage(&all).await.unwrap();
+    assert_eq!(groups.iter().map(|g| g.requests).sum::<u64>(), 1, "{groups:?}");
+    let info = c.status("run_orphan").await.unwrap();
+    assert_eq!((info.status, info.num_events), (RunStatus::Failed, 4));
+}
