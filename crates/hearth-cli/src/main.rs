@@ -3,6 +3,8 @@
 //! This is the binary's edge: errors become `anyhow` here and nowhere deeper.
 
 mod config;
+#[cfg(test)]
+mod deploy_check;
 mod device;
 mod load;
 mod models_cmd;

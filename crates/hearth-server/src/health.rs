@@ -5,9 +5,16 @@
 //! request's memory come back). Embedding models are listed too, with `"kind": "embedding"`
 //! and their vector size in place of the engine's load; Python predictors with `"kind":
 //! "python"`, their worker's state (`starting`, `ready`, `failed` with the setup's error,
-//! `restarting` with why) and slots.
+//! `restarting` with why) and slots. `state` says where runs, spend and limit counters live
+//! (`memory`/`redis`, `sqlite`/`postgresql`) and what limits do while Redis is unreachable.
+//!
+//! `GET /health/ready` is the readiness probe: 200 once every model has loaded and every
+//! Python predictor's setup has finished, 503 naming the models that are not ready yet (a model
+//! that failed to load is listed too: the daemon serves the others, but an orchestrator should
+//! not count it as whole).
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use hearth_gateway::{CatalogEntry, WorkerStatus};
 use serde::Serialize;
@@ -98,5 +105,29 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<serde_json::Va
         }
         models.insert(name.clone(), health);
     }
-    Json(serde_json::json!({ "status": "ok", "models": models }))
+    // Where runs, spend and limit counters live, and what limits do when Redis is unreachable.
+    let state_backends = serde_json::json!(state.gateway().backends());
+    Json(serde_json::json!({ "status": "ok", "models": models, "state": state_backends }))
+}
+
+/// `GET /health/ready`: 200 when every model is ready, else 503 with the ones that are not.
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let catalog = state.catalog();
+    let mut waiting: Vec<String> = catalog
+        .entries()
+        .filter(|(_, entry)| !matches!(entry, CatalogEntry::Ready(_)))
+        .map(|(name, _)| name.clone())
+        .collect();
+    waiting.extend(
+        catalog
+            .python_models()
+            .filter(|(_, model)| model.worker.status() != WorkerStatus::Ready)
+            .map(|(name, _)| name.clone()),
+    );
+    if waiting.is_empty() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
+    } else {
+        let body = serde_json::json!({"status": "not_ready", "models": waiting});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
 }

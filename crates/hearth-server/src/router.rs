@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config().max_body_bytes;
     Router::new()
         .route("/health", get(health::health))
+        .route("/health/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
         .merge(openai::routes())
         .merge(anthropic::routes())
