@@ -39,6 +39,10 @@ pub struct Config {
     /// Budgets and rate limits, per API key, per metadata value, or for everything.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
+    /// Client API keys declared by the SHA-256 of their secret (more can be created through
+    /// the admin API). With any key, model requests need one.
+    #[serde(default)]
+    pub api_keys: Vec<hearth_gateway::keys::ConfigKey>,
     /// The admin API (`hearth push`): its token and upload limits.
     #[serde(default)]
     pub admin: crate::serve_admin::AdminSection,
@@ -144,6 +148,7 @@ impl Config {
             state: self.state.clone(),
             ledger: self.ledger.clone(),
             limits: self.limits.clone(),
+            api_keys: self.api_keys.clone(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct GatewayConfig {
     pub ledger: LedgerSettings,
     #[serde(default)]
     pub limits: Vec<crate::limits::LimitConfig>,
+    #[serde(default)]
+    pub api_keys: Vec<crate::keys::ConfigKey>,
 }
 
 /// `[state]`: where state that replicas share lives. Unset, everything stays in this process
@@ -235,6 +237,7 @@ impl GatewayConfig {
         validate_settings(&self.gateway)?;
         validate_backends(&self.state, &self.ledger)?;
         crate::limits::Limits::new(&self.limits)?;
+        crate::keys::Keys::new(&self.api_keys, None)?;
         let mut names = std::collections::BTreeSet::new();
         for (i, provider) in self.providers.iter().enumerate() {
             validate_provider(provider, &format!("providers[{i}]"))?;

@@ -13,24 +13,26 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::{FailureMode, GatewayConfig, GatewaySettings};
+use crate::config::GatewaySettings;
+use crate::keys::{ApiKey, Keys};
 use crate::ledger::{
-    BatchedLedger, CallerMetadata, Ledger, LedgerError, LedgerRecord, MetadataError,
-    PostgresLedger, SqliteLedger, UsageGroup, UsageQuery,
+    BatchedLedger, CallerMetadata, Ledger, LedgerError, LedgerRecord, MetadataError, SqliteLedger,
+    UsageGroup, UsageQuery,
 };
-use crate::limits::{self, LimitError, Limiter, Limits, MemoryLimiter, RedisLimiter, Usage};
+use crate::limits::{self, LimitError, Limits, MemoryLimiter, Usage};
 use crate::producer::{self, RunJob};
 use crate::router::{RetryPolicy, RouteHealth};
-use crate::runs::{
-    InMemoryRunStore, RedisRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription,
-};
+use crate::runs::{InMemoryRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription};
 use crate::shared::{Backends, Inner};
+use crate::wiring::Parts;
 
 /// Who is calling, as the edge authenticated it.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     /// The id (never the secret) of the key the caller used.
     pub api_key_id: Option<String>,
+    /// The key the edge authenticated, with its metadata, allowed models and limits.
+    pub key: Option<Arc<ApiKey>>,
     /// Caller metadata (e.g. from a header), validated here. When `None`, the request's own
     /// `metadata` is used.
     pub metadata: Option<Value>,
@@ -60,6 +62,9 @@ pub enum StartError {
     Model(#[from] CatalogError),
     #[error(transparent)]
     Runs(#[from] RunError),
+    /// The caller's API key may not use this model.
+    #[error("API key `{key}` may not use model `{model}`")]
+    KeyForbidsModel { key: String, model: String },
     /// A `[[limits]]` entry refused the request (or its counters cannot be checked).
     #[error(transparent)]
     Limited(#[from] LimitError),
@@ -83,64 +88,7 @@ pub struct Gateway {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// Why [`Gateway::connect`] could not open the gateway's stores.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("opening the ledger: {0}")]
-    Ledger(#[from] LedgerError),
-    #[error("connecting to Redis for the run buffers: {0}")]
-    Runs(#[from] RunError),
-    #[error(transparent)]
-    Config(crate::config::ConfigError),
-}
-
-/// What a gateway is built from.
-struct Parts {
-    runs: Arc<dyn RunStore>,
-    ledger: Arc<dyn Ledger>,
-    limits: Limits,
-    limiter: Arc<dyn Limiter>,
-    backends: Backends,
-}
-
 impl Gateway {
-    /// The gateway over the stores `config` names: run buffers in Redis when `[state]
-    /// redis_url` is set, else in memory; the ledger in PostgreSQL when `[ledger]
-    /// postgres_url` is set, else the SQLite file at `gateway.ledger_path`.
-    pub async fn connect(catalog: Catalog, config: &GatewayConfig) -> Result<Gateway, OpenError> {
-        let settings = &config.gateway;
-        let mut backends = Backends::default();
-        let store: Arc<dyn Ledger> = match &config.ledger.postgres_url {
-            Some(url) => {
-                backends.ledger = "postgresql";
-                Arc::new(PostgresLedger::connect(url).await?)
-            }
-            None => Arc::new(SqliteLedger::open(&settings.ledger_path).await?),
-        };
-        let ledger = Arc::new(BatchedLedger::new(store));
-        let limits = Limits::new(&config.limits).map_err(OpenError::Config)?;
-        backends.limits = limits.len();
-        let (runs, limiter): (Arc<dyn RunStore>, Arc<dyn Limiter>) = match &config.state.redis_url {
-            Some(url) => {
-                let state = &config.state;
-                let (ttl, max_bytes) = (settings.run_ttl(), settings.run_buffer_max_bytes());
-                let runs = RedisRunStore::connect(state, url, ttl, max_bytes).await?;
-                let fail_open = state.limits_on_redis_error == FailureMode::Open;
-                let limiter = RedisLimiter::new(runs.connection(), &state.key_prefix, fail_open);
-                backends.runs = "redis";
-                backends.limit_counters = "redis";
-                backends.limits_on_redis_error = Some(limiter.failure_mode());
-                (Arc::new(runs), Arc::new(limiter))
-            }
-            None => (
-                Arc::new(InMemoryRunStore::from_settings(settings)),
-                Arc::new(MemoryLimiter::default()),
-            ),
-        };
-        let parts = Parts { runs, ledger, limits, limiter, backends };
-        Ok(Self::build(catalog, settings, parts))
-    }
-
     /// The default wiring: in-memory run buffers and the SQLite ledger at `ledger_path`, written
     /// in batches by a background task (call [`Gateway::wait_idle`] before exiting).
     pub async fn open(
@@ -159,19 +107,19 @@ impl Gateway {
         runs: Arc<dyn RunStore>,
         ledger: Arc<dyn Ledger>,
     ) -> Gateway {
-        let limiter = Arc::new(MemoryLimiter::default());
         let parts = Parts {
             runs,
             ledger,
             limits: Limits::default(),
-            limiter,
+            limiter: Arc::new(MemoryLimiter::default()),
+            keys: Keys::none(),
             backends: Backends::default(),
         };
         Self::build(catalog, settings, parts)
     }
 
-    fn build(catalog: Catalog, settings: &GatewaySettings, parts: Parts) -> Gateway {
-        let Parts { runs, ledger, limits, limiter, backends } = parts;
+    pub(crate) fn build(catalog: Catalog, settings: &GatewaySettings, parts: Parts) -> Gateway {
+        let Parts { runs, ledger, limits, limiter, keys, backends } = parts;
         let inner = Arc::new(Inner {
             catalog: ArcSwap::from_pointee(catalog),
             catalog_writer: Mutex::new(()),
@@ -181,6 +129,7 @@ impl Gateway {
             ledger,
             limits,
             limiter,
+            keys,
             backends,
             tasks: TaskTracker::new(),
         });
@@ -210,6 +159,11 @@ impl Gateway {
         &self.inner.ledger
     }
 
+    /// The client API keys: declared, stored, and the lookups the edge makes.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
     /// Where the gateway keeps runs, spend and limit counters.
     pub fn backends(&self) -> &Backends {
         &self.inner.backends
@@ -225,14 +179,17 @@ impl Gateway {
         caller: Caller,
     ) -> Result<StartedRun, StartError> {
         request.validate()?;
+        if let Some(key) = caller.key.as_ref().filter(|key| !key.allows(&request.model)) {
+            let (key, model) = (key.id.clone(), request.model.clone());
+            return Err(StartError::KeyForbidsModel { key, model });
+        }
         let metadata = caller_metadata(&caller, request.metadata.as_ref())?;
         let catalog = self.inner.catalog.load();
         let resolved = catalog.resolve(&request.model)?;
         let targets = catalog.targets(&resolved.routes);
         drop(catalog);
-        let api_key_id = caller.api_key_id.as_deref();
         let reservation =
-            limits::admit(&self.inner, &request, api_key_id, &metadata, &resolved.prices).await?;
+            limits::admit(&self.inner, &request, &caller, &metadata, &resolved.prices).await?;
         let run_id = new_run_id();
         let runs = &self.inner.runs;
         // Only a shared store keeps the record (for the replica that would end an orphan).
@@ -336,10 +293,15 @@ pub(crate) fn caller_metadata(
     caller: &Caller,
     request_metadata: Option<&serde_json::Map<String, Value>>,
 ) -> Result<CallerMetadata, MetadataError> {
-    match (caller.metadata.as_ref(), request_metadata) {
-        (Some(value), _) => CallerMetadata::from_json(value),
-        (None, Some(map)) => CallerMetadata::from_json(&Value::Object(map.clone())),
-        (None, None) => Ok(CallerMetadata::default()),
+    let own = match (caller.metadata.as_ref(), request_metadata) {
+        (Some(value), _) => CallerMetadata::from_json(value)?,
+        (None, Some(map)) => CallerMetadata::from_json(&Value::Object(map.clone()))?,
+        (None, None) => CallerMetadata::default(),
+    };
+    // The key's entries win: a caller cannot bill its runs to another team.
+    match &caller.key {
+        Some(key) => own.overlaid(&key.metadata),
+        None => Ok(own),
     }
 }
 

@@ -11,6 +11,7 @@ mod catalog;
 pub mod config;
 mod embeddings;
 mod gateway;
+pub mod keys;
 pub mod ledger;
 pub mod limits;
 mod pricing;
@@ -20,6 +21,7 @@ mod python;
 mod router;
 pub mod runs;
 mod shared;
+mod wiring;
 
 pub use catalog::{
     Catalog, CatalogEntry, CatalogError, EmbeddingModel, LocalModel, ModelListing, PythonModel,
@@ -30,7 +32,7 @@ pub use config::{
     ProviderConfig, ProviderKind, StateSettings,
 };
 pub use embeddings::{EmbedRunError, EmbeddingRun};
-pub use gateway::{Caller, Gateway, OpenError, StartError, StartedRun};
+pub use gateway::{Caller, Gateway, StartError, StartedRun};
 /// The engine's types that are part of the gateway's own interface: embedding inputs and
 /// refusals (`Gateway::embed`), and the load and latency figures of a local model that the
 /// edge exports as metrics. The edge depends on the gateway alone.
@@ -52,3 +54,4 @@ pub use runs::{
     Subscription,
 };
 pub use shared::Backends;
+pub use wiring::OpenError;

@@ -6,6 +6,7 @@ use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::Catalog;
+use crate::keys::Keys;
 use crate::ledger::Ledger;
 use crate::limits::{Limiter, Limits};
 use crate::router::{RetryPolicy, RouteHealth};
@@ -50,6 +51,7 @@ pub(crate) struct Inner {
     pub ledger: Arc<dyn Ledger>,
     pub limits: Limits,
     pub limiter: Arc<dyn Limiter>,
+    pub keys: Keys,
     pub backends: Backends,
     /// Every producer and embedding run, so shutdown can wait for their ledger records.
     pub tasks: TaskTracker,

@@ -9,6 +9,7 @@
 
 mod admin;
 mod anthropic;
+mod auth;
 mod body;
 mod cog;
 mod config;

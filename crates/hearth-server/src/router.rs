@@ -14,7 +14,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::AppState;
-use crate::{admin, anthropic, cog, health, metrics, openai, runs};
+use crate::{admin, anthropic, auth, cog, health, metrics, openai, runs};
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
@@ -34,6 +34,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), cog::embeddings::hook))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cog::python::hook))
+        // Outside the Cog hooks, so Python and embedding predictors are behind keys too.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyTimeoutLayer::new(state.config().body_read_timeout))
         .layer(TraceLayer::new_for_http())

@@ -61,6 +61,16 @@ impl CallerMetadata {
         Self::from_json(&value)
     }
 
+    /// These entries with `over`'s on top (an API key's metadata over the caller's), still at
+    /// most [`MAX_METADATA_ENTRIES`].
+    pub fn overlaid(mut self, over: &CallerMetadata) -> Result<Self, MetadataError> {
+        self.0.extend(over.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if self.0.len() > MAX_METADATA_ENTRIES {
+            return Err(MetadataError::TooManyEntries(self.0.len()));
+        }
+        Ok(self)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -14,8 +14,10 @@ use super::rows::{group_from_row, millis, record_from_row, to_i64, to_nanos, usa
 use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageGroup, UsageQuery};
 
 /// The ledger's schema versions, oldest first.
-const MIGRATIONS: [(i64, &str, &str); 1] =
-    [(1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql"))];
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
+    (2, "api keys", include_str!("../../migrations/postgres/0002_api_keys.sql")),
+];
 
 /// Records per INSERT: 15 bound values each, far under PostgreSQL's 65,535 per statement.
 const ROWS_PER_STATEMENT: usize = 256;
@@ -51,6 +53,11 @@ impl PostgresLedger {
             .await?;
         migrator().run(&pool).await.map_err(sqlx::Error::from)?;
         Ok(Self { pool })
+    }
+
+    /// The database's connections, for the API keys kept beside the ledger.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 

@@ -13,7 +13,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use super::rows::{group_from_row, millis, record_from_row, to_i64, to_nanos, usage_sql};
 use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageGroup, UsageQuery};
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS usage_records (
         run_id TEXT PRIMARY KEY,
         model TEXT NOT NULL,
@@ -39,6 +39,17 @@ const SCHEMA: [&str; 4] = [
         PRIMARY KEY (run_id, key)
     )",
     "CREATE INDEX IF NOT EXISTS usage_metadata_key ON usage_metadata (key, value)",
+    // Client API keys (`keys/`): the same table as PostgreSQL's migration 0002.
+    "CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL UNIQUE,
+        metadata TEXT NOT NULL,
+        models TEXT NOT NULL,
+        limits TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        revoked_at_ms INTEGER
+    )",
 ];
 
 /// Records per INSERT: 15 bound values each, well under SQLite's limit of 32,766 per statement
@@ -65,6 +76,11 @@ impl SqliteLedger {
             sqlx::query(statement).execute(&pool).await?;
         }
         Ok(Self { pool })
+    }
+
+    /// The database's connections, for the API keys kept beside the ledger.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 }
 

@@ -25,6 +25,8 @@ pub use redis_limiter::RedisLimiter;
 use hearth_protocol::{CanonicalRequest, TokenUsage};
 
 use crate::config::ConfigError;
+use crate::gateway::Caller;
+use crate::keys::ApiKey;
 use crate::ledger::{CallerMetadata, LedgerRecord};
 use crate::pricing::{to_nanos, Prices};
 use crate::shared::Inner;
@@ -176,6 +178,20 @@ impl Limits {
         self.limits.len()
     }
 
+    /// An API key's own limits, counted for that key alone (`None` when it has none).
+    fn of_key(key: &ApiKey) -> Option<Self> {
+        let l = &key.limits;
+        let config = LimitConfig {
+            name: Some("key".into()),
+            scope: "api_key".into(),
+            requests_per_minute: l.requests_per_minute,
+            tokens_per_minute: l.tokens_per_minute,
+            spend_per_day: l.spend_per_day,
+            spend_per_month: l.spend_per_month,
+        };
+        Limits::new(&[config]).ok()
+    }
+
     /// The charges a request makes: for each limit whose scope it falls in, each measure.
     pub(crate) fn charges(
         &self,
@@ -319,11 +335,13 @@ const DEFAULT_RESERVED_OUTPUT: u64 = 4_096;
 pub(crate) async fn admit(
     inner: &Inner,
     request: &CanonicalRequest,
-    api_key_id: Option<&str>,
+    caller: &Caller,
     metadata: &CallerMetadata,
     prices: &Prices,
 ) -> Result<Reservation, LimitError> {
-    if inner.limits.is_empty() {
+    let key = caller.key.as_deref();
+    let key_limits = key.and_then(|key| Limits::of_key(key));
+    if inner.limits.is_empty() && key_limits.is_none() {
         return Ok(Reservation::default());
     }
     let now = Utc::now();
@@ -335,7 +353,11 @@ pub(crate) async fn admit(
         tokens: i64::try_from(most.total_tokens()).unwrap_or(i64::MAX),
         spend_nanos: prices.cost(&most).map_or(0, to_nanos),
     };
-    let charges = inner.limits.charges(api_key_id, metadata, reserve, now);
+    let key_id = key.map(|key| key.id.as_str()).or(caller.api_key_id.as_deref());
+    let mut charges = inner.limits.charges(key_id, metadata, reserve, now);
+    if let Some(own) = key_limits {
+        charges.extend(own.charges(key_id, metadata, reserve, now));
+    }
     if charges.is_empty() {
         return Ok(Reservation::default());
     }

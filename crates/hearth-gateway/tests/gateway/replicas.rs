@@ -54,6 +54,7 @@ pub fn config(upstreams: &[Upstream], state: &StateSettings, ledger_url: &str) -
         state: state.clone(),
         ledger: LedgerSettings { postgres_url: Some(ledger_url.to_owned()) },
         limits: Vec::new(),
+        api_keys: Vec::new(),
         providers: upstreams
             .iter()
             .map(|u| hearth_gateway::ProviderConfig {

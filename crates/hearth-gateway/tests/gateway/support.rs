@@ -69,6 +69,7 @@ pub async fn harness_with(
         state: Default::default(),
         ledger: Default::default(),
         limits: Vec::new(),
+        api_keys: Vec::new(),
         providers: upstreams.iter().map(provider_config).collect(),
         models: vec![ModelConfig {
             id: "m".into(),

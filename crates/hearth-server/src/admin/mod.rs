@@ -7,6 +7,9 @@
 //! | `DELETE /admin/models/{name}` | unloads the model and deletes its package directory (and the adapters pushed to it) |
 //! | `PUT /admin/models/{name}/adapters/{adapter}` | body: a PEFT LoRA adapter directory as a tar stream; checked against the model, stored, and served as `{name}:{adapter}` (see [`adapters`]) |
 //! | `DELETE /admin/models/{name}/adapters/{adapter}` | stops serving a pushed adapter and deletes it |
+//! | `POST /admin/api-keys` | creates a client API key (name, metadata, models, limits); answers its secret once |
+//! | `GET /admin/api-keys` | the keys that work now, without secrets |
+//! | `DELETE /admin/api-keys/{id}` | revokes a key |
 //!
 //! With an admin token configured, every call needs `Authorization: Bearer <token>` (401
 //! otherwise). Without one, only loopback clients are answered (403 for the rest): an
@@ -18,6 +21,7 @@
 mod adapters;
 mod error;
 mod install;
+mod keys;
 mod models;
 mod push;
 pub(crate) mod state;
@@ -51,6 +55,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/models", get(models::list))
         .route("/admin/models/{name}", model)
         .route("/admin/models/{name}/adapters/{adapter}", adapter)
+        .route("/admin/api-keys", get(keys::list).post(keys::create))
+        .route("/admin/api-keys/{id}", axum::routing::delete(keys::revoke))
 }
 
 /// An authenticated admin caller.

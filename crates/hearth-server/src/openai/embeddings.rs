@@ -72,6 +72,7 @@ struct Usage {
 pub(crate) async fn embeddings(
     State(state): State<AppState>,
     headers: HeaderMap,
+    key: Option<axum::Extension<crate::auth::Authenticated>>,
     body: OpenAiJson,
 ) -> Result<Response, OpenAiError> {
     let request: EmbeddingsRequest = body.parse()?;
@@ -98,7 +99,7 @@ pub(crate) async fn embeddings(
             ),
         ));
     }
-    let caller = relay::caller(&headers)?;
+    let caller = relay::caller(&headers, key.as_deref())?;
     let run = match state.gateway().embed(&request.model, inputs, caller).await {
         Ok(run) => run,
         Err(EmbedRunError::Start(error)) => return Err(RelayError::from(error).into()),

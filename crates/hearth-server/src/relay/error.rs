@@ -89,6 +89,7 @@ impl RelayError {
             Self::Predict(PredictRunError::Invalid { field, .. }) => field.as_deref(),
             Self::Predict(PredictRunError::Start(StartError::Model(_))) => Some("model"),
             Self::Start(StartError::Metadata(_)) => Some("metadata"),
+            Self::Start(StartError::KeyForbidsModel { .. }) => Some("model"),
             Self::Start(StartError::Failed { error, .. }) => error.param.as_deref(),
             Self::Failed { error, .. } => error.param.as_deref(),
             _ => None,

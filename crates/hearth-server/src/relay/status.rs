@@ -61,6 +61,7 @@ pub(crate) fn of_start(error: &StartError) -> StatusCode {
         StartError::Failed { error, .. } => of_kind(error.kind),
         StartError::Limited(LimitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         StartError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+        StartError::KeyForbidsModel { .. } => StatusCode::FORBIDDEN,
     }
 }
 

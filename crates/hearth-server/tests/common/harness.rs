@@ -56,6 +56,7 @@ pub async fn gateway_app_with(
         state: Default::default(),
         ledger: Default::default(),
         limits: Vec::new(),
+        api_keys: Vec::new(),
         providers: vec![
             provider("oa", ProviderKind::Openai, fake.openai_url()),
             provider("an", ProviderKind::Anthropic, fake.anthropic_url()),

@@ -1,0 +1,77 @@
+//! Client API keys at the edge: once any key exists (declared in `hearth.toml` or created
+//! through the admin API), every model request needs `Authorization: Bearer <key>` or
+//! `x-api-key: <key>`. The key found rides in the request's extensions to the surface, which
+//! hands it to the gateway with the caller ([`crate::relay::caller`]). Health, metrics and the
+//! admin API (which has its own token) are not behind keys.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hearth_gateway::keys::{ApiKey, AuthError};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The key a request authenticated with.
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated(pub Arc<ApiKey>);
+
+fn exempt(path: &str) -> bool {
+    matches!(path, "/health" | "/health/ready" | "/metrics") || path.starts_with("/admin/")
+}
+
+/// The secret a request carries: `Authorization: Bearer …`, else `x-api-key`.
+fn secret(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok())).map(str::trim)
+}
+
+pub(crate) async fn require_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if exempt(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let keys = state.gateway().keys();
+    let checked = match keys.required().await {
+        Ok(false) => return next.run(request).await,
+        Ok(true) => match secret(request.headers()) {
+            Some(secret) if !secret.is_empty() => keys.authenticate(secret).await,
+            _ => Err(AuthError::Missing),
+        },
+        Err(error) => Err(error),
+    };
+    match checked {
+        Ok(key) => {
+            request.extensions_mut().insert(Authenticated(key));
+            next.run(request).await
+        }
+        Err(error) => refusal(&error),
+    }
+}
+
+/// 401 for a missing or wrong key, 503 when keys cannot be checked; OpenAI's error shape,
+/// which every client library reads.
+fn refusal(error: &AuthError) -> Response {
+    let (status, kind, code) = match error {
+        AuthError::Missing => (StatusCode::UNAUTHORIZED, "authentication_error", "missing_api_key"),
+        AuthError::Invalid => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+        AuthError::Unavailable(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "api_error", "keys_unavailable")
+        }
+    };
+    let body =
+        json!({"error": {"message": error.to_string(), "type": kind, "param": null, "code": code}});
+    let mut response = (status, Json(body)).into_response();
+    crate::relay::status::add_retry_after(&mut response);
+    response
+}
