@@ -205,7 +205,14 @@ impl Gateway {
             }
         };
         // Subscribed before the producer starts, so the run is never seen without a reader.
-        let mut events = self.inner.runs.subscribe(&run_id, 0).await?;
+        let mut events = match runs.subscribe(&run_id, 0).await {
+            Ok(events) => events,
+            Err(e) => {
+                let _ = runs.finish(&run_id, crate::runs::RunStatus::Failed).await;
+                self.inner.limiter.settle(&reservation, Usage::default()).await;
+                return Err(e.into());
+            }
+        };
         if caller.cancel_on_disconnect {
             events = CancelOnDrop { events, cancel: cancel.clone(), ended: false }.boxed();
         }

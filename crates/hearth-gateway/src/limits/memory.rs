@@ -71,7 +71,15 @@ impl Limiter for MemoryLimiter {
     ) -> Result<Reservation, LimitError> {
         let now = now.timestamp();
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        counters.retain(|_, c| !matches!(c, Counter::Total { ends_at, .. } if *ends_at <= now));
+        // Spend totals whose period is over, and windows with nothing left in them: callers
+        // choose scope values (metadata), so counters must not pile up.
+        counters.retain(|_, counter| match counter {
+            Counter::Total { ends_at, .. } => *ends_at > now,
+            Counter::Window(buckets) => {
+                buckets.retain(|second, _| *second > now - WINDOW_SECS);
+                !buckets.is_empty()
+            }
+        });
         for charge in &charges {
             let counter =
                 counters.entry(charge.key.clone()).or_insert_with(|| Counter::new(charge, now));

@@ -340,7 +340,7 @@ pub(crate) async fn admit(
     prices: &Prices,
 ) -> Result<Reservation, LimitError> {
     let key = caller.key.as_deref();
-    let key_limits = key.and_then(|key| Limits::of_key(key));
+    let key_limits = key.and_then(Limits::of_key);
     if inner.limits.is_empty() && key_limits.is_none() {
         return Ok(Reservation::default());
     }

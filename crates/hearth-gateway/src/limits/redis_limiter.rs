@@ -9,14 +9,16 @@ use redis::Script;
 
 use super::{settlement, Charge, LimitError, Limiter, Measure, Reservation, Usage, WINDOW_SECS};
 
-/// KEYS: one counter per charge. ARGV: now (s), then per charge: `w` (window hash of
+/// KEYS: one counter per charge. ARGV: the caller's clock (s, unused: Redis's own clock is
+/// the one every replica shares), window length (s), then per charge: `w` (window hash of
 /// second → amount) or `p` (period total), limit, amount, period seconds left.
-/// Returns `{0}` when admitted and charged, else `{i, wait}` for the first refusing counter
-/// (`wait` = -1 when the amount alone exceeds the limit).
+/// Returns `{0, now}` when admitted and charged (`now`: the second charged, for settling),
+/// else `{i, wait}` for the first refusing counter (`wait` = -1 when the amount alone exceeds
+/// the limit).
 static ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local now = tonumber(ARGV[1])
+local now = tonumber(redis.call('TIME')[1])
 local span = tonumber(ARGV[2])
 for i = 1, #KEYS do
     local kind, limit, amount = ARGV[i * 4 - 1], tonumber(ARGV[i * 4]), tonumber(ARGV[i * 4 + 1])
@@ -57,7 +59,7 @@ for i = 1, #KEYS do
         redis.call('EXPIRE', KEYS[i], tonumber(ARGV[i * 4 + 2]) + 3600)
     end
 end
-return {0}",
+return {0, now}",
     )
 });
 
@@ -124,7 +126,7 @@ impl Limiter for RedisLimiter {
         let answer: redis::RedisResult<Vec<i64>> =
             invocation.invoke_async(&mut self.conn.clone()).await;
         match answer.as_deref() {
-            Ok([0]) => Ok(Reservation { charges, at_sec: now }),
+            Ok([0, charged_at]) => Ok(Reservation { charges, at_sec: *charged_at }),
             Ok([i, wait]) => {
                 let charge = &charges[(*i as usize).saturating_sub(1).min(charges.len() - 1)];
                 if *wait < 0 {

@@ -220,3 +220,45 @@ async fn the_run_of_a_replica_that_stopped_ends_with_one_error_event_and_one_rec
     let info = c.status("run_orphan").await.unwrap();
     assert_eq!((info.status, info.num_events), (RunStatus::Failed, 4));
 }
+
+#[tokio::test]
+async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_readers() {
+    let mut state = state(&unique("t:"));
+    // A long lease: A renews it only at start, so the test decides when it lapses.
+    state.lease_ms = 60_000;
+    let store = |state: StateSettings| async move {
+        RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
+            .await
+            .unwrap()
+    };
+    let (a, b) = (store(state.clone()).await, store(state.clone()).await);
+    let token = a.create("run_live", "m", None).await.unwrap();
+    let mine = a.subscribe("run_live", 0).await.unwrap();
+    a.append("run_live", CanonicalEvent::TextDelta { text: "x".into() }).await.unwrap();
+    // A's lease lapses (it stalled), and B ends the run as an orphan.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}lease:{}", state.key_prefix, a.replica()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(b.reap_orphans().await.len(), 1);
+    // A's next event finds the run ended elsewhere: its producer is told to stop, and A's own
+    // reader still gets every event A makes.
+    a.append("run_live", CanonicalEvent::TextDelta { text: "y".into() }).await.unwrap();
+    assert!(token.is_cancelled());
+    let stop = CanonicalEvent::error(ErrorKind::Cancelled, "the run was cancelled");
+    a.append("run_live", stop.clone()).await.unwrap();
+    a.finish("run_live", RunStatus::Cancelled).await.unwrap();
+    let seen: Vec<RunEvent> = mine.collect().await;
+    assert_eq!(text(&seen), "xy");
+    assert_eq!(seen.last().unwrap().event, stop);
+    // Redis keeps the end B wrote: A's finish does not overwrite it.
+    let shared: Vec<RunEvent> = b.subscribe("run_live", 0).await.unwrap().collect().await;
+    assert_eq!(text(&shared), "x");
+    assert!(
+        matches!(&shared[1].event, CanonicalEvent::Error { error } if error.kind == ErrorKind::Upstream)
+    );
+    assert_eq!(b.status("run_live").await.unwrap().status, RunStatus::Failed);
+}

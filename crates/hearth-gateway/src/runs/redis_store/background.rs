@@ -11,8 +11,8 @@ use hearth_protocol::{CanonicalEvent, ErrorKind};
 
 use super::{now_ms, remote, scripts, Shared};
 use crate::ledger::{LedgerRecord, LedgerStatus};
+use crate::runs::OrphanedRun;
 use crate::runs::RunStore;
-use crate::runs::{OrphanedRun, RunStatus};
 
 impl Shared {
     pub(super) async fn renew_lease(&self) -> redis::RedisResult<()> {
@@ -40,14 +40,21 @@ impl Shared {
     }
 }
 
-/// Renews the lease every third of its length; a replica that cannot reach Redis for a whole
-/// lease will find its running runs ended by another replica.
+/// Renews the lease every third of its length, on a fixed beat, each try bounded by a quarter
+/// of the lease: a stalled Redis call must not push the next renewal past the lease. A replica
+/// that cannot reach Redis for a whole lease finds its running runs ended by another replica
+/// (its own readers are still served; see `append`).
 pub(super) async fn keep_lease(shared: Arc<Shared>) {
-    let period = shared.lease / 3;
+    let mut beat = tokio::time::interval(shared.lease / 3);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(period).await;
-        if let Err(error) = shared.renew_lease().await {
-            tracing::warn!(%error, "could not renew this replica's lease in Redis");
+        beat.tick().await;
+        match tokio::time::timeout(shared.lease / 4, shared.renew_lease()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not renew this replica's lease in Redis")
+            }
+            Err(_) => tracing::warn!("renewing this replica's lease in Redis timed out"),
         }
     }
 }
@@ -92,32 +99,48 @@ pub(super) async fn reap_orphans(s: &Shared) -> redis::RedisResult<Vec<OrphanedR
     }
     let mut orphans = Vec::new();
     for (run_id, owner) in running.iter().filter(|(_, owner)| dead.contains(owner.as_str())) {
-        let message = format!(
-            "the replica producing this run ({owner}) stopped before it ended; the events \
-             before this one are all it produced"
-        );
-        let event = CanonicalEvent::error(ErrorKind::Upstream, message.clone());
-        let reaped: i64 = scripts::REAP
-            .key(s.keys.run(run_id))
-            .key(s.keys.events(run_id))
-            .key(s.keys.running())
-            .key(s.keys.lease(owner))
-            .arg(run_id)
-            .arg(serde_json::to_string(&event).unwrap_or_default())
-            .arg(now_ms())
-            .arg(s.ttl.as_millis() as u64)
-            .arg(owner)
-            .invoke_async(&mut conn)
-            .await?;
-        if reaped == 1 {
-            let hash = remote::hash(s, run_id).await.unwrap_or_default();
-            let info = remote::info_from_hash(run_id, &hash);
-            tracing::warn!(run_id, owner, "ended a run whose replica stopped");
-            let record = orphan_record(&info, hash.get("record"), message);
-            orphans.push(OrphanedRun { info, record });
+        // One run's failure must not lose the records of the runs already ended.
+        match reap(s, &mut conn, run_id, owner).await {
+            Ok(Some(orphan)) => orphans.push(orphan),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(run_id, %error, "could not end a stopped replica's run"),
         }
     }
     Ok(orphans)
+}
+
+/// Ends one run of a stopped replica, if no other replica has; its hash comes back from the
+/// same script, so the record never depends on a second read.
+async fn reap(
+    s: &Shared,
+    conn: &mut redis::aio::ConnectionManager,
+    run_id: &str,
+    owner: &str,
+) -> redis::RedisResult<Option<OrphanedRun>> {
+    let message = format!(
+        "the replica producing this run ({owner}) stopped before it ended; the events before \
+         this one are all it produced"
+    );
+    let event = CanonicalEvent::error(ErrorKind::Upstream, message.clone());
+    let hash: HashMap<String, String> = scripts::REAP
+        .key(s.keys.run(run_id))
+        .key(s.keys.events(run_id))
+        .key(s.keys.running())
+        .key(s.keys.lease(owner))
+        .arg(run_id)
+        .arg(serde_json::to_string(&event).unwrap_or_default())
+        .arg(now_ms())
+        .arg(s.ttl.as_millis() as u64)
+        .arg(owner)
+        .invoke_async(conn)
+        .await?;
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    tracing::warn!(run_id, owner, "ended a run whose replica stopped");
+    let info = remote::info_from_hash(run_id, &hash);
+    let record = orphan_record(&info, hash.get("record"), message);
+    Ok(Some(OrphanedRun { info, record }))
 }
 
 /// The ledger record of a run whose producer disappeared: the one the producer left at the
@@ -143,6 +166,5 @@ fn orphan_record(
     record.ended_at = ended_at;
     record.latency_ms = (ended_at - record.started_at).num_milliseconds().max(0) as u64;
     record.error = Some(error);
-    debug_assert_eq!(info.status, RunStatus::Failed);
     record
 }

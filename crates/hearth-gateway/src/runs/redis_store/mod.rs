@@ -76,6 +76,7 @@ pub(crate) struct Shared {
     /// Runs whose Redis copy broke off (Redis was unreachable for an append): they go on in
     /// memory for their local readers, and their Redis copy is closed as failed at the end.
     detached: Mutex<HashSet<String>>,
+    remote_readers: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct RedisRunStore {
@@ -86,6 +87,14 @@ pub struct RedisRunStore {
 fn unavailable(error: redis::RedisError) -> RunError {
     RunError::Unavailable(error.to_string())
 }
+
+/// How long a run's keys last in Redis should its end never reach Redis (the producing replica
+/// lost Redis at the wrong moment and no replica swept it).
+const SAFETY_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+/// Readers of other replicas' runs at once on this replica: each holds a Redis connection of
+/// its own (a blocking `XREAD`).
+const MAX_REMOTE_READERS: usize = 512;
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -119,6 +128,7 @@ impl RedisRunStore {
             ttl,
             lease: settings.lease(),
             detached: Mutex::default(),
+            remote_readers: Arc::new(tokio::sync::Semaphore::new(MAX_REMOTE_READERS)),
         });
         shared.renew_lease().await.map_err(unavailable)?;
         let background = vec![
@@ -156,22 +166,24 @@ impl Shared {
         self.detached.lock().unwrap_or_else(|e| e.into_inner()).contains(run_id)
     }
 
-    fn detach(&self, run_id: &str, error: &redis::RedisError) {
-        tracing::warn!(run_id, %error, "Redis unreachable: the run goes on for this replica's readers only");
+    fn detach(&self, run_id: &str, why: &dyn std::fmt::Display) {
+        tracing::warn!(run_id, %why, "the run goes on for this replica's readers only");
         self.detached.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id.to_owned());
     }
 
-    /// Sets a field of the run's hash (nothing for a run Redis does not hold).
+    /// Sets a field of the run's hash, never recreating a run Redis no longer holds.
     async fn hset(&self, run_id: &str, field: &str, value: &str) -> Result<(), RunError> {
         if self.is_detached(run_id) {
             return Ok(());
         }
-        redis::cmd("HSET")
-            .arg(self.keys.run(run_id))
+        scripts::UPDATE_FIELD
+            .key(self.keys.run(run_id))
             .arg(field)
+            .arg("set")
             .arg(value)
-            .query_async::<()>(&mut self.conn())
+            .invoke_async::<i64>(&mut self.conn())
             .await
+            .map(drop)
             .map_err(unavailable)
     }
 
@@ -179,12 +191,13 @@ impl Shared {
         &self,
         run_id: &str,
         event: &CanonicalEvent,
-    ) -> Result<i64, redis::RedisError> {
+    ) -> redis::RedisResult<Vec<i64>> {
         let json = serde_json::to_string(event).unwrap_or_default();
         scripts::APPEND
             .key(self.keys.run(run_id))
             .key(self.keys.events(run_id))
             .arg(json)
+            .arg(SAFETY_EXPIRY.as_millis() as u64)
             .invoke_async(&mut self.conn())
             .await
     }
@@ -202,6 +215,7 @@ impl Shared {
             .arg(remote::status_name(status))
             .arg(now_ms())
             .arg(self.ttl.as_millis() as u64)
+            .arg(&self.replica)
             .invoke_async(&mut self.conn())
             .await
     }
@@ -226,6 +240,7 @@ impl RunStore for RedisRunStore {
             .arg(&s.replica)
             .arg(now_ms())
             .arg(record)
+            .arg(SAFETY_EXPIRY.as_millis() as u64)
             .invoke_async(&mut s.conn())
             .await;
         match created {
@@ -258,11 +273,18 @@ impl RunStore for RedisRunStore {
     async fn append(&self, run_id: &str, event: CanonicalEvent) -> Result<u64, RunError> {
         let s = &self.shared;
         if !s.is_detached(run_id) {
-            match s.append_remote(run_id, &event).await {
-                Ok(-1) => return Err(RunError::NotFound(run_id.into())),
-                Ok(-2) => return Err(RunError::Ended(run_id.into())),
-                Ok(_) => {}
-                Err(e) => s.detach(run_id, &e),
+            match s.append_remote(run_id, &event).await.as_deref() {
+                Ok([_, 1]) => {
+                    let _ = s.local.cancel(run_id).await;
+                }
+                Ok([_, _]) => {}
+                // Redis lost the run, or another replica ended it (this replica's lease lapsed):
+                // the callers here still get every event, and the producer is told to stop.
+                Ok(_) => {
+                    s.detach(run_id, &"Redis no longer holds the run as running");
+                    let _ = s.local.cancel(run_id).await;
+                }
+                Err(e) => s.detach(run_id, e),
             }
         }
         s.local.append(run_id, event).await
@@ -305,6 +327,8 @@ impl RunStore for RedisRunStore {
         }
         let info = remote::info(s, run_id).await?;
         if info.status == RunStatus::Running {
+            // The flag reaches the producer with its next append, should the message be lost.
+            s.hset(run_id, "cancel", "1").await?;
             redis::cmd("PUBLISH")
                 .arg(s.keys.cancel_channel())
                 .arg(run_id)

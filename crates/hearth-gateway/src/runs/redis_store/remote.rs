@@ -100,6 +100,9 @@ pub(super) async fn subscribe(
             num_events: info.num_events,
         });
     }
+    let permit = s.remote_readers.clone().try_acquire_owned().map_err(|_| {
+        RunError::Unavailable("too many readers of other replicas' runs; retry shortly".into())
+    })?;
     // The blocking read must outlast POLL; other commands keep the shared connection.
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -109,7 +112,8 @@ pub(super) async fn subscribe(
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(unavailable)?;
-    let reader = Reader::new(s, conn, run_id.to_owned(), from).await;
+    let mut reader = Reader::new(s, conn, run_id.to_owned(), from).await;
+    reader.permit = Some(permit);
     Ok(futures::stream::unfold(reader, Reader::next).boxed())
 }
 
@@ -122,6 +126,9 @@ struct Reader {
     pending: VecDeque<RunEvent>,
     errors: u32,
     done: bool,
+    /// Read a terminal event (else the reader adds an error event before it stops).
+    terminal: bool,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Reader {
@@ -132,7 +139,9 @@ impl Reader {
         next: u64,
     ) -> Self {
         shared.update_field(&run_id, "subs", "incr", 1).await;
-        Self { shared, conn, run_id, next, pending: VecDeque::new(), errors: 0, done: false }
+        let pending = VecDeque::new();
+        let (errors, done, terminal, permit) = (0, false, false, None);
+        Self { shared, conn, run_id, next, pending, errors, done, terminal, permit }
     }
 
     async fn next(mut self) -> Option<(RunEvent, Self)> {
@@ -140,6 +149,7 @@ impl Reader {
             if let Some(event) = self.pending.pop_front() {
                 if event.event.is_terminal() {
                     self.done = true;
+                    self.terminal = true;
                     self.shared.update_field(&self.run_id, "delivered", "set", 1).await;
                 }
                 return Some((event, self));
@@ -150,7 +160,7 @@ impl Reader {
             match self.read().await {
                 Ok(true) => self.errors = 0,
                 Ok(false) => match self.ended().await {
-                    Ok(true) => return None,
+                    Ok(true) => self.end_without_terminal(),
                     Ok(false) => self.errors = 0,
                     Err(error) => self.failed(error).await,
                 },
@@ -187,6 +197,19 @@ impl Reader {
             self.next += 1;
         }
         Ok(!self.pending.is_empty())
+    }
+
+    /// A run that ended in Redis without a terminal event (its producer lost Redis mid-run) or
+    /// expired under the reader: one error event says so, so no caller mistakes what it got
+    /// for a whole answer.
+    fn end_without_terminal(&mut self) {
+        self.done = true;
+        if !self.terminal {
+            let message = "the run ended without its last events reaching the shared store";
+            let event = CanonicalEvent::error(ErrorKind::Internal, message);
+            self.pending.push_back(RunEvent { seq: self.next, event });
+            self.terminal = true;
+        }
     }
 
     /// Whether the run has ended with every event read (or has expired).
