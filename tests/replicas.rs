@@ -102,6 +102,31 @@ fn runs_resume_on_another_replica_and_a_killed_replica_leaves_one_error_event() 
     assert_eq!(done["ledger"]["status"], "finished", "{done}");
     assert_eq!(done["status"], "finished", "{done}");
 
+    // The response cache: a miss on A is a hit on B, kept whole and replayed as a stream.
+    let ask = |daemon: &Daemon, stream: bool, ttl: &str| {
+        let body = json!({"model": "tiny-llama", "messages": [{"role": "user", "content": "Cache me"}],
+            "max_tokens": 12, "temperature": 0, "stream": stream});
+        let url = daemon.url("/v1/chat/completions");
+        client().post(url).header("x-hearth-cache-ttl", ttl).json(&body).send().unwrap()
+    };
+    let miss = ask(&a, false, "60");
+    assert_eq!(miss.headers()["x-hearth-cache-status"], "MISS");
+    let whole: Value = miss.json().unwrap();
+    let text = whole["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    let hit = ask(&b, true, "60");
+    assert_eq!(hit.headers()["x-hearth-cache-status"], "HIT");
+    assert_eq!(hit.headers()["x-hearth-route"], "cache");
+    let streamed: String = parse_sse(&hit.text().unwrap())
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(streamed, text);
+    let bad = ask(&b, false, "forever");
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().unwrap();
+    assert!(bad.to_string().contains("x-hearth-cache-ttl"), "{bad}");
+
     // A is killed mid-stream: B sends the events A produced, then one error event.
     let (run_id, resp, seen) = start_stream(&a);
     a.child.kill().unwrap();
@@ -129,5 +154,5 @@ fn runs_resume_on_another_replica_and_a_killed_replica_leaves_one_error_event() 
     let usage = get_json(&b, "/v1/usage?group_by=model");
     let total: u64 =
         usage["data"].as_array().unwrap().iter().filter_map(|g| g["requests"].as_u64()).sum();
-    assert_eq!(total, 2, "{usage}");
+    assert_eq!(total, 4, "two streams and two cache requests (the hit at zero cost): {usage}");
 }

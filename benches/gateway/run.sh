@@ -11,6 +11,10 @@
 #   2. nginx directly and Hearth unpaced with CONNECTIONS connections: the most requests a
 #      second, and errors;
 #   3. that the ledger holds one record per request Hearth answered.
+# With SHARED=1 (the default) a second Hearth runs beside the first with its run buffers in
+# Redis and its ledger in PostgreSQL (REDIS_URL, POSTGRES_URL: the local servers by default,
+# the ledger in a fresh schema), measured in the same rounds and unpaced, so what shared state
+# costs is the difference between the two Hearth rows.
 # It installs what it needs (Debian's nginx and wrk), builds the release binaries, starts
 # everything on 127.0.0.1, stops it all when done, and prints the numbers and the machine.
 #
@@ -27,6 +31,9 @@ CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
 WARMUP_SECS=${WARMUP_SECS:-3}
 ROUNDS=${ROUNDS:-1}
+SHARED=${SHARED:-1}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+POSTGRES_URL=${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 PACED_CONNECTIONS=10
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -53,6 +60,7 @@ UPSTREAM_PORT=$(free_port)
 PROXY_PORT=$(free_port)
 FORWARDER_PORT=$(free_port)
 HEARTH_PORT=$(free_port)
+SHARED_PORT=$(free_port)
 
 # The upstream's answer: a role chunk, three content chunks, the finish chunk, usage, [DONE].
 chunk() { printf 'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-fake","choices":[{"index":0,"delta":%s,"finish_reason":%s}]}\\n\\n' "$1" "$2"; }
@@ -119,6 +127,23 @@ HEARTH_LOG=${HEARTH_LOG:-info} "$HEARTH" serve --models "$WORK/models" --config 
     --addr "127.0.0.1:$HEARTH_PORT" 2> "$WORK/hearth.log" &
 PIDS+=($!)
 
+TARGETS=()
+SHARED_URL=none
+if [ "$SHARED" = 1 ]; then
+    scripts/services.sh
+    SCHEMA="bench_$(date +%s)_$$"
+    psql "$POSTGRES_URL" -qc "CREATE SCHEMA $SCHEMA"
+    { sed '/^\[gateway\]/,/^$/d' "$WORK/hearth.toml"
+      printf '[state]\nredis_url = "%s"\nkey_prefix = "%s:"\n\n' "$REDIS_URL" "$SCHEMA"
+      printf '[ledger]\npostgres_url = "%s?options=-c%%20search_path%%3D%s"\n' "$POSTGRES_URL" "$SCHEMA"
+    } > "$WORK/shared.toml"
+    HEARTH_LOG=${HEARTH_LOG:-info} "$HEARTH" serve --models "$WORK/models" --config "$WORK/shared.toml" \
+        --addr "127.0.0.1:$SHARED_PORT" 2> "$WORK/shared.log" &
+    PIDS+=($!)
+    SHARED_URL="http://127.0.0.1:$SHARED_PORT/v1/chat/completions"
+    TARGETS+=("**Hearth, Redis runs + PostgreSQL ledger**|$SHARED_URL")
+fi
+
 DIRECT="http://127.0.0.1:$UPSTREAM_PORT/v1/chat/completions"
 PROXY="http://127.0.0.1:$PROXY_PORT/v1/chat/completions"
 BARE="http://127.0.0.1:$FORWARDER_PORT/v1/chat/completions"
@@ -127,6 +152,7 @@ LUA=benches/gateway/chat.lua
 
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$HEARTH_PORT/health" >/dev/null &&
+        { [ "$SHARED" != 1 ] || curl -sf "http://127.0.0.1:$SHARED_PORT/health" >/dev/null; } &&
         curl -sf -o /dev/null -X POST "$DIRECT" && curl -sf -o /dev/null -X POST "$PROXY" &&
         curl -sf -o /dev/null -X POST "$BARE" && break
     sleep 0.1
@@ -142,15 +168,18 @@ ms() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1000:.3f}')" "$1"; }
 added() { python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / 1000:+.3f}')" "$1" "$2"; }
 
 echo "warming up ($WARMUP_SECS s each)..." >&2
-for url in "$DIRECT" "$PROXY" "$BARE" "$THROUGH"; do
+for url in "$DIRECT" "$PROXY" "$BARE" "$THROUGH" "${TARGETS[@]#*|}"; do
     wrk_json "$url" "$WARMUP_SECS" 8 0 >/dev/null
 done
 
-ledger_count() {
-    curl -sf "http://127.0.0.1:$HEARTH_PORT/v1/usage?group_by=model" |
+ledger_count() { # port
+    curl -sf "http://127.0.0.1:${1:-$HEARTH_PORT}/v1/usage?group_by=model" |
         python3 -c "import json,sys; print(sum(g['requests'] for g in json.load(sys.stdin)['data']))"
 }
 ledger_before=$(ledger_count)
+shared_before=0
+[ "$SHARED" = 1 ] && shared_before=$(ledger_count "$SHARED_PORT")
+shared_sent=0
 
 # One row per round and target; the targets take turns, so a slow spell of the machine does not
 # fall on one of them alone.
@@ -160,13 +189,14 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round of $ROUNDS: about $RATE req/s ($PACED_SECS s each)..." >&2
     direct=$(wrk_json "$DIRECT" "$PACED_SECS" "$PACED_CONNECTIONS" "$RATE")
     for target in "nginx directly|$DIRECT" "nginx as a proxy (C floor)|$PROXY" \
-        "bare axum + reqwest forwarder (stack floor)|$BARE" "**Hearth**|$THROUGH"; do
+        "bare axum + reqwest forwarder (stack floor)|$BARE" "**Hearth**|$THROUGH" "${TARGETS[@]}"; do
         name=${target%%|*}
         url=${target#*|}
         if [ "$url" = "$DIRECT" ]; then result=$direct; else
             result=$(wrk_json "$url" "$PACED_SECS" "$PACED_CONNECTIONS" "$RATE")
         fi
         [ "$url" = "$THROUGH" ] && hearth_sent=$(( hearth_sent + $(field "$result" requests) ))
+        [ "$url" = "$SHARED_URL" ] && shared_sent=$(( shared_sent + $(field "$result" requests) ))
         row="| $round | $name | $(field "$result" rps)"
         for p in p50_us p90_us p99_us p999_us; do row+=" | $(ms "$(field "$result" $p)")"; done
         for p in p50_us p99_us; do
@@ -182,12 +212,23 @@ echo "unpaced, $CONNECTIONS connections ($MAX_SECS s each)..." >&2
 max_direct=$(wrk_json "$DIRECT" "$MAX_SECS" "$CONNECTIONS" 0)
 max_hearth=$(wrk_json "$THROUGH" "$MAX_SECS" "$CONNECTIONS" 0)
 hearth_sent=$(( hearth_sent + $(field "$max_hearth" requests) ))
+max_shared_row=""
+if [ "$SHARED" = 1 ]; then
+    max_shared=$(wrk_json "http://127.0.0.1:$SHARED_PORT/v1/chat/completions" "$MAX_SECS" "$CONNECTIONS" 0)
+    shared_sent=$(( shared_sent + $(field "$max_shared" requests) ))
+    max_shared_row="| Hearth, Redis runs + PostgreSQL ledger | $(field "$max_shared" rps) | $(ms "$(field "$max_shared" p50_us)") | $(ms "$(field "$max_shared" p99_us)") | $(errors "$max_shared") |"
+fi
 
 # Every request Hearth answered has its ledger record once the runs have ended (a usage query
 # flushes the ledger's queue). wrk also cuts up to one request per connection at the end of a
 # run; Hearth finishes and records those too.
 sleep 1
 ledger=$(( $(ledger_count) - ledger_before ))
+shared_line=""
+if [ "$SHARED" = 1 ]; then
+    shared_ledger=$(( $(ledger_count "$SHARED_PORT") - shared_before ))
+    shared_line="PostgreSQL ledger: $shared_ledger records for $shared_sent requests wrk completed through the shared-state Hearth."
+fi
 
 cat <<EOF
 
@@ -204,8 +245,10 @@ Unpaced, $CONNECTIONS connections, $THREADS wrk threads, $MAX_SECS s:
 |---|---|---|---|---|
 | nginx directly | $(field "$max_direct" rps) | $(ms "$(field "$max_direct" p50_us)") | $(ms "$(field "$max_direct" p99_us)") | $(errors "$max_direct") |
 | Hearth | $(field "$max_hearth" rps) | $(ms "$(field "$max_hearth" p50_us)") | $(ms "$(field "$max_hearth" p99_us)") | $(errors "$max_hearth") |
+$max_shared_row
 
 Ledger: $ledger records written for $hearth_sent requests wrk completed through Hearth (wrk abandons up
 to one request per connection in flight when a run ends; Hearth finishes and records those too).
+$shared_line
 Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg).
 EOF

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{self, CacheOptions, CacheStatus, MemoryCache};
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::GatewaySettings;
 use crate::keys::{ApiKey, Keys};
@@ -26,6 +27,9 @@ use crate::runs::{InMemoryRunStore, RunError, RunEvent, RunInfo, RunStore, Subsc
 use crate::shared::{Backends, Inner};
 use crate::wiring::Parts;
 
+/// Memory the in-process response cache may hold (the oldest answers go first).
+pub(crate) const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// Who is calling, as the edge authenticated it.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
@@ -33,6 +37,8 @@ pub struct Caller {
     pub api_key_id: Option<String>,
     /// The key the edge authenticated, with its metadata, allowed models and limits.
     pub key: Option<Arc<ApiKey>>,
+    /// What the request asked of the response cache.
+    pub cache: CacheOptions,
     /// Caller metadata (e.g. from a header), validated here. When `None`, the request's own
     /// `metadata` is used.
     pub metadata: Option<Value>,
@@ -49,6 +55,8 @@ pub struct StartedRun {
     pub route: String,
     /// The run's events from the first one (seq 0).
     pub events: Subscription,
+    /// Whether the answer came from the response cache (`None`: the caller did not ask for it).
+    pub cache: Option<CacheStatus>,
 }
 
 /// Why a run did not start. The edge maps each to an HTTP status.
@@ -113,13 +121,14 @@ impl Gateway {
             limits: Limits::default(),
             limiter: Arc::new(MemoryLimiter::default()),
             keys: Keys::none(),
+            cache: Arc::new(MemoryCache::new(DEFAULT_CACHE_BYTES)),
             backends: Backends::default(),
         };
         Self::build(catalog, settings, parts)
     }
 
     pub(crate) fn build(catalog: Catalog, settings: &GatewaySettings, parts: Parts) -> Gateway {
-        let Parts { runs, ledger, limits, limiter, keys, backends } = parts;
+        let Parts { runs, ledger, limits, limiter, keys, cache, backends } = parts;
         let inner = Arc::new(Inner {
             catalog: ArcSwap::from_pointee(catalog),
             catalog_writer: Mutex::new(()),
@@ -130,6 +139,7 @@ impl Gateway {
             limits,
             limiter,
             keys,
+            cache,
             backends,
             tasks: TaskTracker::new(),
         });
@@ -197,6 +207,14 @@ impl Gateway {
             let key = caller.api_key_id.clone();
             LedgerRecord::failed_start(&run_id, &request.model, metadata.clone(), key, Utc::now())
         });
+        let cache_key = caller.cache.is_active().then(|| cache::key_of(&request, &caller.cache));
+        if let Some(key) = cache_key.as_ref().filter(|_| !caller.cache.skip) {
+            if let Some(events) = self.inner.cache.get(key).await {
+                let (model, api_key_id) = (request.model.clone(), caller.api_key_id.clone());
+                let hit = cache::Hit { model, events, metadata, api_key_id, reservation };
+                return cache::replay(&self.inner, hit).await;
+            }
+        }
         let cancel = match runs.create(&run_id, &request.model, record.as_ref()).await {
             Ok(cancel) => cancel,
             Err(e) => {
@@ -226,10 +244,14 @@ impl Gateway {
             api_key_id: caller.api_key_id,
             cancel,
             reservation,
+            cache_put: cache_key.zip(caller.cache.ttl),
         };
         self.inner.tasks.spawn(producer::drive(self.inner.clone(), job, commit));
         match committed.await {
-            Ok(Ok(route)) => Ok(StartedRun { run_id, route, events }),
+            Ok(Ok(route)) => {
+                let cache = caller.cache.is_active().then_some(CacheStatus::Miss);
+                Ok(StartedRun { run_id, route, events, cache })
+            }
             Ok(Err(error)) => Err(StartError::Failed { run_id, error }),
             Err(_) => Err(StartError::Failed {
                 run_id,

@@ -7,6 +7,7 @@
 //!
 //! This crate must never know about axum or any HTTP server type.
 
+pub mod cache;
 mod catalog;
 pub mod config;
 mod embeddings;

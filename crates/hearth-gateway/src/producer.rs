@@ -29,6 +29,8 @@ pub(crate) struct RunJob {
     pub cancel: CancellationToken,
     /// What `[[limits]]` reserved at admission, settled to the run's use when it ends.
     pub reservation: Reservation,
+    /// Where to keep the answer, and how long, should it finish (the response cache).
+    pub cache_put: Option<(String, std::time::Duration)>,
 }
 
 /// Told the route once one commits, or the error when none does.
@@ -42,6 +44,8 @@ struct Tally {
     ttft_ms: Option<u64>,
     error: Option<StreamError>,
     terminal: bool,
+    /// Every event, kept only when the answer goes to the response cache.
+    kept: Option<Vec<CanonicalEvent>>,
 }
 
 impl Tally {
@@ -55,6 +59,9 @@ impl Tally {
             self.ttft_ms = Some(elapsed_ms(self.started));
         }
         self.terminal |= event.is_terminal();
+        if let Some(kept) = &mut self.kept {
+            kept.push(event.clone());
+        }
     }
 
     /// No route served the run because each refused it (the request is wrong for the model, or
@@ -85,6 +92,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
         ttft_ms: None,
         error: None,
         terminal: false,
+        kept: job.cache_put.as_ref().map(|_| Vec::new()),
     };
     let opened =
         router::open(&job.targets, &job.request, &inner.policy, &inner.health, &job.cancel).await;
@@ -106,6 +114,11 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
     let info = inner.runs.finish(&job.run_id, tally.run_status()).await;
     let record = ledger_record(&job, &tally, info.ok(), started_at);
     inner.limiter.settle(&job.reservation, Usage::of(&record)).await;
+    if let (Some((key, ttl)), Some(kept)) = (&job.cache_put, &tally.kept) {
+        if tally.run_status() == RunStatus::Finished {
+            inner.cache.put(key, kept, *ttl).await;
+        }
+    }
     if let Err(e) = inner.ledger.record(&record).await {
         tracing::error!(run_id = %job.run_id, error = %e, "could not write the ledger record");
     }
@@ -202,6 +215,7 @@ fn ledger_record(
         started_at,
         ended_at: Utc::now(),
         error: tally.error.as_ref().map(|e| e.message.clone()),
+        cached: false,
     }
 }
 

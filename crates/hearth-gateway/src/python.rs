@@ -284,6 +284,7 @@ impl Gateway {
             started_at,
             ended_at: Utc::now(),
             error,
+            cached: false,
         };
         if let Err(e) = self.inner.ledger.record(&record).await {
             tracing::error!(run_id = %job.run_id, error = %e, "could not write the ledger record");

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::ResponseCache;
 use crate::catalog::Catalog;
 use crate::keys::Keys;
 use crate::ledger::Ledger;
@@ -22,6 +23,8 @@ pub struct Backends {
     /// How many `[[limits]]` are enforced, and where their counters are (`memory`, `redis`).
     pub limits: usize,
     pub limit_counters: &'static str,
+    /// `memory` or `redis`.
+    pub response_cache: &'static str,
     /// With counters in Redis: `open` or `closed` while Redis cannot be reached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits_on_redis_error: Option<&'static str>,
@@ -34,6 +37,7 @@ impl Default for Backends {
             ledger: "sqlite",
             limits: 0,
             limit_counters: "memory",
+            response_cache: "memory",
             limits_on_redis_error: None,
         }
     }
@@ -52,6 +56,7 @@ pub(crate) struct Inner {
     pub limits: Limits,
     pub limiter: Arc<dyn Limiter>,
     pub keys: Keys,
+    pub cache: Arc<dyn ResponseCache>,
     pub backends: Backends,
     /// Every producer and embedding run, so shutdown can wait for their ledger records.
     pub tasks: TaskTracker,

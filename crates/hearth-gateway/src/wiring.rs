@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::cache::{MemoryCache, RedisCache, ResponseCache};
 use crate::catalog::Catalog;
 use crate::config::{FailureMode, GatewayConfig};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, DEFAULT_CACHE_BYTES};
 use crate::keys::{Keys, SqlKeys};
 use crate::ledger::{BatchedLedger, Ledger, LedgerError, PostgresLedger, SqliteLedger};
 use crate::limits::{Limiter, Limits, MemoryLimiter, RedisLimiter};
@@ -30,8 +31,12 @@ pub(crate) struct Parts {
     pub limits: Limits,
     pub limiter: Arc<dyn Limiter>,
     pub keys: Keys,
+    pub cache: Arc<dyn ResponseCache>,
     pub backends: Backends,
 }
+
+/// What replicas share, or this process keeps alone.
+type Shared = (Arc<dyn RunStore>, Arc<dyn Limiter>, Arc<dyn ResponseCache>);
 
 impl Gateway {
     /// The gateway over the stores `config` names: run buffers in Redis when `[state]
@@ -58,7 +63,7 @@ impl Gateway {
         let ledger = Arc::new(BatchedLedger::new(store));
         let limits = Limits::new(&config.limits).map_err(OpenError::Config)?;
         backends.limits = limits.len();
-        let (runs, limiter): (Arc<dyn RunStore>, Arc<dyn Limiter>) = match &config.state.redis_url {
+        let shared: Shared = match &config.state.redis_url {
             Some(url) => {
                 let state = &config.state;
                 let (ttl, max_bytes) = (settings.run_ttl(), settings.run_buffer_max_bytes());
@@ -68,14 +73,18 @@ impl Gateway {
                 backends.runs = "redis";
                 backends.limit_counters = "redis";
                 backends.limits_on_redis_error = Some(limiter.failure_mode());
-                (Arc::new(runs), Arc::new(limiter))
+                backends.response_cache = "redis";
+                let cache = RedisCache::new(runs.connection(), &state.key_prefix);
+                (Arc::new(runs), Arc::new(limiter), Arc::new(cache))
             }
             None => (
                 Arc::new(InMemoryRunStore::from_settings(settings)),
                 Arc::new(MemoryLimiter::default()),
+                Arc::new(MemoryCache::new(DEFAULT_CACHE_BYTES)),
             ),
         };
-        let parts = Parts { runs, ledger, limits, limiter, keys, backends };
+        let (runs, limiter, cache) = shared;
+        let parts = Parts { runs, ledger, limits, limiter, keys, cache, backends };
         Ok(Self::build(catalog, settings, parts))
     }
 }

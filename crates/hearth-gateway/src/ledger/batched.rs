@@ -139,6 +139,7 @@ mod tests {
             started_at: chrono::Utc::now(),
             ended_at: chrono::Utc::now(),
             error: None,
+            cached: false,
         }
     }
 

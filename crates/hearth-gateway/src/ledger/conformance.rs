@@ -26,6 +26,7 @@ fn record(run_id: &str, model: &str, team: Option<&str>, cost: Option<&str>) -> 
         started_at: Utc.timestamp_millis_opt(1_000).unwrap(),
         ended_at: Utc.timestamp_millis_opt(1_040).unwrap(),
         error: None,
+        cached: false,
     }
 }
 

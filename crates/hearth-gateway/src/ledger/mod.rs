@@ -85,6 +85,9 @@ pub struct LedgerRecord {
     pub ended_at: DateTime<Utc>,
     /// What went wrong, for failed and cancelled runs.
     pub error: Option<String>,
+    /// Answered from the response cache: nothing was generated, and it cost nothing.
+    #[serde(default)]
+    pub cached: bool,
 }
 
 impl LedgerRecord {
@@ -113,6 +116,7 @@ impl LedgerRecord {
             started_at,
             ended_at: started_at,
             error: None,
+            cached: false,
         }
     }
 }

@@ -14,12 +14,13 @@ use super::rows::{group_from_row, millis, record_from_row, to_i64, to_nanos, usa
 use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageGroup, UsageQuery};
 
 /// The ledger's schema versions, oldest first.
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
     (2, "api keys", include_str!("../../migrations/postgres/0002_api_keys.sql")),
+    (3, "cached answers", include_str!("../../migrations/postgres/0003_cached.sql")),
 ];
 
-/// Records per INSERT: 15 bound values each, far under PostgreSQL's 65,535 per statement.
+/// Records per INSERT: 16 bound values each, far under PostgreSQL's 65,535 per statement.
 const ROWS_PER_STATEMENT: usize = 256;
 
 #[derive(Clone)]
@@ -110,7 +111,7 @@ async fn insert(
     let mut rows = QueryBuilder::<Postgres>::new(
         "INSERT INTO usage_records (run_id, model, route, status, input_tokens, output_tokens,
             cached_input_tokens, cost_nanos, ttft_ms, latency_ms, metadata, api_key_id,
-            started_at_ms, ended_at_ms, error) ",
+            started_at_ms, ended_at_ms, error, cached) ",
     );
     rows.push_values(records.iter().zip(&metadata), |mut row, (r, metadata)| {
         row.push_bind(&r.run_id)
@@ -127,7 +128,8 @@ async fn insert(
             .push_bind(&r.api_key_id)
             .push_bind(millis(&r.started_at))
             .push_bind(millis(&r.ended_at))
-            .push_bind(&r.error);
+            .push_bind(&r.error)
+            .push_bind(i64::from(r.cached));
     });
     rows.build().execute(&mut **tx).await?;
     let labels: Vec<(&str, &str, String)> = records

@@ -106,6 +106,7 @@ where
         started_at: from_millis(row.try_get("started_at_ms")?),
         ended_at: from_millis(row.try_get("ended_at_ms")?),
         error: row.try_get("error")?,
+        cached: row.try_get::<i64, _>("cached")? != 0,
         run_id,
     })
 }

@@ -29,7 +29,8 @@ const SCHEMA: [&str; 5] = [
         api_key_id TEXT,
         started_at_ms INTEGER NOT NULL,
         ended_at_ms INTEGER NOT NULL,
-        error TEXT
+        error TEXT,
+        cached INTEGER NOT NULL DEFAULT 0
     )",
     "CREATE INDEX IF NOT EXISTS usage_records_started ON usage_records (started_at_ms)",
     "CREATE TABLE IF NOT EXISTS usage_metadata (
@@ -52,7 +53,7 @@ const SCHEMA: [&str; 5] = [
     )",
 ];
 
-/// Records per INSERT: 15 bound values each, well under SQLite's limit of 32,766 per statement
+/// Records per INSERT: 16 bound values each, well under SQLite's limit of 32,766 per statement
 /// (metadata rows, 3 values and at most 5 per record, stay under it too).
 const ROWS_PER_STATEMENT: usize = 256;
 
@@ -74,6 +75,17 @@ impl SqliteLedger {
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
+        }
+        // Ledgers made before cached answers existed gain the column.
+        let has_cached: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pragma_table_info('usage_records') WHERE name = 'cached'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if has_cached == 0 {
+            sqlx::query("ALTER TABLE usage_records ADD COLUMN cached INTEGER NOT NULL DEFAULT 0")
+                .execute(&pool)
+                .await?;
         }
         Ok(Self { pool })
     }
@@ -135,7 +147,7 @@ async fn insert(
     let mut rows = QueryBuilder::<Sqlite>::new(
         "INSERT INTO usage_records (run_id, model, route, status, input_tokens, output_tokens,
             cached_input_tokens, cost_nanos, ttft_ms, latency_ms, metadata, api_key_id,
-            started_at_ms, ended_at_ms, error) ",
+            started_at_ms, ended_at_ms, error, cached) ",
     );
     rows.push_values(records.iter().zip(&metadata), |mut row, (r, metadata)| {
         row.push_bind(&r.run_id)
@@ -152,7 +164,8 @@ async fn insert(
             .push_bind(&r.api_key_id)
             .push_bind(millis(&r.started_at))
             .push_bind(millis(&r.ended_at))
-            .push_bind(&r.error);
+            .push_bind(&r.error)
+            .push_bind(i64::from(r.cached));
     });
     rows.build().execute(&mut **tx).await?;
     let labels: Vec<(&str, &str, String)> = records

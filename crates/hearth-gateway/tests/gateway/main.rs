@@ -1,5 +1,6 @@
 //! The gateway against fake providers on 127.0.0.1 speaking each real wire format.
 
+mod cache;
 mod failover;
 mod fake;
 mod limits;

@@ -2,6 +2,9 @@
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use hearth_gateway::ledger::CallerMetadata;
+use std::time::Duration;
+
+use hearth_gateway::cache::{CacheOptions, CacheStatus, MAX_TTL};
 use hearth_gateway::Caller;
 use serde_json::Value;
 
@@ -24,6 +27,7 @@ pub(crate) fn caller(
     let keyed = Caller {
         api_key_id: key.map(|k| k.0.id.clone()),
         key: key.map(|k| k.0.clone()),
+        cache: cache_options(headers)?,
         ..Caller::default()
     };
     let Some(raw) = headers.get(METADATA) else {
@@ -37,6 +41,63 @@ pub(crate) fn caller(
         serde_json::from_str(text).map_err(|e| bad(format!("is not valid JSON: {e}")))?;
     CallerMetadata::from_json(&value).map_err(|e| bad(e.to_string()))?;
     Ok(Caller { metadata: Some(value), ..keyed })
+}
+
+/// Keep this answer for this many seconds (at most a day), and answer from a kept one.
+pub(crate) const CACHE_TTL: &str = "x-hearth-cache-ttl";
+/// `true`: do not answer from a kept answer (a fresh one is still kept when a TTL is given).
+pub(crate) const SKIP_CACHE: &str = "x-hearth-skip-cache";
+/// The caller's own cache key, instead of one computed from the request.
+pub(crate) const CACHE_KEY: &str = "x-hearth-cache-key";
+/// `HIT` or `MISS` on answers to requests that used the cache.
+pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("x-hearth-cache-status");
+
+/// The response-cache headers, each refused by name when it cannot be read.
+fn cache_options(headers: &HeaderMap) -> Result<CacheOptions, RelayError> {
+    let text = |name: &'static str| -> Result<Option<&str>, RelayError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str().map_err(|_| RelayError::Header { name, message: "must be text".into() })
+            })
+            .transpose()
+    };
+    let ttl = match text(CACHE_TTL)? {
+        None => None,
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(secs) if (1..=MAX_TTL.as_secs()).contains(&secs) => Some(Duration::from_secs(secs)),
+            _ => {
+                let message =
+                    format!("must be a whole number of seconds from 1 to {}", MAX_TTL.as_secs());
+                return Err(RelayError::Header { name: CACHE_TTL, message });
+            }
+        },
+    };
+    let skip = match text(SKIP_CACHE)?.map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(RelayError::Header {
+                name: SKIP_CACHE,
+                message: "must be true or false".into(),
+            })
+        }
+    };
+    let key = match text(CACHE_KEY)? {
+        Some(key) if key.is_empty() || key.len() > 256 => {
+            let message = "must be 1 to 256 characters".into();
+            return Err(RelayError::Header { name: CACHE_KEY, message });
+        }
+        key => key.map(str::to_owned),
+    };
+    Ok(CacheOptions { ttl, skip, key })
+}
+
+/// Sets `x-hearth-cache-status` on the answer of a request that used the cache.
+pub(crate) fn set_cache_status(headers: &mut HeaderMap, status: Option<CacheStatus>) {
+    if let Some(status) = status {
+        headers.insert(CACHE_STATUS, HeaderValue::from_static(status.as_str()));
+    }
 }
 
 /// Sets `x-hearth-run-id` and, once a route has committed, `x-hearth-route`. A route the caller

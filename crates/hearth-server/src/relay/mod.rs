@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use error::{decorate, error_type, RelayError};
 pub(crate) use format::{AnthropicMessage, Encoder, OpenAiChat, StreamFormat};
-pub(crate) use headers::{caller, set_run_headers};
+pub(crate) use headers::{caller, set_cache_status, set_run_headers};
 
 use crate::body::{read_object, typed};
 use crate::state::AppState;
@@ -78,6 +78,7 @@ pub(crate) async fn answer(
         }
     };
     set_run_headers(response.headers_mut(), &run.run_id, Some(&run.route));
+    set_cache_status(response.headers_mut(), run.cache);
     Ok(response)
 }
 

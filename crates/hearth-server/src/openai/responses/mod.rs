@@ -132,6 +132,7 @@ pub(crate) async fn create(
         Json(object).into_response()
     };
     relay::set_run_headers(response.headers_mut(), &run.run_id, Some(&run.route));
+    relay::set_cache_status(response.headers_mut(), run.cache);
     Ok(response)
 }
 
