@@ -174,6 +174,22 @@ pub struct ProviderConfig {
     /// The environment variable holding the API key (the key itself never goes in the file).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// `kind = "hearth"`: the OpenAI base URLs (`http://host:port/v1`) of several Hearth engine
+    /// daemons serving the same models; each request goes to one of them (see `placement`).
+    #[serde(default)]
+    pub base_urls: Vec<String>,
+    /// `kind = "hearth"`: `affinity` (default: a conversation returns to the replica holding
+    /// its prefix cache, unless that one is down or far busier) or `round-robin`.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    #[default]
+    Affinity,
+    RoundRobin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -183,6 +199,8 @@ pub enum ProviderKind {
     Anthropic,
     Gemini,
     OpenaiCompatible,
+    /// Several Hearth engine daemons behind one route (`base_urls`).
+    Hearth,
 }
 
 /// A catalog model id and the routes that serve it, tried in order.
@@ -323,14 +341,27 @@ fn validate_provider(p: &ProviderConfig, path: &str) -> Result<(), ConfigError> 
             "`local` is reserved for locally served packages",
         ));
     }
-    match &p.base_url {
-        Some(url) => {
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|e| ConfigError::new(format!("{path}.base_url"), e.to_string()))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(ConfigError::new(format!("{path}.base_url"), "must be an http(s) URL"));
-            }
+    let urls = p.base_url.iter().map(|u| (format!("{path}.base_url"), u));
+    let many = p.base_urls.iter().enumerate().map(|(i, u)| (format!("{path}.base_urls[{i}]"), u));
+    for (key, url) in urls.chain(many) {
+        let parsed = reqwest::Url::parse(url).map_err(|e| ConfigError::new(&key, e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ConfigError::new(key, "must be an http(s) URL"));
         }
+    }
+    let is_hearth = p.kind == ProviderKind::Hearth;
+    if is_hearth && (p.base_urls.is_empty() || p.base_url.is_some()) {
+        return Err(ConfigError::new(
+            format!("{path}.base_urls"),
+            "kind `hearth` takes its engines' URLs in base_urls (and no base_url)",
+        ));
+    }
+    if !is_hearth && !p.base_urls.is_empty() {
+        return Err(ConfigError::new(format!("{path}.base_urls"), "is only for kind `hearth`"));
+    }
+    match &p.base_url {
+        _ if is_hearth => {}
+        Some(_) => {}
         None if p.kind == ProviderKind::OpenaiCompatible => {
             return Err(ConfigError::new(
                 format!("{path}.base_url"),

@@ -39,6 +39,9 @@ pub struct Caller {
     pub key: Option<Arc<ApiKey>>,
     /// What the request asked of the response cache.
     pub cache: CacheOptions,
+    /// The conversation the request belongs to (`x-session-affinity`), for placing it on the
+    /// engine replica holding its prefix cache.
+    pub session: Option<String>,
     /// Caller metadata (e.g. from a header), validated here. When `None`, the request's own
     /// `metadata` is used.
     pub metadata: Option<Value>,
@@ -189,6 +192,10 @@ impl Gateway {
         caller: Caller,
     ) -> Result<StartedRun, StartError> {
         request.validate()?;
+        let mut request = request;
+        if request.session.is_none() {
+            request.session = caller.session.clone();
+        }
         if let Some(key) = caller.key.as_ref().filter(|key| !key.allows(&request.model)) {
             let (key, model) = (key.id.clone(), request.model.clone());
             return Err(StartError::KeyForbidsModel { key, model });

@@ -78,6 +78,7 @@ pub fn key_of(request: &CanonicalRequest, options: &CacheOptions) -> String {
             let mut canonical = request.clone();
             canonical.stream = false;
             canonical.metadata = None;
+            canonical.session = None;
             hasher.update(serde_json::to_vec(&canonical).unwrap_or_default());
         }
     }

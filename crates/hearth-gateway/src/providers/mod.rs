@@ -6,6 +6,7 @@ mod gemini;
 mod http;
 mod local;
 mod openai;
+mod replicas;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use gemini::GeminiApi;
 use http::{HttpProvider, Upstream};
 pub use local::LocalProvider;
 use openai::{OpenAiApi, OpenAiProvider};
+use replicas::EngineReplicas;
 
 /// A provider's answer. It ends after its terminal event, or with an `Err` (an in-band error
 /// event of the provider arrives as `Err` too, so the router can fail over on it).
@@ -225,6 +227,9 @@ pub(crate) fn build_providers(
             }
             ProviderKind::Gemini => {
                 Arc::new(HttpProvider::new(upstream, client, GeminiApi::new(url)))
+            }
+            ProviderKind::Hearth => {
+                Arc::new(EngineReplicas::new(upstream, client, &p.base_urls, p.placement))
             }
         });
     }

@@ -62,6 +62,8 @@ pub fn config(upstreams: &[Upstream], state: &StateSettings, ledger_url: &str) -
                 kind: hearth_gateway::ProviderKind::Openai,
                 base_url: Some(u.base_url.clone()),
                 api_key_env: Some(format!("KEY_{}", u.name)),
+                base_urls: Vec::new(),
+                placement: Default::default(),
             })
             .collect(),
         models: vec![ModelConfig {

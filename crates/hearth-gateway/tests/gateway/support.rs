@@ -97,6 +97,8 @@ fn provider_config(u: &Upstream) -> ProviderConfig {
         },
         base_url: Some(u.base_url.clone()),
         api_key_env: Some(format!("KEY_{}", u.name)),
+        base_urls: Vec::new(),
+        placement: Default::default(),
     }
 }
 

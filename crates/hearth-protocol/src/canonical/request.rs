@@ -66,6 +66,10 @@ pub struct CanonicalRequest {
     /// codex models); every other route translates the request as usual.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub via_responses_api: bool,
+    /// Which conversation the request belongs to (`x-session-affinity`): a route over several
+    /// engine replicas sends a session's requests to the replica holding its prefix cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// A prompt that is not a conversation.

@@ -28,6 +28,7 @@ pub(crate) fn caller(
         api_key_id: key.map(|k| k.0.id.clone()),
         key: key.map(|k| k.0.clone()),
         cache: cache_options(headers)?,
+        session: session(headers)?,
         ..Caller::default()
     };
     let Some(raw) = headers.get(METADATA) else {
@@ -51,6 +52,22 @@ pub(crate) const SKIP_CACHE: &str = "x-hearth-skip-cache";
 pub(crate) const CACHE_KEY: &str = "x-hearth-cache-key";
 /// `HIT` or `MISS` on answers to requests that used the cache.
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("x-hearth-cache-status");
+
+/// A conversation's id, so a route over several engine replicas keeps it on one.
+pub(crate) const SESSION_AFFINITY: &str = "x-session-affinity";
+
+fn session(headers: &HeaderMap) -> Result<Option<String>, RelayError> {
+    let Some(value) = headers.get(SESSION_AFFINITY) else { return Ok(None) };
+    match value.to_str() {
+        Ok(text) if !text.trim().is_empty() && text.len() <= 256 => {
+            Ok(Some(text.trim().to_owned()))
+        }
+        _ => Err(RelayError::Header {
+            name: SESSION_AFFINITY,
+            message: "must be 1 to 256 characters of text".into(),
+        }),
+    }
+}
 
 /// The response-cache headers, each refused by name when it cannot be read.
 fn cache_options(headers: &HeaderMap) -> Result<CacheOptions, RelayError> {

@@ -50,6 +50,8 @@ pub async fn gateway_app_with(
         kind,
         base_url: Some(base_url),
         api_key_env: Some("TEST_PROVIDER_KEY".into()),
+        base_urls: Vec::new(),
+        placement: Default::default(),
     };
     let config = GatewayConfig {
         gateway: settings.clone(),

@@ -66,6 +66,7 @@ pub fn to_canonical(req: MessagesRequest) -> Result<CanonicalRequest, Validation
         stream: req.stream.unwrap_or(false),
         metadata: req.metadata,
         via_responses_api: false,
+        session: None,
     })
 }
 

@@ -65,6 +65,7 @@ pub fn to_canonical(
         stream,
         metadata: None,
         via_responses_api: false,
+        session: None,
     })
 }
 

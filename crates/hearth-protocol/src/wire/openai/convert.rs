@@ -81,6 +81,7 @@ pub fn to_canonical(req: ChatCompletionRequest) -> Result<CanonicalRequest, Vali
         stream,
         metadata: req.metadata,
         via_responses_api: false,
+        session: None,
     })
 }
 

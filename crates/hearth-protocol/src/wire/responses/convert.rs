@@ -83,6 +83,7 @@ pub fn to_canonical(
         stream: req.stream.unwrap_or(false),
         metadata: req.metadata,
         via_responses_api: true,
+        session: None,
     };
     Ok((request, conversation))
 }
