@@ -29,7 +29,8 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     # Gateways the demonstrations restarted.
     for file in "$WORK"/gateway-*.pid; do kill "$(cat "$file")" 2>/dev/null; done
-    [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
+    [ -f "$WORK/redis.pid" ] && kill "$(cat "$WORK/redis.pid")" 2>/dev/null
+    [ -n "${SCHEMA:-}" ] && psql "$POSTGRES_URL" -qc "DROP SCHEMA $SCHEMA CASCADE" 2>/dev/null
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -82,6 +83,13 @@ placement = "round-robin"
 id = "agent"
 routes = ["engines/tiny-llama"]
 
+# The same engines, priced, for the spend budget below.
+[[models]]
+id = "agent-priced"
+routes = ["engines/tiny-llama"]
+input_price_per_mtok = 100
+output_price_per_mtok = 20000
+
 [[models]]
 id = "agent-rr"
 routes = ["engines-rr/tiny-llama"]
@@ -90,6 +98,11 @@ routes = ["engines-rr/tiny-llama"]
 name = "limited-team"
 scope = "metadata.team=limited"
 requests_per_minute = 100
+
+[[limits]]
+name = "budget-team"
+scope = "metadata.team=budget"
+spend_per_day = 1
 TOML
 
 start_gateway() { # port
@@ -133,7 +146,12 @@ nginx -c "$WORK/nginx.conf" -p "$WORK" &
 PIDS+=($!)
 
 for port in "$E1" "$E2" "$G1" "$G2" "$LB"; do
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
+    for try in $(seq 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
+    if [ "$try" = 600 ]; then
+        echo "error: nothing answers on 127.0.0.1:$port; logs in $WORK" >&2
+        tail -5 "$WORK"/*.log >&2 || true
+        exit 1
+    fi
 done
 echo "engines :$E1 :$E2, gateways :$G1 :$G2, nginx :$LB, redis :$REDIS_PORT, schema $SCHEMA" >&2
 

@@ -122,6 +122,26 @@ def exact_limit():
     check("100 a minute across two gateways", admitted == 100 and refused == 400, f"{admitted} admitted, {refused} refused with 429, others {len(statuses) - admitted - refused}")
 
 
+def spend_budget():
+    """Rounds of 40 concurrent priced requests through nginx against a budget of 1 a day."""
+    headers = {"x-hearth-metadata": json.dumps({"team": "budget"})}
+    body = chat("agent-priced", [{"role": "user", "content": "Spend"}], max_tokens=16)
+
+    def one(_):
+        return post(LB, "/v1/chat/completions", body, headers)[0]
+
+    statuses = []
+    for _ in range(5):
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            statuses += list(pool.map(one, range(40)))
+    time.sleep(0.5)
+    usage = json.loads(get(LB, "/v1/usage?group_by=metadata.team"))["data"]
+    spent = sum(float(g["cost"]) for g in usage if g["key"] == "budget")
+    admitted, refused = statuses.count(200), statuses.count(429)
+    held = spent <= 1.0 and admitted > 0 and refused > 0 and admitted + refused == len(statuses)
+    check("a spend budget of 1 under concurrent load across two gateways", held, f"{admitted} admitted, {refused} refused with 429, spent {spent:.4f} (the ledger, both gateways)")
+
+
 def cache_across_replicas():
     body = chat("agent", [{"role": "user", "content": "Remember me"}])
     first = post(G1, "/v1/chat/completions", body, {"x-hearth-cache-ttl": "60"})
@@ -129,6 +149,17 @@ def cache_across_replicas():
     same = first[2]["choices"][0]["message"] == second[2]["choices"][0]["message"]
     statuses = (first[1].get("x-hearth-cache-status"), second[1].get("x-hearth-cache-status"))
     check("cache miss on gateway 1, hit on gateway 2", statuses == ("MISS", "HIT") and same, f"{statuses}, same answer: {same}")
+    # The same kept answer, asked for as a stream, replays as one.
+    request = urllib.request.Request(
+        G2 + "/v1/chat/completions", json.dumps({**body, "stream": True}).encode(),
+        {"content-type": "application/json", "x-hearth-cache-ttl": "60"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        status = response.headers.get("x-hearth-cache-status")
+        chunks = [json.loads(d) for _, d in frames(response.read().decode()) if d != "[DONE]"]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    whole = first[2]["choices"][0]["message"]["content"]
+    check("the kept answer as a stream on gateway 2", status == "HIT" and text == whole, f"{status}, same text: {text == whole}")
 
 
 def agent_workload(model, tag):
@@ -168,7 +199,7 @@ def redis_restart():
     check("Redis stopped and restarted between requests (limits fail open)", held, f"before {before}, during {during}, after {after}, both gateways up: {alive}")
 
 
-for demo in (cache_across_replicas, exact_limit, affinity, resume_after_sigkill, redis_restart):
+for demo in (cache_across_replicas, exact_limit, spend_budget, affinity, resume_after_sigkill, redis_restart):
     try:
         demo()
     except Exception as error:  # a demonstration that breaks is one that did not hold

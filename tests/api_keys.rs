@@ -117,6 +117,32 @@ fn keys_gate_requests_bill_their_metadata_and_enforce_models_and_limits() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["param"], "model", "{body}");
 
+    // Cog's routes take keys too: a prediction is billed to its key, and a key that may not
+    // use the model gets 403.
+    let cog_key =
+        daemon.post_json("/admin/api-keys", &json!({"name": "cog", "metadata": {"team": "cog"}}));
+    let predict = |secret: &str| {
+        client()
+            .post(daemon.url("/predictions"))
+            .header("authorization", format!("Bearer {secret}"))
+            .json(&json!({"input": {"prompt": "Hi", "max_tokens": 4}}))
+            .send()
+            .unwrap()
+    };
+    assert_eq!(predict(cog_key["key"].as_str().unwrap()).status(), 200);
+    assert_eq!(predict(other["key"].as_str().unwrap()).status(), 403);
+    let by_team: Value = client()
+        .get(daemon.url("/v1/usage?group_by=metadata.team"))
+        .header("authorization", format!("Bearer {secret}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let cog_rows: Vec<&Value> =
+        by_team["data"].as_array().unwrap().iter().filter(|g| g["key"] == "cog").collect();
+    assert_eq!(cog_rows.len(), 1, "{by_team}");
+    assert_eq!(cog_rows[0]["requests"], 1, "{by_team}");
+
     // The key's own limit: three a minute, the fourth is refused naming the limit.
     let (status, body, retry_after) = chat(&daemon, "tiny-llama", bearer(&secret));
     assert_eq!(status, 200, "{body}");
@@ -132,7 +158,7 @@ fn keys_gate_requests_bill_their_metadata_and_enforce_models_and_limits() {
 
     // Listing shows no secret; the database holds none either.
     let listed: Value = client().get(daemon.url("/admin/api-keys")).send().unwrap().json().unwrap();
-    assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed["data"].as_array().unwrap().len(), 3, "{listed}");
     assert!(!listed.to_string().contains(&secret));
     let stored = std::fs::read(&ledger).unwrap();
     assert!(!String::from_utf8_lossy(&stored).contains(&secret), "only the hash is stored");

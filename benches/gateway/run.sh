@@ -50,6 +50,7 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [ -n "${SCHEMA:-}" ]; then psql "$POSTGRES_URL" -qc "DROP SCHEMA $SCHEMA CASCADE" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$WORK"
 }

@@ -14,8 +14,9 @@ use hearth_engine::{EmbedError, EmbedInput, Embeddings};
 use hearth_protocol::{CanonicalEvent, ErrorKind, StopReason, TokenUsage};
 
 use crate::catalog::CatalogError;
-use crate::gateway::{caller_metadata, new_run_id, Caller, Gateway, StartError};
+use crate::gateway::{caller_metadata, check_key, new_run_id, Caller, Gateway, StartError};
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
+use crate::limits::{self, Usage};
 use crate::runs::RunStatus;
 
 /// An embedding run that answered.
@@ -47,6 +48,9 @@ impl Gateway {
         caller: Caller,
     ) -> Result<EmbeddingRun, EmbedRunError> {
         let metadata = caller_metadata(&caller, None).map_err(StartError::from)?;
+        check_key(&caller, model)?;
+        let reservation = limits::admit_usage(&self.inner, &caller, &metadata, Usage::default());
+        reservation.await.map_err(StartError::from)?;
         let embedder = match self.catalog().embedder(model) {
             Some(found) => found.embedder.clone(),
             None => return Err(StartError::Model(CatalogError::NotFound(model.into())).into()),

@@ -196,10 +196,7 @@ impl Gateway {
         if request.session.is_none() {
             request.session = caller.session.clone();
         }
-        if let Some(key) = caller.key.as_ref().filter(|key| !key.allows(&request.model)) {
-            let (key, model) = (key.id.clone(), request.model.clone());
-            return Err(StartError::KeyForbidsModel { key, model });
-        }
+        check_key(&caller, &request.model)?;
         let metadata = caller_metadata(&caller, request.metadata.as_ref())?;
         let catalog = self.inner.catalog.load();
         let resolved = catalog.resolve(&request.model)?;
@@ -214,7 +211,10 @@ impl Gateway {
             let key = caller.api_key_id.clone();
             LedgerRecord::failed_start(&run_id, &request.model, metadata.clone(), key, Utc::now())
         });
-        let cache_key = caller.cache.is_active().then(|| cache::key_of(&request, &caller.cache));
+        let cache_key = caller
+            .cache
+            .is_active()
+            .then(|| cache::key_of(&request, &caller.cache, caller.api_key_id.as_deref()));
         if let Some(key) = cache_key.as_ref().filter(|_| !caller.cache.skip) {
             if let Some(events) = self.inner.cache.get(key).await {
                 let (model, api_key_id) = (request.model.clone(), caller.api_key_id.clone());
@@ -321,6 +321,14 @@ async fn sweep_orphans(inner: std::sync::Weak<Inner>, every: std::time::Duration
                 tracing::error!(run_id = %orphan.info.run_id, error = %e, "could not write the ledger record");
             }
         }
+    }
+}
+
+/// Refuses a caller whose API key may not use `model`.
+pub(crate) fn check_key(caller: &Caller, model: &str) -> Result<(), StartError> {
+    match caller.key.as_ref().filter(|key| !key.allows(model)) {
+        Some(key) => Err(StartError::KeyForbidsModel { key: key.id.clone(), model: model.into() }),
+        None => Ok(()),
     }
 }
 

@@ -22,8 +22,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{CatalogError, PythonModel};
-use crate::gateway::{caller_metadata, new_run_id, Caller, Gateway, StartError};
+use crate::gateway::{caller_metadata, check_key, new_run_id, Caller, Gateway, StartError};
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
+use crate::limits::{self, Usage};
 use crate::runs::RunStatus;
 
 /// How long a prediction that overran its timeout gets to stop after being cancelled, before
@@ -100,6 +101,9 @@ impl Gateway {
         files: &FileConfig,
     ) -> Result<PredictionRun, PredictRunError> {
         let metadata = caller_metadata(&caller, None).map_err(StartError::from)?;
+        check_key(&caller, model)?;
+        let reservation = limits::admit_usage(&self.inner, &caller, &metadata, Usage::default());
+        reservation.await.map_err(StartError::from)?;
         let Some(python) = self.catalog().python(model).cloned() else {
             return Err(StartError::Model(CatalogError::NotFound(model.into())).into());
         };

@@ -1,8 +1,9 @@
 //! Client API keys at the edge: once any key exists (declared in `hearth.toml` or created
 //! through the admin API), every model request needs `Authorization: Bearer <key>` or
-//! `x-api-key: <key>`. The key found rides in the request's extensions to the surface, which
-//! hands it to the gateway with the caller ([`crate::relay::caller`]). Health, metrics and the
-//! admin API (which has its own token) are not behind keys.
+//! `x-api-key: <key>`. The key found is in scope for the rest of the request's handling
+//! ([`current_key`], a task-local the middleware sets), so every surface that builds a
+//! [`Caller`] hands it to the gateway, with no surface able to forget it. Health, metrics and
+//! the admin API (which has its own token) are not behind keys.
 
 use std::sync::Arc;
 
@@ -12,13 +13,26 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hearth_gateway::keys::{ApiKey, AuthError};
+use hearth_gateway::Caller;
 use serde_json::json;
 
 use crate::state::AppState;
 
-/// The key a request authenticated with.
-#[derive(Debug, Clone)]
-pub(crate) struct Authenticated(pub Arc<ApiKey>);
+tokio::task_local! {
+    /// The key the request being handled authenticated with.
+    static KEY: Arc<ApiKey>;
+}
+
+/// The key the request being handled authenticated with; `None` when keys are not required.
+pub(crate) fn current_key() -> Option<Arc<ApiKey>> {
+    KEY.try_with(Arc::clone).ok()
+}
+
+/// A caller carrying the request's key (its id, metadata, models and limits).
+pub(crate) fn keyed_caller() -> Caller {
+    let key = current_key();
+    Caller { api_key_id: key.as_ref().map(|k| k.id.clone()), key, ..Caller::default() }
+}
 
 fn exempt(path: &str) -> bool {
     matches!(path, "/health" | "/health/ready" | "/metrics") || path.starts_with("/admin/")
@@ -35,7 +49,7 @@ fn secret(headers: &HeaderMap) -> Option<&str> {
 
 pub(crate) async fn require_key(
     State(state): State<AppState>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     if exempt(request.uri().path()) {
@@ -51,10 +65,7 @@ pub(crate) async fn require_key(
         Err(error) => Err(error),
     };
     match checked {
-        Ok(key) => {
-            request.extensions_mut().insert(Authenticated(key));
-            next.run(request).await
-        }
+        Ok(key) => KEY.scope(key, next.run(request)).await,
         Err(error) => refusal(&error),
     }
 }

@@ -64,9 +64,17 @@ pub trait ResponseCache: Send + Sync {
     async fn put(&self, key: &str, events: &[CanonicalEvent], ttl: Duration);
 }
 
-/// The cache key of `request` under `options`.
-pub fn key_of(request: &CanonicalRequest, options: &CacheOptions) -> String {
+/// The cache key of `request` under `options`, for the caller holding API key `api_key_id`:
+/// kept answers are never shared between keys (one tenant can neither read another's nor
+/// learn what another asked).
+pub fn key_of(
+    request: &CanonicalRequest,
+    options: &CacheOptions,
+    api_key_id: Option<&str>,
+) -> String {
     let mut hasher = Sha256::new();
+    hasher.update(api_key_id.unwrap_or_default().as_bytes());
+    hasher.update(b"\0");
     match &options.key {
         Some(own) => {
             hasher.update(b"own\0");
@@ -104,12 +112,13 @@ mod tests {
         let options = CacheOptions { ttl: Some(Duration::from_secs(60)), ..Default::default() };
         let mut tagged = request("hi", true);
         tagged.metadata = serde_json::json!({"team": "red"}).as_object().cloned();
-        assert_eq!(key_of(&request("hi", false), &options), key_of(&tagged, &options));
-        assert_ne!(
-            key_of(&request("hi", false), &options),
-            key_of(&request("ho", false), &options)
-        );
-        let own = CacheOptions { key: Some("k".into()), ..options };
-        assert_eq!(key_of(&request("hi", false), &own), key_of(&request("ho", false), &own));
+        let key = |r: &CanonicalRequest, o: &CacheOptions| key_of(r, o, None);
+        assert_eq!(key(&request("hi", false), &options), key(&tagged, &options));
+        assert_ne!(key(&request("hi", false), &options), key(&request("ho", false), &options));
+        let own = CacheOptions { key: Some("k".into()), ..options.clone() };
+        assert_eq!(key(&request("hi", false), &own), key(&request("ho", false), &own));
+        let hi = request("hi", false);
+        assert_ne!(key_of(&hi, &options, Some("key_a")), key_of(&hi, &options, Some("key_b")));
+        assert_ne!(key_of(&hi, &own, Some("key_a")), key_of(&hi, &own, None));
     }
 }

@@ -137,8 +137,24 @@ pub fn hash_secret(secret: &str) -> String {
     Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Characters after [`SECRET_PREFIX`] in a secret this daemon makes.
+const SECRET_LEN: usize = 40;
+
 fn new_secret() -> String {
-    format!("{SECRET_PREFIX}{}", Alphanumeric.sample_string(&mut rand::rng(), 40))
+    format!("{SECRET_PREFIX}{}", Alphanumeric.sample_string(&mut rand::rng(), SECRET_LEN))
+}
+
+fn is_stored_shape(secret: &str) -> bool {
+    secret.strip_prefix(SECRET_PREFIX).is_some_and(|rest| {
+        rest.len() == SECRET_LEN && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// The store could not be asked: logged in full, answered without its details (the caller
+/// may be anyone).
+fn unavailable(error: KeyError) -> AuthError {
+    tracing::error!(%error, "cannot check API keys");
+    AuthError::Unavailable("the key store is unreachable".into())
 }
 
 /// Every key the gateway knows: declared ones and the store's, with a lookup cache.
@@ -173,7 +189,8 @@ impl Keys {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether requests need a key: some key is declared or stored.
+    /// Whether requests need a key: some key is declared, or was ever created (revoking every
+    /// stored key leaves the daemon closed, never open to everyone).
     pub async fn required(&self) -> Result<bool, AuthError> {
         if !self.declared.is_empty() {
             return Ok(true);
@@ -184,7 +201,7 @@ impl Keys {
                 return Ok(any);
             }
         }
-        let any = store.any().await.map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let any = store.any().await.map_err(unavailable)?;
         self.cache().any = Some((Instant::now(), any));
         Ok(any)
     }
@@ -196,14 +213,23 @@ impl Keys {
             return Ok(key.clone());
         }
         let Some(store) = &self.store else { return Err(AuthError::Invalid) };
+        // Only secrets this daemon could have made reach the store: a flood of made-up tokens
+        // costs no database round trip.
+        if !is_stored_shape(secret.trim()) {
+            return Err(AuthError::Invalid);
+        }
         if let Some((at, found)) = self.cache().by_hash.get(&hash) {
             if at.elapsed() < CACHE_TTL {
                 return found.clone().ok_or(AuthError::Invalid);
             }
         }
-        let found = store.find(&hash).await.map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        let found = store.find(&hash).await.map_err(unavailable)?;
         let found = found.map(Arc::new);
         let mut cache = self.cache();
+        if cache.by_hash.len() >= CACHE_MAX {
+            // Wrong keys go first; the keys in use stay cached.
+            cache.by_hash.retain(|_, (_, found)| found.is_some());
+        }
         if cache.by_hash.len() >= CACHE_MAX {
             cache.by_hash.clear();
         }
@@ -316,5 +342,29 @@ impl Keys {
     /// No keys and no store: every request is answered, as without keys.
     pub fn none() -> Self {
         Self { declared: HashMap::new(), store: None, cache: Mutex::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::SqliteLedger;
+
+    #[tokio::test]
+    async fn keys_authenticate_until_revoked_and_revoking_the_last_keeps_keys_required() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).await.unwrap();
+        let keys = Keys::new(&[], Some(Arc::new(SqlKeys::Sqlite(ledger.pool().clone())))).unwrap();
+        assert!(!keys.required().await.unwrap(), "no key yet: open, as without keys");
+        let new = NewKey { name: "ci".into(), ..NewKey::default() };
+        let (key, secret) = keys.create(new).await.unwrap();
+        assert!(is_stored_shape(&secret));
+        assert!(keys.required().await.unwrap());
+        assert_eq!(keys.authenticate(&secret).await.unwrap().id, key.id);
+        assert_eq!(keys.authenticate("hk-made-up").await.unwrap_err(), AuthError::Invalid);
+        keys.revoke(&key.id).await.unwrap();
+        assert_eq!(keys.authenticate(&secret).await.unwrap_err(), AuthError::Invalid);
+        assert!(keys.required().await.unwrap(), "revoking every key does not open the daemon");
+        assert!(matches!(keys.revoke(&key.id).await, Err(KeyError::NotFound(_))));
     }
 }

@@ -15,7 +15,8 @@ pub trait KeyStore: Send + Sync {
     async fn revoke(&self, id: &str) -> Result<bool, KeyError>;
     /// Every unrevoked key.
     async fn list(&self) -> Result<Vec<ApiKey>, KeyError>;
-    /// Whether any unrevoked key exists.
+    /// Whether any key was ever created (revoked ones too: revoking the last key must not turn
+    /// authentication off).
     async fn any(&self) -> Result<bool, KeyError>;
 }
 
@@ -139,7 +140,7 @@ impl KeyStore for SqlKeys {
     }
 
     async fn any(&self) -> Result<bool, KeyError> {
-        let sql = "SELECT COUNT(*) AS n FROM (SELECT 1 FROM api_keys WHERE revoked_at_ms IS NULL LIMIT 1) AS k";
+        let sql = "SELECT COUNT(*) AS n FROM (SELECT 1 FROM api_keys LIMIT 1) AS k";
         let n: i64 = on_pool!(self, pool => {
             sqlx::query(sql).fetch_one(pool).await?.try_get("n")?
         });

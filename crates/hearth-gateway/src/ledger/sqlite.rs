@@ -83,9 +83,16 @@ impl SqliteLedger {
         .fetch_one(&pool)
         .await?;
         if has_cached == 0 {
-            sqlx::query("ALTER TABLE usage_records ADD COLUMN cached INTEGER NOT NULL DEFAULT 0")
-                .execute(&pool)
-                .await?;
+            let added = sqlx::query(
+                "ALTER TABLE usage_records ADD COLUMN cached INTEGER NOT NULL DEFAULT 0",
+            )
+            .execute(&pool)
+            .await;
+            // Another daemon opening the same file may have added it just now.
+            match added {
+                Err(e) if !e.to_string().contains("duplicate column") => return Err(e.into()),
+                _ => {}
+            }
         }
         Ok(Self { pool })
     }

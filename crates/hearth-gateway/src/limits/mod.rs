@@ -182,14 +182,18 @@ impl Limits {
     fn of_key(key: &ApiKey) -> Option<Self> {
         let l = &key.limits;
         let config = LimitConfig {
-            name: Some("key".into()),
+            // A name a `[[limits]]` entry cannot take (`:` is refused there), so a key's own
+            // counters are never shared with one.
+            name: Some("own".into()),
             scope: "api_key".into(),
             requests_per_minute: l.requests_per_minute,
             tokens_per_minute: l.tokens_per_minute,
             spend_per_day: l.spend_per_day,
             spend_per_month: l.spend_per_month,
         };
-        Limits::new(&[config]).ok()
+        let mut own = Limits::new(&[config]).ok()?;
+        own.limits[0].name = OWN_KEY_LIMIT.into();
+        Some(own)
     }
 
     /// The charges a request makes: for each limit whose scope it falls in, each measure.
@@ -327,6 +331,9 @@ fn bad_scope(path: &str, scope: &str) -> ConfigError {
     )
 }
 
+/// The name of an API key's own limits in counters and refusals.
+const OWN_KEY_LIMIT: &str = "key:own";
+
 /// Output tokens reserved for a request that sets no `max_tokens`.
 const DEFAULT_RESERVED_OUTPUT: u64 = 4_096;
 
@@ -339,12 +346,9 @@ pub(crate) async fn admit(
     metadata: &CallerMetadata,
     prices: &Prices,
 ) -> Result<Reservation, LimitError> {
-    let key = caller.key.as_deref();
-    let key_limits = key.and_then(Limits::of_key);
-    if inner.limits.is_empty() && key_limits.is_none() {
+    if inner.limits.is_empty() && caller.key.is_none() {
         return Ok(Reservation::default());
     }
-    let now = Utc::now();
     // Each token is at least one byte of the request's text, so its JSON bounds the prompt.
     let input = serde_json::to_vec(request).map_or(0, |json| json.len()) as u64;
     let output = request.max_tokens.map_or(DEFAULT_RESERVED_OUTPUT, u64::from);
@@ -353,6 +357,24 @@ pub(crate) async fn admit(
         tokens: i64::try_from(most.total_tokens()).unwrap_or(i64::MAX),
         spend_nanos: prices.cost(&most).map_or(0, to_nanos),
     };
+    admit_usage(inner, caller, metadata, reserve).await
+}
+
+/// Admits a request reserving `reserve` (nothing but the request itself for embeddings and
+/// Python predictions, whose use is not known up front: they count against request limits,
+/// and an exhausted token or spend limit refuses them too).
+pub(crate) async fn admit_usage(
+    inner: &Inner,
+    caller: &Caller,
+    metadata: &CallerMetadata,
+    reserve: Usage,
+) -> Result<Reservation, LimitError> {
+    let key = caller.key.as_deref();
+    let key_limits = key.and_then(Limits::of_key);
+    if inner.limits.is_empty() && key_limits.is_none() {
+        return Ok(Reservation::default());
+    }
+    let now = Utc::now();
     let key_id = key.map(|key| key.id.as_str()).or(caller.api_key_id.as_deref());
     let mut charges = inner.limits.charges(key_id, metadata, reserve, now);
     if let Some(own) = key_limits {

@@ -12,12 +12,12 @@
 //! [`POLL`]. A replica that refuses a connection or answers 5xx is passed over for the next
 //! one in the order, within the same request, and marked down until its next good poll.
 
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hearth_protocol::{CanonicalRequest, OutputConstraint};
+use sha2::{Digest, Sha256};
 
 use super::http::{HttpProvider, Upstream};
 use super::openai::OpenAiApi;
@@ -144,54 +144,75 @@ impl Drop for EngineReplicas {
     }
 }
 
-/// The session, or the start of the conversation: what stays the same across its turns.
+/// The session, or the start of the conversation (or of a raw prompt): what stays the same
+/// across its turns. SHA-256, not std's hasher, whose output may change between Rust releases:
+/// gateways built apart must place a conversation alike.
 fn affinity_key(request: &CanonicalRequest) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = Sha256::new();
     match &request.session {
-        Some(session) => ("session", session).hash(&mut hasher),
+        Some(session) => {
+            hasher.update(b"session\0");
+            hasher.update(session.as_bytes());
+        }
         None => {
-            request.model.hash(&mut hasher);
+            hasher.update(request.model.as_bytes());
+            hasher.update(b"\0");
             let mut start = request.system.clone().unwrap_or_default();
             if let Some(first) = request.messages.first() {
                 start.push_str(&first.joined_text());
             }
-            let end = start.floor_char_boundary(AFFINITY_PREFIX_BYTES);
-            start[..end].hash(&mut hasher);
+            if let Some(prompt) = &request.prompt {
+                start.push_str(&serde_json::to_string(prompt).unwrap_or_default());
+            }
+            let bytes = start.as_bytes();
+            hasher.update(&bytes[..bytes.len().min(AFFINITY_PREFIX_BYTES)]);
         }
     }
-    hasher.finish()
+    first_u64(&hasher.finalize())
 }
 
 /// Rendezvous (highest random weight) hashing: each key ranks every replica the same way on
 /// every gateway, with no shared table.
 fn rendezvous(key: u64, replica: &str) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (key, replica).hash(&mut hasher);
-    hasher.finish()
+    let mut hasher = Sha256::new();
+    hasher.update(key.to_le_bytes());
+    hasher.update(replica.as_bytes());
+    first_u64(&hasher.finalize())
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 async fn poll_load(replicas: std::sync::Weak<Vec<Replica>>, client: reqwest::Client) {
     loop {
         let Some(replicas) = replicas.upgrade() else { return };
-        for replica in replicas.iter() {
-            let health = client.get(format!("{}/health", replica.root)).timeout(POLL).send().await;
-            let body = match health {
-                Ok(response) if response.status().is_success() => {
-                    response.json::<serde_json::Value>().await.ok()
-                }
-                _ => None,
-            };
-            replica.up.store(body.is_some(), Ordering::Relaxed);
-            let models = body.as_ref().and_then(|b| b["models"].as_object());
-            let sum = |field: &str| {
-                models.map_or(0, |m| m.values().filter_map(|v| v[field].as_u64()).sum::<u64>())
-            };
-            replica.waiting.store(sum("waiting"), Ordering::Relaxed);
-            replica.running.store(sum("running"), Ordering::Relaxed);
-        }
+        // All at once: an engine that does not answer must not make the others' load stale.
+        futures::future::join_all(replicas.iter().map(|replica| read_load(replica, &client))).await;
         drop(replicas);
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Reads one engine's `/health`: up when it answers and has a ready model.
+async fn read_load(replica: &Replica, client: &reqwest::Client) {
+    let health = client.get(format!("{}/health", replica.root)).timeout(POLL).send().await;
+    let body = match health {
+        Ok(response) if response.status().is_success() => {
+            response.json::<serde_json::Value>().await.ok()
+        }
+        _ => None,
+    };
+    let models = body.as_ref().and_then(|b| b["models"].as_object());
+    let ready = models.is_some_and(|m| m.values().any(|v| v["state"] == "ready"));
+    replica.up.store(ready, Ordering::Relaxed);
+    let sum = |field: &str| {
+        models.map_or(0, |m| m.values().filter_map(|v| v[field].as_u64()).sum::<u64>())
+    };
+    replica.waiting.store(sum("waiting"), Ordering::Relaxed);
+    replica.running.store(sum("running"), Ordering::Relaxed);
 }
 
 #[async_trait::async_trait]

@@ -14,7 +14,7 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, AnthropicError> {
-    let caller = relay::caller(request.headers(), request.extensions().get())?;
+    let caller = relay::caller(request.headers())?;
     let wire: MessagesRequest = relay::read_json(request, &state).await?;
     let request = anthropic::to_canonical(wire).map_err(RelayError::from)?;
     let (model, stream) = (request.model.clone(), request.stream);

@@ -43,7 +43,7 @@ pub(super) enum Begin {
 
 /// Cog's semantics: a prediction whose client leaves is cancelled.
 fn caller() -> Caller {
-    Caller { cancel_on_disconnect: true, ..Caller::default() }
+    Caller { cancel_on_disconnect: true, ..crate::auth::keyed_caller() }
 }
 
 /// Registers the prediction; `Err` holds the one already registered under its id.

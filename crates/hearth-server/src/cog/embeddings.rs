@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use hearth_gateway::{Caller, EmbedError, EmbedInput, EmbedRunError, EmbeddingModel};
+use hearth_gateway::{EmbedError, EmbedInput, EmbedRunError, EmbeddingModel};
 use serde_json::{json, Map, Value};
 
 use super::error::{CogError, Detail};
@@ -153,7 +153,7 @@ async fn run_prediction(
     let (field, texts) = parse_input(body.input.as_ref())?;
     let inputs: Vec<EmbedInput> = texts.into_iter().map(EmbedInput::Text).collect();
     let created_at = Utc::now();
-    let answer = state.gateway().embed(&target.name, inputs, Caller::default()).await;
+    let answer = state.gateway().embed(&target.name, inputs, crate::auth::keyed_caller()).await;
     let completed_at = Utc::now();
     let (run_id, route, status, output, error, input_tokens) = match answer {
         Ok(run) => {

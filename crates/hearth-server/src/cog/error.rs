@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_gateway::{RunError, StartError};
+use hearth_gateway::{LimitError, RunError, StartError};
 use hearth_protocol::ErrorKind;
 
 use crate::relay::status::add_retry_after;
@@ -66,6 +66,12 @@ pub(crate) enum CogError {
     NotStreaming,
     #[error("shutdown over HTTP is disabled in this server's configuration")]
     ShutdownDisabled,
+    /// The caller's API key may not use the model.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A `[[limits]]` entry refused the prediction (429), or its counters cannot be checked (503).
+    #[error("{0}")]
+    Limited(LimitError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -90,7 +96,9 @@ impl CogError {
             CogError::ModelFailed { .. } | CogError::ShuttingDown | CogError::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            CogError::ShutdownDisabled => StatusCode::FORBIDDEN,
+            CogError::ShutdownDisabled | CogError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CogError::Limited(LimitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            CogError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             CogError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +121,10 @@ impl IntoResponse for CogError {
         };
         let mut response = (status, Json(body)).into_response();
         add_retry_after(&mut response);
+        if let CogError::Limited(limited) = &self {
+            let value = axum::http::HeaderValue::from(limited.retry_after_secs());
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+        }
         response
     }
 }
@@ -135,6 +147,8 @@ impl From<StartError> for CogError {
                     CogError::Internal(error.message)
                 }
             },
+            StartError::KeyForbidsModel { .. } => CogError::Forbidden(err.to_string()),
+            StartError::Limited(limited) => CogError::Limited(limited),
             other => CogError::Internal(other.to_string()),
         }
     }

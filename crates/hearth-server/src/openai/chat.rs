@@ -40,7 +40,6 @@ impl Unsupported {
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     headers: HeaderMap,
-    key: Option<axum::Extension<crate::auth::Authenticated>>,
     body: OpenAiJson,
 ) -> Result<Response, OpenAiError> {
     body.parse::<Unsupported>()?.check()?;
@@ -49,7 +48,7 @@ pub(crate) async fn chat_completions(
     let mut request = openai::to_canonical(wire)?;
     defaults::openai(&mut request);
     let (model, stream) = (request.model.clone(), request.stream);
-    let caller = relay::caller(&headers, key.as_deref())?;
+    let caller = relay::caller(&headers)?;
     let run = relay::start(&state, caller, request).await?;
     let chat = OpenAiChat::new(&run.run_id, &model, include_usage);
     let whole = {

@@ -82,7 +82,6 @@ fn token_ids(items: &[Value]) -> Result<Vec<u32>, OpenAiError> {
 pub(crate) async fn completions(
     State(state): State<AppState>,
     headers: HeaderMap,
-    key: Option<axum::Extension<crate::auth::Authenticated>>,
     body: OpenAiJson,
 ) -> Result<Response, OpenAiError> {
     let common: CommonFields = body.parse()?;
@@ -101,7 +100,7 @@ pub(crate) async fn completions(
         stream: common.is_stream(),
         ..CanonicalRequest::default()
     };
-    let caller = relay::caller(&headers, key.as_deref())?;
+    let caller = relay::caller(&headers)?;
     let run = relay::start(&state, caller, request).await?;
     let format = OpenAiChat::completion(&run.run_id, &common.model, common.include_usage());
     let whole = {

@@ -72,7 +72,6 @@ struct Usage {
 pub(crate) async fn embeddings(
     State(state): State<AppState>,
     headers: HeaderMap,
-    key: Option<axum::Extension<crate::auth::Authenticated>>,
     body: OpenAiJson,
 ) -> Result<Response, OpenAiError> {
     let request: EmbeddingsRequest = body.parse()?;
@@ -99,7 +98,7 @@ pub(crate) async fn embeddings(
             ),
         ));
     }
-    let caller = relay::caller(&headers, key.as_deref())?;
+    let caller = relay::caller(&headers)?;
     let run = match state.gateway().embed(&request.model, inputs, caller).await {
         Ok(run) => run,
         Err(EmbedRunError::Start(error)) => return Err(RelayError::from(error).into()),

@@ -9,7 +9,6 @@ use hearth_gateway::Caller;
 use serde_json::Value;
 
 use super::RelayError;
-use crate::auth::Authenticated;
 
 /// A JSON object of at most five string, number or boolean entries; the ledger groups spend by
 /// them. It wins over a `metadata` field in the body.
@@ -20,16 +19,11 @@ pub(crate) const ROUTE: HeaderName = HeaderName::from_static("x-hearth-route");
 
 /// The caller as its headers describe it. Bad metadata is refused here, naming the header, so a
 /// caller never wonders which of header and body was wrong.
-pub(crate) fn caller(
-    headers: &HeaderMap,
-    key: Option<&Authenticated>,
-) -> Result<Caller, RelayError> {
+pub(crate) fn caller(headers: &HeaderMap) -> Result<Caller, RelayError> {
     let keyed = Caller {
-        api_key_id: key.map(|k| k.0.id.clone()),
-        key: key.map(|k| k.0.clone()),
         cache: cache_options(headers)?,
         session: session(headers)?,
-        ..Caller::default()
+        ..crate::auth::keyed_caller()
     };
     let Some(raw) = headers.get(METADATA) else {
         return Ok(keyed);
@@ -140,11 +134,11 @@ mod tests {
 
     #[test]
     fn metadata_is_validated_and_named() {
-        let caller = caller(&with_metadata(r#"{"team": "red", "n": 2}"#), None).unwrap();
+        let caller = caller(&with_metadata(r#"{"team": "red", "n": 2}"#)).unwrap();
         assert_eq!(caller.metadata, Some(serde_json::json!({"team": "red", "n": 2})));
-        assert!(super::caller(&HeaderMap::new(), None).unwrap().metadata.is_none());
+        assert!(super::caller(&HeaderMap::new()).unwrap().metadata.is_none());
         for bad in ["{", "[1]", r#"{"a": {"b": 1}}"#, r#"{"a":1,"b":1,"c":1,"d":1,"e":1,"f":1}"#] {
-            let err = super::caller(&with_metadata(bad), None).unwrap_err();
+            let err = super::caller(&with_metadata(bad)).unwrap_err();
             assert_eq!(err.status(), 400, "{bad}");
             assert!(err.to_string().starts_with("header `x-hearth-metadata`"), "{err}");
         }

@@ -107,7 +107,7 @@ pub(crate) async fn run(
     Path(model): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let caller = relay::caller(request.headers(), request.extensions().get())?;
+    let caller = relay::caller(request.headers())?;
     if state.catalog().python(&model).is_some() {
         let body: super::predict::PredictBody = relay::read_json(request, &state).await?;
         return super::predict::run(state, model, caller, body).await;

@@ -67,7 +67,6 @@ impl Unsupported {
 pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    key: Option<axum::Extension<crate::auth::Authenticated>>,
     body: OpenAiJson,
 ) -> Result<Response, OpenAiError> {
     body.parse::<Unsupported>()?.check()?;
@@ -89,7 +88,7 @@ pub(crate) async fn create(
     settings.insert("temperature".into(), json!(request.sampling.temperature));
     settings.insert("top_p".into(), json!(request.sampling.top_p));
     let (model, stream) = (request.model.clone(), request.stream);
-    let run = relay::start(&state, relay::caller(&headers, key.as_deref())?, request).await?;
+    let run = relay::start(&state, relay::caller(&headers)?, request).await?;
     let header = ResponseHeader {
         id: response_id(&run.run_id),
         created_at: chrono::Utc::now().timestamp(),
