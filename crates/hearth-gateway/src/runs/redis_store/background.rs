@@ -45,7 +45,9 @@ impl Shared {
 /// that cannot reach Redis for a whole lease finds its running runs ended by another replica
 /// (its own readers are still served; see `append`).
 pub(super) async fn keep_lease(shared: Arc<Shared>) {
-    let mut beat = tokio::time::interval(shared.lease / 3);
+    let period = shared.lease / 3;
+    // The first beat is a period away: `connect` has just taken the lease.
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         beat.tick().await;
