@@ -111,6 +111,7 @@ fn runs_resume_on_another_replica_and_a_killed_replica_leaves_one_error_event() 
     };
     let miss = ask(&a, false, "60");
     assert_eq!(miss.headers()["x-hearth-cache-status"], "MISS");
+    let miss_run = miss.headers()["x-hearth-run-id"].to_str().unwrap().to_owned();
     let whole: Value = miss.json().unwrap();
     let text = whole["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
     let hit = ask(&b, true, "60");
@@ -126,6 +127,10 @@ fn runs_resume_on_another_replica_and_a_killed_replica_leaves_one_error_event() 
     assert_eq!(bad.status(), 400);
     let bad: Value = bad.json().unwrap();
     assert!(bad.to_string().contains("x-hearth-cache-ttl"), "{bad}");
+
+    // A's ledger writes are batched (a few ms): its record of the miss is in before A is killed,
+    // so the count below is about the killed run alone.
+    ledger_status(&a, &miss_run);
 
     // A is killed mid-stream: B sends the events A produced, then one error event.
     let (run_id, resp, seen) = start_stream(&a);
@@ -151,8 +156,17 @@ fn runs_resume_on_another_replica_and_a_killed_replica_leaves_one_error_event() 
     assert_eq!(failed["ledger"]["status"], "failed", "{failed}");
 
     // Exactly one record per run in the shared ledger.
-    let usage = get_json(&b, "/v1/usage?group_by=model");
-    let total: u64 =
-        usage["data"].as_array().unwrap().iter().filter_map(|g| g["requests"].as_u64()).sum();
+    let total_of = |usage: &Value| -> u64 {
+        usage["data"].as_array().unwrap().iter().filter_map(|g| g["requests"].as_u64()).sum()
+    };
+    let mut usage = get_json(&b, "/v1/usage?group_by=model");
+    for _ in 0..50 {
+        if total_of(&usage) >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        usage = get_json(&b, "/v1/usage?group_by=model");
+    }
+    let total = total_of(&usage);
     assert_eq!(total, 4, "two streams and two cache requests (the hit at zero cost): {usage}");
 }
