@@ -256,6 +256,8 @@ impl Gateway {
         self.inner.tasks.spawn(producer::drive(self.inner.clone(), job, commit));
         match committed.await {
             Ok(Ok(route)) => {
+                // The id goes out with the answer's headers: another replica must find it.
+                runs.published(&run_id).await;
                 let cache = caller.cache.is_active().then_some(CacheStatus::Miss);
                 Ok(StartedRun { run_id, route, events, cache })
             }

@@ -154,6 +154,8 @@ impl Gateway {
         };
         let gateway = self.clone();
         self.inner.tasks.spawn(async move { gateway.drive(job, prediction).await });
+        // The id goes out to the caller: another replica must find it.
+        runs.published(&run_id).await;
         Ok(PredictionRun {
             run_id,
             route,

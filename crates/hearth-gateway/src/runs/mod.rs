@@ -111,6 +111,10 @@ pub trait RunStore: Send + Sync {
     async fn cancel(&self, run_id: &str) -> Result<RunInfo, RunError>;
     /// Asks every running run's producer to stop (shutdown); returns how many were running.
     async fn cancel_running(&self) -> usize;
+    /// Waits until every replica sharing the store can find the run (a shared store writes a
+    /// new run in the background); returns at once for a store whose runs live in this
+    /// process. The gateway waits for it before it hands out a run's id.
+    async fn published(&self, _run_id: &str) {}
     /// How often the gateway should call [`RunStore::reap_orphans`]; `None` for a store whose
     /// runs all live in this process.
     fn sweep_interval(&self) -> Option<Duration> {

@@ -175,18 +175,21 @@ async fn the_run_of_a_replica_that_stopped_ends_with_one_error_event_and_one_rec
     let ledger_url = fresh_schema().await;
     let state = state(&unique("t:"));
     let config = config(&[upstream("p", Wire::OpenAi, fake.base_url())], &state, &ledger_url);
-    // Replica A is a bare store: it opens a run, appends three events and stops (its lease
-    // and listener tasks end with it), as a killed process would.
+    // Replica A is a bare store: it opens a run, appends three events, its caller reads them,
+    // and it stops (its lease, listener and writer tasks end with it), as a killed process
+    // would.
     let a = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
         .await
         .unwrap();
     let metadata = CallerMetadata::from_json(&json!({"team": "red"})).unwrap();
     let left = LedgerRecord::failed_start("run_orphan", "m", metadata, None, Utc::now());
     a.create("run_orphan", "m", Some(&left)).await.unwrap();
+    let seen = a.subscribe("run_orphan", 0).await.unwrap();
     a.set_route("run_orphan", "p/gpt").await.unwrap();
     for text in ["x", "y", "z"] {
         a.append("run_orphan", CanonicalEvent::TextDelta { text: text.into() }).await.unwrap();
     }
+    assert_eq!(text(&seen.take(3).collect::<Vec<_>>().await), "xyz");
     drop(a);
 
     let b = replica(&config).await;
@@ -235,8 +238,9 @@ async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_re
     };
     let (a, b) = (store(state.clone()).await, store(state.clone()).await);
     let token = a.create("run_live", "m", None).await.unwrap();
-    let mine = a.subscribe("run_live", 0).await.unwrap();
+    let mut mine = a.subscribe("run_live", 0).await.unwrap();
     a.append("run_live", CanonicalEvent::TextDelta { text: "x".into() }).await.unwrap();
+    let mut seen = vec![mine.next().await.unwrap()];
     // A's lease lapses (it stalled), and B ends the run as an orphan.
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -249,11 +253,12 @@ async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_re
     // A's next event finds the run ended elsewhere: its producer is told to stop, and A's own
     // reader still gets every event A makes.
     a.append("run_live", CanonicalEvent::TextDelta { text: "y".into() }).await.unwrap();
-    assert!(token.is_cancelled());
+    seen.push(mine.next().await.unwrap());
+    assert!(token.is_cancelled(), "told to stop by the time its reader has the event");
     let stop = CanonicalEvent::error(ErrorKind::Cancelled, "the run was cancelled");
     a.append("run_live", stop.clone()).await.unwrap();
     a.finish("run_live", RunStatus::Cancelled).await.unwrap();
-    let seen: Vec<RunEvent> = mine.collect().await;
+    seen.extend(mine.collect::<Vec<_>>().await);
     assert_eq!(text(&seen), "xy");
     assert_eq!(seen.last().unwrap().event, stop);
     // Redis keeps the end B wrote: A's finish does not overwrite it.
@@ -263,4 +268,46 @@ async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_re
         matches!(&shared[1].event, CanonicalEvent::Error { error } if error.kind == ErrorKind::Upstream)
     );
     assert_eq!(b.status("run_live").await.unwrap().status, RunStatus::Failed);
+}
+
+/// The promise that makes a resume elsewhere safe: whatever the producer's own reader has
+/// received is already in Redis. Events are appended without waiting (they reach Redis in
+/// batches), and each one read is checked against Redis the moment it arrives.
+#[tokio::test]
+async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
+    let state = state(&unique("t:"));
+    let a = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
+        .await
+        .unwrap();
+    a.create("run_seen", "m", None).await.unwrap();
+    let mut mine = a.subscribe("run_seen", 0).await.unwrap();
+    for i in 0..200 {
+        a.append("run_seen", CanonicalEvent::TextDelta { text: format!("{i} ") }).await.unwrap();
+    }
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let events_key = format!("{}run:run_seen:events", state.key_prefix);
+    let read_and_check = async {
+        let mut read = 0;
+        while let Some(event) = mine.next().await {
+            let held: u64 =
+                redis::cmd("XLEN").arg(&events_key).query_async(&mut conn).await.unwrap();
+            assert!(held > event.seq, "event {} was read before Redis held it ({held})", event.seq);
+            read += 1;
+        }
+        read
+    };
+    let (info, read) = tokio::join!(a.finish("run_seen", RunStatus::Finished), read_and_check);
+    assert_eq!(read, 200);
+    let info = info.unwrap();
+    assert_eq!((info.status, info.num_events), (RunStatus::Finished, 200));
+    let remote = hearth_gateway::RunStore::status(
+        &RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
+            .await
+            .unwrap(),
+        "run_seen",
+    )
+    .await
+    .unwrap();
+    assert_eq!((remote.status, remote.num_events), (RunStatus::Finished, 200));
 }

@@ -19,23 +19,30 @@
 //!
 //! The producing replica also keeps its runs in an [`InMemoryRunStore`]: its own readers (the
 //! caller who started a run, a resume that lands on the same replica) read memory, never Redis.
-//! Each event is written to Redis before it reaches memory, so whatever a caller has seen from
-//! the producer is already in Redis for a resume elsewhere. Redis Cluster is not supported:
-//! a run's keys would land in different slots.
+//! The replica's changes reach Redis in batches through one writer (`writer.rs`), and an event
+//! reaches memory only once Redis holds it, so whatever a caller has seen from the producer is
+//! already in Redis for a resume elsewhere. Redis Cluster is not supported: a run's keys would
+//! land in different slots.
+//!
+//! Run ids are made by the gateway (UUID v7), so a new run's id is not checked with Redis before
+//! the run starts; should Redis hold it already, the run goes on in this replica alone.
 
 mod background;
 mod remote;
 mod scripts;
+mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use hearth_protocol::CanonicalEvent;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use writer::{Op, Queued};
 
 use super::{InMemoryRunStore, OrphanedRun, RunError, RunInfo, RunStatus, RunStore, Subscription};
 use crate::config::StateSettings;
@@ -73,10 +80,38 @@ pub(crate) struct Shared {
     replica: String,
     ttl: Duration,
     lease: Duration,
-    /// Runs whose Redis copy broke off (Redis was unreachable for an append): they go on in
-    /// memory for their local readers, and their Redis copy is closed as failed at the end.
-    detached: Mutex<HashSet<String>>,
+    /// This replica's runs not yet ended.
+    tracked: Mutex<HashMap<String, Tracked>>,
+    /// The queue to the writer (`writer.rs`).
+    writes: mpsc::Sender<Queued>,
     remote_readers: Arc<tokio::sync::Semaphore>,
+}
+
+/// What the replica keeps about a run it produces until its end is written.
+#[derive(Debug)]
+struct Tracked {
+    /// The sequence number of the next event appended.
+    next_seq: u64,
+    /// The producer has ended the run: it takes no more events.
+    finishing: bool,
+    /// The run's Redis copy broke off (Redis was unreachable, or another replica ended the
+    /// run): it goes on in memory for its local readers, and its Redis copy is closed as
+    /// failed at the end.
+    detached: bool,
+    /// Becomes true once the run's creation has been written (or given up on), so that its
+    /// id can be handed out: any replica then finds it.
+    published: watch::Sender<bool>,
+}
+
+impl Default for Tracked {
+    fn default() -> Self {
+        Self {
+            next_seq: 0,
+            finishing: false,
+            detached: false,
+            published: watch::Sender::new(false),
+        }
+    }
 }
 
 pub struct RedisRunStore {
@@ -119,6 +154,7 @@ impl RedisRunStore {
         let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unavailable)?;
+        let (writes, queue) = mpsc::channel(writer::QUEUE);
         let shared = Arc::new(Shared {
             local: InMemoryRunStore::new(ttl, max_bytes),
             client,
@@ -127,13 +163,15 @@ impl RedisRunStore {
             replica: format!("replica_{}", uuid::Uuid::now_v7().simple()),
             ttl,
             lease: settings.lease(),
-            detached: Mutex::default(),
+            tracked: Mutex::default(),
+            writes,
             remote_readers: Arc::new(tokio::sync::Semaphore::new(MAX_REMOTE_READERS)),
         });
         shared.renew_lease().await.map_err(unavailable)?;
         let background = vec![
             tokio::spawn(background::keep_lease(shared.clone())),
             tokio::spawn(background::listen_for_cancels(shared.clone())),
+            tokio::spawn(writer::write_batches(shared.clone(), queue)),
         ];
         tracing::info!(replica = %shared.replica, "run buffers shared through Redis");
         Ok(Self { shared, background })
@@ -162,20 +200,64 @@ impl Shared {
         self.conn.clone()
     }
 
+    fn tracked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn is_detached(&self, run_id: &str) -> bool {
-        self.detached.lock().unwrap_or_else(|e| e.into_inner()).contains(run_id)
+        self.tracked().get(run_id).is_some_and(|run| run.detached)
     }
 
     fn detach(&self, run_id: &str, why: &dyn std::fmt::Display) {
-        tracing::warn!(run_id, %why, "the run goes on for this replica's readers only");
-        self.detached.lock().unwrap_or_else(|e| e.into_inner()).insert(run_id.to_owned());
+        if let Some(run) = self.tracked().get_mut(run_id) {
+            if !run.detached {
+                tracing::warn!(run_id, %why, "the run goes on for this replica's readers only");
+                run.detached = true;
+            }
+        }
+    }
+
+    fn mark_published(&self, run_id: &str) {
+        if let Some(run) = self.tracked().get(run_id) {
+            run.published.send_replace(true);
+        }
+    }
+
+    fn untrack(&self, run_id: &str) {
+        self.tracked().remove(run_id);
+    }
+
+    /// Queues the change `decide` makes, deciding it under the `tracked` lock once the writer
+    /// has room: so the order of one run's changes in the queue is the order of the sequence
+    /// numbers they were given, and a caller that gives up while waiting for room has changed
+    /// nothing. Should the writer be gone (the store is being dropped), the change still
+    /// reaches this replica's readers.
+    async fn queue<T>(
+        &self,
+        run_id: &str,
+        decide: impl FnOnce(&mut HashMap<String, Tracked>) -> (Option<Op>, T),
+    ) -> T {
+        let room = self.writes.reserve().await;
+        let (unsent, answer) = {
+            let mut tracked = self.tracked();
+            let (op, answer) = decide(&mut tracked);
+            match (op, room) {
+                // Sent while the lock is held: no other change to the run can come between.
+                (Some(op), Ok(room)) => {
+                    room.send(Queued { run_id: run_id.into(), op });
+                    (None, answer)
+                }
+                (op, _) => (op, answer),
+            }
+        };
+        if let Some(op) = unsent {
+            writer::apply_locally(self, run_id, op, None).await;
+        }
+        answer
     }
 
     /// Sets a field of the run's hash, never recreating a run Redis no longer holds.
     async fn hset(&self, run_id: &str, field: &str, value: &str) -> Result<(), RunError> {
-        if self.is_detached(run_id) {
-            return Ok(());
-        }
         scripts::UPDATE_FIELD
             .key(self.keys.run(run_id))
             .arg(field)
@@ -185,39 +267,6 @@ impl Shared {
             .await
             .map(drop)
             .map_err(unavailable)
-    }
-
-    async fn append_remote(
-        &self,
-        run_id: &str,
-        event: &CanonicalEvent,
-    ) -> redis::RedisResult<Vec<i64>> {
-        let json = serde_json::to_string(event).unwrap_or_default();
-        scripts::APPEND
-            .key(self.keys.run(run_id))
-            .key(self.keys.events(run_id))
-            .arg(json)
-            .arg(SAFETY_EXPIRY.as_millis() as u64)
-            .invoke_async(&mut self.conn())
-            .await
-    }
-
-    async fn finish_remote(
-        &self,
-        run_id: &str,
-        status: RunStatus,
-    ) -> Result<HashMap<String, String>, redis::RedisError> {
-        scripts::FINISH
-            .key(self.keys.run(run_id))
-            .key(self.keys.events(run_id))
-            .key(self.keys.running())
-            .arg(run_id)
-            .arg(remote::status_name(status))
-            .arg(now_ms())
-            .arg(self.ttl.as_millis() as u64)
-            .arg(&self.replica)
-            .invoke_async(&mut self.conn())
-            .await
     }
 }
 
@@ -232,34 +281,20 @@ impl RunStore for RedisRunStore {
         let s = &self.shared;
         let token = s.local.create(run_id, model, None).await?;
         let record = record.and_then(|r| serde_json::to_string(r).ok()).unwrap_or_default();
-        let created: Result<i64, _> = scripts::CREATE
-            .key(s.keys.run(run_id))
-            .key(s.keys.running())
-            .arg(run_id)
-            .arg(model)
-            .arg(&s.replica)
-            .arg(now_ms())
-            .arg(record)
-            .arg(SAFETY_EXPIRY.as_millis() as u64)
-            .invoke_async(&mut s.conn())
-            .await;
-        match created {
-            Ok(1) => Ok(token),
-            Ok(_) => {
-                let _ = s.local.finish(run_id, RunStatus::Failed).await;
-                Err(RunError::AlreadyExists(run_id.into()))
-            }
-            // Redis is down: the run is served from this replica alone rather than refused.
-            Err(e) => {
-                s.detach(run_id, &e);
-                Ok(token)
-            }
-        }
+        let create = Op::Create { model: model.to_owned(), record };
+        s.queue(run_id, |tracked| {
+            tracked.insert(run_id.to_owned(), Tracked::default());
+            (Some(create), ())
+        })
+        .await;
+        Ok(token)
     }
 
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError> {
         self.shared.local.set_route(run_id, route).await?;
-        self.shared.hset(run_id, "route", route).await
+        let op = Op::Field { name: "route", value: route.to_owned() };
+        self.shared.queue(run_id, |_| (Some(op), ())).await;
+        Ok(())
     }
 
     async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError> {
@@ -267,40 +302,50 @@ impl RunStore for RedisRunStore {
             Err(RunError::NotFound(_)) => {}
             other => other?,
         }
-        self.shared.hset(run_id, "format", format).await
+        let op = Op::Field { name: "format", value: format.to_owned() };
+        self.shared.queue(run_id, |_| (Some(op), ())).await;
+        Ok(())
     }
 
     async fn append(&self, run_id: &str, event: CanonicalEvent) -> Result<u64, RunError> {
         let s = &self.shared;
-        if !s.is_detached(run_id) {
-            match s.append_remote(run_id, &event).await.as_deref() {
-                Ok([_, 1]) => {
-                    let _ = s.local.cancel(run_id).await;
-                }
-                Ok([_, _]) => {}
-                // Redis lost the run, or another replica ended it (this replica's lease lapsed):
-                // the callers here still get every event, and the producer is told to stop.
-                Ok(_) => {
-                    s.detach(run_id, &"Redis no longer holds the run as running");
-                    let _ = s.local.cancel(run_id).await;
-                }
-                Err(e) => s.detach(run_id, e),
-            }
+        let mine = s.tracked().contains_key(run_id);
+        if !mine {
+            // Not a run this replica produces: the local store answers (not found, or ended).
+            return s.local.append(run_id, event).await;
         }
-        s.local.append(run_id, event).await
+        let json = serde_json::to_string(&event).unwrap_or_default();
+        s.queue(run_id, |tracked| match tracked.get_mut(run_id) {
+            Some(run) if !run.finishing => {
+                run.next_seq += 1;
+                (Some(Op::Event { json, event }), Ok(run.next_seq - 1))
+            }
+            _ => (None, Err(RunError::Ended(run_id.into()))),
+        })
+        .await
     }
 
     async fn finish(&self, run_id: &str, status: RunStatus) -> Result<RunInfo, RunError> {
         let s = &self.shared;
-        let detached = s.detached.lock().unwrap_or_else(|e| e.into_inner()).remove(run_id);
-        let remote_status = if detached { RunStatus::Failed } else { status };
-        let remote = s.finish_remote(run_id, remote_status).await;
-        let mut info = s.local.finish(run_id, status).await?;
-        match remote {
-            Ok(hash) => remote::merge_readers(&mut info, &hash),
-            Err(error) => tracing::warn!(run_id, %error, "could not end the run in Redis"),
+        let (done, ended) = oneshot::channel();
+        let queued = s
+            .queue(run_id, |tracked| match tracked.get_mut(run_id) {
+                Some(run) if !run.finishing => {
+                    run.finishing = true;
+                    (Some(Op::Finish { status, done }), Ok(true))
+                }
+                Some(_) => (None, Err(RunError::Ended(run_id.into()))),
+                None => (None, Ok(false)),
+            })
+            .await?;
+        if !queued {
+            return s.local.finish(run_id, status).await;
         }
-        Ok(info)
+        match ended.await {
+            Ok(info) => info,
+            // The writer stopped with the change in hand (the store is being dropped).
+            Err(_) => s.local.finish(run_id, status).await,
+        }
     }
 
     async fn subscribe(&self, run_id: &str, from: u64) -> Result<Subscription, RunError> {
@@ -341,6 +386,14 @@ impl RunStore for RedisRunStore {
 
     async fn cancel_running(&self) -> usize {
         self.shared.local.cancel_running().await
+    }
+
+    async fn published(&self, run_id: &str) {
+        let published = self.shared.tracked().get(run_id).map(|run| run.published.subscribe());
+        if let Some(mut published) = published {
+            // An error means the run has ended meanwhile: its creation was written before.
+            let _ = published.wait_for(|done| *done).await;
+        }
     }
 
     fn sweep_interval(&self) -> Option<Duration> {

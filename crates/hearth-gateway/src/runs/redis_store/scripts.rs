@@ -6,52 +6,91 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: run hash, running hash (run id → owner). ARGV: run id, model, owner replica, created
-/// (ms), ledger record, safety expiry (ms). Returns 0 when the run already exists.
-pub(super) static CREATE: LazyLock<Script> = LazyLock::new(|| {
+/// Writes one batch of changes to many runs (see `writer.rs`).
+///
+/// KEYS: the running hash (run id → owner), then each run's hash and events Stream. ARGV: the
+/// owner replica, now (ms), the ttl of an ended run (ms), the safety expiry (ms); then for each
+/// run its id, the number of arguments its changes take, and the changes, each a kind and its
+/// arguments:
+/// - `c model record`: creates the run (with the ledger record to write should the producer
+///   disappear) and expires it after the safety expiry, in case its end never reaches Redis;
+/// - `h field value`: sets a field of the run's hash (route, format) if the run exists;
+/// - `e json`: appends an event; its Stream entry id is `0-{seq+1}`;
+/// - `x status`: ends the run; it then expires after the ttl.
+///
+/// Events and the end are written only while the run is running and this replica's. Returns,
+/// for each run, `{state, cancel, ended}`: state 0 when written, -1 when Redis does not hold
+/// the run, -2 when it is no longer this replica's running run (another replica ended it: its
+/// end stands), -3 when the id was taken, -4 when a command failed (the other runs of the batch
+/// are written all the same); cancel 1 when a cancel was asked for (so a cancel whose message
+/// was lost still arrives); ended, the run's hash when this batch ended it.
+pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'model', ARGV[2], 'owner', ARGV[3], 'status', 'running',
-    'created_ms', ARGV[4], 'len', 0, 'subs', 0, 'delivered', 0, 'record', ARGV[5])
--- A safety net: a run whose end never reached Redis still goes, a day later.
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return 1",
-    )
-});
+local running, owner, now, ttl, safety = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
-/// KEYS: run hash, events stream. ARGV: the event's JSON, safety expiry (ms). Returns
-/// `{seq, cancel}`: the event's sequence number and whether a cancel was asked for (so a
-/// cancel whose message was lost still arrives), or `{-1}` when the run does not exist, `{-2}`
-/// when it has ended (another replica ended it).
-pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {-1} end
-if status ~= 'running' then return {-2} end
-local n = redis.call('HINCRBY', KEYS[1], 'len', 1)
-redis.call('XADD', KEYS[2], '0-' .. n, 'e', ARGV[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
-local cancel = redis.call('HGET', KEYS[1], 'cancel') and 1 or 0
-return {n - 1, cancel}",
-    )
-});
+-- One run's changes, ARGV[from] to ARGV[to]; returns its state and, if it ended, its hash.
+local function apply(hash, events, id, from, to)
+    local state, checked, ended = 0, false, {}
+    local a = from
+    while a <= to do
+        local kind = ARGV[a]
+        if kind == 'c' then
+            if redis.call('EXISTS', hash) == 1 then
+                state = -3
+            else
+                redis.call('HSET', hash, 'model', ARGV[a + 1], 'owner', owner,
+                    'status', 'running', 'created_ms', now, 'len', 0, 'subs', 0,
+                    'delivered', 0, 'record', ARGV[a + 2])
+                redis.call('PEXPIRE', hash, safety)
+                redis.call('HSET', running, id, owner)
+            end
+            a = a + 3
+        elseif kind == 'h' then
+            if state == 0 and redis.call('EXISTS', hash) == 1 then
+                redis.call('HSET', hash, ARGV[a + 1], ARGV[a + 2])
+            end
+            a = a + 3
+        else
+            if state == 0 and not checked then
+                checked = true
+                local status = redis.call('HGET', hash, 'status')
+                if not status then
+                    state = -1
+                elseif status ~= 'running' or redis.call('HGET', hash, 'owner') ~= owner then
+                    state = -2
+                end
+            end
+            if state == 0 and kind == 'e' then
+                local n = redis.call('HINCRBY', hash, 'len', 1)
+                redis.call('XADD', events, '0-' .. n, 'e', ARGV[a + 1])
+                if n == 1 then redis.call('PEXPIRE', events, safety) end
+            elseif state == 0 and kind == 'x' then
+                redis.call('HSET', hash, 'status', ARGV[a + 1], 'finished_ms', now)
+                redis.call('HDEL', running, id)
+                redis.call('PEXPIRE', hash, ttl)
+                redis.call('PEXPIRE', events, ttl)
+                ended = redis.call('HGETALL', hash)
+            end
+            a = a + 2
+        end
+    end
+    return state, ended
+end
 
-/// KEYS: run hash, events stream, running hash. ARGV: run id, status, finished (ms), ttl (ms),
-/// owner. Returns the run's hash after the change; empty when the run does not exist, or when
-/// it is no longer this owner's running run (another replica ended it: its end stands).
-pub(super) static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return {} end
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[5] then return {} end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_ms', ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return redis.call('HGETALL', KEYS[1])",
+local out = {}
+local a = 5
+for r = 1, (#KEYS - 1) / 2 do
+    local hash, events = KEYS[2 * r], KEYS[2 * r + 1]
+    local id, to = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
+    local ok, state, ended = pcall(apply, hash, events, id, a + 2, to)
+    if not ok then state, ended = -4, {} end
+    local cancel = 0
+    if state == 0 and redis.call('HGET', hash, 'cancel') then cancel = 1 end
+    out[r] = {state, cancel, ended}
+    a = to + 1
+end
+return out",
     )
 });
 

@@ -1,0 +1,274 @@
+//! The replica's one writer to Redis. Every change to this replica's runs (a run's creation,
+//! its route and format, its events, its end) is queued, and the writer sends whatever has
+//! queued as one script call: a replica makes one Redis round trip per batch, not one per event,
+//! and Redis runs one script for many runs' changes.
+//!
+//! An event reaches this replica's own readers (the caller who started the run) only once Redis
+//! has acknowledged the batch holding it, so whatever a caller has seen is already in Redis for
+//! a resume on another replica. A producer does not wait for that: it queues its event and goes
+//! on, and the events it produced meanwhile ride the next batch together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hearth_protocol::CanonicalEvent;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, Instant};
+
+use super::{now_ms, remote, scripts, Shared, SAFETY_EXPIRY};
+use crate::runs::{RunError, RunInfo, RunStatus, RunStore};
+
+/// Changes queued for the writer; past this, producers wait for it (memory stays bounded).
+pub(super) const QUEUE: usize = 16_384;
+/// Most changes in one batch, so that one script call stays short for Redis.
+const MAX_OPS: usize = 2_048;
+/// How long a batch may wait for Redis before its runs go on in memory alone.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long Redis is left alone after a batch failed.
+const PAUSE_AFTER_ERROR: Duration = Duration::from_secs(1);
+
+/// One change to a run.
+pub(super) enum Op {
+    Create {
+        model: String,
+        record: String,
+    },
+    /// Sets a field of the run's hash (route, format) if the run exists in Redis.
+    Field {
+        name: &'static str,
+        value: String,
+    },
+    Event {
+        json: String,
+        event: CanonicalEvent,
+    },
+    Finish {
+        status: RunStatus,
+        done: oneshot::Sender<Result<RunInfo, RunError>>,
+    },
+}
+
+impl Op {
+    /// The arguments the change takes in the batch script, after its kind.
+    fn arguments(&self) -> usize {
+        match self {
+            Op::Create { .. } | Op::Field { .. } => 2,
+            Op::Event { .. } | Op::Finish { .. } => 1,
+        }
+    }
+}
+
+pub(super) struct Queued {
+    pub run_id: Arc<str>,
+    pub op: Op,
+}
+
+/// One run's changes in a batch, in the order they were queued.
+struct RunChanges {
+    run_id: Arc<str>,
+    ops: Vec<Op>,
+    /// Redis holds no reliable copy of the run: only its end is written (as failed).
+    detached: bool,
+    /// The run's hash in Redis after the batch ended it.
+    ended: Option<HashMap<String, String>>,
+}
+
+/// What the batch script says about one run.
+struct Reply {
+    /// 0: written; -1: Redis does not hold the run; -2: the run is no longer this replica's
+    /// running run (another replica ended it); -3: the run id was already taken.
+    state: i64,
+    cancel: bool,
+    /// The run's hash after its end, when the batch ended it.
+    ended: HashMap<String, String>,
+}
+
+/// Takes queued changes, a batch at a time, until the store is dropped.
+pub(super) async fn write_batches(shared: Arc<Shared>, mut queue: mpsc::Receiver<Queued>) {
+    let mut batch = Vec::new();
+    // After a failed batch, Redis is left alone for a while: runs meanwhile go on in memory
+    // rather than each waiting out a reconnect.
+    let mut paused_until = None;
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        // Lets the producers woken with this one queue what they have at hand, so a burst of
+        // events goes in one batch rather than the first alone.
+        tokio::task::yield_now().await;
+        while batch.len() < MAX_OPS {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let paused = paused_until.is_some_and(|until| Instant::now() < until);
+        let written = write(&shared, group(std::mem::take(&mut batch)), paused).await;
+        if !written {
+            paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
+        }
+    }
+}
+
+fn group(batch: Vec<Queued>) -> Vec<RunChanges> {
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut runs: Vec<RunChanges> = Vec::new();
+    for Queued { run_id, op } in batch {
+        let at = *index.entry(run_id.clone()).or_insert_with(|| {
+            runs.push(RunChanges { run_id, ops: Vec::new(), detached: false, ended: None });
+            runs.len() - 1
+        });
+        runs[at].ops.push(op);
+    }
+    runs
+}
+
+/// Writes one batch to Redis (unless `paused`), then hands its events and ends to this
+/// replica's readers. Returns false when Redis could not be reached.
+async fn write(shared: &Shared, mut runs: Vec<RunChanges>, paused: bool) -> bool {
+    for run in &mut runs {
+        if paused && !run.detached {
+            shared.detach(&run.run_id, &"Redis failed a moment ago");
+        }
+        run.detached = shared.is_detached(&run.run_id);
+    }
+    // Runs with nothing for Redis reach their readers without waiting on it.
+    let (sent, unsent): (Vec<_>, Vec<_>) =
+        runs.into_iter().partition(|run| !paused && !remote_ops(run).is_empty());
+    for run in unsent {
+        apply_run_locally(shared, run).await;
+    }
+    if sent.is_empty() {
+        return true;
+    }
+    let replies = match timeout(CALL_TIMEOUT, call_script(shared, &sent)).await {
+        Ok(Ok(replies)) if replies.len() == sent.len() => Ok(replies),
+        Ok(Ok(_)) => Err("Redis answered a batch with the wrong number of replies".to_owned()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("Redis did not answer a batch within {CALL_TIMEOUT:?}")),
+    };
+    let written = replies.is_ok();
+    match replies {
+        Ok(replies) => {
+            for (mut run, reply) in sent.into_iter().zip(replies) {
+                apply_reply(shared, &mut run, reply).await;
+                apply_run_locally(shared, run).await;
+            }
+        }
+        Err(why) => {
+            for run in sent {
+                shared.detach(&run.run_id, &why);
+                apply_run_locally(shared, run).await;
+            }
+        }
+    }
+    written
+}
+
+/// The changes of `run` that go to Redis: all of them, or a detached run's end alone.
+fn remote_ops(run: &RunChanges) -> Vec<&Op> {
+    run.ops.iter().filter(|op| !run.detached || matches!(op, Op::Finish { .. })).collect()
+}
+
+async fn call_script(shared: &Shared, runs: &[RunChanges]) -> redis::RedisResult<Vec<Reply>> {
+    let mut call = scripts::WRITE.prepare_invoke();
+    call.key(shared.keys.running())
+        .arg(&shared.replica)
+        .arg(now_ms())
+        .arg(shared.ttl.as_millis() as u64)
+        .arg(SAFETY_EXPIRY.as_millis() as u64);
+    for run in runs {
+        call.key(shared.keys.run(&run.run_id)).key(shared.keys.events(&run.run_id));
+        let ops = remote_ops(run);
+        let arguments: usize = ops.iter().map(|op| 1 + op.arguments()).sum();
+        call.arg(&*run.run_id).arg(arguments);
+        for op in ops {
+            match op {
+                Op::Create { model, record } => call.arg("c").arg(model).arg(record),
+                Op::Field { name, value } => call.arg("h").arg(*name).arg(value),
+                Op::Event { json, .. } => call.arg("e").arg(json),
+                // A detached run's copy in Redis may lack events: it ends as failed.
+                Op::Finish { status, .. } => {
+                    call.arg("x").arg(remote::status_name(if run.detached {
+                        RunStatus::Failed
+                    } else {
+                        *status
+                    }))
+                }
+            };
+        }
+    }
+    let replies: Vec<(i64, i64, Vec<String>)> = call.invoke_async(&mut shared.conn()).await?;
+    Ok(replies
+        .into_iter()
+        .map(|(state, cancel, ended)| Reply { state, cancel: cancel != 0, ended: pairs(ended) })
+        .collect())
+}
+
+fn pairs(flat: Vec<String>) -> HashMap<String, String> {
+    let mut fields = flat.into_iter();
+    let mut hash = HashMap::new();
+    while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
+        hash.insert(field, value);
+    }
+    hash
+}
+
+async fn apply_reply(shared: &Shared, run: &mut RunChanges, reply: Reply) {
+    let run_id = &*run.run_id;
+    match reply.state {
+        0 if reply.cancel => {
+            let _ = shared.local.cancel(run_id).await;
+        }
+        0 => {}
+        -3 => shared.detach(run_id, &"another run already has this id in Redis"),
+        -4 => shared.detach(run_id, &"Redis failed a command of the run's batch"),
+        // Redis lost the run, or another replica ended it (this replica's lease lapsed): the
+        // callers here still get every event, and the producer is told to stop.
+        _ if !run.detached => {
+            shared.detach(run_id, &"Redis no longer holds the run as running");
+            let _ = shared.local.cancel(run_id).await;
+        }
+        _ => {}
+    }
+    run.ended = Some(reply.ended).filter(|hash| !hash.is_empty());
+}
+
+/// Hands a run's changes of one batch to this replica's readers, in order.
+async fn apply_run_locally(shared: &Shared, run: RunChanges) {
+    let finished = run.ops.iter().any(|op| matches!(op, Op::Finish { .. }));
+    for op in run.ops {
+        apply_locally(shared, &run.run_id, op, run.ended.as_ref()).await;
+    }
+    if finished {
+        shared.untrack(&run.run_id);
+    }
+}
+
+/// Hands one change to this replica's own readers; `ended` is the run's hash in Redis after
+/// its end, whose readers on other replicas count with the local ones.
+pub(super) async fn apply_locally(
+    shared: &Shared,
+    run_id: &str,
+    op: Op,
+    ended: Option<&HashMap<String, String>>,
+) {
+    match op {
+        // Created locally when queued; now any replica can find it (or Redis failed it and
+        // no replica will: there is no point waiting longer).
+        Op::Create { .. } => shared.mark_published(run_id),
+        // Routed and formatted locally when queued.
+        Op::Field { .. } => {}
+        Op::Event { event, .. } => {
+            if let Err(error) = shared.local.append(run_id, event).await {
+                tracing::warn!(run_id, %error, "could not buffer an event");
+            }
+        }
+        Op::Finish { status, done } => {
+            let mut info = shared.local.finish(run_id, status).await;
+            if let (Ok(info), Some(hash)) = (info.as_mut(), ended) {
+                remote::merge_readers(info, hash);
+            }
+            let _ = done.send(info);
+        }
+    }
+}
