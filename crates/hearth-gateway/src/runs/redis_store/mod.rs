@@ -317,8 +317,9 @@ impl RunStore for RedisRunStore {
         let json = serde_json::to_string(&event).unwrap_or_default();
         s.queue(run_id, |tracked| match tracked.get_mut(run_id) {
             Some(run) if !run.finishing => {
+                let seq = run.next_seq;
                 run.next_seq += 1;
-                (Some(Op::Event { json, event }), Ok(run.next_seq - 1))
+                (Some(Op::Event { seq, json, event }), Ok(seq))
             }
             _ => (None, Err(RunError::Ended(run_id.into()))),
         })

@@ -15,23 +15,49 @@ use redis::Script;
 /// - `c model record`: creates the run (with the ledger record to write should the producer
 ///   disappear) and expires it after the safety expiry, in case its end never reaches Redis;
 /// - `h field value`: sets a field of the run's hash (route, format) if the run exists;
-/// - `e json`: appends an event; its Stream entry id is `0-{seq+1}`;
-/// - `x status`: ends the run; it then expires after the ttl.
+/// - `e seq json`: appends event `seq`, as Stream entry `0-{seq+1}`, if the run holds exactly
+///   `seq` events (an earlier batch that failed leaves a gap no later event may cross);
+/// - `x status`: ends the run (as failed after a gap); it then expires after the ttl.
 ///
 /// Events and the end are written only while the run is running and this replica's. Returns,
 /// for each run, `{state, cancel, ended}`: state 0 when written, -1 when Redis does not hold
 /// the run, -2 when it is no longer this replica's running run (another replica ended it: its
 /// end stands), -3 when the id was taken, -4 when a command failed (the other runs of the batch
-/// are written all the same); cancel 1 when a cancel was asked for (so a cancel whose message
-/// was lost still arrives); ended, the run's hash when this batch ended it.
+/// are written all the same), -5 when an event would have left a gap; cancel 1 when a cancel
+/// was asked for (so a cancel whose message was lost still arrives); ended, when this batch
+/// ended the run, its readers on other replicas (`subs`, `delivered`) as field-value pairs.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local running, owner, now, ttl, safety = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
--- One run's changes, ARGV[from] to ARGV[to]; returns its state and, if it ended, its hash.
+-- One run's changes, ARGV[from] to ARGV[to]; returns its state, whether a cancel was asked
+-- for and, if it ended, its readers. Each field is read once and `len` written once: the
+-- fewer commands, the more runs a Redis serves.
 local function apply(hash, events, id, from, to)
-    local state, checked, ended = 0, false, {}
+    local state, exists, checked, gap, cancel, ended = 0, false, false, false, 0, {}
+    local len, written, readers = 0, 0, {'0', '0'}
+    local function check()
+        if checked or state ~= 0 then return end
+        checked = true
+        local run = redis.call('HMGET', hash, 'status', 'owner', 'len', 'cancel', 'subs',
+            'delivered')
+        if not run[1] then
+            state = -1
+        elseif run[1] ~= 'running' or run[2] ~= owner then
+            state = -2
+        else
+            len, written = tonumber(run[3]), tonumber(run[3])
+            if run[4] then cancel = 1 end
+            readers = {run[5] or '0', run[6] or '0'}
+        end
+    end
+    local function save_len()
+        if len ~= written then
+            redis.call('HSET', hash, 'len', len)
+            written = len
+        end
+    end
     local a = from
     while a <= to do
         local kind = ARGV[a]
@@ -44,38 +70,45 @@ local function apply(hash, events, id, from, to)
                     'delivered', 0, 'record', ARGV[a + 2])
                 redis.call('PEXPIRE', hash, safety)
                 redis.call('HSET', running, id, owner)
+                exists, checked = true, true
             end
             a = a + 3
         elseif kind == 'h' then
-            if state == 0 and redis.call('EXISTS', hash) == 1 then
+            if state == 0 and (exists or redis.call('EXISTS', hash) == 1) then
                 redis.call('HSET', hash, ARGV[a + 1], ARGV[a + 2])
+                exists = true
+            end
+            a = a + 3
+        elseif kind == 'e' then
+            check()
+            if state == 0 and not gap then
+                if tonumber(ARGV[a + 1]) ~= len then
+                    gap = true
+                else
+                    len = len + 1
+                    redis.call('XADD', events, '0-' .. len, 'e', ARGV[a + 2])
+                    if len == 1 then redis.call('PEXPIRE', events, safety) end
+                end
             end
             a = a + 3
         else
-            if state == 0 and not checked then
-                checked = true
-                local status = redis.call('HGET', hash, 'status')
-                if not status then
-                    state = -1
-                elseif status ~= 'running' or redis.call('HGET', hash, 'owner') ~= owner then
-                    state = -2
-                end
-            end
-            if state == 0 and kind == 'e' then
-                local n = redis.call('HINCRBY', hash, 'len', 1)
-                redis.call('XADD', events, '0-' .. n, 'e', ARGV[a + 1])
-                if n == 1 then redis.call('PEXPIRE', events, safety) end
-            elseif state == 0 and kind == 'x' then
-                redis.call('HSET', hash, 'status', ARGV[a + 1], 'finished_ms', now)
+            check()
+            if state == 0 then
+                save_len()
+                local status = ARGV[a + 1]
+                if gap then status = 'failed' end
+                redis.call('HSET', hash, 'status', status, 'finished_ms', now)
                 redis.call('HDEL', running, id)
                 redis.call('PEXPIRE', hash, ttl)
                 redis.call('PEXPIRE', events, ttl)
-                ended = redis.call('HGETALL', hash)
+                ended = {'subs', readers[1], 'delivered', readers[2]}
             end
             a = a + 2
         end
     end
-    return state, ended
+    if state == 0 then save_len() end
+    if state == 0 and gap then state = -5 end
+    return state, cancel, ended
 end
 
 local out = {}
@@ -83,10 +116,8 @@ local a = 5
 for r = 1, (#KEYS - 1) / 2 do
     local hash, events = KEYS[2 * r], KEYS[2 * r + 1]
     local id, to = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
-    local ok, state, ended = pcall(apply, hash, events, id, a + 2, to)
-    if not ok then state, ended = -4, {} end
-    local cancel = 0
-    if state == 0 and redis.call('HGET', hash, 'cancel') then cancel = 1 end
+    local ok, state, cancel, ended = pcall(apply, hash, events, id, a + 2, to)
+    if not ok then state, cancel, ended = -4, 0, {} end
     out[r] = {state, cancel, ended}
     a = to + 1
 end

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesOrdered, StreamExt};
 use hearth_protocol::CanonicalEvent;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
@@ -27,6 +28,8 @@ const MAX_OPS: usize = 2_048;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long Redis is left alone after a batch failed.
 const PAUSE_AFTER_ERROR: Duration = Duration::from_secs(1);
+/// Batches sent and not yet answered, at most.
+const MAX_IN_FLIGHT: usize = 4;
 
 /// One change to a run.
 pub(super) enum Op {
@@ -40,6 +43,7 @@ pub(super) enum Op {
         value: String,
     },
     Event {
+        seq: u64,
         json: String,
         event: CanonicalEvent,
     },
@@ -53,8 +57,8 @@ impl Op {
     /// The arguments the change takes in the batch script, after its kind.
     fn arguments(&self) -> usize {
         match self {
-            Op::Create { .. } | Op::Field { .. } => 2,
-            Op::Event { .. } | Op::Finish { .. } => 1,
+            Op::Create { .. } | Op::Field { .. } | Op::Event { .. } => 2,
+            Op::Finish { .. } => 1,
         }
     }
 }
@@ -65,11 +69,16 @@ pub(super) struct Queued {
 }
 
 /// One run's changes in a batch, in the order they were queued.
+#[derive(Default)]
 struct RunChanges {
     run_id: Arc<str>,
     ops: Vec<Op>,
     /// Redis holds no reliable copy of the run: only its end is written (as failed).
     detached: bool,
+    /// Whether the batch carried changes of the run to Redis.
+    sent: bool,
+    /// What the batch script said about the run.
+    reply: Option<Reply>,
     /// The run's hash in Redis after the batch ended it.
     ended: Option<HashMap<String, String>>,
 }
@@ -84,29 +93,52 @@ struct Reply {
     ended: HashMap<String, String>,
 }
 
-/// Takes queued changes, a batch at a time, until the store is dropped.
+/// Takes queued changes, a batch at a time, until the store is dropped. Up to
+/// `MAX_IN_FLIGHT` batches are sent without waiting for the one before (Redis runs them in
+/// order on the one connection); their outcomes are applied strictly in the order they were
+/// sent, so a run's events reach its readers in order.
 pub(super) async fn write_batches(shared: Arc<Shared>, mut queue: mpsc::Receiver<Queued>) {
-    let mut batch = Vec::new();
+    let mut in_flight: FuturesOrdered<Sending> = FuturesOrdered::new();
     // After a failed batch, Redis is left alone for a while: runs meanwhile go on in memory
     // rather than each waiting out a reconnect.
-    let mut paused_until = None;
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        // Lets the producers woken with this one queue what they have at hand, so a burst of
-        // events goes in one batch rather than the first alone.
-        tokio::task::yield_now().await;
-        while batch.len() < MAX_OPS {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    let mut paused_until: Option<Instant> = None;
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some((runs, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                if outcome.is_err() {
+                    paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
+                }
+                apply(&shared, runs, outcome).await;
             }
-        }
-        let paused = paused_until.is_some_and(|until| Instant::now() < until);
-        let written = write(&shared, group(std::mem::take(&mut batch)), paused).await;
-        if !written {
-            paused_until = Some(Instant::now() + PAUSE_AFTER_ERROR);
+            first = queue.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => match first {
+                None => open = false,
+                Some(first) => {
+                    let batch = gather(first, &mut queue).await;
+                    let paused = paused_until.is_some_and(|until| Instant::now() < until);
+                    in_flight.push_back(Box::pin(send(shared.clone(), group(batch), paused)));
+                }
+            },
         }
     }
+}
+
+/// A batch on its way to Redis.
+type Sending = futures::future::BoxFuture<'static, (Vec<RunChanges>, Result<(), String>)>;
+
+async fn gather(first: Queued, queue: &mut mpsc::Receiver<Queued>) -> Vec<Queued> {
+    let mut batch = vec![first];
+    // Lets the producers woken with this one queue what they have at hand, so a burst of
+    // events goes in one batch rather than the first alone.
+    tokio::task::yield_now().await;
+    while batch.len() < MAX_OPS {
+        match queue.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 fn group(batch: Vec<Queued>) -> Vec<RunChanges> {
@@ -114,7 +146,7 @@ fn group(batch: Vec<Queued>) -> Vec<RunChanges> {
     let mut runs: Vec<RunChanges> = Vec::new();
     for Queued { run_id, op } in batch {
         let at = *index.entry(run_id.clone()).or_insert_with(|| {
-            runs.push(RunChanges { run_id, ops: Vec::new(), detached: false, ended: None });
+            runs.push(RunChanges { run_id, ops: Vec::new(), ..RunChanges::default() });
             runs.len() - 1
         });
         runs[at].ops.push(op);
@@ -122,46 +154,50 @@ fn group(batch: Vec<Queued>) -> Vec<RunChanges> {
     runs
 }
 
-/// Writes one batch to Redis (unless `paused`), then hands its events and ends to this
-/// replica's readers. Returns false when Redis could not be reached.
-async fn write(shared: &Shared, mut runs: Vec<RunChanges>, paused: bool) -> bool {
+/// Sends one batch's changes to Redis (none while `paused`): the error, if the batch failed.
+async fn send(
+    shared: Arc<Shared>,
+    mut runs: Vec<RunChanges>,
+    paused: bool,
+) -> (Vec<RunChanges>, Result<(), String>) {
     for run in &mut runs {
-        if paused && !run.detached {
+        if paused {
             shared.detach(&run.run_id, &"Redis failed a moment ago");
         }
         run.detached = shared.is_detached(&run.run_id);
+        run.sent = !paused && !remote_ops(run).is_empty();
     }
-    // Runs with nothing for Redis reach their readers without waiting on it.
-    let (sent, unsent): (Vec<_>, Vec<_>) =
-        runs.into_iter().partition(|run| !paused && !remote_ops(run).is_empty());
-    for run in unsent {
+    let sent: Vec<&RunChanges> = runs.iter().filter(|run| run.sent).collect();
+    if sent.is_empty() {
+        return (runs, Ok(()));
+    }
+    let replies = match timeout(CALL_TIMEOUT, call_script(&shared, &sent)).await {
+        Ok(Ok(replies)) if replies.len() == sent.len() => replies,
+        Ok(Ok(_)) => {
+            return (runs, Err("Redis answered a batch with the wrong number of replies".into()))
+        }
+        Ok(Err(error)) => return (runs, Err(error.to_string())),
+        Err(_) => {
+            return (runs, Err(format!("Redis did not answer a batch within {CALL_TIMEOUT:?}")))
+        }
+    };
+    let mut replies = replies.into_iter();
+    for run in runs.iter_mut().filter(|run| run.sent) {
+        run.reply = replies.next();
+    }
+    (runs, Ok(()))
+}
+
+/// Applies a sent batch's outcome, then hands its events and ends to this replica's readers.
+async fn apply(shared: &Shared, runs: Vec<RunChanges>, outcome: Result<(), String>) {
+    for mut run in runs {
+        match (run.reply.take(), &outcome) {
+            (Some(reply), _) => apply_reply(shared, &mut run, reply).await,
+            (None, Err(why)) if run.sent => shared.detach(&run.run_id, why),
+            (None, _) => {}
+        }
         apply_run_locally(shared, run).await;
     }
-    if sent.is_empty() {
-        return true;
-    }
-    let replies = match timeout(CALL_TIMEOUT, call_script(shared, &sent)).await {
-        Ok(Ok(replies)) if replies.len() == sent.len() => Ok(replies),
-        Ok(Ok(_)) => Err("Redis answered a batch with the wrong number of replies".to_owned()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("Redis did not answer a batch within {CALL_TIMEOUT:?}")),
-    };
-    let written = replies.is_ok();
-    match replies {
-        Ok(replies) => {
-            for (mut run, reply) in sent.into_iter().zip(replies) {
-                apply_reply(shared, &mut run, reply).await;
-                apply_run_locally(shared, run).await;
-            }
-        }
-        Err(why) => {
-            for run in sent {
-                shared.detach(&run.run_id, &why);
-                apply_run_locally(shared, run).await;
-            }
-        }
-    }
-    written
 }
 
 /// The changes of `run` that go to Redis: all of them, or a detached run's end alone.
@@ -169,7 +205,7 @@ fn remote_ops(run: &RunChanges) -> Vec<&Op> {
     run.ops.iter().filter(|op| !run.detached || matches!(op, Op::Finish { .. })).collect()
 }
 
-async fn call_script(shared: &Shared, runs: &[RunChanges]) -> redis::RedisResult<Vec<Reply>> {
+async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResult<Vec<Reply>> {
     let mut call = scripts::WRITE.prepare_invoke();
     call.key(shared.keys.running())
         .arg(&shared.replica)
@@ -185,7 +221,7 @@ async fn call_script(shared: &Shared, runs: &[RunChanges]) -> redis::RedisResult
             match op {
                 Op::Create { model, record } => call.arg("c").arg(model).arg(record),
                 Op::Field { name, value } => call.arg("h").arg(*name).arg(value),
-                Op::Event { json, .. } => call.arg("e").arg(json),
+                Op::Event { seq, json, .. } => call.arg("e").arg(seq).arg(json),
                 // A detached run's copy in Redis may lack events: it ends as failed.
                 Op::Finish { status, .. } => {
                     call.arg("x").arg(remote::status_name(if run.detached {
@@ -222,6 +258,7 @@ async fn apply_reply(shared: &Shared, run: &mut RunChanges, reply: Reply) {
         0 => {}
         -3 => shared.detach(run_id, &"another run already has this id in Redis"),
         -4 => shared.detach(run_id, &"Redis failed a command of the run's batch"),
+        -5 => shared.detach(run_id, &"Redis missed some of the run's events"),
         // Redis lost the run, or another replica ended it (this replica's lease lapsed): the
         // callers here still get every event, and the producer is told to stop.
         _ if !run.detached => {
