@@ -281,17 +281,18 @@ async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
         .unwrap();
     a.create("run_seen", "m", None).await.unwrap();
     let mut mine = a.subscribe("run_seen", 0).await.unwrap();
-    for i in 0..200 {
+    for i in 0..199 {
         a.append("run_seen", CanonicalEvent::TextDelta { text: format!("{i} ") }).await.unwrap();
     }
+    a.append("run_seen", CanonicalEvent::Finish { reason: StopReason::Stop }).await.unwrap();
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let events_key = format!("{}run:run_seen:events", state.key_prefix);
+    let hash = format!("{}run:run_seen", state.key_prefix);
     let read_and_check = async {
         let mut read = 0;
         while let Some(event) = mine.next().await {
             let held: u64 =
-                redis::cmd("XLEN").arg(&events_key).query_async(&mut conn).await.unwrap();
+                redis::cmd("HGET").arg(&hash).arg("len").query_async(&mut conn).await.unwrap();
             assert!(held > event.seq, "event {} was read before Redis held it ({held})", event.seq);
             read += 1;
         }
@@ -301,15 +302,21 @@ async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
     assert_eq!(read, 200);
     let info = info.unwrap();
     assert_eq!((info.status, info.num_events), (RunStatus::Finished, 200));
-    let remote = hearth_gateway::RunStore::status(
-        &RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
-            .await
-            .unwrap(),
-        "run_seen",
-    )
-    .await
-    .unwrap();
+    // Another replica reads the same run from Redis, from a cursor inside a batch's entry.
+    let b = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
+        .await
+        .unwrap();
+    let remote = b.status("run_seen").await.unwrap();
     assert_eq!((remote.status, remote.num_events), (RunStatus::Finished, 200));
+    for from in [0, 57, 199] {
+        let events: Vec<RunEvent> = b.subscribe("run_seen", from).await.unwrap().collect().await;
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (from..200).collect::<Vec<_>>()
+        );
+        let expected: String = (from..199).map(|i| format!("{i} ")).collect();
+        assert_eq!(text(&events), expected);
+    }
 }
 
 /// An event never lands past a gap in Redis's copy (as an earlier batch that failed would

@@ -5,8 +5,10 @@
 //! - `run:{id}`, a hash: model, route, format, status, created and finished times (ms), the
 //!   producing replica (`owner`), `len` (events appended), `subs` (readers on other replicas),
 //!   `delivered`, and `record` (the ledger record to write should the producer disappear);
-//! - `run:{id}:events`, a Stream whose entry for event `seq` has the id `0-{seq+1}`, so reading
-//!   from event `N` on is `XREAD … STREAMS key 0-N`, backlog and live tail alike;
+//! - `run:{id}:events`, a Stream with one entry per batch the run's events were written in: a
+//!   JSON array of events whose id is `0-{n}`, `n` being the run's number of events after it,
+//!   so reading from event `N` on is `XREAD … STREAMS key 0-N` (skipping the first entry's
+//!   events before `N`), backlog and live tail alike;
 //! - `running`, a hash from each run not yet ended to its producing replica;
 //! - `lease:{replica}`, which each replica renews every third of the lease; a run whose
 //!   producer's lease has lapsed (the replica was killed) is ended by another replica's sweep

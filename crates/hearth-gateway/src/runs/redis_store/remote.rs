@@ -117,6 +117,23 @@ pub(super) async fn subscribe(
     Ok(futures::stream::unfold(reader, Reader::next).boxed())
 }
 
+/// The events of one Stream entry: a JSON array of events (one event alone, as an object, in
+/// entries written before entries held several). One that cannot be read becomes an error
+/// event, so that a reader never mistakes what it got for the whole answer.
+fn entry_events(json: &str) -> Vec<CanonicalEvent> {
+    let unreadable =
+        || CanonicalEvent::error(ErrorKind::Internal, "an event in the run store is unreadable");
+    let values = match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Array(values)) => values,
+        Ok(value) => vec![value],
+        Err(_) => return vec![unreadable()],
+    };
+    values
+        .into_iter()
+        .map(|value| serde_json::from_value(value).unwrap_or_else(|_| unreadable()))
+        .collect()
+}
+
 /// One subscription to a remote run. Counted in the run's `subs` while it lives.
 struct Reader {
     shared: Arc<Shared>,
@@ -184,17 +201,18 @@ impl Reader {
             .map_err(unavailable)?;
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
         for entry in entries {
-            let json: Option<String> = entry.get("e");
-            let event = json
-                .and_then(|j| serde_json::from_str::<CanonicalEvent>(&j).ok())
-                .unwrap_or_else(|| {
-                    CanonicalEvent::error(
-                        ErrorKind::Internal,
-                        "an event in the run store is unreadable",
-                    )
-                });
-            self.pending.push_back(RunEvent { seq: self.next, event });
-            self.next += 1;
+            let json: String = entry.get("e").unwrap_or_default();
+            let events = entry_events(&json);
+            // The entry's id says how many events the run had after it.
+            let end = entry.id.strip_prefix("0-").and_then(|n| n.parse::<u64>().ok());
+            let first = end.map_or(self.next, |end| end.saturating_sub(events.len() as u64));
+            for (seq, event) in (first..).zip(events) {
+                // The first entry read may hold events from before the cursor.
+                if seq >= self.next {
+                    self.pending.push_back(RunEvent { seq, event });
+                    self.next = seq + 1;
+                }
+            }
         }
         Ok(!self.pending.is_empty())
     }

@@ -15,8 +15,11 @@ use redis::Script;
 /// - `c model record`: creates the run (with the ledger record to write should the producer
 ///   disappear) and expires it after the safety expiry, in case its end never reaches Redis;
 /// - `h field value`: sets a field of the run's hash (route, format) if the run exists;
-/// - `e seq json`: appends event `seq`, as Stream entry `0-{seq+1}`, if the run holds exactly
-///   `seq` events (an earlier batch that failed leaves a gap no later event may cross);
+/// - `e seq json`: appends event `seq` if the run holds exactly `seq` events (an earlier batch
+///   that failed leaves a gap no later event may cross). The batch's events of a run go in one
+///   Stream entry, a JSON array in its field `e`, whose id is `0-{n}` for `n` the run's events
+///   after it: reading from event `N` on is `XREAD … 0-N`, and the reader skips the first
+///   entry's events before `N`;
 /// - `x status`: ends the run (as failed after a gap); it then expires after the ttl.
 ///
 /// Events and the end are written only while the run is running and this replica's. Returns,
@@ -36,7 +39,7 @@ local running, owner, now, ttl, safety = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARG
 -- fewer commands, the more runs a Redis serves.
 local function apply(hash, events, id, from, to)
     local state, exists, checked, gap, cancel, ended = 0, false, false, false, 0, {}
-    local len, written, readers = 0, 0, {'0', '0'}
+    local len, written, readers, added = 0, 0, {'0', '0'}, {}
     local function check()
         if checked or state ~= 0 then return end
         checked = true
@@ -52,11 +55,13 @@ local function apply(hash, events, id, from, to)
             readers = {run[5] or '0', run[6] or '0'}
         end
     end
+    -- Writes the events gathered so far as one entry, and the run's length.
     local function save_len()
-        if len ~= written then
-            redis.call('HSET', hash, 'len', len)
-            written = len
-        end
+        if len == written then return end
+        redis.call('XADD', events, '0-' .. len, 'e', '[' .. table.concat(added, ',') .. ']')
+        if written == 0 then redis.call('PEXPIRE', events, safety) end
+        redis.call('HSET', hash, 'len', len)
+        written, added = len, {}
     end
     local a = from
     while a <= to do
@@ -86,8 +91,7 @@ local function apply(hash, events, id, from, to)
                     gap = true
                 else
                     len = len + 1
-                    redis.call('XADD', events, '0-' .. len, 'e', ARGV[a + 2])
-                    if len == 1 then redis.call('PEXPIRE', events, safety) end
+                    added[#added + 1] = ARGV[a + 2]
                 end
             end
             a = a + 3
@@ -140,7 +144,7 @@ end
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[5] then return {} end
 if redis.call('EXISTS', KEYS[4]) == 1 then return {} end
 local n = redis.call('HINCRBY', KEYS[1], 'len', 1)
-redis.call('XADD', KEYS[2], '0-' .. n, 'e', ARGV[2])
+redis.call('XADD', KEYS[2], '0-' .. n, 'e', '[' .. ARGV[2] .. ']')
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_ms', ARGV[3])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
