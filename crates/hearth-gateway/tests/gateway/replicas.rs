@@ -42,6 +42,17 @@ pub async fn fresh_schema() -> String {
     format!("{}?options=-c%20search_path%3D{schema}", postgres_url())
 }
 
+/// A bare run store on the test's Redis, as one replica holds it.
+async fn bare_store(state: &StateSettings) -> RedisRunStore {
+    RedisRunStore::connect(state, &redis_url(), Duration::from_secs(60), 1 << 20).await.unwrap()
+}
+
+/// A plain connection to the test's Redis, to look at (or tamper with) what the stores wrote.
+async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis_url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
 struct Replicas {
     a: Gateway,
     b: Gateway,
@@ -178,9 +189,7 @@ async fn the_run_of_a_replica_that_stopped_ends_with_one_error_event_and_one_rec
     // Replica A is a bare store: it opens a run, appends three events, its caller reads them,
     // and it stops (its lease, listener and writer tasks end with it), as a killed process
     // would.
-    let a = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
-        .await
-        .unwrap();
+    let a = bare_store(&state).await;
     let metadata = CallerMetadata::from_json(&json!({"team": "red"})).unwrap();
     let left = LedgerRecord::failed_start("run_orphan", "m", metadata, None, Utc::now());
     a.create("run_orphan", "m", Some(&left)).await.unwrap();
@@ -231,19 +240,13 @@ async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_re
     let mut state = state(&unique("t:"));
     // A long lease: A renews it only at start, so the test decides when it lapses.
     state.lease_ms = 60_000;
-    let store = |state: StateSettings| async move {
-        RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
-            .await
-            .unwrap()
-    };
-    let (a, b) = (store(state.clone()).await, store(state.clone()).await);
+    let (a, b) = (bare_store(&state).await, bare_store(&state).await);
     let token = a.create("run_live", "m", None).await.unwrap();
     let mut mine = a.subscribe("run_live", 0).await.unwrap();
     a.append("run_live", CanonicalEvent::TextDelta { text: "x".into() }).await.unwrap();
     let mut seen = vec![mine.next().await.unwrap()];
     // A's lease lapses (it stalled), and B ends the run as an orphan.
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection().await;
     let _: () = redis::cmd("DEL")
         .arg(format!("{}lease:{}", state.key_prefix, a.replica()))
         .query_async(&mut conn)
@@ -276,17 +279,14 @@ async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_re
 #[tokio::test]
 async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
     let state = state(&unique("t:"));
-    let a = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
-        .await
-        .unwrap();
+    let a = bare_store(&state).await;
     a.create("run_seen", "m", None).await.unwrap();
     let mut mine = a.subscribe("run_seen", 0).await.unwrap();
     for i in 0..199 {
         a.append("run_seen", CanonicalEvent::TextDelta { text: format!("{i} ") }).await.unwrap();
     }
     a.append("run_seen", CanonicalEvent::Finish { reason: StopReason::Stop }).await.unwrap();
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection().await;
     let hash = format!("{}run:run_seen", state.key_prefix);
     let read_and_check = async {
         let mut read = 0;
@@ -303,9 +303,7 @@ async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
     let info = info.unwrap();
     assert_eq!((info.status, info.num_events), (RunStatus::Finished, 200));
     // Another replica reads the same run from Redis, from a cursor inside a batch's entry.
-    let b = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
-        .await
-        .unwrap();
+    let b = bare_store(&state).await;
     let remote = b.status("run_seen").await.unwrap();
     assert_eq!((remote.status, remote.num_events), (RunStatus::Finished, 200));
     for from in [0, 57, 199] {
@@ -324,17 +322,14 @@ async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
 #[tokio::test]
 async fn an_event_that_would_leave_a_gap_in_redis_fails_the_shared_copy_only() {
     let state = state(&unique("t:"));
-    let a = RedisRunStore::connect(&state, &redis_url(), Duration::from_secs(60), 1 << 20)
-        .await
-        .unwrap();
+    let a = bare_store(&state).await;
     a.create("run_gap", "m", None).await.unwrap();
     let mut mine = a.subscribe("run_gap", 0).await.unwrap();
     a.append("run_gap", CanonicalEvent::TextDelta { text: "x".into() }).await.unwrap();
     mine.next().await.unwrap();
     // Redis's copy disagrees about how many events it holds (as after a batch that failed:
     // there, fewer; here, more, so that the next entry id would still be accepted).
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection().await;
     let hash = format!("{}run:run_gap", state.key_prefix);
     let _: () =
         redis::cmd("HSET").arg(&hash).arg("len").arg(5).query_async(&mut conn).await.unwrap();

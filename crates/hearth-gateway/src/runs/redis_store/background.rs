@@ -11,8 +11,8 @@ use hearth_protocol::{CanonicalEvent, ErrorKind};
 
 use super::{now_ms, remote, scripts, Shared};
 use crate::ledger::{LedgerRecord, LedgerStatus};
-use crate::runs::OrphanedRun;
 use crate::runs::RunStore;
+use crate::runs::{OrphanedRun, RunError};
 
 impl Shared {
     pub(super) async fn renew_lease(&self) -> redis::RedisResult<()> {
@@ -25,16 +25,30 @@ impl Shared {
             .await
     }
 
-    /// Changes a field of the run's hash if the run still exists (see `UPDATE_FIELD`).
-    pub(super) async fn update_field(&self, run_id: &str, field: &str, op: &str, value: i64) {
-        let result: redis::RedisResult<i64> = scripts::UPDATE_FIELD
+    /// Changes a field of the run's hash (`op`: `set` or `incr`) if the run still exists, never
+    /// recreating a run Redis no longer holds (see `UPDATE_FIELD`).
+    pub(super) async fn try_update_field(
+        &self,
+        run_id: &str,
+        field: &str,
+        op: &str,
+        value: i64,
+    ) -> Result<(), RunError> {
+        scripts::UPDATE_FIELD
             .key(self.keys.run(run_id))
             .arg(field)
             .arg(op)
             .arg(value)
-            .invoke_async(&mut self.conn())
-            .await;
-        if let Err(error) = result {
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .map(drop)
+            .map_err(super::unavailable)
+    }
+
+    /// [`Shared::try_update_field`] for bookkeeping whose loss only costs accuracy (reader
+    /// counts): a failure is logged, not returned.
+    pub(super) async fn update_field(&self, run_id: &str, field: &str, op: &str, value: i64) {
+        if let Err(error) = self.try_update_field(run_id, field, op, value).await {
             tracing::debug!(run_id, field, %error, "could not update a run's hash");
         }
     }

@@ -90,7 +90,7 @@ pub(crate) struct Shared {
 }
 
 /// What the replica keeps about a run it produces until its end is written.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Tracked {
     /// The sequence number of the next event appended.
     next_seq: u64,
@@ -105,15 +105,10 @@ struct Tracked {
     published: watch::Sender<bool>,
 }
 
-impl Default for Tracked {
-    fn default() -> Self {
-        Self {
-            next_seq: 0,
-            finishing: false,
-            detached: false,
-            published: watch::Sender::new(false),
-        }
-    }
+/// What `append` did with an event.
+enum Appended {
+    Queued(u64),
+    NotMine(CanonicalEvent),
 }
 
 pub struct RedisRunStore {
@@ -257,19 +252,6 @@ impl Shared {
         }
         answer
     }
-
-    /// Sets a field of the run's hash, never recreating a run Redis no longer holds.
-    async fn hset(&self, run_id: &str, field: &str, value: &str) -> Result<(), RunError> {
-        scripts::UPDATE_FIELD
-            .key(self.keys.run(run_id))
-            .arg(field)
-            .arg("set")
-            .arg(value)
-            .invoke_async::<i64>(&mut self.conn())
-            .await
-            .map(drop)
-            .map_err(unavailable)
-    }
 }
 
 #[async_trait::async_trait]
@@ -311,21 +293,23 @@ impl RunStore for RedisRunStore {
 
     async fn append(&self, run_id: &str, event: CanonicalEvent) -> Result<u64, RunError> {
         let s = &self.shared;
-        let mine = s.tracked().contains_key(run_id);
-        if !mine {
-            // Not a run this replica produces: the local store answers (not found, or ended).
-            return s.local.append(run_id, event).await;
-        }
         let json = serde_json::to_string(&event).unwrap_or_default();
-        s.queue(run_id, |tracked| match tracked.get_mut(run_id) {
-            Some(run) if !run.finishing => {
-                let seq = run.next_seq;
-                run.next_seq += 1;
-                (Some(Op::Event { seq, json, event }), Ok(seq))
-            }
-            _ => (None, Err(RunError::Ended(run_id.into()))),
-        })
-        .await
+        let appended = s
+            .queue(run_id, |tracked| match tracked.get_mut(run_id) {
+                Some(run) if !run.finishing => {
+                    let seq = run.next_seq;
+                    run.next_seq += 1;
+                    (Some(Op::Event { seq, json, event }), Ok(Appended::Queued(seq)))
+                }
+                Some(_) => (None, Err(RunError::Ended(run_id.into()))),
+                None => (None, Ok(Appended::NotMine(event))),
+            })
+            .await?;
+        match appended {
+            Appended::Queued(seq) => Ok(seq),
+            // Not a run this replica produces: the local store answers (not found, or ended).
+            Appended::NotMine(event) => s.local.append(run_id, event).await,
+        }
     }
 
     async fn finish(&self, run_id: &str, status: RunStatus) -> Result<RunInfo, RunError> {
@@ -376,7 +360,7 @@ impl RunStore for RedisRunStore {
         let info = remote::info(s, run_id).await?;
         if info.status == RunStatus::Running {
             // The flag reaches the producer with its next append, should the message be lost.
-            s.hset(run_id, "cancel", "1").await?;
+            s.try_update_field(run_id, "cancel", "set", 1).await?;
             redis::cmd("PUBLISH")
                 .arg(s.keys.cancel_channel())
                 .arg(run_id)

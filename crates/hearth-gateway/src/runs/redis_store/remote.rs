@@ -65,12 +65,6 @@ pub(super) fn info_from_hash(run_id: &str, hash: &HashMap<String, String>) -> Ru
     }
 }
 
-/// Adds the readers on other replicas to the producer's own count.
-pub(super) fn merge_readers(info: &mut RunInfo, hash: &HashMap<String, String>) {
-    info.num_subscribers += number(hash, "subs").max(0) as usize;
-    info.delivered |= number(hash, "delivered") != 0;
-}
-
 pub(super) async fn hash(s: &Shared, run_id: &str) -> Result<HashMap<String, String>, RunError> {
     redis::cmd("HGETALL")
         .arg(s.keys.run(run_id))

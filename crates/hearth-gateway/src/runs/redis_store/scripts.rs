@@ -28,7 +28,7 @@ use redis::Script;
 /// end stands), -3 when the id was taken, -4 when a command failed (the other runs of the batch
 /// are written all the same), -5 when an event would have left a gap; cancel 1 when a cancel
 /// was asked for (so a cancel whose message was lost still arrives); ended, when this batch
-/// ended the run, its readers on other replicas (`subs`, `delivered`) as field-value pairs.
+/// ended the run, `{subs, delivered}` (its readers on other replicas), else empty.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -39,7 +39,7 @@ local running, owner, now, ttl, safety = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARG
 -- fewer commands, the more runs a Redis serves.
 local function apply(hash, events, id, from, to)
     local state, exists, checked, gap, cancel, ended = 0, false, false, false, 0, {}
-    local len, written, readers, added = 0, 0, {'0', '0'}, {}
+    local len, written, readers, added = 0, 0, {0, 0}, {}
     local function check()
         if checked or state ~= 0 then return end
         checked = true
@@ -52,7 +52,7 @@ local function apply(hash, events, id, from, to)
         else
             len, written = tonumber(run[3]), tonumber(run[3])
             if run[4] then cancel = 1 end
-            readers = {run[5] or '0', run[6] or '0'}
+            readers = {tonumber(run[5]) or 0, tonumber(run[6]) or 0}
         end
     end
     -- Writes the events gathered so far as one entry, and the run's length.
@@ -105,7 +105,7 @@ local function apply(hash, events, id, from, to)
                 redis.call('HDEL', running, id)
                 redis.call('PEXPIRE', hash, ttl)
                 redis.call('PEXPIRE', events, ttl)
-                ended = {'subs', readers[1], 'delivered', readers[2]}
+                ended = readers
             end
             a = a + 2
         end

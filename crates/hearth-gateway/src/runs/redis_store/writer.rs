@@ -79,18 +79,23 @@ struct RunChanges {
     sent: bool,
     /// What the batch script said about the run.
     reply: Option<Reply>,
-    /// The run's hash in Redis after the batch ended it.
-    ended: Option<HashMap<String, String>>,
+    /// When the batch ended the run in Redis: its readers on other replicas.
+    ended: Option<RemoteReaders>,
 }
 
-/// What the batch script says about one run.
+/// What the batch script says about one run (its states are listed at `scripts::WRITE`).
 struct Reply {
-    /// 0: written; -1: Redis does not hold the run; -2: the run is no longer this replica's
-    /// running run (another replica ended it); -3: the run id was already taken.
     state: i64,
     cancel: bool,
-    /// The run's hash after its end, when the batch ended it.
-    ended: HashMap<String, String>,
+    /// When the batch ended the run: its readers on other replicas.
+    ended: Option<RemoteReaders>,
+}
+
+/// A run's readers on other replicas, as Redis counts them.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RemoteReaders {
+    subscribers: u64,
+    delivered: bool,
 }
 
 /// Takes queued changes, a batch at a time, until the store is dropped. Up to
@@ -165,7 +170,7 @@ async fn send(
             shared.detach(&run.run_id, &"Redis failed a moment ago");
         }
         run.detached = shared.is_detached(&run.run_id);
-        run.sent = !paused && !remote_ops(run).is_empty();
+        run.sent = !paused && run.ops.iter().any(|op| goes_to_redis(run, op));
     }
     let sent: Vec<&RunChanges> = runs.iter().filter(|run| run.sent).collect();
     if sent.is_empty() {
@@ -200,9 +205,9 @@ async fn apply(shared: &Shared, runs: Vec<RunChanges>, outcome: Result<(), Strin
     }
 }
 
-/// The changes of `run` that go to Redis: all of them, or a detached run's end alone.
-fn remote_ops(run: &RunChanges) -> Vec<&Op> {
-    run.ops.iter().filter(|op| !run.detached || matches!(op, Op::Finish { .. })).collect()
+/// Whether `op` of `run` goes to Redis: all changes do, but only the end of a detached run.
+fn goes_to_redis(run: &RunChanges, op: &Op) -> bool {
+    !run.detached || matches!(op, Op::Finish { .. })
 }
 
 async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResult<Vec<Reply>> {
@@ -214,10 +219,10 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
         .arg(SAFETY_EXPIRY.as_millis() as u64);
     for run in runs {
         call.key(shared.keys.run(&run.run_id)).key(shared.keys.events(&run.run_id));
-        let ops = remote_ops(run);
-        let arguments: usize = ops.iter().map(|op| 1 + op.arguments()).sum();
+        let ops = || run.ops.iter().filter(|op| goes_to_redis(run, op));
+        let arguments: usize = ops().map(|op| 1 + op.arguments()).sum();
         call.arg(&*run.run_id).arg(arguments);
-        for op in ops {
+        for op in ops() {
             match op {
                 Op::Create { model, record } => call.arg("c").arg(model).arg(record),
                 Op::Field { name, value } => call.arg("h").arg(*name).arg(value),
@@ -233,20 +238,21 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
             };
         }
     }
-    let replies: Vec<(i64, i64, Vec<String>)> = call.invoke_async(&mut shared.conn()).await?;
+    let replies: Vec<(i64, i64, Vec<i64>)> = call.invoke_async(&mut shared.conn()).await?;
     Ok(replies
         .into_iter()
-        .map(|(state, cancel, ended)| Reply { state, cancel: cancel != 0, ended: pairs(ended) })
+        .map(|(state, cancel, ended)| Reply {
+            state,
+            cancel: cancel != 0,
+            ended: match ended[..] {
+                [subscribers, delivered] => Some(RemoteReaders {
+                    subscribers: subscribers.max(0) as u64,
+                    delivered: delivered != 0,
+                }),
+                _ => None,
+            },
+        })
         .collect())
-}
-
-fn pairs(flat: Vec<String>) -> HashMap<String, String> {
-    let mut fields = flat.into_iter();
-    let mut hash = HashMap::new();
-    while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
-        hash.insert(field, value);
-    }
-    hash
 }
 
 async fn apply_reply(shared: &Shared, run: &mut RunChanges, reply: Reply) {
@@ -267,27 +273,27 @@ async fn apply_reply(shared: &Shared, run: &mut RunChanges, reply: Reply) {
         }
         _ => {}
     }
-    run.ended = Some(reply.ended).filter(|hash| !hash.is_empty());
+    run.ended = reply.ended;
 }
 
 /// Hands a run's changes of one batch to this replica's readers, in order.
 async fn apply_run_locally(shared: &Shared, run: RunChanges) {
     let finished = run.ops.iter().any(|op| matches!(op, Op::Finish { .. }));
     for op in run.ops {
-        apply_locally(shared, &run.run_id, op, run.ended.as_ref()).await;
+        apply_locally(shared, &run.run_id, op, run.ended).await;
     }
     if finished {
         shared.untrack(&run.run_id);
     }
 }
 
-/// Hands one change to this replica's own readers; `ended` is the run's hash in Redis after
-/// its end, whose readers on other replicas count with the local ones.
+/// Hands one change to this replica's own readers; `ended` holds the run's readers on other
+/// replicas once Redis ended it, which count with the local ones.
 pub(super) async fn apply_locally(
     shared: &Shared,
     run_id: &str,
     op: Op,
-    ended: Option<&HashMap<String, String>>,
+    ended: Option<RemoteReaders>,
 ) {
     match op {
         // Created locally when queued; now any replica can find it (or Redis failed it and
@@ -302,8 +308,9 @@ pub(super) async fn apply_locally(
         }
         Op::Finish { status, done } => {
             let mut info = shared.local.finish(run_id, status).await;
-            if let (Ok(info), Some(hash)) = (info.as_mut(), ended) {
-                remote::merge_readers(info, hash);
+            if let (Ok(info), Some(remote)) = (info.as_mut(), ended) {
+                info.num_subscribers += remote.subscribers as usize;
+                info.delivered |= remote.delivered;
             }
             let _ = done.send(info);
         }
