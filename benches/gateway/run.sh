@@ -10,7 +10,10 @@
 #      no ledger); and Hearth. What each adds is its difference from the direct call;
 #   2. nginx directly and Hearth unpaced with CONNECTIONS connections: the most requests a
 #      second, and errors;
-#   3. that the ledger holds one record per request Hearth answered.
+#   3. that the ledger holds one record per request Hearth answered;
+#   4. during the unpaced runs, the CPU time each process spent per request (Hearth, and for
+#      the shared-state Hearth also Redis and PostgreSQL), which is what decides the rate on a
+#      machine where all of them share the cores.
 # With SHARED=1 (the default) a second Hearth runs beside the first with its run buffers in
 # Redis and its ledger in PostgreSQL (REDIS_URL, POSTGRES_URL: the local servers by default,
 # the ledger in a fresh schema), measured in the same rounds and unpaced, so what shared state
@@ -127,6 +130,7 @@ EOF
 HEARTH_LOG=${HEARTH_LOG:-info} "$HEARTH" serve --models "$WORK/models" --config "$WORK/hearth.toml" \
     --addr "127.0.0.1:$HEARTH_PORT" 2> "$WORK/hearth.log" &
 PIDS+=($!)
+HEARTH_PID=$!
 
 TARGETS=()
 SHARED_URL=none
@@ -141,6 +145,7 @@ if [ "$SHARED" = 1 ]; then
     HEARTH_LOG=${HEARTH_LOG:-info} "$HEARTH" serve --models "$WORK/models" --config "$WORK/shared.toml" \
         --addr "127.0.0.1:$SHARED_PORT" 2> "$WORK/shared.log" &
     PIDS+=($!)
+    SHARED_PID=$!
     SHARED_URL="http://127.0.0.1:$SHARED_PORT/v1/chat/completions"
     TARGETS+=("**Hearth, Redis runs + PostgreSQL ledger**|$SHARED_URL")
 fi
@@ -165,6 +170,17 @@ wrk_json() {
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 errors() { echo $(( $(field "$1" non_2xx) + $(field "$1" socket_errors) + $(field "$1" incomplete) )); }
+# cpu_ticks PID...: user + system CPU time the processes have used, in clock ticks.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        total=$(( total + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}') ))
+    done
+    echo "$total"
+}
+# cpu_us TICKS REQUESTS: microseconds of CPU per request.
+cpu_us() { python3 -c "import os,sys; print(round(int(sys.argv[1]) * 1e6 / os.sysconf('SC_CLK_TCK') / max(1, int(sys.argv[2]))))" "$1" "$2"; }
 ms() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1000:.3f}')" "$1"; }
 added() { python3 -c "import sys; print(f'{(int(sys.argv[1]) - int(sys.argv[2])) / 1000:+.3f}')" "$1" "$2"; }
 
@@ -211,11 +227,23 @@ done
 
 echo "unpaced, $CONNECTIONS connections ($MAX_SECS s each)..." >&2
 max_direct=$(wrk_json "$DIRECT" "$MAX_SECS" "$CONNECTIONS" 0)
+before=$(cpu_ticks "$HEARTH_PID")
 max_hearth=$(wrk_json "$THROUGH" "$MAX_SECS" "$CONNECTIONS" 0)
+cpu_rows="| Hearth | $(cpu_us $(( $(cpu_ticks "$HEARTH_PID") - before )) "$(field "$max_hearth" requests)") | | |"
 hearth_sent=$(( hearth_sent + $(field "$max_hearth" requests) ))
 max_shared_row=""
 if [ "$SHARED" = 1 ]; then
+    # PostgreSQL's processes (its backends included) as they are at the start: the ledger's
+    # pool holds its connections open.
+    redis_pids=$(pgrep -x redis-server | xargs)
+    postgres_pids=$(pgrep -x postgres | xargs)
+    # shellcheck disable=SC2086 # the pid lists split into words on purpose
+    before=("$(cpu_ticks "$SHARED_PID")" "$(cpu_ticks $redis_pids)" "$(cpu_ticks $postgres_pids)")
     max_shared=$(wrk_json "http://127.0.0.1:$SHARED_PORT/v1/chat/completions" "$MAX_SECS" "$CONNECTIONS" 0)
+    # shellcheck disable=SC2086
+    after=("$(cpu_ticks "$SHARED_PID")" "$(cpu_ticks $redis_pids)" "$(cpu_ticks $postgres_pids)")
+    served=$(field "$max_shared" requests)
+    cpu_rows+=$'\n'"| Hearth, Redis runs + PostgreSQL ledger | $(cpu_us $(( after[0] - before[0] )) "$served") | $(cpu_us $(( after[1] - before[1] )) "$served") | $(cpu_us $(( after[2] - before[2] )) "$served") |"
     shared_sent=$(( shared_sent + $(field "$max_shared" requests) ))
     max_shared_row="| Hearth, Redis runs + PostgreSQL ledger | $(field "$max_shared" rps) | $(ms "$(field "$max_shared" p50_us)") | $(ms "$(field "$max_shared" p99_us)") | $(errors "$max_shared") |"
 fi
@@ -247,6 +275,12 @@ Unpaced, $CONNECTIONS connections, $THREADS wrk threads, $MAX_SECS s:
 | nginx directly | $(field "$max_direct" rps) | $(ms "$(field "$max_direct" p50_us)") | $(ms "$(field "$max_direct" p99_us)") | $(errors "$max_direct") |
 | Hearth | $(field "$max_hearth" rps) | $(ms "$(field "$max_hearth" p50_us)") | $(ms "$(field "$max_hearth" p99_us)") | $(errors "$max_hearth") |
 $max_shared_row
+
+CPU time per request during those unpaced runs, in microseconds:
+
+| | Hearth | Redis | PostgreSQL |
+|---|---|---|---|
+$cpu_rows
 
 Ledger: $ledger records written for $hearth_sent requests wrk completed through Hearth (wrk abandons up
 to one request per connection in flight when a run ends; Hearth finishes and records those too).

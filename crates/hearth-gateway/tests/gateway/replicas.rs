@@ -350,3 +350,62 @@ async fn an_event_that_would_leave_a_gap_in_redis_fails_the_shared_copy_only() {
     let held: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
     assert_eq!(held, 1, "the event after the gap was not written");
 }
+
+/// A run's creation rides its first change (here none: the id is handed out first, as an
+/// asynchronous prediction's is), and a run that starts and ends within one batch leaves Redis
+/// as tidy as one written over many: ended, expiring, out of the running set.
+#[tokio::test]
+async fn a_run_is_in_redis_once_its_id_is_out_and_tidy_once_it_ends() {
+    let state = state(&unique("t:"));
+    let (a, b) = (bare_store(&state).await, bare_store(&state).await);
+    a.create("run_quiet", "m", None).await.unwrap();
+    a.published("run_quiet").await;
+    let info = b.status("run_quiet").await.expect("published means any replica finds it");
+    assert_eq!((info.status, info.num_events), (RunStatus::Running, 0));
+    a.finish("run_quiet", RunStatus::Cancelled).await.unwrap();
+    assert_eq!(b.status("run_quiet").await.unwrap().status, RunStatus::Cancelled);
+
+    // A run that fails before any change: its creation and end are one entry of the writer's
+    // queue, so one batch both creates and ends it.
+    a.create("run_short", "m", None).await.unwrap();
+    a.finish("run_short", RunStatus::Failed).await.unwrap();
+    assert_eq!(b.status("run_short").await.unwrap().status, RunStatus::Failed);
+
+    // Creation, route, events and end queued back to back.
+    a.create("run_whole", "m", None).await.unwrap();
+    a.set_route("run_whole", "p/gpt").await.unwrap();
+    for text in ["x", "y"] {
+        a.append("run_whole", CanonicalEvent::TextDelta { text: text.into() }).await.unwrap();
+    }
+    a.finish("run_whole", RunStatus::Finished).await.unwrap();
+    let info = b.status("run_whole").await.unwrap();
+    assert_eq!(
+        (info.status, info.num_events, info.route.as_deref()),
+        (RunStatus::Finished, 2, Some("p/gpt"))
+    );
+    let events: Vec<RunEvent> = b.subscribe("run_whole", 1).await.unwrap().collect().await;
+    assert_eq!(text(&events), "y");
+    let mut conn = redis_connection().await;
+    let prefix = &state.key_prefix;
+    for run in ["run_quiet", "run_short", "run_whole"] {
+        let listed: bool = redis::cmd("HEXISTS")
+            .arg(format!("{prefix}running"))
+            .arg(run)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!listed, "{run} is out of the running set");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{prefix}run:{run}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "{run} expires with the store's ttl ({ttl} ms)");
+    }
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}run:run_whole:events"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "the events expire with the run ({ttl} ms)");
+}

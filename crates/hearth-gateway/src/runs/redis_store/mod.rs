@@ -27,7 +27,10 @@
 //! land in different slots.
 //!
 //! Run ids are made by the gateway (UUID v7), so a new run's id is not checked with Redis before
-//! the run starts; should Redis hold it already, the run goes on in this replica alone.
+//! the run starts; should Redis hold it already, the run goes on in this replica alone. A run's
+//! creation is written with its first change (its route, or its first event) or when its id is
+//! about to be handed out (`RunStore::published`), whichever comes first: no one can ask for a
+//! run before its id is out, and one batch writes the creation and the first events together.
 
 mod background;
 mod remote;
@@ -44,7 +47,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use writer::{Op, Queued};
+use writer::{Field, Op, Queued};
 
 use super::{InMemoryRunStore, OrphanedRun, RunError, RunInfo, RunStatus, RunStore, Subscription};
 use crate::config::StateSettings;
@@ -100,6 +103,9 @@ struct Tracked {
     /// run): it goes on in memory for its local readers, and its Redis copy is closed as
     /// failed at the end.
     detached: bool,
+    /// The run's creation (its model and the ledger record for its orphan), until it is
+    /// queued with the run's first change.
+    creation: Option<(String, String)>,
     /// Becomes true once the run's creation has been written (or given up on), so that its
     /// id can be handed out: any replica then finds it.
     published: watch::Sender<bool>,
@@ -227,7 +233,8 @@ impl Shared {
     /// Queues the change `decide` makes, deciding it under the `tracked` lock once the writer
     /// has room: so the order of one run's changes in the queue is the order of the sequence
     /// numbers they were given, and a caller that gives up while waiting for room has changed
-    /// nothing. Should the writer be gone (the store is being dropped), the change still
+    /// nothing. The run's creation, while not yet queued, goes first (even when `decide` makes
+    /// no change). Should the writer be gone (the store is being dropped), the change still
     /// reaches this replica's readers.
     async fn queue<T>(
         &self,
@@ -237,18 +244,23 @@ impl Shared {
         let room = self.writes.reserve().await;
         let (unsent, answer) = {
             let mut tracked = self.tracked();
+            let creation = tracked.get_mut(run_id).and_then(|run| run.creation.take());
+            let creation = creation.map(|(model, record)| Op::Create { model, record });
             let (op, answer) = decide(&mut tracked);
-            match (op, room) {
+            let queued = Queued { run_id: run_id.into(), creation, op };
+            match room {
                 // Sent while the lock is held: no other change to the run can come between.
-                (Some(op), Ok(room)) => {
-                    room.send(Queued { run_id: run_id.into(), op });
+                Ok(room) if queued.creation.is_some() || queued.op.is_some() => {
+                    room.send(queued);
                     (None, answer)
                 }
-                (op, _) => (op, answer),
+                _ => (Some(queued), answer),
             }
         };
-        if let Some(op) = unsent {
-            writer::apply_locally(self, run_id, op, None).await;
+        if let Some(Queued { creation, op, .. }) = unsent {
+            for op in creation.into_iter().chain(op) {
+                writer::apply_locally(self, run_id, op, None).await;
+            }
         }
         answer
     }
@@ -265,18 +277,14 @@ impl RunStore for RedisRunStore {
         let s = &self.shared;
         let token = s.local.create(run_id, model, None).await?;
         let record = record.and_then(|r| serde_json::to_string(r).ok()).unwrap_or_default();
-        let create = Op::Create { model: model.to_owned(), record };
-        s.queue(run_id, |tracked| {
-            tracked.insert(run_id.to_owned(), Tracked::default());
-            (Some(create), ())
-        })
-        .await;
+        let creation = Some((model.to_owned(), record));
+        s.tracked().insert(run_id.to_owned(), Tracked { creation, ..Tracked::default() });
         Ok(token)
     }
 
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError> {
         self.shared.local.set_route(run_id, route).await?;
-        let op = Op::Field { name: "route", value: route.to_owned() };
+        let op = Op::Field { name: Field::Route, value: route.to_owned() };
         self.shared.queue(run_id, |_| (Some(op), ())).await;
         Ok(())
     }
@@ -286,7 +294,7 @@ impl RunStore for RedisRunStore {
             Err(RunError::NotFound(_)) => {}
             other => other?,
         }
-        let op = Op::Field { name: "format", value: format.to_owned() };
+        let op = Op::Field { name: Field::Format, value: format.to_owned() };
         self.shared.queue(run_id, |_| (Some(op), ())).await;
         Ok(())
     }
@@ -376,6 +384,8 @@ impl RunStore for RedisRunStore {
     }
 
     async fn published(&self, run_id: &str) {
+        // Queues the run's creation should no change have taken it yet.
+        self.shared.queue(run_id, |_| (None, ())).await;
         let published = self.shared.tracked().get(run_id).map(|run| run.published.subscribe());
         if let Some(mut published) = published {
             // An error means the run has ended meanwhile: its creation was written before.

@@ -10,120 +10,108 @@ use redis::Script;
 ///
 /// KEYS: the running hash (run id → owner), then each run's hash and events Stream. ARGV: the
 /// owner replica, now (ms), the ttl of an ended run (ms), the safety expiry (ms); then for each
-/// run its id, the number of arguments its changes take, and the changes, each a kind and its
-/// arguments:
-/// - `c model record`: creates the run (with the ledger record to write should the producer
-///   disappear) and expires it after the safety expiry, in case its end never reaches Redis;
-/// - `h field value`: sets a field of the run's hash (route, format) if the run exists;
-/// - `e seq json`: appends event `seq` if the run holds exactly `seq` events (an earlier batch
-///   that failed leaves a gap no later event may cross). The batch's events of a run go in one
-///   Stream entry, a JSON array in its field `e`, whose id is `0-{n}` for `n` the run's events
-///   after it: reading from event `N` on is `XREAD … 0-N`, and the reader skips the first
-///   entry's events before `N`;
-/// - `x status`: ends the run (as failed after a gap); it then expires after the ttl.
+/// run the batch's changes to it, gathered by the writer into ten arguments:
+/// 1. its id;
+/// 2. `1` to create the run (it then expires after the safety expiry, in case its end never
+///    reaches Redis), else empty;
+/// 3. the model and 4. the ledger record to write should the producer disappear (creation);
+/// 5. its route and 6. its stream format, each empty when not set by this batch;
+/// 7. the sequence number of its first event in the batch (empty with no events; `-1` when the
+///    batch's events do not follow each other) and 8. how many there are: they are written
+///    only if the run holds exactly that many events already (an earlier batch that failed
+///    leaves a gap no later event may cross);
+/// 9. the events, as one JSON array. They go in one Stream entry (field `e`) whose id is
+///    `0-{n}` for `n` the run's events after it: reading from event `N` on is `XREAD … 0-N`,
+///    and the reader skips the first entry's events before `N`;
+/// 10. the status it ends with (failed after a gap), empty while it runs on; an ended run
+///     expires after the ttl.
 ///
-/// Events and the end are written only while the run is running and this replica's. Returns,
-/// for each run, `{state, cancel, ended}`: state 0 when written, -1 when Redis does not hold
-/// the run, -2 when it is no longer this replica's running run (another replica ended it: its
-/// end stands), -3 when the id was taken, -4 when a command failed (the other runs of the batch
-/// are written all the same), -5 when an event would have left a gap; cancel 1 when a cancel
-/// was asked for (so a cancel whose message was lost still arrives); ended, when this batch
-/// ended the run, `{subs, delivered}` (its readers on other replicas), else empty.
+/// Each run's share is written with as few commands as it allows (at most one `XADD` and one
+/// `HSET`), and its arguments are few and fixed: Redis's time per run is mostly the cost of
+/// each command and argument. Events and the end are written only while the run is running and
+/// this replica's. Returns, for each run, `{state, cancel, ended}`: state 0 when written, -1
+/// when Redis does not hold the run, -2 when it is no longer this replica's running run
+/// (another replica ended it: its end stands), -3 when the id was taken, -4 when a command
+/// failed (the other runs of the batch are written all the same), -5 when an event would have
+/// left a gap; cancel 1 when a cancel was asked for (so a cancel whose message was lost still
+/// arrives); ended, when this batch ended the run, `{subs, delivered}` (its readers on other
+/// replicas), else empty.
 pub(super) static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local running, owner, now, ttl, safety = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
--- One run's changes, ARGV[from] to ARGV[to]; returns its state, whether a cancel was asked
--- for and, if it ended, its readers. Each field is read once and `len` written once: the
--- fewer commands, the more runs a Redis serves.
-local function apply(hash, events, id, from, to)
-    local state, exists, checked, gap, cancel, ended = 0, false, false, false, 0, {}
-    local len, written, readers, added = 0, 0, {0, 0}, {}
-    local function check()
-        if checked or state ~= 0 then return end
-        checked = true
-        local run = redis.call('HMGET', hash, 'status', 'owner', 'len', 'cancel', 'subs',
+-- Writes one run's share of the batch, its arguments from ARGV[a] on (listed above).
+local function apply(hash, events, a)
+    local id, create, route, format = ARGV[a], ARGV[a + 1] == '1', ARGV[a + 4], ARGV[a + 5]
+    local first, count, status = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), ARGV[a + 9]
+    local fields, len, cancel, readers = {}, 0, 0, {0, 0}
+    if route ~= '' then fields[#fields + 1] = 'route'; fields[#fields + 1] = route end
+    if format ~= '' then fields[#fields + 1] = 'format'; fields[#fields + 1] = format end
+    if create then
+        if redis.call('EXISTS', hash) == 1 then return -3, 0, {} end
+        for _, v in ipairs({'model', ARGV[a + 2], 'owner', owner, 'status', 'running',
+                'created_ms', now, 'subs', 0, 'delivered', 0, 'record', ARGV[a + 3]}) do
+            fields[#fields + 1] = v
+        end
+    else
+        local held = redis.call('HMGET', hash, 'status', 'owner', 'len', 'cancel', 'subs',
             'delivered')
-        if not run[1] then
-            state = -1
-        elseif run[1] ~= 'running' or run[2] ~= owner then
-            state = -2
+        if not held[1] then return -1, 0, {} end
+        if held[1] ~= 'running' or held[2] ~= owner then
+            -- Not this replica's running run: its fields may still be set, nothing else.
+            if #fields > 0 then redis.call('HSET', hash, unpack(fields)) end
+            if count > 0 or status ~= '' then return -2, 0, {} end
+            return 0, 0, {}
+        end
+        len = tonumber(held[3])
+        if held[4] then cancel = 1 end
+        readers = {tonumber(held[5]) or 0, tonumber(held[6]) or 0}
+    end
+    local gap, before = false, len
+    if count > 0 then
+        if first ~= len then
+            gap = true
         else
-            len, written = tonumber(run[3]), tonumber(run[3])
-            if run[4] then cancel = 1 end
-            readers = {tonumber(run[5]) or 0, tonumber(run[6]) or 0}
+            len = len + count
+            redis.call('XADD', events, '0-' .. len, 'e', ARGV[a + 8])
         end
     end
-    -- Writes the events gathered so far as one entry, and the run's length.
-    local function save_len()
-        if len == written then return end
-        redis.call('XADD', events, '0-' .. len, 'e', '[' .. table.concat(added, ',') .. ']')
-        if written == 0 then redis.call('PEXPIRE', events, safety) end
-        redis.call('HSET', hash, 'len', len)
-        written, added = len, {}
+    if len ~= before or create then
+        fields[#fields + 1] = 'len'
+        fields[#fields + 1] = len
     end
-    local a = from
-    while a <= to do
-        local kind = ARGV[a]
-        if kind == 'c' then
-            if redis.call('EXISTS', hash) == 1 then
-                state = -3
-            else
-                redis.call('HSET', hash, 'model', ARGV[a + 1], 'owner', owner,
-                    'status', 'running', 'created_ms', now, 'len', 0, 'subs', 0,
-                    'delivered', 0, 'record', ARGV[a + 2])
-                redis.call('PEXPIRE', hash, safety)
-                redis.call('HSET', running, id, owner)
-                exists, checked = true, true
-            end
-            a = a + 3
-        elseif kind == 'h' then
-            if state == 0 and (exists or redis.call('EXISTS', hash) == 1) then
-                redis.call('HSET', hash, ARGV[a + 1], ARGV[a + 2])
-                exists = true
-            end
-            a = a + 3
-        elseif kind == 'e' then
-            check()
-            if state == 0 and not gap then
-                if tonumber(ARGV[a + 1]) ~= len then
-                    gap = true
-                else
-                    len = len + 1
-                    added[#added + 1] = ARGV[a + 2]
-                end
-            end
-            a = a + 3
-        else
-            check()
-            if state == 0 then
-                save_len()
-                local status = ARGV[a + 1]
-                if gap then status = 'failed' end
-                redis.call('HSET', hash, 'status', status, 'finished_ms', now)
-                redis.call('HDEL', running, id)
-                redis.call('PEXPIRE', hash, ttl)
-                redis.call('PEXPIRE', events, ttl)
-                ended = readers
-            end
-            a = a + 2
+    if status ~= '' then
+        fields[#fields + 1] = 'status'
+        fields[#fields + 1] = gap and 'failed' or status
+        fields[#fields + 1] = 'finished_ms'
+        fields[#fields + 1] = now
+    end
+    if #fields > 0 then redis.call('HSET', hash, unpack(fields)) end
+    local ended = {}
+    if status ~= '' then
+        if not create then redis.call('HDEL', running, id) end
+        redis.call('PEXPIRE', hash, ttl)
+        if len > 0 then redis.call('PEXPIRE', events, ttl) end
+        ended = readers
+    else
+        if create then
+            redis.call('HSET', running, id, owner)
+            redis.call('PEXPIRE', hash, safety)
         end
+        if before == 0 and len > 0 then redis.call('PEXPIRE', events, safety) end
     end
-    if state == 0 then save_len() end
-    if state == 0 and gap then state = -5 end
-    return state, cancel, ended
+    if gap then return -5, cancel, ended end
+    return 0, cancel, ended
 end
 
-local out = {}
-local a = 5
-for r = 1, (#KEYS - 1) / 2 do
-    local hash, events = KEYS[2 * r], KEYS[2 * r + 1]
-    local id, to = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
-    local ok, state, cancel, ended = pcall(apply, hash, events, id, a + 2, to)
+local out, runs = {}, (#KEYS - 1) / 2
+local per_run = (#ARGV - 4) / runs
+for r = 1, runs do
+    local first_arg = 5 + (r - 1) * per_run
+    local ok, state, cancel, ended = pcall(apply, KEYS[2 * r], KEYS[2 * r + 1], first_arg)
     if not ok then state, cancel, ended = -4, 0, {} end
     out[r] = {state, cancel, ended}
-    a = to + 1
 end
 return out",
     )

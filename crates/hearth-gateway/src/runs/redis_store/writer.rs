@@ -37,9 +37,9 @@ pub(super) enum Op {
         model: String,
         record: String,
     },
-    /// Sets a field of the run's hash (route, format) if the run exists in Redis.
+    /// Sets a field of the run's hash if the run exists in Redis.
     Field {
-        name: &'static str,
+        name: Field,
         value: String,
     },
     Event {
@@ -53,19 +53,19 @@ pub(super) enum Op {
     },
 }
 
-impl Op {
-    /// The arguments the change takes in the batch script, after its kind.
-    fn arguments(&self) -> usize {
-        match self {
-            Op::Create { .. } | Op::Field { .. } | Op::Event { .. } => 2,
-            Op::Finish { .. } => 1,
-        }
-    }
+/// The fields of a run's hash set after its creation.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Field {
+    Route,
+    Format,
 }
 
+/// One entry of the writer's queue: a change to a run, after the run's creation when that had
+/// not been queued yet.
 pub(super) struct Queued {
     pub run_id: Arc<str>,
-    pub op: Op,
+    pub creation: Option<Op>,
+    pub op: Option<Op>,
 }
 
 /// One run's changes in a batch, in the order they were queued.
@@ -149,12 +149,12 @@ async fn gather(first: Queued, queue: &mut mpsc::Receiver<Queued>) -> Vec<Queued
 fn group(batch: Vec<Queued>) -> Vec<RunChanges> {
     let mut index: HashMap<Arc<str>, usize> = HashMap::new();
     let mut runs: Vec<RunChanges> = Vec::new();
-    for Queued { run_id, op } in batch {
+    for Queued { run_id, creation, op } in batch {
         let at = *index.entry(run_id.clone()).or_insert_with(|| {
             runs.push(RunChanges { run_id, ops: Vec::new(), ..RunChanges::default() });
             runs.len() - 1
         });
-        runs[at].ops.push(op);
+        runs[at].ops.extend(creation.into_iter().chain(op));
     }
     runs
 }
@@ -219,24 +219,23 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
         .arg(SAFETY_EXPIRY.as_millis() as u64);
     for run in runs {
         call.key(shared.keys.run(&run.run_id)).key(shared.keys.events(&run.run_id));
-        let ops = || run.ops.iter().filter(|op| goes_to_redis(run, op));
-        let arguments: usize = ops().map(|op| 1 + op.arguments()).sum();
-        call.arg(&*run.run_id).arg(arguments);
-        for op in ops() {
-            match op {
-                Op::Create { model, record } => call.arg("c").arg(model).arg(record),
-                Op::Field { name, value } => call.arg("h").arg(*name).arg(value),
-                Op::Event { seq, json, .. } => call.arg("e").arg(seq).arg(json),
-                // A detached run's copy in Redis may lack events: it ends as failed.
-                Op::Finish { status, .. } => {
-                    call.arg("x").arg(remote::status_name(if run.detached {
-                        RunStatus::Failed
-                    } else {
-                        *status
-                    }))
-                }
-            };
-        }
+        let share = Share::of(run);
+        let first = match share.first {
+            None => String::new(),
+            Some(_) if share.broken => "-1".to_owned(),
+            Some(first) => first.to_string(),
+        };
+        let (model, record) = share.create.unwrap_or_default();
+        call.arg(&*run.run_id)
+            .arg(if share.create.is_some() { "1" } else { "" })
+            .arg(model)
+            .arg(record)
+            .arg(share.route)
+            .arg(share.format)
+            .arg(first)
+            .arg(share.count)
+            .arg(share.events)
+            .arg(share.status);
     }
     let replies: Vec<(i64, i64, Vec<i64>)> = call.invoke_async(&mut shared.conn()).await?;
     Ok(replies
@@ -253,6 +252,52 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
             },
         })
         .collect())
+}
+
+/// A run's changes in one batch, gathered as the `WRITE` script takes them (one argument each).
+#[derive(Default)]
+struct Share<'a> {
+    /// The model and the orphan's ledger record, when the batch creates the run.
+    create: Option<(&'a str, &'a str)>,
+    route: &'a str,
+    format: &'a str,
+    /// The first event's sequence number; `broken` when the others do not follow it.
+    first: Option<u64>,
+    broken: bool,
+    count: usize,
+    /// The events as one JSON array.
+    events: String,
+    /// The status the run ends with; empty while it runs on.
+    status: &'static str,
+}
+
+impl<'a> Share<'a> {
+    fn of(run: &'a RunChanges) -> Self {
+        let mut share = Share::default();
+        for op in run.ops.iter().filter(|op| goes_to_redis(run, op)) {
+            match op {
+                Op::Create { model, record } => share.create = Some((model, record)),
+                Op::Field { name: Field::Route, value } => share.route = value,
+                Op::Field { name: Field::Format, value } => share.format = value,
+                Op::Event { seq, json, .. } => {
+                    let first = *share.first.get_or_insert(*seq);
+                    share.broken |= *seq != first + share.count as u64;
+                    share.events.push(if share.count == 0 { '[' } else { ',' });
+                    share.events.push_str(json);
+                    share.count += 1;
+                }
+                // A detached run's copy in Redis may lack events: it ends as failed.
+                Op::Finish { status, .. } => {
+                    let status = if run.detached { RunStatus::Failed } else { *status };
+                    share.status = remote::status_name(status);
+                }
+            }
+        }
+        if share.count > 0 {
+            share.events.push(']');
+        }
+        share
+    }
 }
 
 async fn apply_reply(shared: &Shared, run: &mut RunChanges, reply: Reply) {
