@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 scripts/services.sh
 cargo test --workspace
 
+# The dashboard's browser test drives Debian's chromium (Playwright's own browsers are never
+# downloaded).
+if ! command -v chromium >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 # Client-library tests need Python packages; they go into a project-local virtualenv.
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -50,6 +50,18 @@ routes = ["up-openai/gpt-fake"]
 [[models]]
 id = "upstream-claude"
 routes = ["up-anthropic/claude-fake"]
+
+[[models]]
+id = "upstream-priced"
+routes = ["up-openai/gpt-fake"]
+input_price_per_mtok = 1.0
+output_price_per_mtok = 2.0
+
+[[models]]
+id = "upstream-slow"
+routes = ["up-openai/gpt-slow"]
+input_price_per_mtok = 1.0
+output_price_per_mtok = 2.0
 """)
     return config
 

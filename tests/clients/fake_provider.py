@@ -2,25 +2,31 @@
 
 It answers OpenAI chat completions (`POST /v1/chat/completions`) and Anthropic messages
 (`POST /v1/messages`) with hand-written server-sent events shaped like the vendors' own. Hearth
-always streams from its upstreams, so streamed answers are all it needs to speak.
+always streams from its upstreams, so streamed answers are all it needs to speak. The OpenAI
+model `gpt-slow` streams for about a minute (a word every 0.1 s), for tests that watch or cancel
+a run while it streams.
 """
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TEXTS = ["Hello", " from", " upstream"]
 PROMPT_TOKENS = 11
 COMPLETION_TOKENS = 7
+SLOW_MODEL = "gpt-slow"
+SLOW_WORDS = 600
+SLOW_GAP_SECONDS = 0.1
 
 
-def _openai_frames():
+def _openai_frames(texts=TEXTS):
     def chunk(delta, finish=None):
         return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
                 "model": "gpt-fake", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
     yield chunk({"role": "assistant", "content": ""})
-    for text in TEXTS:
+    for text in texts:
         yield chunk({"content": text})
     yield chunk({}, "stop")
     yield {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "gpt-fake",
@@ -48,9 +54,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):  # noqa: N802 (the standard library's name)
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        slow = False
         if self.path.endswith("/chat/completions"):
-            frames = [f"data: {json.dumps(c)}\n\n" for c in _openai_frames()] + ["data: [DONE]\n\n"]
+            slow = json.loads(body or b"{}").get("model") == SLOW_MODEL
+            texts = [" word"] * SLOW_WORDS if slow else TEXTS
+            frames = [f"data: {json.dumps(c)}\n\n" for c in _openai_frames(texts)] + ["data: [DONE]\n\n"]
         elif self.path.endswith("/messages"):
             frames = [f"event: {name}\ndata: {json.dumps(d)}\n\n" for name, d in _anthropic_events()]
         else:
@@ -60,9 +69,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", "text/event-stream")
         self.send_header("connection", "close")
         self.end_headers()
-        for frame in frames:
-            self.wfile.write(frame.encode())
-            self.wfile.flush()
+        try:
+            for frame in frames:
+                self.wfile.write(frame.encode())
+                self.wfile.flush()
+                if slow:
+                    time.sleep(SLOW_GAP_SECONDS)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # Hearth hung up: the run was cancelled.
         self.close_connection = True
 
     def log_message(self, *args):

@@ -18,9 +18,10 @@ use crate::config::GatewaySettings;
 use crate::keys::{ApiKey, Keys};
 use crate::ledger::{
     BatchedLedger, CallerMetadata, Ledger, LedgerError, LedgerRecord, MetadataError, SqliteLedger,
-    UsageGroup, UsageQuery,
+    UsageBucket, UsageGroup, UsageQuery,
 };
 use crate::limits::{self, LimitError, Limits, MemoryLimiter, Usage};
+use crate::live::{LiveRunView, LiveRuns};
 use crate::producer::{self, RunJob};
 use crate::router::{RetryPolicy, RouteHealth};
 use crate::runs::{InMemoryRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription};
@@ -145,6 +146,7 @@ impl Gateway {
             cache,
             backends,
             tasks: TaskTracker::new(),
+            live: LiveRuns::default(),
         });
         if let Some(every) = inner.runs.sweep_interval() {
             tokio::spawn(sweep_orphans(Arc::downgrade(&inner), every));
@@ -300,6 +302,20 @@ impl Gateway {
 
     pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
         self.inner.ledger.usage(query).await
+    }
+
+    /// The runs this daemon is producing now, oldest first (with replicas, each lists its own).
+    pub fn live_runs(&self) -> Vec<LiveRunView> {
+        self.inner.live.snapshot()
+    }
+
+    /// Usage over time, in buckets of `bucket` (see [`Ledger::usage_series`]).
+    pub async fn usage_series(
+        &self,
+        query: &UsageQuery,
+        bucket: std::time::Duration,
+    ) -> Result<Vec<UsageBucket>, LedgerError> {
+        self.inner.ledger.usage_series(query, bucket).await
     }
 
     /// Waits until every producer started so far has ended and its ledger record is stored

@@ -15,6 +15,7 @@ mod gateway;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+mod live;
 mod pricing;
 mod producer;
 pub mod providers;
@@ -46,8 +47,11 @@ pub use hearth_python::{
     files::FileConfig, Event as PredictionEvent, Schema as PredictorSchema, SetupReport, Worker,
     WorkerStatus, COG_SDK_VERSION,
 };
-pub use ledger::{GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery};
+pub use ledger::{
+    GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageBucket, UsageGroup, UsageQuery, UsageRow,
+};
 pub use limits::{LimitConfig, LimitError};
+pub use live::LiveRunView;
 pub use pricing::Prices;
 pub use python::{PredictRunError, PredictionRun};
 pub use runs::{

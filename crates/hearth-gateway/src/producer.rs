@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
 use crate::limits::{Reservation, Usage};
+use crate::live::LiveRun;
 use crate::pricing::Prices;
 use crate::providers::EventStream;
 use crate::router::{self, Committed, Target};
@@ -46,10 +47,13 @@ struct Tally {
     terminal: bool,
     /// Every event, kept only when the answer goes to the response cache.
     kept: Option<Vec<CanonicalEvent>>,
+    /// The run as the admin API lists it while it lives.
+    live: Arc<LiveRun>,
 }
 
 impl Tally {
     fn observe(&mut self, event: &CanonicalEvent) {
+        self.live.observe(event);
         match event {
             CanonicalEvent::Usage { usage } => self.usage = *usage,
             CanonicalEvent::Error { error } => self.error = Some(error.clone()),
@@ -85,6 +89,8 @@ impl Tally {
 
 pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) {
     let started_at = Utc::now();
+    // Unlisted when the producer ends, however it ends.
+    let listed = inner.live.list(&job.run_id, &job.request.model, &job.metadata);
     let mut tally = Tally {
         started: Instant::now(),
         route: None,
@@ -93,6 +99,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
         error: None,
         terminal: false,
         kept: job.cache_put.as_ref().map(|_| Vec::new()),
+        live: listed.run.clone(),
     };
     let opened =
         router::open(&job.targets, &job.request, &inner.policy, &inner.health, &job.cancel).await;
@@ -133,6 +140,7 @@ async fn buffer_prefix(
     if let Err(e) = inner.runs.set_route(run_id, &committed.route).await {
         tracing::warn!(run_id, error = %e, "could not record the run's route");
     }
+    tally.live.set_route(&committed.route);
     tally.route = Some(committed.route);
     for event in committed.prefix {
         append(inner, run_id, event, tally).await;

@@ -10,6 +10,7 @@ use crate::catalog::Catalog;
 use crate::keys::Keys;
 use crate::ledger::Ledger;
 use crate::limits::{Limiter, Limits};
+use crate::live::LiveRuns;
 use crate::router::{RetryPolicy, RouteHealth};
 use crate::runs::RunStore;
 
@@ -60,4 +61,6 @@ pub(crate) struct Inner {
     pub backends: Backends,
     /// Every producer and embedding run, so shutdown can wait for their ledger records.
     pub tasks: TaskTracker,
+    /// The runs this daemon's producers are making now.
+    pub live: LiveRuns,
 }

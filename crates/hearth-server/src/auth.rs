@@ -35,7 +35,9 @@ pub(crate) fn keyed_caller() -> Caller {
 }
 
 fn exempt(path: &str) -> bool {
-    matches!(path, "/health" | "/health/ready" | "/metrics") || path.starts_with("/admin/")
+    matches!(path, "/health" | "/health/ready" | "/metrics" | "/favicon.ico" | "/dashboard")
+        || path.starts_with("/admin/")
+        || path.starts_with("/dashboard/")
 }
 
 /// The secret a request carries: `Authorization: Bearer …`, else `x-api-key`.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 
-use super::{Ledger, LedgerError, LedgerRecord, UsageGroup, UsageQuery};
+use super::{Ledger, LedgerError, LedgerRecord, UsageQuery, UsageRow};
 
 /// Records waiting for the writer; past this, producers wait.
 const QUEUE: usize = 8_192;
@@ -104,9 +104,13 @@ impl Ledger for BatchedLedger {
         self.store.get(run_id).await
     }
 
-    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
+    async fn usage_rows(
+        &self,
+        query: &UsageQuery,
+        bucket: Option<Duration>,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
         self.flush().await;
-        self.store.usage(query).await
+        self.store.usage_rows(query, bucket).await
     }
 
     async fn flush(&self) {

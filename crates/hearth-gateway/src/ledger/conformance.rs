@@ -1,5 +1,7 @@
 //! What every ledger must do, run by each one's tests against a fresh store.
 
+use std::time::Duration;
+
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
@@ -58,4 +60,43 @@ pub(crate) async fn usage_respects_the_time_window(ledger: &dyn Ledger) {
     assert_eq!(ledger.usage(&inside).await.unwrap()[0].requests, 1);
     let after = UsageQuery { group_by: GroupBy::Model, since: at(1_001), until: None };
     assert!(ledger.usage(&after).await.unwrap().is_empty());
+}
+
+/// How runs ended (failed, cancelled, answered from the cache) is counted per group, and a
+/// series puts each run in the bucket its start falls in.
+pub(crate) async fn usage_counts_outcomes_and_buckets_by_time(ledger: &dyn Ledger) {
+    let at = |run_id: &str, ms: i64, status: LedgerStatus, cached: bool| LedgerRecord {
+        status,
+        cached,
+        started_at: Utc.timestamp_millis_opt(ms).unwrap(),
+        ended_at: Utc.timestamp_millis_opt(ms + 40).unwrap(),
+        ..record(run_id, "m", Some("red"), Some("0.25"))
+    };
+    ledger.record(&at("r1", 60_000, LedgerStatus::Finished, false)).await.unwrap();
+    ledger.record(&at("r2", 61_000, LedgerStatus::Failed, false)).await.unwrap();
+    ledger.record(&at("r3", 119_999, LedgerStatus::Finished, true)).await.unwrap();
+    ledger.record(&at("r4", 120_000, LedgerStatus::Cancelled, false)).await.unwrap();
+    ledger.record(&at("r5", 240_000, LedgerStatus::Rejected, false)).await.unwrap();
+    let query = UsageQuery { group_by: GroupBy::Metadata("team".into()), since: None, until: None };
+
+    let totals = ledger.usage(&query).await.unwrap();
+    assert_eq!(totals.len(), 1);
+    let red = &totals[0];
+    assert_eq!(red.key.as_deref(), Some("red"));
+    assert_eq!(
+        (red.requests, red.rejected, red.failed, red.cancelled, red.cached),
+        (4, 1, 1, 1, 1)
+    );
+
+    let series = ledger.usage_series(&query, Duration::from_secs(60)).await.unwrap();
+    let starts: Vec<i64> = series.iter().map(|b| b.start.timestamp_millis()).collect();
+    assert_eq!(starts, vec![60_000, 120_000, 240_000], "only buckets holding runs, in order");
+    let first = &series[0].groups[0];
+    assert_eq!((first.requests, first.failed, first.cached), (3, 1, 1));
+    assert_eq!(first.cost, "0.75".parse().unwrap());
+    assert_eq!((series[1].groups[0].requests, series[1].groups[0].cancelled), (1, 1));
+    assert_eq!((series[2].groups[0].requests, series[2].groups[0].rejected), (0, 1));
+    // The bucket totals add up to the totals.
+    let summed: u64 = series.iter().flat_map(|b| &b.groups).map(|g| g.requests).sum();
+    assert_eq!(summed, red.requests);
 }

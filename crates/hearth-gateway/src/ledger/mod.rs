@@ -10,6 +10,7 @@ mod rows;
 mod sqlite;
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -155,7 +156,7 @@ pub struct UsageQuery {
     pub until: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UsageGroup {
     /// The group's value (a model id, a route, a metadata value); `None` for "not set".
     pub key: Option<String>,
@@ -163,11 +164,31 @@ pub struct UsageGroup {
     pub requests: u64,
     /// Runs refused before any route served them; never billed.
     pub rejected: u64,
+    /// Of `requests`, those that ended failed (no route answered, or the answer broke off).
+    pub failed: u64,
+    /// Of `requests`, those cancelled.
+    pub cancelled: u64,
+    /// Of `requests`, those answered from the response cache.
+    pub cached: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cached_input_tokens: u64,
     /// The sum of the known costs in the group.
     pub cost: Decimal,
+}
+
+/// One time bucket of a usage series: the groups of the runs started in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageBucket {
+    pub start: DateTime<Utc>,
+    pub groups: Vec<UsageGroup>,
+}
+
+/// One row of a usage query: a group, and when bucketed, its bucket's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub bucket: Option<DateTime<Utc>>,
+    pub group: UsageGroup,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +214,33 @@ pub trait Ledger: Send + Sync {
     /// Waits until every record handed over so far is stored.
     async fn flush(&self) {}
     async fn get(&self, run_id: &str) -> Result<Option<LedgerRecord>, LedgerError>;
-    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError>;
+    /// Usage as `query` groups it; with `bucket`, apart for each time bucket of that length
+    /// (counted from the epoch) that holds runs, ordered by bucket, then group.
+    async fn usage_rows(
+        &self,
+        query: &UsageQuery,
+        bucket: Option<Duration>,
+    ) -> Result<Vec<UsageRow>, LedgerError>;
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
+        let rows = self.usage_rows(query, None).await?;
+        Ok(rows.into_iter().map(|row| row.group).collect())
+    }
+    /// Usage over time: the buckets of `bucket`'s length that hold runs, oldest first.
+    async fn usage_series(
+        &self,
+        query: &UsageQuery,
+        bucket: Duration,
+    ) -> Result<Vec<UsageBucket>, LedgerError> {
+        let mut series: Vec<UsageBucket> = Vec::new();
+        for UsageRow { bucket: start, group } in self.usage_rows(query, Some(bucket)).await? {
+            let start = start.unwrap_or_default();
+            match series.last_mut() {
+                Some(last) if last.start == start => last.groups.push(group),
+                _ => series.push(UsageBucket { start, groups: vec![group] }),
+            }
+        }
+        Ok(series)
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
-use super::rows::{group_from_row, millis, record_from_row, to_i64, to_nanos, usage_sql};
-use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageGroup, UsageQuery};
+use super::rows::{millis, record_from_row, to_i64, to_nanos, usage_row, usage_sql};
+use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageQuery, UsageRow};
 
 /// The ledger's schema versions, oldest first.
 const MIGRATIONS: [(i64, &str, &str); 3] = [
@@ -85,8 +85,13 @@ impl Ledger for PostgresLedger {
         row.map(|row| record_from_row(&row)).transpose()
     }
 
-    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
-        let sql = usage_sql(&query.group_by, |n| format!("${n}"));
+    async fn usage_rows(
+        &self,
+        query: &UsageQuery,
+        bucket: Option<Duration>,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        let bucket_ms = bucket.map(|b| to_i64(b.as_millis().max(1) as u64));
+        let sql = usage_sql(&query.group_by, bucket_ms, |n| format!("${n}"));
         let mut statement = sqlx::query(&sql);
         if let GroupBy::Metadata(metadata_key) = &query.group_by {
             statement = statement.bind(metadata_key.as_str());
@@ -96,7 +101,7 @@ impl Ledger for PostgresLedger {
             .bind(query.until.as_ref().map_or(i64::MAX, millis))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(group_from_row).collect()
+        rows.iter().map(|row| usage_row(row, bucket_ms.is_some())).collect()
     }
 }
 
@@ -177,6 +182,11 @@ mod tests {
     #[tokio::test]
     async fn usage_respects_the_time_window() {
         conformance::usage_respects_the_time_window(&ledger().await).await;
+    }
+
+    #[tokio::test]
+    async fn usage_counts_outcomes_and_buckets_by_time() {
+        conformance::usage_counts_outcomes_and_buckets_by_time(&ledger().await).await;
     }
 
     #[tokio::test]

@@ -6,7 +6,9 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{CallerMetadata, GroupBy, LedgerError, LedgerRecord, LedgerStatus, UsageGroup};
+use super::{
+    CallerMetadata, GroupBy, LedgerError, LedgerRecord, LedgerStatus, UsageGroup, UsageRow,
+};
 
 pub(super) use crate::pricing::{from_nanos, to_nanos};
 
@@ -22,9 +24,14 @@ pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-/// The usage query, with `param(n)` writing the n-th placeholder (`?` or `$n`). Its parameters
-/// are the metadata key (when grouping by one), then the window's start and end in ms.
-pub(super) fn usage_sql(group_by: &GroupBy, param: impl Fn(usize) -> String) -> String {
+/// The usage query, with `param(n)` writing the n-th placeholder (`?` or `$n`), in buckets of
+/// `bucket_ms` when given (the column `t`, each bucket's start in ms). Its parameters are the
+/// metadata key (when grouping by one), then the window's start and end in ms.
+pub(super) fn usage_sql(
+    group_by: &GroupBy,
+    bucket_ms: Option<i64>,
+    param: impl Fn(usize) -> String,
+) -> String {
     let (key, join, window) = match group_by {
         GroupBy::Model => ("r.model", String::new(), 1),
         GroupBy::Route => ("r.route", String::new(), 1),
@@ -34,19 +41,27 @@ pub(super) fn usage_sql(group_by: &GroupBy, param: impl Fn(usize) -> String) -> 
             2,
         ),
     };
+    // A number, so written into the statement: integer division floors the start to its bucket.
+    let (bucket, bucket_key) = match bucket_ms {
+        Some(ms) => (format!("(r.started_at_ms / {ms}) * {ms} AS t,"), "t, "),
+        None => (String::new(), ""),
+    };
     // The CASTs make PostgreSQL's SUM (a NUMERIC over BIGINT) come back as a BIGINT; SQLite's
     // SUM of integers is an integer already.
     format!(
-        "SELECT {key} AS k,
+        "SELECT {bucket} {key} AS k,
             COUNT(*) - COUNT(CASE WHEN r.status = 'rejected' THEN 1 END) AS requests,
             COUNT(CASE WHEN r.status = 'rejected' THEN 1 END) AS rejected,
+            COUNT(CASE WHEN r.status = 'failed' THEN 1 END) AS failed,
+            COUNT(CASE WHEN r.status = 'cancelled' THEN 1 END) AS cancelled,
+            COUNT(CASE WHEN r.cached <> 0 THEN 1 END) AS cached,
             CAST(COALESCE(SUM(r.input_tokens), 0) AS BIGINT) AS input_tokens,
             CAST(COALESCE(SUM(r.output_tokens), 0) AS BIGINT) AS output_tokens,
             CAST(COALESCE(SUM(r.cached_input_tokens), 0) AS BIGINT) AS cached_input_tokens,
             CAST(COALESCE(SUM(r.cost_nanos), 0) AS BIGINT) AS cost_nanos
          FROM usage_records r {join}
          WHERE r.started_at_ms >= {} AND r.started_at_ms < {}
-         GROUP BY k ORDER BY k NULLS FIRST",
+         GROUP BY {bucket_key}k ORDER BY {bucket_key}k NULLS FIRST",
         param(window),
         param(window + 1)
     )
@@ -61,7 +76,19 @@ where
     Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
 }
 
-pub(super) fn group_from_row<R>(row: &R) -> Result<UsageGroup, LedgerError>
+/// A row of [`usage_sql`]'s answer; `bucketed` when it was asked for buckets.
+pub(super) fn usage_row<R>(row: &R, bucketed: bool) -> Result<UsageRow, LedgerError>
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let bucket = if bucketed { Some(from_millis(row.try_get("t")?)) } else { None };
+    Ok(UsageRow { bucket, group: group_from_row(row)? })
+}
+
+fn group_from_row<R>(row: &R) -> Result<UsageGroup, LedgerError>
 where
     R: Row,
     for<'a> &'a str: ColumnIndex<R>,
@@ -72,6 +99,9 @@ where
         key: row.try_get("k")?,
         requests: count(row, "requests")?,
         rejected: count(row, "rejected")?,
+        failed: count(row, "failed")?,
+        cancelled: count(row, "cancelled")?,
+        cached: count(row, "cached")?,
         input_tokens: count(row, "input_tokens")?,
         output_tokens: count(row, "output_tokens")?,
         cached_input_tokens: count(row, "cached_input_tokens")?,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::rows::{group_from_row, millis, record_from_row, to_i64, to_nanos, usage_sql};
-use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageGroup, UsageQuery};
+use super::rows::{millis, record_from_row, to_i64, to_nanos, usage_row, usage_sql};
+use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageQuery, UsageRow};
 
 const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS usage_records (
@@ -126,8 +126,13 @@ impl Ledger for SqliteLedger {
         row.map(|row| record_from_row(&row)).transpose()
     }
 
-    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
-        let sql = usage_sql(&query.group_by, |_| "?".to_owned());
+    async fn usage_rows(
+        &self,
+        query: &UsageQuery,
+        bucket: Option<Duration>,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        let bucket_ms = bucket.map(|b| to_i64(b.as_millis().max(1) as u64));
+        let sql = usage_sql(&query.group_by, bucket_ms, |_| "?".to_owned());
         let mut statement = sqlx::query(&sql);
         if let GroupBy::Metadata(metadata_key) = &query.group_by {
             statement = statement.bind(metadata_key.as_str());
@@ -137,7 +142,7 @@ impl Ledger for SqliteLedger {
             .bind(query.until.as_ref().map_or(i64::MAX, millis))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(group_from_row).collect()
+        rows.iter().map(|row| usage_row(row, bucket_ms.is_some())).collect()
     }
 }
 
@@ -211,5 +216,11 @@ mod tests {
     async fn usage_respects_the_time_window() {
         let (_dir, ledger) = ledger().await;
         conformance::usage_respects_the_time_window(&ledger).await;
+    }
+
+    #[tokio::test]
+    async fn usage_counts_outcomes_and_buckets_by_time() {
+        let (_dir, ledger) = ledger().await;
+        conformance::usage_counts_outcomes_and_buckets_by_time(&ledger).await;
     }
 }

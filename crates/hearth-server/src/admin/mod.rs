@@ -10,6 +10,8 @@
 //! | `POST /admin/api-keys` | creates a client API key (name, metadata, models, limits); answers its secret once |
 //! | `GET /admin/api-keys` | the keys that work now, without secrets |
 //! | `DELETE /admin/api-keys/{id}` | revokes a key |
+//! | `GET /admin/catalog`, `/admin/runs`, `/admin/usage`, `/admin/metrics`; `POST /admin/runs/{id}/cancel` | what the dashboard shows (see [`observe`]) |
+//! | `GET /dashboard` | the dashboard (see [`dashboard`]) |
 //!
 //! With an admin token configured, every call needs `Authorization: Bearer <token>` (401
 //! otherwise). Without one, only loopback clients are answered (403 for the rest): an
@@ -19,10 +21,12 @@
 //! last of them ends and the last handle to it is dropped.
 
 mod adapters;
+mod dashboard;
 mod error;
 mod install;
 mod keys;
 mod models;
+mod observe;
 mod push;
 pub(crate) mod state;
 
@@ -32,7 +36,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::state::AppState;
@@ -57,6 +61,17 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/models/{name}/adapters/{adapter}", adapter)
         .route("/admin/api-keys", get(keys::list).post(keys::create))
         .route("/admin/api-keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/admin/catalog", get(observe::catalog))
+        .route("/admin/runs", get(observe::runs))
+        .route("/admin/runs/{id}", get(observe::run))
+        .route("/admin/runs/{id}/cancel", post(observe::cancel))
+        .route("/admin/usage", get(observe::usage))
+        .route("/admin/metrics", get(observe::metrics))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::styles))
+        .route("/dashboard/config.json", get(dashboard::config))
+        .route("/favicon.ico", get(dashboard::favicon))
 }
 
 /// An authenticated admin caller.

@@ -6,7 +6,7 @@
 mod control;
 mod predict;
 mod run;
-mod usage;
+pub(crate) mod usage;
 
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};

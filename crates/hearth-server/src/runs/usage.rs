@@ -1,5 +1,6 @@
 //! `GET /v1/usage?group_by=model|route|metadata.<key>&since=…&until=…`: spend from the ledger,
-//! one row per group: requests, input/output/cached tokens and cost. Times are RFC 3339.
+//! one row per group: requests (and of them failed, cancelled and cached ones), rejected
+//! requests, input/output/cached tokens and cost. Times are RFC 3339.
 
 use axum::extract::{Query, State};
 use axum::http::Uri;
@@ -49,14 +50,16 @@ pub(crate) async fn usage(
 }
 
 fn time(value: Option<&str>, param: &'static str) -> Result<Option<DateTime<Utc>>, RelayError> {
+    parse_time(value).map_err(|message| RelayError::Query { param, message })
+}
+
+/// An RFC 3339 time, or why the text is not one.
+pub(crate) fn parse_time(value: Option<&str>) -> Result<Option<DateTime<Utc>>, String> {
     value
         .map(|text| {
-            DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|e| {
-                RelayError::Query {
-                    param,
-                    message: format!("`{text}` is not an RFC 3339 time ({e})"),
-                }
-            })
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| format!("`{text}` is not an RFC 3339 time ({e})"))
         })
         .transpose()
 }

@@ -1,9 +1,13 @@
 //! A ledger in memory, so that tests which do not look at spend need no database.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use hearth_gateway::ledger::LedgerError;
-use hearth_gateway::{GroupBy, Ledger, LedgerRecord, UsageGroup, UsageQuery};
+use hearth_gateway::{
+    GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery, UsageRow,
+};
 
 #[derive(Default)]
 pub struct MemoryLedger {
@@ -21,8 +25,12 @@ impl Ledger for MemoryLedger {
         Ok(self.records.lock().unwrap().iter().find(|r| r.run_id == run_id).cloned())
     }
 
-    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, LedgerError> {
-        let mut groups: Vec<UsageGroup> = Vec::new();
+    async fn usage_rows(
+        &self,
+        query: &UsageQuery,
+        bucket: Option<Duration>,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        let mut rows: Vec<UsageRow> = Vec::new();
         let records = self.records.lock().unwrap();
         let in_window = |r: &&LedgerRecord| {
             query.since.is_none_or(|s| r.started_at >= s)
@@ -36,32 +44,35 @@ impl Ledger for MemoryLedger {
                     r.metadata.labels().find(|(k, _)| k == key).map(|(_, v)| v)
                 }
             };
-            let at = match groups.iter().position(|g| g.key == key) {
+            let start = bucket.map(|b| {
+                let ms = b.as_millis().max(1) as i64;
+                let at = r.started_at.timestamp_millis() / ms * ms;
+                DateTime::<Utc>::from_timestamp_millis(at).unwrap_or_default()
+            });
+            let at = match rows.iter().position(|row| row.bucket == start && row.group.key == key) {
                 Some(at) => at,
                 None => {
-                    groups.push(UsageGroup {
-                        key,
-                        requests: 0,
-                        rejected: 0,
-                        input_tokens: 0,
-                        output_tokens: 0,
-                        cached_input_tokens: 0,
-                        cost: Default::default(),
-                    });
-                    groups.len() - 1
+                    let group = UsageGroup { key, ..UsageGroup::default() };
+                    rows.push(UsageRow { bucket: start, group });
+                    rows.len() - 1
                 }
             };
-            let g = &mut groups[at];
-            if r.status == hearth_gateway::LedgerStatus::Rejected {
-                g.rejected += 1;
-            } else {
-                g.requests += 1;
+            let g = &mut rows[at].group;
+            match r.status {
+                LedgerStatus::Rejected => g.rejected += 1,
+                status => {
+                    g.requests += 1;
+                    g.failed += u64::from(status == LedgerStatus::Failed);
+                    g.cancelled += u64::from(status == LedgerStatus::Cancelled);
+                    g.cached += u64::from(r.cached);
+                }
             }
             g.input_tokens += r.input_tokens;
             g.output_tokens += r.output_tokens;
             g.cached_input_tokens += r.cached_input_tokens;
             g.cost += r.cost.unwrap_or_default();
         }
-        Ok(groups)
+        rows.sort_by(|a, b| (a.bucket, &a.group.key).cmp(&(b.bucket, &b.group.key)));
+        Ok(rows)
     }
 }

@@ -1,0 +1,690 @@
+// Hearth admin dashboard: the browser side. One ES module, no dependencies, no build step.
+//
+// Layout of this file:
+//   1. Helpers: DOM builders (el, svg: text only ever goes in through textContent), number and
+//      time formatting, a stable colour per group key.
+//   2. api(): fetch with the admin token from sessionStorage. 401 opens the token form and pauses
+//      polling; every other failure becomes a line in #error-banner, keyed by its source and
+//      cleared when that source next succeeds.
+//   3. Sections, each a load*() that fetches and a render*() that draws:
+//      catalog, live runs (with cancel), spend & requests (totals table + two SVG charts),
+//      model latency (windows computed from the deltas between successive /admin/metrics polls).
+//   4. Run page (#run/<id>): the run's live row while it runs; once it is not live, its record
+//      from GET /admin/runs/{id} when the daemon has one; and its stored payload.
+//   5. Scheduler and wiring: a 2 s tick for runs and metrics, every 5th tick catalog and usage.
+
+const TOKEN_KEY = 'hearth-admin-token';
+const FAST_MS = 2000;
+const SLOW_EVERY = 5; // catalog and usage every 5 fast ticks = 10 s
+const MAX_POINTS = 120;
+const BUCKET_FOR_RANGE = { 900: 30, 3600: 60, 21600: 300, 86400: 900, 604800: 3600 };
+const SERIES_COLORS = { requests: '#2f6fdb', failed: '#d93f3f', cached: '#2e9e5b', p90: '#e08a1e' };
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  needAuth: false,
+  errors: new Map(), // source → message shown in the banner
+  busy: new Set(), // sources with a request in flight (polls skip them)
+  runs: [],
+  runsLoaded: false,
+  usageSeq: 0,
+  metrics: new Map(), // model → { prev, prevT, points: [] }
+  payloadFinal: false, // run page: the payload cannot change any more, stop polling it
+  record: { runId: null, body: undefined }, // run page: GET /admin/runs/{id} once the run is not live
+  tick: 0,
+};
+
+// ---------- 1. helpers ----------
+
+function el(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'text') node.textContent = v;
+    else if (k === 'class') node.className = v;
+    else if (k === 'data') Object.assign(node.dataset, v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of [].concat(children)) if (c != null) node.append(c);
+  return node;
+}
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+function svg(tag, attrs = {}, children = []) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  for (const c of [].concat(children)) if (c != null) node.append(c);
+  return node;
+}
+
+const num = (v) => (v == null ? 0 : Number(v) || 0);
+const fmtInt = (n) => (n == null ? '—' : Number(n).toLocaleString('en-US'));
+const fmtCost = (v) => num(v).toFixed(6);
+const fmtShort = (v) => (v === 0 ? '0' : String(Number(v.toPrecision(3))));
+const keyLabel = (key) => (key == null ? '(not set)' : String(key));
+const isoSeconds = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+const fmtPrice = (s) => (s == null || !Number.isFinite(Number(s)) ? '—' : String(Number(s)));
+
+function fmtAge(ms) {
+  const s = num(ms) / 1000;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+  return `${Math.floor(s / 86400)} d`;
+}
+
+function fmtTick(ms, withDate) {
+  const opts = { hour: '2-digit', minute: '2-digit', hour12: false };
+  if (withDate) Object.assign(opts, { month: 'short', day: 'numeric' });
+  return new Date(ms).toLocaleString(undefined, opts);
+}
+
+const fmtDateTime = (v) => (Number.isNaN(Date.parse(v)) ? String(v ?? '—') : new Date(v).toLocaleString());
+
+// A key keeps its colour while the grouping stays: its FNV-1a hash picks a palette slot, probing
+// on to the next free slot on a clash; once the palette is used up, the hash picks a hue.
+const PALETTE = ['#4e79a7', '#f28e2b', '#e15759', '#59a14f', '#b07aa1', '#edc948',
+  '#76b7b2', '#ff9da7', '#9c755f', '#17becf', '#bcbd22', '#7f62c9'];
+const colors = { groupBy: null, byKey: new Map() };
+function colorFor(key) {
+  if (key == null) return '#9aa0a6';
+  if (colors.byKey.has(key)) return colors.byKey.get(key);
+  let h = 2166136261;
+  for (const ch of String(key)) h = Math.imul(h ^ ch.codePointAt(0), 16777619);
+  h >>>= 0;
+  const used = new Set(colors.byKey.values());
+  const free = PALETTE.map((_, i) => PALETTE[(h + i) % PALETTE.length]).find((c) => !used.has(c));
+  const color = free ?? `hsl(${h % 360}, 55%, 45%)`;
+  colors.byKey.set(key, color);
+  return color;
+}
+
+function swatch(color) {
+  return svg('svg', { width: 10, height: 10, class: 'swatch', 'aria-hidden': 'true' },
+    svg('rect', { width: 10, height: 10, rx: 2, fill: color }));
+}
+
+function legend(items) {
+  return el('div', { class: 'legend' },
+    items.map(({ label, color }) => el('span', { class: 'legend-item' }, [swatch(color), label])));
+}
+
+// ---------- 2. api, banner, token ----------
+
+const apiError = (message, status) => Object.assign(new Error(message), { status });
+
+async function api(path, options = {}) {
+  const headers = { Accept: 'application/json' };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(path, { ...options, headers, cache: 'no-store' });
+  } catch (e) {
+    throw apiError(`cannot reach the daemon (${e.message})`, 0);
+  }
+  const body = await res.json().catch(() => null);
+  if (res.ok) return body;
+  const message = typeof body?.error === 'string' ? body.error : `${res.status} ${res.statusText}`;
+  if (res.status === 401) askForToken(message);
+  throw apiError(message, res.status);
+}
+
+// Runs one load; turns any failure into a banner line instead of an exception.
+async function guarded(source, load) {
+  state.busy.add(source);
+  try {
+    await load();
+    setError(source, null);
+    $('last-refresh').textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  } catch (e) {
+    setError(source, e.status === 401 ? null : `${source}: ${e.message}`);
+  } finally {
+    state.busy.delete(source);
+  }
+}
+
+function setError(source, message) {
+  if (message) state.errors.set(source, message);
+  else state.errors.delete(source);
+  const banner = $('error-banner');
+  banner.replaceChildren(...[...state.errors.values()].map((m) => el('div', { text: m })));
+  banner.hidden = state.errors.size === 0;
+}
+
+function askForToken(message) {
+  const form = $('token-form');
+  const hadToken = sessionStorage.getItem(TOKEN_KEY) != null;
+  $('token-message').textContent = hadToken
+    ? `The admin token was refused (${message}). Enter another one.`
+    : 'This daemon needs an admin token.';
+  state.needAuth = true;
+  if (form.hidden || !hadToken) {
+    form.hidden = false;
+    $('token-input').focus();
+  }
+}
+
+function onTokenSubmit(ev) {
+  ev.preventDefault();
+  const token = $('token-input').value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('token-input').value = '';
+  $('token-form').hidden = true;
+  state.needAuth = false;
+  route(); // loads the payload when the page is on #run/<id>
+  refreshAll({ payload: false });
+}
+
+// ---------- 3a. catalog ----------
+
+async function loadCatalog() {
+  const body = await api('/admin/catalog');
+  renderCatalog(body?.data ?? []);
+}
+
+function renderCatalog(models) {
+  const rows = models.map((m) => el('tr', { data: { model: m.id } }, [
+    el('td', {}, el('code', { text: m.id })),
+    el('td', { text: m.kind ?? '—' }),
+    el('td', {}, stateCell(m)),
+    el('td', { text: m.modality ?? '—' }),
+    el('td', { text: (m.providers ?? []).join(', ') || '—' }),
+    el('td', { class: 'num', text: fmtInt(m.context_length) }),
+    el('td', { class: 'num', text: fmtPrice(m.prices?.input_per_mtok) }),
+    el('td', { class: 'num', text: fmtPrice(m.prices?.output_per_mtok) }),
+  ]));
+  if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 8, class: 'empty', text: 'No models in the catalog.' })));
+  $('catalog-table').tBodies[0].replaceChildren(...rows);
+}
+
+function stateCell(m) {
+  const badge = el('span', { class: `badge state-${m.state}`, text: m.state ?? '—' });
+  return m.reason ? [badge, el('div', { class: 'reason', text: m.reason })] : badge;
+}
+
+// ---------- 3b. live runs ----------
+
+async function loadRuns() {
+  const body = await api('/admin/runs');
+  state.runs = body?.data ?? [];
+  state.runsLoaded = true;
+  syncRows($('runs-table').tBodies[0], state.runs, 'runId', (r) => r.run_id, fillRunRow);
+  $('runs-empty').hidden = state.runs.length > 0;
+  if (currentRunId() != null) renderRunLive();
+}
+
+// Keyed update: rows that stay keep their DOM nodes, so a button is never swapped under the pointer.
+function syncRows(tbody, items, dataKey, keyOf, fill) {
+  const wanted = new Set(items.map(keyOf));
+  for (const tr of [...tbody.rows]) if (!wanted.has(tr.dataset[dataKey])) tr.remove();
+  const existing = new Map([...tbody.rows].map((tr) => [tr.dataset[dataKey], tr]));
+  items.forEach((item, i) => {
+    const tr = existing.get(keyOf(item)) ?? el('tr', { data: { [dataKey]: keyOf(item) } });
+    fill(tr, item);
+    if (tbody.rows[i] !== tr) tbody.insertBefore(tr, tbody.rows[i] ?? null);
+  });
+}
+
+function fillRunRow(tr, run) {
+  if (!tr.cells.length) {
+    const link = el('a', { href: `#run/${encodeURIComponent(run.run_id)}`, title: run.run_id },
+      el('code', { text: shortId(run.run_id) }));
+    const cancel = el('button', { type: 'button', class: 'cancel', 'aria-label': `Cancel run ${run.run_id}`, text: 'Cancel' });
+    tr.append(el('td', {}, link), el('td'), el('td'), el('td', { class: 'num' }), el('td', { class: 'num' }),
+      el('td'), el('td', {}, cancel));
+  }
+  const [, model, route, tokens, age, meta] = tr.cells;
+  model.textContent = run.model ?? '—';
+  route.textContent = run.route ?? '—';
+  tokens.textContent = fmtInt(run.output_tokens);
+  age.textContent = fmtAge(run.age_ms);
+  meta.replaceChildren(metadataList(run.metadata));
+}
+
+const shortId = (id) => (id.length > 12 ? `${id.slice(0, 10)}…` : id);
+
+function metadataList(metadata) {
+  const entries = Object.entries(metadata ?? {});
+  if (!entries.length) return el('span', { class: 'muted', text: '—' });
+  return el('ul', { class: 'meta' }, entries.map(([k, v]) =>
+    el('li', { text: `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}` })));
+}
+
+function onCancelClick(ev) {
+  const button = ev.target.closest('button.cancel');
+  const runId = button?.closest('tr')?.dataset.runId;
+  if (runId != null && !button.disabled) cancelRun(runId, button);
+}
+
+async function cancelRun(runId, button) {
+  button.disabled = true;
+  button.textContent = 'Cancelling…';
+  try {
+    await api(`/admin/runs/${encodeURIComponent(runId)}/cancel`, { method: 'POST' });
+    setError('cancel', null);
+  } catch (e) {
+    // 404: the run already ended; the refresh below drops its row.
+    if (e.status !== 404 && e.status !== 401) setError('cancel', `cancel ${runId}: ${e.message}`);
+    button.disabled = false;
+    button.textContent = 'Cancel';
+  }
+  await guarded('runs', loadRuns);
+  setTimeout(() => poll('runs', loadRuns), 700); // the run ends shortly after the cancel is asked
+}
+
+// ---------- 3c. spend & requests ----------
+
+function usageQuery() {
+  const range = Number($('range').value);
+  const bucket = BUCKET_FOR_RANGE[range] ?? 60;
+  const mode = $('group-by').value;
+  const key = $('metadata-key').value.trim();
+  if (mode === 'metadata' && !key) return null;
+  const until = Math.floor(Date.now() / 1000) * 1000;
+  // since is aligned to a bucket boundary, so epoch-aligned and since-aligned buckets coincide.
+  const since = Math.floor((until / 1000 - range) / bucket) * bucket * 1000;
+  return { groupBy: mode === 'metadata' ? `metadata.${key}` : mode, bucket, since, until };
+}
+
+async function loadUsage() {
+  const q = usageQuery();
+  const seq = ++state.usageSeq;
+  if (!q) {
+    renderUsage({ totals: [], series: [] }, null);
+    $('usage-note').textContent = 'Type a metadata key to group by it.';
+    return;
+  }
+  const params = new URLSearchParams({
+    group_by: q.groupBy, since: isoSeconds(q.since), until: isoSeconds(q.until), bucket: String(q.bucket),
+  });
+  const body = await api(`/admin/usage?${params}`);
+  if (seq === state.usageSeq) renderUsage(body ?? {}, q);
+}
+
+function renderUsage(body, q) {
+  const totals = [...(body.totals ?? [])].sort((a, b) => num(b.cost) - num(a.cost) || b.requests - a.requests);
+  if (colors.groupBy !== q?.groupBy) Object.assign(colors, { groupBy: q?.groupBy, byKey: new Map() });
+  const rows = totals.map((g) => el('tr', { data: { key: g.key ?? '' } }, [
+    el('td', { class: g.key == null ? 'muted' : '' }, [swatch(colorFor(g.key)), ` ${keyLabel(g.key)}`]),
+    ...['requests', 'failed', 'cancelled', 'cached', 'rejected', 'input_tokens', 'output_tokens']
+      .map((f) => el('td', { class: 'num', text: fmtInt(num(g[f])) })),
+    el('td', { class: 'num', text: fmtCost(g.cost) }),
+  ]));
+  $('usage-table').tBodies[0].replaceChildren(...rows);
+  $('usage-empty').hidden = rows.length > 0 || !q;
+  $('usage-note').textContent = q ? `grouped by ${body.group_by ?? q.groupBy}, ${body.bucket_secs ?? q.bucket} s buckets` : '';
+  const slots = q ? bucketSlots(body, q) : null;
+  $('cost-chart').replaceChildren(...(slots ? costChart(slots, totals, q) : []));
+  $('requests-chart').replaceChildren(...(slots ? requestsChart(slots, q) : []));
+}
+
+// One array of groups per bucket between since and until; buckets without records stay empty.
+function bucketSlots(body, q) {
+  const bucketMs = num(body.bucket_secs || q.bucket) * 1000;
+  const n = Math.max(1, Math.ceil((q.until - q.since) / bucketMs));
+  const slots = Array.from({ length: n }, () => []);
+  for (const b of body.series ?? []) {
+    const i = Math.floor((Date.parse(b.start) - q.since) / bucketMs);
+    if (i >= 0 && i < n) slots[i].push(...(b.groups ?? []));
+  }
+  return { slots, n, bucketMs, start: q.since };
+}
+
+function costChart(s, totals, q) {
+  const order = new Map(totals.map((g, i) => [g.key ?? null, i]));
+  const stackTotals = s.slots.map((gs) => gs.reduce((a, g) => a + num(g.cost), 0));
+  const f = chartFrame(640, 200, Math.max(0, ...stackTotals), (v) => `$${fmtShort(v)}`);
+  timeAxis(f, s, q);
+  const bw = f.plotW / s.n;
+  s.slots.forEach((groups, i) => {
+    let acc = 0;
+    const rank = (g) => order.get(g.key ?? null) ?? 1e9;
+    for (const g of [...groups].sort((a, b) => rank(a) - rank(b))) {
+      const cost = num(g.cost);
+      if (cost <= 0) continue;
+      const y0 = f.y(acc);
+      const y1 = f.y(acc + cost);
+      const tip = `${keyLabel(g.key)}: $${cost.toFixed(6)} at ${fmtTick(s.start + i * s.bucketMs, true)}`;
+      f.root.append(svg('rect', {
+        x: f.left + i * bw + bw * 0.1, y: y1, width: Math.max(bw * 0.8, 1), height: Math.max(y0 - y1, 0.5),
+        fill: colorFor(g.key),
+      }, svg('title', {}, tip)));
+      acc += cost;
+    }
+  });
+  return [f.root, legend(totals.map((g) => ({ label: keyLabel(g.key), color: colorFor(g.key) })))];
+}
+
+function requestsChart(s, q) {
+  const sum = (groups, field) => groups.reduce((a, g) => a + num(g[field]), 0);
+  const sums = s.slots.map((gs) => ({ requests: sum(gs, 'requests'), failed: sum(gs, 'failed'), cached: sum(gs, 'cached') }));
+  const f = chartFrame(640, 200, Math.max(0, ...sums.map((x) => x.requests)), fmtShort);
+  timeAxis(f, s, q);
+  const x = (i) => f.left + ((i + 0.5) * f.plotW) / s.n;
+  const series = [['requests', 'Requests'], ['failed', 'Failed'], ['cached', 'Cache hits']];
+  for (const [field, label] of series) {
+    const points = sums.map((v, i) => [x(i), f.y(v[field])]);
+    f.root.append(linePath(points, SERIES_COLORS[field], label));
+  }
+  return [f.root, legend(series.map(([field, label]) => ({ label, color: SERIES_COLORS[field] })))];
+}
+
+// ---------- charts (shared) ----------
+
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const pow = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 2.5, 5, 10].map((m) => m * pow).find((m) => m >= v);
+}
+
+// An SVG with a y grid (0, half, top) and scale helpers; the caller draws into f.root.
+function chartFrame(width, height, maxY, fmtY) {
+  const pad = { l: 58, r: 10, t: 10, b: 22 };
+  const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, class: 'chart', role: 'img' });
+  const plotW = width - pad.l - pad.r;
+  const plotH = height - pad.t - pad.b;
+  const top = niceMax(maxY);
+  const y = (v) => pad.t + plotH - (v / top) * plotH;
+  for (const frac of [0, 0.5, 1]) {
+    const yy = y(top * frac);
+    root.append(svg('line', { x1: pad.l, x2: width - pad.r, y1: yy, y2: yy, class: 'grid' }),
+      svg('text', { x: pad.l - 6, y: yy + 4, 'text-anchor': 'end' }, fmtY(top * frac)));
+  }
+  return { root, y, left: pad.l, plotW, bottom: height - 6, right: width - pad.r };
+}
+
+function timeAxis(f, s, q) {
+  const withDate = q.until - q.since > 86400000 - 1;
+  for (const i of [0, Math.floor(s.n / 2), s.n]) {
+    const anchor = i === 0 ? 'start' : i === s.n ? 'end' : 'middle';
+    f.root.append(svg('text', { x: f.left + (i * f.plotW) / s.n, y: f.bottom, 'text-anchor': anchor },
+      fmtTick(s.start + i * s.bucketMs, withDate)));
+  }
+}
+
+// A path through [x, y] points; a null y breaks the line; the last known point gets a dot.
+function linePath(points, color, label) {
+  let d = '';
+  let pen = false;
+  let last = null;
+  for (const [x, y] of points) {
+    if (y == null) { pen = false; continue; }
+    d += `${pen ? 'L' : 'M'}${x.toFixed(1)},${y.toFixed(1)}`;
+    pen = true;
+    last = [x, y];
+  }
+  const g = svg('g', {}, svg('title', {}, label));
+  if (d) g.append(svg('path', { d, stroke: color, fill: 'none', 'stroke-width': 2, 'stroke-linejoin': 'round' }));
+  if (last) g.append(svg('circle', { cx: last[0], cy: last[1], r: 2.5, fill: color }));
+  return g;
+}
+
+// ---------- 3d. model latency ----------
+
+async function loadMetrics() {
+  const body = await api('/admin/metrics');
+  const t = performance.now();
+  const bounds = body?.bucket_bounds_seconds ?? [];
+  const models = body?.data ?? [];
+  for (const m of models) addMetricsSample(m, bounds, t);
+  renderLatency(models.map((m) => m.model).sort());
+}
+
+function addMetricsSample(m, bounds, t) {
+  let h = state.metrics.get(m.model);
+  if (!h) state.metrics.set(m.model, (h = { prev: null, prevT: 0, points: [] }));
+  if (h.prev) {
+    const point = windowPoint(h.prev, m, bounds, (t - h.prevT) / 1000);
+    if (point) h.points.push(point);
+    if (h.points.length > MAX_POINTS) h.points.shift();
+  }
+  h.prev = m;
+  h.prevT = t;
+}
+
+// One point over the last poll interval; null after a counter reset (daemon restarted).
+function windowPoint(prev, cur, bounds, dt) {
+  const dTokens = num(cur.generation_tokens_total) - num(prev.generation_tokens_total);
+  if (dTokens < 0 || !(dt > 0)) return null;
+  const ttft = [prev.time_to_first_token, cur.time_to_first_token];
+  return {
+    ttft50: percentileMs(...ttft, bounds, 0.5),
+    ttft90: percentileMs(...ttft, bounds, 0.9),
+    itl50: percentileMs(prev.inter_token_latency, cur.inter_token_latency, bounds, 0.5),
+    tps: dTokens / dt,
+  };
+}
+
+// Upper bound of the bucket where the cumulative delta count crosses q; +Inf reports the last bound.
+function percentileMs(prev, cur, bounds, q) {
+  const counts = cur?.counts ?? [];
+  const deltas = counts.map((c, i) => num(c) - num(prev?.counts?.[i]));
+  const total = deltas.reduce((a, b) => a + b, 0);
+  if (!(total > 0) || deltas.some((d) => d < 0) || !bounds.length) return null;
+  let acc = 0;
+  for (let i = 0; i < deltas.length; i++) {
+    acc += deltas[i];
+    if (acc >= q * total) return bounds[Math.min(i, bounds.length - 1)] * 1000;
+  }
+  return null;
+}
+
+function renderLatency(models) {
+  const grid = $('latency-models');
+  $('latency-empty').hidden = models.length > 0;
+  grid.replaceChildren(...models.map((model) => latencyCard(model, state.metrics.get(model))));
+}
+
+function latencyCard(model, h) {
+  const m = h.prev;
+  const last = h.points[h.points.length - 1];
+  const lastMs = (v) => (v == null ? '—' : `${fmtShort(v)} ms`);
+  const status = `running ${fmtInt(m.running)} · waiting ${fmtInt(m.waiting)} · KV cache ${(num(m.kv_cache_usage) * 100).toFixed(0)}%`;
+  return el('article', { class: 'latency-card', data: { model } }, [
+    el('h3', {}, [el('code', { text: model }), el('span', { class: 'muted', text: ` ${status}` })]),
+    miniChart(`TTFT p50 ${lastMs(last?.ttft50)} · p90 ${lastMs(last?.ttft90)}`, h.points, [
+      { get: (p) => p.ttft50, color: SERIES_COLORS.requests, label: 'TTFT p50 (ms)' },
+      { get: (p) => p.ttft90, color: SERIES_COLORS.p90, label: 'TTFT p90 (ms)' },
+    ]),
+    miniChart(`Inter-token p50 ${lastMs(last?.itl50)}`, h.points, [
+      { get: (p) => p.itl50, color: SERIES_COLORS.cached, label: 'Inter-token latency p50 (ms)' },
+    ]),
+    miniChart(`Throughput ${last ? fmtShort(last.tps) : '—'} tok/s`, h.points, [
+      { get: (p) => p.tps, color: SERIES_COLORS.failed, label: 'Throughput (tokens/s)' },
+    ]),
+  ]);
+}
+
+// The newest point sits at the right edge; the axis holds MAX_POINTS polls.
+function miniChart(caption, points, series) {
+  const values = points.flatMap((p) => series.map((s) => s.get(p))).filter((v) => v != null);
+  const f = chartFrame(320, 110, Math.max(0, ...values), fmtShort);
+  const x = (i) => f.left + (f.plotW * (MAX_POINTS - points.length + i)) / (MAX_POINTS - 1);
+  for (const s of series) {
+    f.root.append(linePath(points.map((p, i) => [x(i), s.get(p) == null ? null : f.y(s.get(p))]), s.color, s.label));
+  }
+  if (!points.length) f.root.append(svg('text', { x: f.left + 8, y: 40, class: 'chart-note' }, 'Waiting for a second poll…'));
+  return el('figure', { class: 'mini' }, [el('figcaption', { text: caption }), f.root]);
+}
+
+// ---------- 4. run page ----------
+
+function currentRunId() {
+  const m = location.hash.match(/^#run\/(.+)$/);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return m[1];
+  }
+}
+
+function renderRunLive() {
+  const id = currentRunId();
+  const box = $('run-live');
+  const run = state.runs.find((r) => r.run_id === id);
+  if (!run) {
+    if (state.runsLoaded && state.record.runId !== id) {
+      state.record = { runId: id, body: undefined };
+      guarded('record', loadRecord);
+    }
+    box.replaceChildren(...runRecord(state.runsLoaded ? state.record.body : undefined));
+    return;
+  }
+  let tbody = box.querySelector('tbody');
+  if (!tbody) {
+    const head = ['Run', 'Model', 'Route', 'Tokens', 'Age', 'Metadata', ''].map((t) => el('th', { scope: 'col', text: t }));
+    tbody = el('tbody');
+    box.replaceChildren(el('table', { class: 'run-live-table' }, [el('thead', {}, el('tr', {}, head)), tbody]));
+  }
+  syncRows(tbody, [run], 'runId', (r) => r.run_id, fillRunRow);
+}
+
+// Not in the base contract: GET /admin/runs/{id} → {"record": {...}} describes a run that ended.
+async function loadRecord() {
+  const id = state.record.runId;
+  let body = null;
+  try {
+    body = (await api(`/admin/runs/${encodeURIComponent(id)}`))?.record ?? null;
+  } catch (e) {
+    if (e.status !== 404) throw e;
+  } finally {
+    if (state.record.runId === id) state.record.body = body;
+    if (currentRunId() === id) renderRunLive();
+  }
+}
+
+function runRecord(record) {
+  const note = (text) => [el('p', { class: 'muted', text })];
+  if (record === undefined) return note('Loading…');
+  if (record === null) return note('This run is not running on this daemon now, and it has no stored record.');
+  const rows = Object.entries(record).map(([k, v]) => el('tr', {}, [
+    el('th', { scope: 'row', text: k }),
+    el('td', {}, v != null && typeof v === 'object' ? el('code', { text: JSON.stringify(v) }) : String(v ?? '—')),
+  ]));
+  return [el('p', {}, ['Not running. Status: ', el('span', { class: `badge state-${record.status}`, text: String(record.status ?? 'unknown') })]),
+    el('table', { class: 'record' }, el('tbody', {}, rows))];
+}
+
+async function loadPayload() {
+  const id = currentRunId();
+  if (id == null) return;
+  const box = $('run-payload');
+  try {
+    const p = (await api(`/admin/runs/${encodeURIComponent(id)}`))?.payload;
+    if (currentRunId() !== id) return;
+    if (p == null) {
+      state.payloadFinal = state.runsLoaded && !state.runs.some((r) => r.run_id === id);
+      box.replaceChildren(el('p', { class: 'empty', text: 'No payload stored for this run.' }));
+      return;
+    }
+    state.payloadFinal = p.response != null;
+    box.replaceChildren(
+      el('p', { class: 'muted', text: `Stored ${fmtDateTime(p?.stored_at)}` }),
+      el('h3', { text: 'Request' }),
+      el('pre', { text: JSON.stringify(p?.request, null, 2) }),
+      el('h3', { text: 'Response' }),
+      p?.response == null ? el('p', { class: 'muted', text: 'No response stored.' })
+        : el('pre', { text: JSON.stringify(p.response, null, 2) }),
+    );
+  } catch (e) {
+    if (currentRunId() !== id) return;
+    if (e.status === 404) {
+      state.payloadFinal = state.runsLoaded && !state.runs.some((r) => r.run_id === id);
+      box.replaceChildren(el('p', { class: 'empty', text: 'No payload stored for this run.' }));
+      return;
+    }
+    box.replaceChildren(el('p', { class: 'muted', text: 'The payload could not be loaded.' }));
+    throw e;
+  }
+}
+
+function route() {
+  const id = currentRunId();
+  $('dashboard-view').hidden = id != null;
+  $('run-page').hidden = id == null;
+  if (id != null) {
+    $('run-title').textContent = id;
+    state.payloadFinal = false;
+    state.record = { runId: null, body: undefined };
+    $('run-payload').replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
+    renderRunLive();
+    guarded('payload', loadPayload);
+    return;
+  }
+  const target = location.hash.length > 1 ? document.getElementById(location.hash.slice(1)) : null;
+  if (target) target.scrollIntoView();
+}
+
+// ---------- 5. scheduler and wiring ----------
+
+function poll(source, load) {
+  if (!state.busy.has(source)) guarded(source, load);
+}
+
+// The catalog goes first: when it answers 401, the other calls would only fail the same way.
+async function refreshAll({ payload = true } = {}) {
+  await guarded('catalog', loadCatalog);
+  if (state.needAuth) return;
+  guarded('runs', loadRuns);
+  guarded('usage', loadUsage);
+  guarded('metrics', loadMetrics);
+  if (payload && currentRunId() != null) guarded('payload', loadPayload);
+  state.record.runId = null; // the run page asks for the run's record again if it is not live
+}
+
+function tick() {
+  if (!$('auto-refresh').checked || state.needAuth || document.hidden) return;
+  state.tick += 1;
+  poll('runs', loadRuns);
+  poll('metrics', loadMetrics);
+  if (state.tick % SLOW_EVERY === 0) {
+    poll('catalog', loadCatalog);
+    poll('usage', loadUsage);
+    if (currentRunId() != null && !state.payloadFinal) poll('payload', loadPayload);
+  }
+}
+
+let usageTimer = 0;
+function usageSoon(delay) {
+  clearTimeout(usageTimer);
+  usageTimer = setTimeout(() => guarded('usage', loadUsage), delay);
+}
+
+function wire() {
+  $('token-form').addEventListener('submit', onTokenSubmit);
+  $('refresh-now').addEventListener('click', () => refreshAll());
+  $('auto-refresh').addEventListener('change', (ev) => { if (ev.target.checked) refreshAll(); });
+  document.addEventListener('click', onCancelClick);
+  $('range').addEventListener('change', () => usageSoon(0));
+  $('group-by').addEventListener('change', (ev) => {
+    if (ev.target.value === 'metadata' && !$('metadata-key').value.trim()) $('metadata-key').focus();
+    usageSoon(0);
+  });
+  $('metadata-key').addEventListener('input', (ev) => {
+    if (ev.target.value.trim()) $('group-by').value = 'metadata';
+    usageSoon(400);
+  });
+  window.addEventListener('hashchange', route);
+}
+
+// Asks the daemon whether its admin API wants a token before calling it, so that a first visit
+// shows the token form rather than a refused call.
+async function start() {
+  wire();
+  const config = await fetch('/dashboard/config.json', { cache: 'no-store' })
+    .then((res) => (res.ok ? res.json() : {}))
+    .catch(() => ({}));
+  if (config.token_required && sessionStorage.getItem(TOKEN_KEY) == null) {
+    askForToken('');
+  } else {
+    $('token-form').hidden = true;
+    route(); // loads the payload when the page opens on #run/<id>
+    refreshAll({ payload: false });
+  }
+  setInterval(tick, FAST_MS);
+}
+
+start();
