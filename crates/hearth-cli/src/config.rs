@@ -46,6 +46,9 @@ pub struct Config {
     /// The admin API (`hearth push`): its token and upload limits.
     #[serde(default)]
     pub admin: crate::serve_admin::AdminSection,
+    /// Trace export over OTLP (`otlp_endpoint`), off by default.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetrySection,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,7 @@ mod push;
 mod serve;
 mod serve_admin;
 mod synth;
+mod telemetry;
 mod weights;
 
 use clap::{Parser, Subcommand};
@@ -51,12 +52,13 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     pin_cpu_thread_count();
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    // `serve` starts its logs once it has read `hearth.toml`, which may ask for trace export.
+    let logs = || telemetry::init(&cli.log_format, &telemetry::TelemetrySection::default());
     match cli.command {
-        Command::Serve(args) => serve::run(args),
-        Command::Synth(args) => synth::run(args),
-        Command::Push(args) => push::run(args),
-        Command::Models(args) => models_cmd::run(args),
+        Command::Serve(args) => serve::run(args, &cli.log_format),
+        Command::Synth(args) => logs().and_then(|_logs| synth::run(args)),
+        Command::Push(args) => logs().and_then(|_logs| push::run(args)),
+        Command::Models(args) => logs().and_then(|_logs| models_cmd::run(args)),
     }
 }
 
@@ -70,18 +72,5 @@ fn pin_cpu_thread_count() {
         // Sound: `main` has not started any thread yet, so nothing reads the environment
         // concurrently.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
-}
-
-fn init_tracing(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HEARTH_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -44,8 +44,10 @@ pub struct ServeArgs {
     upload_url: Option<String>,
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, log_format: &str) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
+    // Kept to the end: dropping it sends the last spans.
+    let telemetry = crate::telemetry::init(log_format, &config.telemetry)?;
     let models_dir = models_dir(&args, &config);
     crate::serve_admin::clean(models_dir.as_deref())?;
     let package_dirs = package_dirs(&args, &config)?;
@@ -66,6 +68,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let mut server_config = server_config(&config.server)?;
+    server_config.traces = telemetry.traces();
     if let Some(url) = args.upload_url {
         server_config.upload_url = Some(url);
     }

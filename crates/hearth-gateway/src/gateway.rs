@@ -11,6 +11,7 @@ use hearth_protocol::{CanonicalRequest, ErrorKind, StreamError, ValidationError}
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::cache::{self, CacheOptions, CacheStatus, MemoryCache};
 use crate::catalog::{Catalog, CatalogError};
@@ -255,7 +256,8 @@ impl Gateway {
             reservation,
             cache_put: cache_key.zip(caller.cache.ttl),
         };
-        self.inner.tasks.spawn(producer::drive(self.inner.clone(), job, commit));
+        let span = producer::run_span(&job);
+        self.inner.tasks.spawn(producer::drive(self.inner.clone(), job, commit).instrument(span));
         match committed.await {
             Ok(Ok(route)) => {
                 // The id goes out with the answer's headers: another replica must find it.

@@ -10,6 +10,9 @@ use hearth_protocol::{CanonicalEvent, CanonicalRequest, ErrorKind, StreamError, 
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
 use crate::limits::{Reservation, Usage};
@@ -60,7 +63,10 @@ impl Tally {
             _ => {}
         }
         if event.is_content() && self.ttft_ms.is_none() {
-            self.ttft_ms = Some(elapsed_ms(self.started));
+            let ttft_ms = elapsed_ms(self.started);
+            self.ttft_ms = Some(ttft_ms);
+            let at = vec![opentelemetry::KeyValue::new("hearth.ttft_ms", ttft_ms as i64)];
+            Span::current().add_event("gen_ai.first_token", at);
         }
         self.terminal |= event.is_terminal();
         if let Some(kept) = &mut self.kept {
@@ -87,6 +93,43 @@ impl Tally {
     }
 }
 
+/// The run's span, following OpenTelemetry's GenAI conventions; its figures are recorded as
+/// the run goes, and its upstream attempts are its children. A child of the current span (the
+/// HTTP request's), though the producer outlives the request when its caller leaves.
+pub(crate) fn run_span(job: &RunJob) -> Span {
+    tracing::debug_span!(
+        "run",
+        otel.name = %format!("chat {}", job.request.model),
+        gen_ai.operation.name = "chat",
+        gen_ai.request.model = %job.request.model,
+        gen_ai.system = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        hearth.run_id = %job.run_id,
+        hearth.route = Empty,
+        hearth.attempts = Empty,
+        hearth.cached_input_tokens = Empty,
+        hearth.cost = Empty,
+        hearth.status = Empty,
+        otel.status_code = Empty,
+    )
+}
+
+/// Records how the run ended on its span.
+fn record_on_span(record: &LedgerRecord) {
+    let span = Span::current();
+    span.record("gen_ai.usage.input_tokens", record.input_tokens);
+    span.record("gen_ai.usage.output_tokens", record.output_tokens);
+    span.record("hearth.cached_input_tokens", record.cached_input_tokens);
+    if let Some(cost) = record.cost {
+        span.record("hearth.cost", tracing::field::display(cost));
+    }
+    span.record("hearth.status", record.status.as_str());
+    if matches!(record.status, LedgerStatus::Failed) {
+        span.record("otel.status_code", "error");
+    }
+}
+
 pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) {
     let started_at = Utc::now();
     // Unlisted when the producer ends, however it ends.
@@ -106,6 +149,10 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
     match opened {
         Ok(committed) => {
             let route = committed.route.clone();
+            let span = Span::current();
+            span.record("hearth.route", route.as_str());
+            span.record("gen_ai.system", committed.system);
+            span.record("hearth.attempts", committed.attempts);
             let rest = buffer_prefix(&inner, &job.run_id, committed, &mut tally).await;
             let _ = commit.send(Ok(route.clone()));
             if !tally.terminal {
@@ -120,6 +167,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
     }
     let info = inner.runs.finish(&job.run_id, tally.run_status()).await;
     let record = ledger_record(&job, &tally, info.ok(), started_at);
+    record_on_span(&record);
     inner.limiter.settle(&job.reservation, Usage::of(&record)).await;
     if let (Some((key, ttl)), Some(kept)) = (&job.cache_put, &tally.kept) {
         if tally.run_status() == RunStatus::Finished {

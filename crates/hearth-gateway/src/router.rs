@@ -19,6 +19,7 @@ use hearth_protocol::{CanonicalEvent, CanonicalRequest, ErrorKind, StreamError};
 use rand::Rng;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::GatewaySettings;
 use crate::providers::{Disposition, EventStream, Provider, ProviderError};
@@ -105,6 +106,10 @@ impl RouteHealth {
 /// A route that produced its first content event.
 pub(crate) struct Committed {
     pub route: String,
+    /// The route's provider, as `gen_ai.system` names it.
+    pub system: &'static str,
+    /// Calls made until one committed, over every route tried.
+    pub attempts: usize,
     /// Events read before and including the first content event, in order.
     pub prefix: Vec<CanonicalEvent>,
     pub rest: EventStream,
@@ -135,7 +140,7 @@ pub(crate) async fn open(
     let mut last: Option<ProviderError> = None;
     for target in order {
         match try_route(target, request, policy, health, cancel, &mut tried).await {
-            RouteOutcome::Committed(c) => return Ok(c),
+            RouteOutcome::Committed(c) => return Ok(Committed { attempts: tried.len() + 1, ..c }),
             RouteOutcome::Fatal(error) => return Err(RouteFailure { error }),
             RouteOutcome::Failed(e) => last = Some(e),
         }
@@ -159,10 +164,20 @@ async fn try_route(
 ) -> RouteOutcome {
     let mut attempt = 0;
     loop {
+        // One span per call, up to the first content (or the failure): a child of the run's.
+        let span = tracing::debug_span!(
+            "attempt",
+            otel.name = %format!("attempt {}", target.label),
+            otel.kind = "client",
+            gen_ai.system = target.provider.system(),
+            hearth.route = %target.label,
+            hearth.attempt = attempt,
+            error.type = tracing::field::Empty,
+        );
         let result = tokio::select! {
             biased;
             () = cancel.cancelled() => return RouteOutcome::Fatal(cancelled()),
-            result = attempt_once(target, request, policy) => result,
+            result = attempt_once(target, request, policy).instrument(span.clone()) => result,
         };
         let error = match result {
             Ok(committed) => {
@@ -171,6 +186,7 @@ async fn try_route(
             }
             Err(error) => error,
         };
+        span.record("error.type", tracing::field::debug(error.kind()));
         tracing::info!(route = %target.label, attempt, %error, "route attempt failed");
         if error.counts_against_route() {
             health.record_failure(&target.label, policy);
@@ -252,7 +268,8 @@ async fn attempt_once(
         let commits = event.is_content();
         prefix.push(event);
         if commits {
-            return Ok(Committed { route: target.label.clone(), prefix, rest: stream });
+            let (route, system) = (target.label.clone(), target.provider.system());
+            return Ok(Committed { route, system, attempts: 0, prefix, rest: stream });
         }
     }
 }

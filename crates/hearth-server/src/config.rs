@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub responses_ttl: Duration,
     /// Memory all stored responses may hold together; the oldest are dropped first.
     pub responses_max_bytes: usize,
+    /// Spans are exported (`[telemetry]`): each request's span takes the caller's
+    /// `traceparent` as its parent.
+    pub traces: bool,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             upload_url: None,
             responses_ttl: Duration::from_secs(3_600),
             responses_max_bytes: 64 << 20,
+            traces: false,
         }
     }
 }

@@ -11,7 +11,9 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, MakeSpan, TraceLayer};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::state::AppState;
 use crate::{admin, anthropic, auth, cog, health, metrics, openai, runs};
@@ -19,6 +21,7 @@ use crate::{admin, anthropic, auth, cog, health, metrics, openai, runs};
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().max_body_bytes;
+    let request_span = RequestSpan { traces: state.config().traces };
     Router::new()
         .route("/health", get(health::health))
         .route("/health/ready", get(health::ready))
@@ -38,9 +41,40 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyTimeoutLayer::new(state.config().body_read_timeout))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
+}
+
+/// The span of one HTTP request (DEBUG, as tower-http makes it: free unless logs or traces
+/// want it). When spans are exported, the caller's W3C `traceparent` becomes its parent, so
+/// the request, its run and the run's upstream attempts join the caller's own trace.
+#[derive(Clone, Copy)]
+struct RequestSpan {
+    traces: bool,
+}
+
+impl<B> MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &axum::http::Request<B>) -> Span {
+        if !self.traces {
+            return DefaultMakeSpan::new().make_span(request);
+        }
+        let (method, path) = (request.method(), request.uri().path());
+        let span = tracing::debug_span!(
+            "request",
+            otel.name = %format!("{method} {path}"),
+            otel.kind = "server",
+            http.request.method = %method,
+            url.path = %path,
+        );
+        let headers = opentelemetry_http::HeaderExtractor(request.headers());
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&headers)
+        });
+        // An absent or malformed `traceparent` leaves an empty context: the span starts a trace.
+        let _ = span.set_parent(parent);
+        span
+    }
 }
 
 async fn not_found(request: Request) -> Response {

@@ -29,6 +29,7 @@ impl AnthropicApi {
 impl Api for AnthropicApi {
     type Body = anthropic::MessagesRequest;
     const KEY_HEADER: (&'static str, &'static str) = ("x-api-key", "");
+    const SYSTEM: &'static str = "anthropic";
     type Decoder = anthropic::StreamDecoder;
 
     fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body {

@@ -28,6 +28,7 @@ impl GeminiApi {
 impl Api for GeminiApi {
     type Body = gemini::GenerateContentRequest;
     const KEY_HEADER: (&'static str, &'static str) = ("x-goog-api-key", "");
+    const SYSTEM: &'static str = "gcp.gemini";
     type Decoder = gemini::StreamDecoder;
 
     fn body(&self, request: &CanonicalRequest, _model: &str) -> Self::Body {

@@ -40,6 +40,8 @@ pub(crate) trait Api: Send + Sync + 'static {
 
     /// The header that carries the key, and what goes before the key in it.
     const KEY_HEADER: (&'static str, &'static str);
+    /// The API's vendor as `gen_ai.system` names it ([`Provider::system`]).
+    const SYSTEM: &'static str;
 
     /// The body of a streamed call of `model`.
     fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body;
@@ -69,6 +71,10 @@ impl<A: Api> HttpProvider<A> {
 impl<A: Api> Provider for HttpProvider<A> {
     fn name(&self) -> &str {
         &self.upstream.name
+    }
+
+    fn system(&self) -> &'static str {
+        A::SYSTEM
     }
 
     async fn stream(

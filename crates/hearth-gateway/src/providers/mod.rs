@@ -33,6 +33,12 @@ pub trait Provider: Send + Sync {
     /// The configured name, as routes spell it (`<name>/<model>`).
     fn name(&self) -> &str;
 
+    /// What serves the model, as OpenTelemetry's GenAI conventions name it in `gen_ai.system`
+    /// (`openai`, `anthropic`, `gcp.gemini`; `hearth` for Hearth's own engines).
+    fn system(&self) -> &'static str {
+        "_OTHER"
+    }
+
     /// Starts one streamed call of `model`. Returns once the provider has accepted the request
     /// (the response headers are in); the events follow on the stream.
     async fn stream(

@@ -33,6 +33,7 @@ impl OpenAiApi {
 impl Api for OpenAiApi {
     type Body = openai::ChatCompletionRequest;
     const KEY_HEADER: (&'static str, &'static str) = ("authorization", "Bearer ");
+    const SYSTEM: &'static str = "openai";
     type Decoder = openai::StreamDecoder;
 
     fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body {
@@ -89,6 +90,7 @@ impl OpenAiResponsesApi {
 impl Api for OpenAiResponsesApi {
     type Body = responses::CreateResponse;
     const KEY_HEADER: (&'static str, &'static str) = ("authorization", "Bearer ");
+    const SYSTEM: &'static str = "openai";
     type Decoder = responses::StreamDecoder;
 
     fn body(&self, request: &CanonicalRequest, model: &str) -> Self::Body {
@@ -133,6 +135,10 @@ impl OpenAiProvider {
 impl Provider for OpenAiProvider {
     fn name(&self) -> &str {
         self.chat.name()
+    }
+
+    fn system(&self) -> &'static str {
+        "openai"
     }
 
     async fn stream(

@@ -221,6 +221,10 @@ impl Provider for EngineReplicas {
         &self.name
     }
 
+    fn system(&self) -> &'static str {
+        "hearth"
+    }
+
     async fn stream(
         &self,
         request: &CanonicalRequest,

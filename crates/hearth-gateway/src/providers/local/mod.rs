@@ -57,6 +57,10 @@ impl Provider for LocalProvider {
         LOCAL_PROVIDER
     }
 
+    fn system(&self) -> &'static str {
+        "hearth"
+    }
+
     async fn stream(
         &self,
         request: &CanonicalRequest,
