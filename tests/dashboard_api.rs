@@ -34,8 +34,10 @@ fn the_dashboard_api_answers_usage_runs_and_metrics_and_names_bad_queries() {
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.starts_with("default-src 'self'"), "{csp}");
     assert!(page.text().unwrap().contains("/dashboard/app.js"));
-    let script = client().get(daemon.url("/dashboard/app.js")).send().unwrap();
-    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    for script in ["/dashboard/app.js", "/dashboard/parts.js"] {
+        let script = client().get(daemon.url(script)).send().unwrap();
+        assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+    }
     let config: Value =
         client().get(daemon.url("/dashboard/config.json")).send().unwrap().json().unwrap();
     assert_eq!(config, json!({"token_required": true}));
@@ -96,8 +98,9 @@ fn the_dashboard_api_answers_usage_runs_and_metrics_and_names_bad_queries() {
     // Bad queries: 4xx, each naming its problem.
     for (path, expected, says) in [
         ("/admin/usage?group_by=cost", 400, "`cost` is not one of"),
-        ("/admin/usage?bucket=0", 400, "at least 1 second"),
-        ("/admin/usage?bucket=10", 400, "needs both `since` and `until`"),
+        ("/admin/usage?bucket=0", 400, "is not between 1 s and a year"),
+        ("/admin/usage?bucket=2305843009213693952", 400, "is not between 1 s and a year"),
+        ("/admin/usage?bucket=60", 400, "a series needs `since`"),
         ("/admin/usage?since=yesterday", 400, "not an RFC 3339 time"),
         (&format!("/admin/usage?since={since}&until={until}&bucket=1"), 400, "more than 10000"),
         ("/admin/usage?bucket=minus", 400, "bucket"),

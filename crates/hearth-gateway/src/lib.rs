@@ -38,7 +38,7 @@ pub use gateway::{Caller, Gateway, StartError, StartedRun};
 /// The engine's types that are part of the gateway's own interface: embedding inputs and
 /// refusals (`Gateway::embed`), and the load and latency figures of a local model that the
 /// edge exports as metrics. The edge depends on the gateway alone.
-pub use hearth_engine::metrics::HistogramSnapshot;
+pub use hearth_engine::metrics::{HistogramSnapshot, LATENCY_BUCKETS_SECONDS};
 pub use hearth_engine::{
     AdapterLookupError, AdapterStats, EmbedError, EmbedInput, Engine, EngineStats, MetricsSnapshot,
 };

@@ -134,12 +134,12 @@ impl Gateway {
         let run_id = new_run_id();
         let route = format!("local/{model}");
         let runs = &self.inner.runs;
-        runs.create(&run_id, model, None).await.map_err(StartError::from)?;
+        // The run's own token: a cancel through the run API (or the dashboard) stops it too.
+        let cancel = runs.create(&run_id, model, None).await.map_err(StartError::from)?;
         let _ = runs.set_route(&run_id, &route).await;
         let _ =
             runs.append(&run_id, CanonicalEvent::MessageStart { model: model.to_owned() }).await;
         let (sender, events) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
         let job = Job {
             run_id: run_id.clone(),
             route: route.clone(),
@@ -168,6 +168,9 @@ impl Gateway {
 
     /// Follows a prediction to its end, then ends its run and writes its ledger record.
     async fn drive(&self, job: Job, mut prediction: Prediction) {
+        // Listed for the admin API while it runs; unlisted however it ends.
+        let listed = self.inner.live.list(&job.run_id, &job.model, &job.metadata);
+        listed.run.set_route(&job.route);
         let started = Instant::now();
         let started_at = Utc::now();
         let timeout = job.python.settings.predict_timeout_s.map(Duration::from_secs);

@@ -1,4 +1,4 @@
-//! `GET /dashboard`: the dashboard's page, script and styles, embedded in the binary (plain
+//! `GET /dashboard`: the dashboard's page, scripts and styles, embedded in the binary (plain
 //! files in `dashboard/`, no build step). The page holds no data: everything it shows comes
 //! from the admin API ([`super::observe`]), called with the admin token the person types once
 //! (kept in the tab's `sessionStorage`). So the shell is served to anyone who may reach the
@@ -17,6 +17,7 @@ use crate::state::AppState;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
+const PARTS: &str = include_str!("dashboard/parts.js");
 const STYLES: &str = include_str!("dashboard/app.css");
 
 /// Scripts, styles and calls only from the daemon itself; never framed.
@@ -55,6 +56,11 @@ pub(crate) async fn page(_: Viewer) -> Response {
 
 pub(crate) async fn script(_: Viewer) -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// The building blocks `app.js` imports (formatting, DOM builders, charts).
+pub(crate) async fn parts(_: Viewer) -> Response {
+    asset("text/javascript; charset=utf-8", PARTS)
 }
 
 pub(crate) async fn styles(_: Viewer) -> Response {

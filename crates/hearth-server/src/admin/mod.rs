@@ -69,6 +69,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/metrics", get(observe::metrics))
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/parts.js", get(dashboard::parts))
         .route("/dashboard/app.css", get(dashboard::styles))
         .route("/dashboard/config.json", get(dashboard::config))
         .route("/favicon.ico", get(dashboard::favicon))
@@ -111,13 +112,40 @@ fn check_token(parts: &Parts, token: &str) -> Result<(), AdminError> {
 fn check_loopback(parts: &Parts) -> Result<(), AdminError> {
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     match peer {
-        Some(addr) if addr.ip().is_loopback() => Ok(()),
+        Some(addr) if addr.ip().is_loopback() => check_same_machine_names(parts),
         _ => Err(AdminError::Forbidden(
             "no admin token is configured (HEARTH_ADMIN_TOKEN, or `token` under [admin] in \
              hearth.toml), so the admin API answers only clients on this machine (loopback)"
                 .into(),
         )),
     }
+}
+
+/// A loopback peer may still be a browser on this machine running another site's page: that
+/// page can send requests here (a form's POST needs no permission), and through DNS rebinding
+/// read the answers. Without a token, the request must name this machine (`Host`) and, when a
+/// browser says where it comes from (`Origin`), come from this machine too.
+fn check_same_machine_names(parts: &Parts) -> Result<(), AdminError> {
+    let names_this_machine = |value: &str| {
+        let authority = value.rsplit("://").next().unwrap_or(value);
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.split(':').next().unwrap_or(authority),
+        };
+        host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    for name in [header::HOST, header::ORIGIN] {
+        if let Some(value) = parts.headers.get(&name) {
+            if !value.to_str().is_ok_and(names_this_machine) {
+                return Err(AdminError::Forbidden(format!(
+                    "without an admin token, the admin API answers requests whose `{name}` is \
+                     this machine (localhost or a loopback address) only"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a guess was
@@ -159,6 +187,30 @@ mod tests {
         assert!(err.to_string().contains("no admin token is configured"), "{err}");
         // No peer address known (not served through `serve`): refused, not assumed local.
         assert!(check_loopback(&parts(None, None)).is_err());
+    }
+
+    #[test]
+    fn without_a_token_a_request_must_name_this_machine() {
+        let with = |headers: &[(header::HeaderName, &str)]| {
+            let mut request = axum::http::Request::builder();
+            for (name, value) in headers {
+                request = request.header(name, *value);
+            }
+            let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+            let mut parts = request.body(()).unwrap().into_parts().0;
+            parts.extensions.insert(ConnectInfo(addr));
+            check_loopback(&parts)
+        };
+        for host in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:8080", "127.0.0.2"] {
+            assert!(with(&[(header::HOST, host)]).is_ok(), "{host}");
+        }
+        assert!(with(&[(header::ORIGIN, "http://localhost:8080")]).is_ok());
+        // A rebound name, or another site's page in a browser on this machine.
+        let rebound = with(&[(header::HOST, "evil.example:8080")]).unwrap_err();
+        assert!(rebound.to_string().contains("`host` is this machine"), "{rebound}");
+        let page = [(header::HOST, "127.0.0.1:8080"), (header::ORIGIN, "https://evil.example")];
+        assert!(matches!(with(&page), Err(AdminError::Forbidden(_))));
+        assert!(with(&[(header::ORIGIN, "null")]).is_err());
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use hearth_gateway::{CatalogEntry, GroupBy, HistogramSnapshot, RunError, UsageQuery};
+use hearth_gateway::{
+    CatalogEntry, GroupBy, HistogramSnapshot, RunError, UsageQuery, LATENCY_BUCKETS_SECONDS,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -25,6 +27,8 @@ use crate::state::AppState;
 /// The most buckets one series may have, so a tiny bucket over a long range cannot make the
 /// ledger build an answer of millions of rows.
 const MAX_BUCKETS: i64 = 10_000;
+/// The longest bucket: a year (longer ones would overflow the ledger's millisecond arithmetic).
+const MAX_BUCKET_SECS: u64 = 366 * 24 * 3600;
 
 pub(crate) async fn catalog(Admin(admin): Admin, State(state): State<AppState>) -> Json<Value> {
     let catalog = state.catalog();
@@ -41,7 +45,16 @@ pub(crate) async fn catalog(Admin(admin): Admin, State(state): State<AppState>) 
         .collect();
     for (name, entry) in catalog.entries() {
         if let CatalogEntry::Failed { reason } = entry {
-            data.push(json!({ "id": name, "kind": "local", "state": "failed", "reason": reason }));
+            // A `[[models]]` entry may name the failed package too: one row, marked failed.
+            match data.iter_mut().find(|m| m["id"] == json!(name)) {
+                Some(row) => {
+                    row["state"] = json!("failed");
+                    row["reason"] = json!(reason);
+                }
+                None => data.push(
+                    json!({ "id": name, "kind": "local", "state": "failed", "reason": reason }),
+                ),
+            }
         }
     }
     for (name, _) in admin.snapshot() {
@@ -114,12 +127,13 @@ pub(crate) async fn usage(
         since: parse_time(params.since.as_deref()).map_err(|m| bad(("since", m)))?,
         until: parse_time(params.until.as_deref()).map_err(|m| bad(("until", m)))?,
     };
+    // Checked before any query, so a refused bucket costs the ledger nothing.
+    let bucket = params.bucket.map(|secs| checked_bucket(&query, secs)).transpose()?;
     let gateway = state.gateway();
     let totals = gateway.usage(&query).await.map_err(|e| AdminError::Internal(e.to_string()))?;
-    let series = match params.bucket {
+    let series = match bucket {
         None => None,
-        Some(secs) => {
-            let bucket = checked_bucket(&query, secs)?;
+        Some(bucket) => {
             let series = gateway.usage_series(&query, bucket).await;
             Some(series.map_err(|e| AdminError::Internal(e.to_string()))?)
         }
@@ -134,21 +148,21 @@ pub(crate) async fn usage(
     })))
 }
 
-/// A bucket of `secs`, refused when zero or when the range would hold too many of them.
+/// A bucket of `secs`: at least a second, at most a year, and at most [`MAX_BUCKETS`] of them
+/// from `since` (which a series needs) to `until` (now, when unset).
 fn checked_bucket(query: &UsageQuery, secs: u64) -> Result<Duration, AdminError> {
-    if secs == 0 {
-        return Err(AdminError::BadRequest("bucket: must be at least 1 second".into()));
+    let bad = |message: String| Err(AdminError::BadRequest(format!("bucket: {message}")));
+    if secs == 0 || secs > MAX_BUCKET_SECS {
+        return bad(format!("{secs} s is not between 1 s and a year ({MAX_BUCKET_SECS} s)"));
     }
-    if let (Some(since), Some(until)) = (query.since, query.until) {
-        let span = (until - since).num_seconds().max(0);
-        if span / secs.min(i64::MAX as u64) as i64 > MAX_BUCKETS {
-            return Err(AdminError::BadRequest(format!(
-                "bucket: {secs} s cuts {since} to {until} into more than {MAX_BUCKETS} buckets"
-            )));
-        }
-    } else if secs < 60 {
-        return Err(AdminError::BadRequest(
-            "bucket: under 60 s needs both `since` and `until`, to bound the series".into(),
+    let Some(since) = query.since else {
+        return bad("a series needs `since`, the start of its first bucket".into());
+    };
+    let until = query.until.unwrap_or_else(chrono::Utc::now);
+    let span = (until - since).num_seconds().max(0);
+    if span / secs as i64 > MAX_BUCKETS {
+        return bad(format!(
+            "{secs} s cuts {since} to {until} into more than {MAX_BUCKETS} buckets"
         ));
     }
     Ok(Duration::from_secs(secs))
@@ -156,12 +170,10 @@ fn checked_bucket(query: &UsageQuery, secs: u64) -> Result<Duration, AdminError>
 
 pub(crate) async fn metrics(Admin(_): Admin, State(state): State<AppState>) -> Json<Value> {
     let catalog = state.catalog();
-    let mut bounds: Vec<f64> = Vec::new();
     let data: Vec<Value> = catalog
         .ready()
         .map(|(name, model)| {
             let (stats, metrics) = (model.engine.stats(), model.engine.metrics());
-            bounds = metrics.time_to_first_token.buckets().map(|(bound, _)| bound).collect();
             let kv = match stats.kv_blocks_total {
                 0 => 0.0,
                 total => stats.kv_blocks_used as f64 / total as f64,
@@ -179,7 +191,8 @@ pub(crate) async fn metrics(Admin(_): Admin, State(state): State<AppState>) -> J
             })
         })
         .collect();
-    Json(json!({ "bucket_bounds_seconds": bounds, "data": data }))
+    // Every engine's histograms share these bounds.
+    Json(json!({ "bucket_bounds_seconds": LATENCY_BUCKETS_SECONDS, "data": data }))
 }
 
 /// A histogram's counts per bucket (not cumulative), the last one for `+Inf`.

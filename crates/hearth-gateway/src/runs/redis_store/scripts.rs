@@ -57,7 +57,12 @@ local function apply(hash, events, a)
     else
         local held = redis.call('HMGET', hash, 'status', 'owner', 'len', 'cancel', 'subs',
             'delivered')
-        if not held[1] then return -1, 0, {} end
+        if not held[1] then
+            -- A field alone for a run Redis lacks (its creation's batch failed, or it expired)
+            -- is dropped quietly, as before: only events and ends need the run.
+            if count == 0 and status == '' then return 0, 0, {} end
+            return -1, 0, {}
+        end
         if held[1] ~= 'running' or held[2] ~= owner then
             -- Not this replica's running run: its fields may still be set, nothing else.
             if #fields > 0 then redis.call('HSET', hash, unpack(fields)) end
@@ -105,8 +110,10 @@ local function apply(hash, events, a)
     return 0, cancel, ended
 end
 
-local out, runs = {}, (#KEYS - 1) / 2
-local per_run = (#ARGV - 4) / runs
+local out, runs, per_run = {}, (#KEYS - 1) / 2, 10
+if #ARGV ~= 4 + runs * per_run then
+    return redis.error_reply('WRITE: ' .. #ARGV .. ' arguments for ' .. runs .. ' runs')
+end
 for r = 1, runs do
     local first_arg = 5 + (r - 1) * per_run
     local ok, state, cancel, ended = pcall(apply, KEYS[2 * r], KEYS[2 * r + 1], first_arg)

@@ -220,11 +220,7 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
     for run in runs {
         call.key(shared.keys.run(&run.run_id)).key(shared.keys.events(&run.run_id));
         let share = Share::of(run);
-        let first = match share.first {
-            None => String::new(),
-            Some(_) if share.broken => "-1".to_owned(),
-            Some(first) => first.to_string(),
-        };
+        let first = share.first_argument();
         let (model, record) = share.create.unwrap_or_default();
         call.arg(&*run.run_id)
             .arg(if share.create.is_some() { "1" } else { "" })
@@ -298,6 +294,16 @@ impl<'a> Share<'a> {
         }
         share
     }
+
+    /// The first event's sequence number as the script takes it: empty with no events, `-1`
+    /// when the events do not follow each other (the script then writes none of them).
+    fn first_argument(&self) -> String {
+        match self.first {
+            None => String::new(),
+            Some(_) if self.broken => "-1".to_owned(),
+            Some(first) => first.to_string(),
+        }
+    }
 }
 
 async fn apply_reply(shared: &Shared, run: &mut RunChanges, reply: Reply) {
@@ -311,8 +317,10 @@ async fn apply_reply(shared: &Shared, run: &mut RunChanges, reply: Reply) {
         -4 => shared.detach(run_id, &"Redis failed a command of the run's batch"),
         -5 => shared.detach(run_id, &"Redis missed some of the run's events"),
         // Redis lost the run, or another replica ended it (this replica's lease lapsed): the
-        // callers here still get every event, and the producer is told to stop.
-        _ if !run.detached => {
+        // callers here still get every event, and the producer is told to stop. Not when an
+        // earlier batch already detached the run (its creation may never have reached Redis):
+        // that run goes on in memory.
+        _ if !shared.is_detached(run_id) => {
             shared.detach(run_id, &"Redis no longer holds the run as running");
             let _ = shared.local.cancel(run_id).await;
         }
