@@ -1,6 +1,7 @@
 """Starts the real `hearth` binary for the client-library tests, with the tiny local model and
 two upstream providers (OpenAI and Anthropic wire formats) pointed at a fake on loopback."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -93,16 +94,25 @@ def start_hearth(args, directory, env):
     return proc, addr
 
 
-@pytest.fixture(scope="session")
-def hearth_url(tmp_path_factory):
+@contextlib.contextmanager
+def hearth_with_fakes(directory, env=None):
+    """The tiny local model and the fake upstreams behind a daemon in `directory` (with `env`
+    added); yields its base URL and stops both afterwards."""
     upstream = fake_provider.start()
-    directory = tmp_path_factory.mktemp("hearth")
     config = write_config(directory, f"http://127.0.0.1:{upstream.server_address[1]}")
     proc, addr = start_hearth(
         ["--model", str(ROOT / "models" / "tiny-llama"), "--config", str(config)], directory,
-        {"HEARTH_CLIENT_TEST_KEY": UPSTREAM_KEY},
+        {"HEARTH_CLIENT_TEST_KEY": UPSTREAM_KEY, **(env or {})},
     )
-    yield f"http://{addr}"
-    proc.terminate()
-    proc.wait(timeout=60)
-    upstream.shutdown()
+    try:
+        yield f"http://{addr}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        upstream.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hearth_url(tmp_path_factory):
+    with hearth_with_fakes(tmp_path_factory.mktemp("hearth")) as url:
+        yield url

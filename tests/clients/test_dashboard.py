@@ -8,15 +8,12 @@ metadata key exactly as `/v1/usage` does, and cancels a run from its button. Scr
 
 import json
 import os
-import pathlib
 import shutil
 import threading
 import urllib.request
 
 import pytest
-from conftest import ROOT, UPSTREAM_KEY, start_hearth, write_config
-
-import fake_provider
+from conftest import ROOT, hearth_with_fakes
 
 ADMIN_TOKEN = "dashboard-test-admin-token"
 ARTIFACTS = ROOT / "target" / "test-artifacts" / "dashboard"
@@ -31,17 +28,9 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    upstream = fake_provider.start()
     directory = tmp_path_factory.mktemp("dashboard")
-    config = write_config(directory, f"http://127.0.0.1:{upstream.server_address[1]}")
-    proc, addr = start_hearth(
-        ["--model", str(ROOT / "models" / "tiny-llama"), "--config", str(config)], directory,
-        {"HEARTH_CLIENT_TEST_KEY": UPSTREAM_KEY, "HEARTH_ADMIN_TOKEN": ADMIN_TOKEN},
-    )
-    yield f"http://{addr}"
-    proc.terminate()
-    proc.wait(timeout=60)
-    upstream.shutdown()
+    with hearth_with_fakes(directory, {"HEARTH_ADMIN_TOKEN": ADMIN_TOKEN}) as url:
+        yield url
 
 
 def call(url, body=None, headers=None, method=None):

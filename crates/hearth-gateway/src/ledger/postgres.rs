@@ -90,8 +90,7 @@ impl Ledger for PostgresLedger {
         query: &UsageQuery,
         bucket: Option<Duration>,
     ) -> Result<Vec<UsageRow>, LedgerError> {
-        let bucket_ms = bucket.map(|b| to_i64(b.as_millis().max(1) as u64));
-        let sql = usage_sql(&query.group_by, bucket_ms, |n| format!("${n}"));
+        let sql = usage_sql(&query.group_by, bucket, |n| format!("${n}"));
         let mut statement = sqlx::query(&sql);
         if let GroupBy::Metadata(metadata_key) = &query.group_by {
             statement = statement.bind(metadata_key.as_str());
@@ -101,7 +100,7 @@ impl Ledger for PostgresLedger {
             .bind(query.until.as_ref().map_or(i64::MAX, millis))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|row| usage_row(row, bucket_ms.is_some())).collect()
+        rows.iter().map(|row| usage_row(row, bucket.is_some())).collect()
     }
 }
 

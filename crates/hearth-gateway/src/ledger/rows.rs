@@ -3,6 +3,8 @@
 
 use std::str::FromStr;
 
+use std::time::Duration;
+
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
@@ -25,13 +27,14 @@ pub(super) fn from_millis(ms: i64) -> DateTime<Utc> {
 }
 
 /// The usage query, with `param(n)` writing the n-th placeholder (`?` or `$n`), in buckets of
-/// `bucket_ms` when given (the column `t`, each bucket's start in ms). Its parameters are the
+/// `bucket` when given (the column `t`, each bucket's start in ms). Its parameters are the
 /// metadata key (when grouping by one), then the window's start and end in ms.
 pub(super) fn usage_sql(
     group_by: &GroupBy,
-    bucket_ms: Option<i64>,
+    bucket: Option<Duration>,
     param: impl Fn(usize) -> String,
 ) -> String {
+    let bucket_ms = bucket.map(|b| i64::try_from(b.as_millis()).unwrap_or(i64::MAX).max(1));
     let (key, join, window) = match group_by {
         GroupBy::Model => ("r.model", String::new(), 1),
         GroupBy::Route => ("r.route", String::new(), 1),

@@ -395,17 +395,14 @@ async fn a_run_is_in_redis_once_its_id_is_out_and_tidy_once_it_ends() {
             .await
             .unwrap();
         assert!(!listed, "{run} is out of the running set");
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(format!("{prefix}run:{run}"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let ttl = pttl(&mut conn, &format!("{prefix}run:{run}")).await;
         assert!(ttl > 0 && ttl <= 60_000, "{run} expires with the store's ttl ({ttl} ms)");
     }
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("{prefix}run:run_whole:events"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl = pttl(&mut conn, &format!("{prefix}run:run_whole:events")).await;
     assert!(ttl > 0 && ttl <= 60_000, "the events expire with the run ({ttl} ms)");
+}
+
+/// How long `key` has left to live in Redis, in ms (negative: no expiry, or no key).
+async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
 }

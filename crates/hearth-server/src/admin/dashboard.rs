@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{check_loopback, AdminError};
+use super::{check_loopback, enabled, AdminError};
 use crate::state::AppState;
 
 const INDEX: &str = include_str!("dashboard/index.html");
@@ -30,10 +30,7 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AdminError> {
-        let admin = state.admin().ok_or_else(|| {
-            AdminError::NotFound("the admin API (and its dashboard) is not enabled".into())
-        })?;
-        if admin.settings.token.is_none() {
+        if enabled(state)?.settings.token.is_none() {
             check_loopback(parts)?;
         }
         Ok(Viewer)

@@ -82,15 +82,22 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AdminError> {
-        let admin = state.admin().ok_or_else(|| {
-            AdminError::NotFound("the admin API is not enabled on this daemon".into())
-        })?;
+        let admin = enabled(state)?;
         match &admin.settings.token {
             Some(token) => check_token(parts, token)?,
             None => check_loopback(parts)?,
         }
         Ok(Admin(admin.clone()))
     }
+}
+
+/// The admin API's state, or why there is none (the dashboard needs it too).
+fn enabled(state: &AppState) -> Result<&Arc<AdminState>, AdminError> {
+    state.admin().ok_or_else(|| {
+        AdminError::NotFound(
+            "the admin API (and its dashboard) is not enabled on this daemon".into(),
+        )
+    })
 }
 
 fn check_token(parts: &Parts, token: &str) -> Result<(), AdminError> {

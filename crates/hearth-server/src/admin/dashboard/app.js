@@ -10,7 +10,7 @@
 //      catalog, live runs (with cancel), spend & requests (totals table + two SVG charts),
 //      model latency (windows computed from the deltas between successive /admin/metrics polls).
 //   4. Run page (#run/<id>): the run's live row while it runs; once it is not live, its record
-//      from GET /admin/runs/{id} when the daemon has one; and its stored payload.
+//      from GET /admin/runs/{id} when the daemon has one.
 //   5. Scheduler and wiring: a 2 s tick for runs and metrics, every 5th tick catalog and usage.
 
 import {
@@ -21,7 +21,6 @@ import {
   el,
   fmtAge,
   fmtCost,
-  fmtDateTime,
   fmtInt,
   fmtPrice,
   fmtShort,
@@ -52,7 +51,6 @@ const state = {
   runsLoaded: false,
   usageSeq: 0,
   metrics: new Map(), // model → { prev, prevT, points: [] }
-  payloadFinal: false, // run page: the payload cannot change any more, stop polling it
   record: { runId: null, body: undefined }, // run page: GET /admin/runs/{id} once the run is not live
   tick: 0,
 };
@@ -121,8 +119,8 @@ function onTokenSubmit(ev) {
   $('token-input').value = '';
   $('token-form').hidden = true;
   state.needAuth = false;
-  route(); // loads the payload when the page is on #run/<id>
-  refreshAll({ payload: false });
+  route();
+  refreshAll();
 }
 
 // ---------- 3a. catalog ----------
@@ -455,50 +453,14 @@ function runRecord(record) {
     el('table', { class: 'record' }, el('tbody', {}, rows))];
 }
 
-async function loadPayload() {
-  const id = currentRunId();
-  if (id == null) return;
-  const box = $('run-payload');
-  try {
-    const p = (await api(`/admin/runs/${encodeURIComponent(id)}`))?.payload;
-    if (currentRunId() !== id) return;
-    if (p == null) {
-      state.payloadFinal = state.runsLoaded && !state.runs.some((r) => r.run_id === id);
-      box.replaceChildren(el('p', { class: 'empty', text: 'No payload stored for this run.' }));
-      return;
-    }
-    state.payloadFinal = p.response != null;
-    box.replaceChildren(
-      el('p', { class: 'muted', text: `Stored ${fmtDateTime(p?.stored_at)}` }),
-      el('h3', { text: 'Request' }),
-      el('pre', { text: JSON.stringify(p?.request, null, 2) }),
-      el('h3', { text: 'Response' }),
-      p?.response == null ? el('p', { class: 'muted', text: 'No response stored.' })
-        : el('pre', { text: JSON.stringify(p.response, null, 2) }),
-    );
-  } catch (e) {
-    if (currentRunId() !== id) return;
-    if (e.status === 404) {
-      state.payloadFinal = state.runsLoaded && !state.runs.some((r) => r.run_id === id);
-      box.replaceChildren(el('p', { class: 'empty', text: 'No payload stored for this run.' }));
-      return;
-    }
-    box.replaceChildren(el('p', { class: 'muted', text: 'The payload could not be loaded.' }));
-    throw e;
-  }
-}
-
 function route() {
   const id = currentRunId();
   $('dashboard-view').hidden = id != null;
   $('run-page').hidden = id == null;
   if (id != null) {
     $('run-title').textContent = id;
-    state.payloadFinal = false;
     state.record = { runId: null, body: undefined };
-    $('run-payload').replaceChildren(el('p', { class: 'muted', text: 'Loading…' }));
     renderRunLive();
-    guarded('payload', loadPayload);
     return;
   }
   const target = location.hash.length > 1 ? document.getElementById(location.hash.slice(1)) : null;
@@ -512,13 +474,12 @@ function poll(source, load) {
 }
 
 // The catalog goes first: when it answers 401, the other calls would only fail the same way.
-async function refreshAll({ payload = true } = {}) {
+async function refreshAll() {
   await guarded('catalog', loadCatalog);
   if (state.needAuth) return;
   guarded('runs', loadRuns);
   guarded('usage', loadUsage);
   guarded('metrics', loadMetrics);
-  if (payload && currentRunId() != null) guarded('payload', loadPayload);
   state.record.runId = null; // the run page asks for the run's record again if it is not live
 }
 
@@ -530,7 +491,6 @@ function tick() {
   if (state.tick % SLOW_EVERY === 0) {
     poll('catalog', loadCatalog);
     poll('usage', loadUsage);
-    if (currentRunId() != null && !state.payloadFinal) poll('payload', loadPayload);
   }
 }
 
@@ -568,8 +528,8 @@ async function start() {
     askForToken('');
   } else {
     $('token-form').hidden = true;
-    route(); // loads the payload when the page opens on #run/<id>
-    refreshAll({ payload: false });
+    route();
+    refreshAll();
   }
   setInterval(tick, FAST_MS);
 }

@@ -50,7 +50,6 @@ export function fmtTick(ms, withDate) {
   return new Date(ms).toLocaleString(undefined, opts);
 }
 
-export const fmtDateTime = (v) => (Number.isNaN(Date.parse(v)) ? String(v ?? '—') : new Date(v).toLocaleString());
 
 // A key keeps its colour while the grouping stays: its FNV-1a hash picks a palette slot, probing
 // on to the next free slot on a clash; once the palette is used up, the hash picks a hue.
