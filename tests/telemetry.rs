@@ -1,6 +1,7 @@
 //! Trace export against the real binary: with `[telemetry] otlp_endpoint` set, each run reaches
 //! an OTLP/HTTP receiver (a stand-in collector on loopback) as a span with the GenAI attributes,
-//! its first token as an event, its upstream attempt as a child span, all in the caller's trace
+//! its first token as an event, its upstream attempt as a child span (and a local model's queue,
+//! prefill and decode phases as the attempt's children), all in the caller's trace
 //! when the request carried a W3C `traceparent`.
 
 mod common;
@@ -133,8 +134,9 @@ fn each_run_is_one_span_in_the_callers_trace_with_its_attempt_and_first_token() 
     let run_id = chat(Some(format!("00-{TRACE_ID}-{CALLER_SPAN}-01")));
     let other_run = chat(None);
 
-    let spans =
-        collector.wait_for("two run spans", |spans| named(spans, "chat tiny-llama").len() == 2);
+    let spans = collector.wait_for("two runs' spans", |spans| {
+        named(spans, "chat tiny-llama").len() == 2 && named(spans, "decode").len() == 2
+    });
     let runs = named(&spans, "chat tiny-llama");
     let run = runs
         .iter()
@@ -177,6 +179,31 @@ fn each_run_is_one_span_in_the_callers_trace_with_its_attempt_and_first_token() 
         .expect("the run's attempt span");
     assert_eq!(attempt["traceId"], TRACE_ID);
     assert_eq!(attribute(attempt, "gen_ai.system").as_deref(), Some("hearth"));
+
+    // The local model's phases: queued, then prefill, then decode, each the attempt's child and
+    // each ending where the next begins.
+    let phases: Vec<&Value> = ["queue", "prefill", "decode"]
+        .iter()
+        .map(|name| {
+            named(&spans, name)
+                .into_iter()
+                .find(|s| s["parentSpanId"] == attempt["spanId"])
+                .unwrap_or_else(|| panic!("no {name} span under the attempt in {spans:#?}"))
+        })
+        .collect();
+    // OTLP JSON writes 64-bit integers as strings; take a number too.
+    let time = |span: &Value, key: &str| {
+        let value = &span[key];
+        value.as_str().map_or_else(|| value.as_u64().unwrap(), |s| s.parse().unwrap())
+    };
+    for pair in phases.windows(2) {
+        assert!(
+            time(pair[0], "endTimeUnixNano") <= time(pair[1], "startTimeUnixNano"),
+            "{pair:#?}"
+        );
+    }
+    assert!(attribute(phases[0], "hearth.prompt_tokens").is_some(), "{:#}", phases[0]);
+    assert_eq!(attribute(phases[2], "gen_ai.usage.output_tokens").as_deref(), Some("4"));
 
     // A request without a traceparent starts a trace of its own.
     let other = runs

@@ -24,6 +24,7 @@ use crate::generation::constraint::{GrammarCompiler, TokenConstraint};
 use crate::generation::kv_cache::{KvCache, KvCacheConfig};
 use crate::generation::memory::KvCacheSize;
 use crate::generation::metrics::{EngineMetrics, MetricsSnapshot};
+use crate::generation::phases::Phases;
 use crate::generation::scheduler::SchedulerConfig;
 use crate::generation::shared::{EngineStats, Shared};
 use crate::generation::worker::{Command, Submission, Worker, WorkerParts};
@@ -110,7 +111,9 @@ pub async fn run_blocking<T: Send + 'static>(
     engine: Engine,
     work: impl FnOnce(&Engine) -> T + Send + 'static,
 ) -> Result<T, SubmitError> {
-    tokio::task::spawn_blocking(move || work(&engine))
+    // The caller's span goes with the work: a request submitted there is traced as its child.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| work(&engine)))
         .await
         .map_err(|e| SubmitError::Internal(e.to_string()))
 }
@@ -345,8 +348,9 @@ impl Engine {
             adapter,
             events: events_tx,
             submitted_at,
+            phases: Phases::start(prompt_tokens),
         };
-        if let Err(err) = inner.submissions.try_send(Command::Submit(submission)) {
+        if let Err(err) = inner.submissions.try_send(Command::Submit(Box::new(submission))) {
             inner.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
             return Err(match err {
                 mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded { num_waiting },

@@ -10,6 +10,7 @@ pub mod handle;
 pub mod kv_cache;
 pub mod memory;
 pub mod metrics;
+mod phases;
 mod runner;
 pub mod sampler;
 pub mod scheduler;

@@ -20,6 +20,7 @@ use crate::generation::constraint::{self, TokenConstraint, TokenMask};
 use crate::generation::detokenizer::{IncrementalDetokenizer, StopMatcher};
 use crate::generation::kv_cache::KvCache;
 use crate::generation::metrics::RequestTimer;
+use crate::generation::phases::Phases;
 use crate::generation::runner;
 use crate::generation::sampler::Sampler;
 use crate::generation::scheduler::{AdmitError, ScheduledSeq, Scheduler, SchedulerConfig};
@@ -30,7 +31,7 @@ use crate::models::llama::Llama;
 
 /// What a handle sends to the worker.
 pub(crate) enum Command {
-    Submit(Submission),
+    Submit(Box<Submission>),
     /// Wakes an idle worker so it sees the shutdown flag.
     Wake,
 }
@@ -45,6 +46,8 @@ pub(crate) struct Submission {
     pub events: mpsc::UnboundedSender<GenerationEvent>,
     /// When `Engine::submit` was called: the start of the request's latencies.
     pub submitted_at: Instant,
+    /// The request's phases as trace spans (queue, then prefill, then decode).
+    pub phases: Phases,
 }
 
 /// A step's token masks, by sequence: what each constrained sequence may draw, or why its
@@ -64,6 +67,7 @@ struct Active {
     queued: bool,
     /// Metrics: TTFT, inter-token and end-to-end latency.
     timer: RequestTimer,
+    phases: Phases,
 }
 
 /// Everything the worker needs, gathered by `Engine::start`.
@@ -140,13 +144,13 @@ impl Worker {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Submit(submission) => self.admit(submission),
+            Command::Submit(submission) => self.admit(*submission),
             Command::Wake => {}
         }
     }
 
     fn admit(&mut self, submission: Submission) {
-        let Submission { prompt_ids, sampling, constraint, adapter, events, submitted_at } =
+        let Submission { prompt_ids, sampling, constraint, adapter, events, submitted_at, phases } =
             submission;
         let id = self.next_id;
         self.next_id += 1;
@@ -161,6 +165,7 @@ impl Worker {
             events,
             queued: true,
             timer: RequestTimer::new(submitted_at),
+            phases,
         };
         let mut seq = Sequence::new(id, prompt_ids, active.sampling.max_tokens, self.num_steps);
         seq.cache_salt = adapter.map(|a| a.id());
@@ -305,6 +310,9 @@ impl Worker {
                 if active.queued {
                     active.queued = false;
                     self.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
+                    let cached =
+                        self.scheduler.get(s.seq_id).map_or(0, |seq| seq.num_cached_prompt_tokens);
+                    active.phases.scheduled(cached);
                 }
             }
         }
@@ -340,6 +348,9 @@ impl Worker {
         self.scheduler.append_token(id, token);
         let Some(seq) = self.scheduler.get(id) else { return };
         let num_generated = seq.num_generated();
+        if num_generated == 1 {
+            active.phases.first_token();
+        }
         let usage = Usage {
             prompt_tokens: seq.num_prompt_tokens,
             completion_tokens: num_generated,
@@ -395,8 +406,10 @@ impl Worker {
 
     /// Ends a request: sends its terminal event and frees its sequence at once.
     fn end(&mut self, id: SeqId, terminal: GenerationEvent) {
+        let generated = self.scheduler.get(id).map_or(0, |seq| seq.num_generated());
         self.scheduler.finish(id);
         if let Some(active) = self.active.remove(&id) {
+            active.phases.end(generated);
             if active.queued {
                 self.shared.num_queued.fetch_sub(1, Ordering::AcqRel);
             }
