@@ -202,14 +202,16 @@ fn a_python_predictor_answers_every_cog_surface() {
     assert_eq!(openapi["components"]["schemas"]["Output"]["x-cog-array-type"], "iterator");
     assert!(openapi["paths"]["/cog/echo/predictions"]["post"].is_object());
 
-    // Sync: output chunks, logs, the secret redacted in the echoed input and in the logs.
+    // Sync: output chunks, logs, the secret redacted in the echoed input, in the logs and in
+    // the payload stored for it.
     let response = client()
         .post(daemon.url("/cog/echo/predictions"))
+        .header("x-hearth-collect-log-payload", "true")
         .json(&json!({"input": {"text": "hello world", "token": "hunter2"}}))
         .send()
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.headers().contains_key("x-hearth-run-id"));
+    let run_id = response.headers()["x-hearth-run-id"].to_str().unwrap().to_owned();
     assert_eq!(response.headers()["x-hearth-route"], "local/echo");
     let prediction: Value = response.json().unwrap();
     assert_eq!(prediction["status"], "succeeded", "{prediction}");
@@ -221,6 +223,17 @@ fn a_python_predictor_answers_every_cog_surface() {
     let leaked: Vec<String> =
         daemon.all_logs().into_iter().filter(|l| l.contains("hunter2")).collect();
     assert!(leaked.is_empty(), "the secret reached the daemon's log: {leaked:?}");
+    let stored: Value = client()
+        .get(daemon.url(&format!("/admin/runs/{run_id}/payload")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(stored["request"]["input"]["token"], "**********", "{stored}");
+    assert_eq!(stored["request"]["input"]["text"], "hello world", "{stored}");
+    assert_eq!(stored["response"]["output"], json!(["hello ", "world "]), "{stored}");
+    assert!(!stored.to_string().contains("hunter2"), "the secret was stored: {stored}");
     assert!(prediction["metrics"]["predict_time"].as_f64().unwrap() > 0.0);
 
     // SSE: Cog's event vocabulary.

@@ -2,14 +2,15 @@
 through Playwright's Python API (never a downloaded browser). It checks, against a daemon with an
 admin token and the fake upstreams, that the page loads without console errors, lists the
 example model, shows a streaming run while it streams and after it ends, groups spend by a
-metadata key exactly as `/v1/usage` does, and cancels a run from its button. Screenshots go to
-`target/test-artifacts/dashboard/`.
+metadata key exactly as `/v1/usage` does, cancels a run from its button, and shows (then deletes)
+a run's stored payload. Screenshots go to `target/test-artifacts/dashboard/`.
 """
 
 import json
 import os
 import shutil
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -114,9 +115,28 @@ def test_dashboard_shows_catalog_runs_spend_and_cancels(daemon):
         expect(running).to_have_count(0)
         page.goto(f"{daemon}/dashboard#run/{slow.run_id}")
         expect(page.locator("#run-page")).to_contain_text("cancelled")
+        expect(page.locator("#run-payload")).to_contain_text("No payload stored")
         page.screenshot(path=str(ARTIFACTS / "run-cancelled.png"), full_page=True)
+
+        # A run whose request asked for its payload: the run page shows the request and the
+        # answer, and its button deletes them.
+        body = {"model": "upstream-priced", "messages": [{"role": "user", "content": "Keep this"}]}
+        headers, answer = call(f"{daemon}/v1/chat/completions", body,
+                               headers={"x-hearth-collect-log-payload": "true"})
+        kept = headers["x-hearth-run-id"]
+        page.goto(f"{daemon}/dashboard#run/{kept}")
+        expect(page.locator("#run-payload .payload-request")).to_contain_text("Keep this")
+        reply = answer["choices"][0]["message"]["content"]
+        expect(page.locator("#run-payload .payload-response")).to_contain_text(reply)
+        page.screenshot(path=str(ARTIFACTS / "run-payload.png"), full_page=True)
+        page.locator("#run-payload button.delete-payload").click()
+        expect(page.locator("#run-payload")).to_contain_text("No payload stored")
         browser.close()
     assert problems == [], problems
     _, record = call(f"{daemon}/admin/runs/{slow.run_id}",
                      headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
     assert record["record"]["status"] == "cancelled", record
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        call(f"{daemon}/admin/runs/{kept}/payload",
+             headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert gone.value.code == 404, "the button deleted the payload"

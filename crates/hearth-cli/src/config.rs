@@ -46,6 +46,10 @@ pub struct Config {
     /// The admin API (`hearth push`): its token and upload limits.
     #[serde(default)]
     pub admin: crate::serve_admin::AdminSection,
+    /// What is kept of requests beyond their ledger records: payloads (off by default) and
+    /// their retention.
+    #[serde(default)]
+    pub logging: hearth_gateway::logging::LoggingSettings,
     /// Trace export over OTLP (`otlp_endpoint`), off by default.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetrySection,
@@ -152,6 +156,7 @@ impl Config {
             ledger: self.ledger.clone(),
             limits: self.limits.clone(),
             api_keys: self.api_keys.clone(),
+            logging: self.logging.clone(),
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct GatewayConfig {
     pub limits: Vec<crate::limits::LimitConfig>,
     #[serde(default)]
     pub api_keys: Vec<crate::keys::ConfigKey>,
+    /// What is kept of requests beyond their ledger records (payloads, and their retention).
+    #[serde(default)]
+    pub logging: crate::logging::LoggingSettings,
 }
 
 /// `[state]`: where state that replicas share lives. Unset, everything stays in this process

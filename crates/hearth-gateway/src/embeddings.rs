@@ -17,7 +17,7 @@ use crate::catalog::CatalogError;
 use crate::gateway::{caller_metadata, check_key, new_run_id, Caller, Gateway, StartError};
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
 use crate::limits::{self, Usage};
-use crate::runs::RunStatus;
+use crate::runs::{NewRun, RunStatus};
 
 /// An embedding run that answered.
 #[derive(Debug)]
@@ -58,7 +58,9 @@ impl Gateway {
         let run_id = new_run_id();
         let route = format!("local/{model}");
         let inner = self.inner.clone();
-        inner.runs.create(&run_id, model, None).await.map_err(StartError::from)?;
+        let forget_at_end = !inner.logging.keep(caller.log).collect;
+        let new = NewRun { forget_at_end, ..NewRun::of(model) };
+        inner.runs.create(&run_id, new).await.map_err(StartError::from)?;
         let (ids, job) = (
             (run_id.clone(), route.clone()),
             EmbedJob { run_id, route, model: model.to_owned(), metadata, caller },

@@ -18,14 +18,15 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::GatewaySettings;
 use crate::keys::{ApiKey, Keys};
 use crate::ledger::{
-    BatchedLedger, CallerMetadata, Ledger, LedgerError, LedgerRecord, MetadataError, SqliteLedger,
-    UsageBucket, UsageGroup, UsageQuery,
+    BatchedLedger, CallerMetadata, Ledger, LedgerError, LedgerRecord, MetadataError, RunPayload,
+    SqliteLedger, UsageBucket, UsageGroup, UsageQuery,
 };
 use crate::limits::{self, LimitError, Limits, MemoryLimiter, Usage};
 use crate::live::{LiveRunView, LiveRuns};
+use crate::logging::{LogOptions, LoggingSettings};
 use crate::producer::{self, RunJob};
 use crate::router::{RetryPolicy, RouteHealth};
-use crate::runs::{InMemoryRunStore, RunError, RunEvent, RunInfo, RunStore, Subscription};
+use crate::runs::{InMemoryRunStore, NewRun, RunError, RunEvent, RunInfo, RunStore, Subscription};
 use crate::shared::{Backends, Inner};
 use crate::wiring::Parts;
 
@@ -51,6 +52,31 @@ pub struct Caller {
     /// the run's terminal event: Cog's semantics, where a prediction whose client leaves is
     /// cancelled. Off by default: a chat run goes on for its caller to resume.
     pub cancel_on_disconnect: bool,
+    /// What the caller asked to be kept of the request (payloads, or nothing at all).
+    pub log: LogOptions,
+}
+
+/// How the edge opens a run: the id it chose (it may have built its answer's ids from it)
+/// and how it encodes the run's stream, stored with the run so that a resume on any replica
+/// speaks the same format.
+#[derive(Debug, Clone)]
+pub struct RunOpening {
+    pub run_id: String,
+    /// Opaque to the gateway (see [`RunInfo::format`]).
+    pub format: Option<String>,
+}
+
+impl RunOpening {
+    /// A fresh run id and no format.
+    pub fn new() -> Self {
+        RunOpening { run_id: new_run_id(), format: None }
+    }
+}
+
+impl Default for RunOpening {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A run whose route has committed: its first content event is in the buffer.
@@ -109,7 +135,7 @@ impl Gateway {
         settings: &GatewaySettings,
     ) -> Result<Gateway, LedgerError> {
         let sqlite = SqliteLedger::open(&settings.ledger_path).await?;
-        let ledger = BatchedLedger::new(Arc::new(sqlite));
+        let ledger = BatchedLedger::new(Arc::new(sqlite), Default::default());
         let runs = InMemoryRunStore::from_settings(settings);
         Ok(Self::new(catalog, settings, Arc::new(runs), Arc::new(ledger)))
     }
@@ -123,6 +149,7 @@ impl Gateway {
         let parts = Parts {
             runs,
             ledger,
+            logging: LoggingSettings::default(),
             limits: Limits::default(),
             limiter: Arc::new(MemoryLimiter::default()),
             keys: Keys::none(),
@@ -133,7 +160,7 @@ impl Gateway {
     }
 
     pub(crate) fn build(catalog: Catalog, settings: &GatewaySettings, parts: Parts) -> Gateway {
-        let Parts { runs, ledger, limits, limiter, keys, cache, backends } = parts;
+        let Parts { runs, ledger, logging, limits, limiter, keys, cache, backends } = parts;
         let inner = Arc::new(Inner {
             catalog: ArcSwap::from_pointee(catalog),
             catalog_writer: Mutex::new(()),
@@ -148,9 +175,13 @@ impl Gateway {
             backends,
             tasks: TaskTracker::new(),
             live: LiveRuns::default(),
+            logging,
         });
         if let Some(every) = inner.runs.sweep_interval() {
             tokio::spawn(sweep_orphans(Arc::downgrade(&inner), every));
+        }
+        if inner.logging.retention().max_age.is_some() {
+            tokio::spawn(prune_payloads(Arc::downgrade(&inner)));
         }
         Gateway { inner }
     }
@@ -194,6 +225,16 @@ impl Gateway {
         request: CanonicalRequest,
         caller: Caller,
     ) -> Result<StartedRun, StartError> {
+        self.open_run(request, caller, RunOpening::new()).await
+    }
+
+    /// [`Gateway::start_run`] with the run's id and stream format chosen by the edge.
+    pub async fn open_run(
+        &self,
+        request: CanonicalRequest,
+        caller: Caller,
+        opening: RunOpening,
+    ) -> Result<StartedRun, StartError> {
         request.validate()?;
         let mut request = request;
         if request.session.is_none() {
@@ -207,13 +248,20 @@ impl Gateway {
         drop(catalog);
         let reservation =
             limits::admit(&self.inner, &request, &caller, &metadata, &resolved.prices).await?;
-        let run_id = new_run_id();
+        let RunOpening { run_id, format } = opening;
+        let keep = self.inner.logging.keep(caller.log);
         let runs = &self.inner.runs;
         // Only a shared store keeps the record (for the replica that would end an orphan).
         let record = runs.sweep_interval().map(|_| {
             let key = caller.api_key_id.clone();
             LedgerRecord::failed_start(&run_id, &request.model, metadata.clone(), key, Utc::now())
         });
+        let new = NewRun {
+            model: &request.model,
+            record: record.as_ref(),
+            format: format.as_deref(),
+            forget_at_end: !keep.collect,
+        };
         let cache_key = caller
             .cache
             .is_active()
@@ -222,10 +270,12 @@ impl Gateway {
             if let Some(events) = self.inner.cache.get(key).await {
                 let (model, api_key_id) = (request.model.clone(), caller.api_key_id.clone());
                 let hit = cache::Hit { model, events, metadata, api_key_id, reservation };
-                return cache::replay(&self.inner, hit).await;
+                // Replayed at once: there is no producer to lose, and so no orphan record.
+                let new = NewRun { record: None, ..new };
+                return cache::replay(&self.inner, &run_id, new, hit).await;
             }
         }
-        let cancel = match runs.create(&run_id, &request.model, record.as_ref()).await {
+        let cancel = match runs.create(&run_id, new).await {
             Ok(cancel) => cancel,
             Err(e) => {
                 self.inner.limiter.settle(&reservation, Usage::default()).await;
@@ -245,8 +295,11 @@ impl Gateway {
             events = CancelOnDrop { events, cancel: cancel.clone(), ended: false }.boxed();
         }
         let (commit, committed) = oneshot::channel();
+        // Kept as the caller sent it, should logging store the run's payloads.
+        let logged_request = keep.payload.then(|| serde_json::to_value(&request).ok()).flatten();
         let job = RunJob {
             run_id: run_id.clone(),
+            logged_request,
             request,
             targets,
             prices: resolved.prices,
@@ -254,7 +307,8 @@ impl Gateway {
             api_key_id: caller.api_key_id,
             cancel,
             reservation,
-            cache_put: cache_key.zip(caller.cache.ttl),
+            // A caller that asked that nothing be kept gets no cache entry either.
+            cache_put: cache_key.zip(caller.cache.ttl).filter(|_| keep.collect),
         };
         let span = producer::run_span(&job);
         self.inner.tasks.spawn(producer::drive(self.inner.clone(), job, commit).instrument(span));
@@ -291,9 +345,19 @@ impl Gateway {
         self.inner.runs.cancel(run_id).await
     }
 
-    /// Records how the edge encodes the run's stream, for resumes ([`RunInfo::format`]).
-    pub async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError> {
-        self.inner.runs.set_format(run_id, format).await
+    /// The run's stored request and answer, when logging kept them.
+    pub async fn payload(&self, run_id: &str) -> Result<Option<RunPayload>, LedgerError> {
+        self.inner.ledger.payload(run_id).await
+    }
+
+    /// Deletes the run's stored payload; whether it had one.
+    pub async fn delete_payload(&self, run_id: &str) -> Result<bool, LedgerError> {
+        self.inner.ledger.delete_payload(run_id).await
+    }
+
+    /// Whether `[logging] payloads` stores every request's payloads by default.
+    pub fn logs_payloads(&self) -> bool {
+        self.inner.logging.payloads
     }
 
     /// Asks every running run to stop (a shutdown out of grace): each producer ends its run
@@ -340,6 +404,20 @@ async fn sweep_orphans(inner: std::sync::Weak<Inner>, every: std::time::Duration
             if let Err(e) = inner.ledger.record(&orphan.record).await {
                 tracing::error!(run_id = %orphan.info.run_id, error = %e, "could not write the ledger record");
             }
+        }
+    }
+}
+
+/// Deletes, every minute, the stored payloads older than `[logging] payload_max_age_secs`
+/// (the ledger's writer also does after each batch that stores some); stops with the gateway.
+async fn prune_payloads(inner: std::sync::Weak<Inner>) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let retention = inner.logging.retention();
+        if let Err(e) = inner.ledger.prune_payloads(retention, Utc::now()).await {
+            tracing::error!(error = %e, "could not delete expired run payloads");
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod ledger;
 pub mod limits;
 mod live;
+pub mod logging;
 mod pricing;
 mod producer;
 pub mod providers;
@@ -34,7 +35,7 @@ pub use config::{
     ProviderConfig, ProviderKind, StateSettings,
 };
 pub use embeddings::{EmbedRunError, EmbeddingRun};
-pub use gateway::{Caller, Gateway, StartError, StartedRun};
+pub use gateway::{Caller, Gateway, RunOpening, StartError, StartedRun};
 /// The engine's types that are part of the gateway's own interface: embedding inputs and
 /// refusals (`Gateway::embed`), and the load and latency figures of a local model that the
 /// edge exports as metrics. The edge depends on the gateway alone.
@@ -48,15 +49,16 @@ pub use hearth_python::{
     WorkerStatus, COG_SDK_VERSION,
 };
 pub use ledger::{
-    GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageBucket, UsageGroup, UsageQuery, UsageRow,
+    GroupBy, Ledger, LedgerRecord, LedgerStatus, RunPayload, UsageBucket, UsageGroup, UsageQuery,
+    UsageRow,
 };
 pub use limits::{LimitConfig, LimitError};
 pub use live::LiveRunView;
 pub use pricing::Prices;
 pub use python::{PredictRunError, PredictionRun};
 pub use runs::{
-    InMemoryRunStore, OrphanedRun, RedisRunStore, RunError, RunEvent, RunInfo, RunStatus, RunStore,
-    Subscription,
+    InMemoryRunStore, NewRun, OrphanedRun, RedisRunStore, RunError, RunEvent, RunInfo, RunStatus,
+    RunStore, Subscription,
 };
 pub use shared::Backends;
 pub use wiring::OpenError;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use futures::StreamExt;
-use hearth_protocol::{CanonicalEvent, CanonicalRequest, ErrorKind, StreamError, TokenUsage};
+use hearth_protocol::{
+    CanonicalEvent, CanonicalRequest, ErrorKind, ResponseAssembler, StreamError, TokenUsage,
+};
 use tokio::sync::oneshot;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -14,7 +16,7 @@ use tracing::field::Empty;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
+use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus, RunPayload};
 use crate::limits::{Reservation, Usage};
 use crate::live::LiveRun;
 use crate::pricing::Prices;
@@ -25,6 +27,8 @@ use crate::shared::Inner;
 
 pub(crate) struct RunJob {
     pub run_id: String,
+    /// The request as logging stores it, when the run's payloads are to be stored.
+    pub logged_request: Option<serde_json::Value>,
     pub request: CanonicalRequest,
     pub targets: Vec<Target>,
     pub prices: Prices,
@@ -48,7 +52,7 @@ struct Tally {
     ttft_ms: Option<u64>,
     error: Option<StreamError>,
     terminal: bool,
-    /// Every event, kept only when the answer goes to the response cache.
+    /// Every event, kept only when the answer goes to the response cache or is logged.
     kept: Option<Vec<CanonicalEvent>>,
     /// The run as the admin API lists it while it lives.
     live: Arc<LiveRun>,
@@ -141,7 +145,7 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
         ttft_ms: None,
         error: None,
         terminal: false,
-        kept: job.cache_put.as_ref().map(|_| Vec::new()),
+        kept: (job.cache_put.is_some() || job.logged_request.is_some()).then(Vec::new),
         live: listed.run.clone(),
     };
     let opened =
@@ -176,6 +180,27 @@ pub(crate) async fn drive(inner: Arc<Inner>, job: RunJob, commit: CommitSender) 
     }
     if let Err(e) = inner.ledger.record(&record).await {
         tracing::error!(run_id = %job.run_id, error = %e, "could not write the ledger record");
+    }
+    if let (Some(request), Some(kept)) = (job.logged_request, tally.kept) {
+        let payload = RunPayload {
+            run_id: job.run_id,
+            stored_at: Utc::now(),
+            request,
+            response: assembled(&kept),
+        };
+        if let Err(e) = inner.ledger.store_payloads(&[payload]).await {
+            tracing::error!(error = %e, "could not store the run's payload");
+        }
+    }
+}
+
+/// The answer as its caller received it: assembled, or its error when it failed.
+fn assembled(events: &[CanonicalEvent]) -> serde_json::Value {
+    let mut assembler = ResponseAssembler::new();
+    events.iter().for_each(|event| assembler.push(event));
+    match assembler.finish() {
+        Ok(answer) => serde_json::to_value(answer).unwrap_or_default(),
+        Err(error) => serde_json::json!({ "error": error }),
     }
 }
 

@@ -17,15 +17,15 @@ use hearth_python::files::{self, FileConfig, InputFiles};
 use hearth_python::{Event, PredictError, Prediction};
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{CatalogError, PythonModel};
 use crate::gateway::{caller_metadata, check_key, new_run_id, Caller, Gateway, StartError};
-use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
+use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus, RunPayload};
 use crate::limits::{self, Usage};
-use crate::runs::RunStatus;
+use crate::runs::{NewRun, RunStatus};
 
 /// How long a prediction that overran its timeout gets to stop after being cancelled, before
 /// its worker is killed.
@@ -110,6 +110,9 @@ impl Gateway {
         let Some(schema) = python.worker.schema() else {
             return Err(PredictRunError::NotReady(python.worker.status().describe()));
         };
+        let keep = self.inner.logging.keep(caller.log);
+        // As the caller sent it, secrets redacted: file inputs are fetched into it next.
+        let logged_input = keep.payload.then(|| schema.redacted(&input));
         let inputs =
             files::fetch_inputs(&schema, &mut input, files).await.map_err(|e| match e {
                 files::FileError::Input { field, message } => PredictRunError::Invalid {
@@ -135,7 +138,8 @@ impl Gateway {
         let route = format!("local/{model}");
         let runs = &self.inner.runs;
         // The run's own token: a cancel through the run API (or the dashboard) stops it too.
-        let cancel = runs.create(&run_id, model, None).await.map_err(StartError::from)?;
+        let new = NewRun { forget_at_end: !keep.collect, ..NewRun::of(model) };
+        let cancel = runs.create(&run_id, new).await.map_err(StartError::from)?;
         let _ = runs.set_route(&run_id, &route).await;
         let _ =
             runs.append(&run_id, CanonicalEvent::MessageStart { model: model.to_owned() }).await;
@@ -148,6 +152,7 @@ impl Gateway {
             api_key_id: caller.api_key_id.clone(),
             python,
             files: files.clone(),
+            logged_input,
             _inputs: inputs,
             cancel: cancel.clone(),
             sender,
@@ -179,6 +184,8 @@ impl Gateway {
         let mut deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut timed_out = false;
         let mut cancelled = false;
+        // The output chunks, kept only for a payload.
+        let mut outputs = Vec::new();
         let terminal = loop {
             let overran = async {
                 match deadline {
@@ -225,10 +232,48 @@ impl Gateway {
             if event.is_terminal() {
                 break event;
             }
+            if let (Event::Output(chunk), Some(_)) = (&event, &job.logged_input) {
+                outputs.push(chunk.clone());
+            }
             let _ = job.sender.send(event);
         };
         self.finish(&job, &terminal, started, started_at).await;
+        if let Some(input) = &job.logged_input {
+            self.store_payload(&job.run_id, input, &terminal, outputs).await;
+        }
         let _ = job.sender.send(terminal);
+    }
+
+    /// Stores the prediction's payload: its input (secrets redacted) and how it ended, with its
+    /// output as Cog shows it (an iterator's chunks as a list).
+    async fn store_payload(
+        &self,
+        run_id: &str,
+        input: &Value,
+        terminal: &Event,
+        outputs: Vec<Value>,
+    ) {
+        let response = match terminal {
+            Event::Done { output, .. } => {
+                let output = if output.is_null() && !outputs.is_empty() {
+                    Value::Array(outputs)
+                } else {
+                    output.clone()
+                };
+                json!({ "status": "succeeded", "output": output })
+            }
+            Event::Failed { error } => json!({ "status": "failed", "error": error }),
+            _ => json!({ "status": "canceled" }),
+        };
+        let payload = RunPayload {
+            run_id: run_id.to_owned(),
+            stored_at: Utc::now(),
+            request: json!({ "input": input }),
+            response,
+        };
+        if let Err(e) = self.inner.ledger.store_payloads(&[payload]).await {
+            tracing::error!(run_id, error = %e, "could not store the prediction's payload");
+        }
     }
 
     async fn finish(
@@ -316,6 +361,8 @@ async fn encode_files(event: Event, files: &FileConfig) -> Result<Event, String>
 
 struct Job {
     run_id: String,
+    /// The input as logging stores it (secrets redacted), when payloads are stored.
+    logged_input: Option<Value>,
     route: String,
     model: String,
     metadata: CallerMetadata,

@@ -63,4 +63,6 @@ pub(crate) struct Inner {
     pub tasks: TaskTracker,
     /// The runs this daemon's producers are making now.
     pub live: LiveRuns,
+    /// What is kept of requests beyond their ledger records (`[logging]`).
+    pub logging: crate::logging::LoggingSettings,
 }

@@ -28,6 +28,7 @@ pub enum OpenError {
 pub(crate) struct Parts {
     pub runs: Arc<dyn RunStore>,
     pub ledger: Arc<dyn Ledger>,
+    pub logging: crate::logging::LoggingSettings,
     pub limits: Limits,
     pub limiter: Arc<dyn Limiter>,
     pub keys: Keys,
@@ -60,7 +61,7 @@ impl Gateway {
         };
         let keys =
             Keys::new(&config.api_keys, Some(Arc::new(key_store))).map_err(OpenError::Config)?;
-        let ledger = Arc::new(BatchedLedger::new(store));
+        let ledger = Arc::new(BatchedLedger::new(store, config.logging.retention()));
         let limits = Limits::new(&config.limits).map_err(OpenError::Config)?;
         backends.limits = limits.len();
         let shared: Shared = match &config.state.redis_url {
@@ -84,7 +85,8 @@ impl Gateway {
             ),
         };
         let (runs, limiter, cache) = shared;
-        let parts = Parts { runs, ledger, limits, limiter, keys, cache, backends };
+        let logging = config.logging.clone();
+        let parts = Parts { runs, ledger, logging, limits, limiter, keys, cache, backends };
         Ok(Self::build(catalog, settings, parts))
     }
 }

@@ -101,6 +101,9 @@ pub struct Schema {
     pub cog_version: String,
 }
 
+/// How a secret input reads wherever a prediction's input is shown or stored.
+pub const REDACTED: &str = "**********";
+
 impl Schema {
     /// Names of the inputs that are files (`Path`/`File`: `format: uri`), which the daemon
     /// fetches before a prediction.
@@ -124,5 +127,17 @@ impl Schema {
         properties.into_iter().flatten().filter_map(|(name, property)| {
             (property.get("x-cog-secret") == Some(&Value::Bool(true))).then_some(name.as_str())
         })
+    }
+
+    /// `input` as it may be shown or stored: each secret input given replaced by
+    /// [`REDACTED`], as Cog's `Secret` prints.
+    pub fn redacted(&self, input: &Value) -> Value {
+        let mut shown = input.clone();
+        for secret in self.secret_inputs() {
+            if let Some(value) = shown.get_mut(secret).filter(|v| !v.is_null()) {
+                *value = Value::String(REDACTED.to_owned());
+            }
+        }
+        shown
     }
 }

@@ -6,10 +6,10 @@ use chrono::Utc;
 use rust_decimal::Decimal;
 
 use super::CacheStatus;
-use crate::gateway::{new_run_id, StartError, StartedRun};
+use crate::gateway::{StartError, StartedRun};
 use crate::ledger::{CallerMetadata, LedgerRecord, LedgerStatus};
 use crate::limits::{Reservation, Usage};
-use crate::runs::RunStatus;
+use crate::runs::{NewRun, RunStatus};
 use crate::shared::Inner;
 
 /// The route a cached answer names (`x-hearth-route`).
@@ -23,13 +23,19 @@ pub(crate) struct Hit {
     pub reservation: Reservation,
 }
 
-pub(crate) async fn replay(inner: &Inner, hit: Hit) -> Result<StartedRun, StartError> {
+/// Replays `hit` as the run `run_id`, opened as `new` says.
+pub(crate) async fn replay(
+    inner: &Inner,
+    run_id: &str,
+    new: NewRun<'_>,
+    hit: Hit,
+) -> Result<StartedRun, StartError> {
     let started_at = Utc::now();
-    let run_id = new_run_id();
+    let run_id = run_id.to_owned();
     let runs = &inner.runs;
     // Nothing is generated: what the limits reserved goes back whatever happens next.
     inner.limiter.settle(&hit.reservation, Usage::default()).await;
-    runs.create(&run_id, &hit.model, None).await?;
+    runs.create(&run_id, new).await?;
     let events = runs.subscribe(&run_id, 0).await?;
     runs.set_route(&run_id, CACHE_ROUTE).await?;
     for event in hit.events {

@@ -9,6 +9,9 @@
 //! when the writer falls behind, producers wait to hand over their record (backpressure), so a
 //! record is never dropped. [`Ledger::flush`] waits until everything queued before it is stored;
 //! `Gateway::wait_idle` calls it, and reads flush first, so a caller always sees its own runs.
+//!
+//! Stored payloads ride the same queue and batches; after a batch that stored some, the
+//! writer deletes what the retention no longer keeps, so the count bound holds batch by batch.
 
 use std::sync::Arc;
 
@@ -17,7 +20,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 
-use super::{Ledger, LedgerError, LedgerRecord, UsageQuery, UsageRow};
+use chrono::{DateTime, Utc};
+
+use super::{Ledger, LedgerError, LedgerRecord, RunPayload, UsageQuery, UsageRow};
+use crate::logging::PayloadRetention;
 
 /// Records waiting for the writer; past this, producers wait.
 const QUEUE: usize = 8_192;
@@ -30,6 +36,7 @@ const LINGER: Duration = Duration::from_millis(20);
 
 enum Command {
     Record(Box<LedgerRecord>),
+    Payload(Box<RunPayload>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -40,16 +47,25 @@ pub struct BatchedLedger {
 }
 
 impl BatchedLedger {
-    pub fn new(store: Arc<dyn Ledger>) -> Self {
+    /// `retention` is applied to stored payloads after each batch that stores some.
+    pub fn new(store: Arc<dyn Ledger>, retention: PayloadRetention) -> Self {
         let (queue, commands) = mpsc::channel(QUEUE);
-        tokio::spawn(write(store.clone(), commands));
+        tokio::spawn(write(store.clone(), commands, retention));
         Self { store, queue }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Command> {
+        self.queue.send(command).await.map_err(|e| e.0)
     }
 }
 
 /// The writer: takes what has queued (up to a batch), stores it, acknowledges flushes that were
 /// queued behind it. Ends when the ledger is dropped and the queue is drained.
-async fn write(store: Arc<dyn Ledger>, mut commands: mpsc::Receiver<Command>) {
+async fn write(
+    store: Arc<dyn Ledger>,
+    mut commands: mpsc::Receiver<Command>,
+    retention: PayloadRetention,
+) {
     let mut taken = Vec::with_capacity(MAX_BATCH);
     while commands.recv_many(&mut taken, MAX_BATCH).await > 0 {
         let deadline = Instant::now() + LINGER;
@@ -61,14 +77,18 @@ async fn write(store: Arc<dyn Ledger>, mut commands: mpsc::Receiver<Command>) {
             }
         }
         let mut records = Vec::with_capacity(taken.len());
-        let mut flushed = Vec::new();
+        let (mut payloads, mut flushed) = (Vec::new(), Vec::new());
         for command in taken.drain(..) {
             match command {
                 Command::Record(record) => records.push(*record),
+                Command::Payload(payload) => payloads.push(*payload),
                 Command::Flush(done) => flushed.push(done),
             }
         }
         store_all(store.as_ref(), &records).await;
+        if !payloads.is_empty() {
+            store_payloads(store.as_ref(), &payloads, retention).await;
+        }
         for done in flushed {
             let _ = done.send(());
         }
@@ -88,15 +108,52 @@ async fn store_all(store: &dyn Ledger, records: &[LedgerRecord]) {
     }
 }
 
+/// Stores a batch's payloads, then applies the retention. A payload that cannot be stored is
+/// logged, never retried: the run's ledger record does not depend on it.
+async fn store_payloads(store: &dyn Ledger, payloads: &[RunPayload], retention: PayloadRetention) {
+    if let Err(e) = store.store_payloads(payloads).await {
+        tracing::error!(count = payloads.len(), error = %e, "could not store run payloads");
+    }
+    if let Err(e) = store.prune_payloads(retention, Utc::now()).await {
+        tracing::error!(error = %e, "could not delete expired run payloads");
+    }
+}
+
 #[async_trait::async_trait]
 impl Ledger for BatchedLedger {
     async fn record(&self, record: &LedgerRecord) -> Result<(), LedgerError> {
-        let command = Command::Record(Box::new(record.clone()));
-        if self.queue.send(command).await.is_err() {
+        if self.send(Command::Record(Box::new(record.clone()))).await.is_err() {
             // The writer is gone (its runtime is shutting down): store it directly.
             return self.store.record(record).await;
         }
         Ok(())
+    }
+
+    async fn store_payloads(&self, payloads: &[RunPayload]) -> Result<(), LedgerError> {
+        for (at, payload) in payloads.iter().enumerate() {
+            if self.send(Command::Payload(Box::new(payload.clone()))).await.is_err() {
+                return self.store.store_payloads(&payloads[at..]).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn payload(&self, run_id: &str) -> Result<Option<RunPayload>, LedgerError> {
+        self.flush().await;
+        self.store.payload(run_id).await
+    }
+
+    async fn delete_payload(&self, run_id: &str) -> Result<bool, LedgerError> {
+        self.flush().await;
+        self.store.delete_payload(run_id).await
+    }
+
+    async fn prune_payloads(
+        &self,
+        retention: PayloadRetention,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError> {
+        self.store.prune_payloads(retention, now).await
     }
 
     async fn get(&self, run_id: &str) -> Result<Option<LedgerRecord>, LedgerError> {
@@ -151,7 +208,7 @@ mod tests {
     async fn every_queued_record_is_stored_and_a_bad_one_costs_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = SqliteLedger::open(&dir.path().join("l.db")).await.unwrap();
-        let ledger = BatchedLedger::new(Arc::new(sqlite));
+        let ledger = BatchedLedger::new(Arc::new(sqlite), PayloadRetention::default());
         for i in 0..1_000 {
             ledger.record(&record(format!("r{i}"))).await.unwrap();
         }

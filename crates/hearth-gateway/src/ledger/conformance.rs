@@ -100,3 +100,37 @@ pub(crate) async fn usage_counts_outcomes_and_buckets_by_time(ledger: &dyn Ledge
     let summed: u64 = series.iter().flat_map(|b| &b.groups).map(|g| g.requests).sum();
     assert_eq!(summed, red.requests);
 }
+
+fn payload(run_id: &str, stored_at_ms: i64) -> super::RunPayload {
+    super::RunPayload {
+        run_id: run_id.into(),
+        stored_at: Utc.timestamp_millis_opt(stored_at_ms).unwrap(),
+        request: json!({"model": "m", "messages": [{"role": "user", "content": run_id}]}),
+        response: json!({"content": [{"type": "text", "text": "hi"}]}),
+    }
+}
+
+pub(crate) async fn payloads_are_stored_read_deleted_and_pruned(ledger: &dyn Ledger) {
+    use crate::logging::PayloadRetention;
+    let stored: Vec<_> = (1..=5).map(|i| payload(&format!("p{i}"), i * 1_000)).collect();
+    ledger.store_payloads(&stored).await.unwrap();
+    assert_eq!(ledger.payload("p2").await.unwrap(), Some(stored[1].clone()));
+    assert_eq!(ledger.payload("nope").await.unwrap(), None);
+    // A second payload for a run changes nothing.
+    ledger.store_payloads(&[payload("p2", 9_000)]).await.unwrap();
+    assert_eq!(ledger.payload("p2").await.unwrap(), Some(stored[1].clone()));
+
+    assert!(ledger.delete_payload("p2").await.unwrap());
+    assert!(!ledger.delete_payload("p2").await.unwrap(), "gone already");
+    assert_eq!(ledger.payload("p2").await.unwrap(), None);
+
+    // p1 is older than 3.5 s at t = 5 s; of p3, p4, p5, the two newest stay.
+    let retention =
+        PayloadRetention { max_age: Some(Duration::from_millis(3_500)), max_count: Some(2) };
+    let now = Utc.timestamp_millis_opt(5_000).unwrap();
+    assert_eq!(ledger.prune_payloads(retention, now).await.unwrap(), 2);
+    for (run_id, kept) in [("p1", false), ("p3", false), ("p4", true), ("p5", true)] {
+        assert_eq!(ledger.payload(run_id).await.unwrap().is_some(), kept, "{run_id}");
+    }
+    assert_eq!(ledger.prune_payloads(PayloadRetention::default(), now).await.unwrap(), 0);
+}

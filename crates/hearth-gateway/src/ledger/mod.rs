@@ -5,6 +5,7 @@ mod batched;
 #[cfg(test)]
 mod conformance;
 mod metadata;
+mod payloads;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -16,8 +17,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::logging::PayloadRetention;
+
 pub use batched::BatchedLedger;
 pub use metadata::{CallerMetadata, MetadataError, MAX_METADATA_ENTRIES};
+pub use payloads::RunPayload;
 pub use postgres::PostgresLedger;
 pub use sqlite::SqliteLedger;
 
@@ -211,6 +215,20 @@ pub trait Ledger: Send + Sync {
         }
         Ok(())
     }
+    /// Stores runs' payloads (a second one for a run is ignored); a ledger may only queue
+    /// them, as records.
+    async fn store_payloads(&self, payloads: &[RunPayload]) -> Result<(), LedgerError>;
+    /// The run's stored payload, if it has one.
+    async fn payload(&self, run_id: &str) -> Result<Option<RunPayload>, LedgerError>;
+    /// Deletes the run's payload; whether there was one.
+    async fn delete_payload(&self, run_id: &str) -> Result<bool, LedgerError>;
+    /// Deletes the payloads `retention` no longer keeps at `now`: those older than its age,
+    /// then the oldest beyond its count. Returns how many went.
+    async fn prune_payloads(
+        &self,
+        retention: PayloadRetention,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError>;
     /// Waits until every record handed over so far is stored.
     async fn flush(&self) {}
     async fn get(&self, run_id: &str) -> Result<Option<LedgerRecord>, LedgerError>;

@@ -5,7 +5,8 @@
 //! if running runs alone fill it, the new run is refused with [`RunError::Full`] (a 503 at the
 //! edge). A running run is never cut: its events keep being appended past the bound, and the
 //! next eviction makes room again. Finished runs expire `ttl` after they end; expired runs are
-//! dropped lazily, whenever the store is touched.
+//! dropped lazily, whenever the store is touched. A run opened with `forget_at_end` is dropped
+//! as it ends: its attached readers hold it until they have read it.
 //!
 //! Finished runs are also queued in the order they ended, so expiry and eviction take them from
 //! the front: creating a run costs O(1) amortized however many runs the store holds.
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{RunError, RunEvent, RunInfo, RunStatus, RunStore, Subscription};
+use super::{NewRun, RunError, RunEvent, RunInfo, RunStatus, RunStore, Subscription};
 use crate::config::GatewaySettings;
 
 /// Fixed cost counted per event on top of its text (enum, vector slot, allocation headers).
@@ -50,6 +51,7 @@ struct RunBuffer {
     cancel: CancellationToken,
     subscribers: AtomicUsize,
     delivered: AtomicBool,
+    forget_at_end: bool,
 }
 
 struct BufferState {
@@ -159,12 +161,7 @@ fn event_bytes(event: &CanonicalEvent) -> usize {
 
 #[async_trait::async_trait]
 impl RunStore for InMemoryRunStore {
-    async fn create(
-        &self,
-        run_id: &str,
-        model: &str,
-        _record: Option<&crate::ledger::LedgerRecord>,
-    ) -> Result<CancellationToken, RunError> {
+    async fn create(&self, run_id: &str, new: NewRun<'_>) -> Result<CancellationToken, RunError> {
         let mut runs = self.runs();
         if runs.by_id.contains_key(run_id) {
             return Err(RunError::AlreadyExists(run_id.into()));
@@ -178,9 +175,9 @@ impl RunStore for InMemoryRunStore {
         let run = RunBuffer {
             id: run_id.into(),
             state: Mutex::new(BufferState {
-                model: model.into(),
+                model: new.model.into(),
                 route: None,
-                format: None,
+                format: new.format.map(str::to_owned),
                 status: RunStatus::Running,
                 events: Vec::new(),
                 bytes: 0,
@@ -192,6 +189,7 @@ impl RunStore for InMemoryRunStore {
             cancel: cancel.clone(),
             subscribers: AtomicUsize::new(0),
             delivered: AtomicBool::new(false),
+            forget_at_end: new.forget_at_end,
         };
         runs.by_id.insert(run_id.into(), Arc::new(run));
         Ok(cancel)
@@ -199,11 +197,6 @@ impl RunStore for InMemoryRunStore {
 
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError> {
         self.get(run_id)?.state().route = Some(route.into());
-        Ok(())
-    }
-
-    async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError> {
-        self.get(run_id)?.state().format = Some(format.into());
         Ok(())
     }
 
@@ -236,7 +229,13 @@ impl RunStore for InMemoryRunStore {
             state.ended = Some(ended);
             state.events.len() as u64
         };
-        self.runs().finished.push_back((ended, run_id.to_owned()));
+        let mut runs = self.runs();
+        if run.forget_at_end {
+            self.remove(&mut runs, run_id);
+        } else {
+            runs.finished.push_back((ended, run_id.to_owned()));
+        }
+        drop(runs);
         // Wakes subscribers waiting past the last event, so they see the end.
         run.len_tx.send_replace(len);
         Ok(run.info())
@@ -354,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn subscribers_replay_then_tail_live_events() {
         let store = Arc::new(InMemoryRunStore::new(Duration::from_secs(60), 1 << 20));
-        store.create("r", "m", None).await.unwrap();
+        store.create("r", NewRun::of("m")).await.unwrap();
         store.append("r", text("a")).await.unwrap();
         let early = store.subscribe("r", 0).await.unwrap();
         let late = store.subscribe("r", 1).await.unwrap();
@@ -383,7 +382,7 @@ mod tests {
     #[tokio::test]
     async fn finished_runs_refuse_events_and_bad_cursors() {
         let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
-        store.create("r", "m", None).await.unwrap();
+        store.create("r", NewRun::of("m")).await.unwrap();
         store.finish("r", RunStatus::Failed).await.unwrap();
         assert_eq!(store.append("r", text("x")).await, Err(RunError::Ended("r".into())));
         assert!(matches!(store.subscribe("r", 5).await, Err(RunError::BadCursor { .. })));
@@ -394,7 +393,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn finished_runs_expire_after_their_ttl() {
         let store = InMemoryRunStore::new(Duration::from_secs(600), 1 << 20);
-        store.create("r", "m", None).await.unwrap();
+        store.create("r", NewRun::of("m")).await.unwrap();
         store.append("r", text("a")).await.unwrap();
         tokio::time::advance(Duration::from_secs(3_600)).await;
         assert!(store.status("r").await.is_ok(), "running runs never expire");
@@ -411,29 +410,29 @@ mod tests {
         let big = "x".repeat(1000);
         let store = InMemoryRunStore::new(Duration::from_secs(600), 2_500);
         for id in ["old", "new"] {
-            store.create(id, "m", None).await.unwrap();
+            store.create(id, NewRun::of("m")).await.unwrap();
             store.append(id, text(&big)).await.unwrap();
             store.finish(id, RunStatus::Finished).await.unwrap();
         }
-        store.create("live", "m", None).await.unwrap();
+        store.create("live", NewRun::of("m")).await.unwrap();
         store.append("live", text(&big)).await.unwrap();
         assert_eq!(store.status("old").await, Err(RunError::NotFound("old".into())));
         assert!(store.status("new").await.is_ok());
         store.append("live", text(&big)).await.unwrap();
         assert!(store.status("new").await.is_err(), "evicted to make room for the live run");
         store.append("live", text(&big)).await.unwrap();
-        assert!(matches!(store.create("next", "m", None).await, Err(RunError::Full { .. })));
+        assert!(matches!(store.create("next", NewRun::of("m")).await, Err(RunError::Full { .. })));
         store.finish("live", RunStatus::Finished).await.unwrap();
-        assert!(store.create("next", "m", None).await.is_ok(), "finished runs make room");
+        assert!(store.create("next", NewRun::of("m")).await.is_ok(), "finished runs make room");
     }
 
     #[tokio::test]
     async fn cancel_fires_the_token_of_a_running_run_only() {
         let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
-        let token = store.create("r", "m", None).await.unwrap();
+        let token = store.create("r", NewRun::of("m")).await.unwrap();
         store.cancel("r").await.unwrap();
         assert!(token.is_cancelled());
-        let token = store.create("done", "m", None).await.unwrap();
+        let token = store.create("done", NewRun::of("m")).await.unwrap();
         store.finish("done", RunStatus::Finished).await.unwrap();
         store.cancel("done").await.unwrap();
         assert!(!token.is_cancelled());
@@ -444,17 +443,33 @@ mod tests {
         let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
         let running: Vec<_> = futures::future::join_all((0..3).map(|i| {
             let store = &store;
-            async move { store.create(&format!("r{i}"), "m", None).await.unwrap() }
+            async move { store.create(&format!("r{i}"), NewRun::of("m")).await.unwrap() }
         }))
         .await;
-        let done = store.create("done", "m", None).await.unwrap();
+        let done = store.create("done", NewRun::of("m")).await.unwrap();
         store.finish("done", RunStatus::Finished).await.unwrap();
-        store.set_format("r0", "{\"format\":\"run\"}").await.unwrap();
         assert_eq!(store.cancel_running().await, 3);
         assert!(running.iter().all(CancellationToken::is_cancelled) && !done.is_cancelled());
-        assert_eq!(
-            store.status("r0").await.unwrap().format.as_deref(),
-            Some("{\"format\":\"run\"}")
-        );
+    }
+
+    #[tokio::test]
+    async fn a_run_keeps_the_format_it_was_opened_with() {
+        let store = InMemoryRunStore::new(Duration::from_secs(60), 1 << 20);
+        let format = "{\"format\":\"run\"}";
+        store.create("r", NewRun { format: Some(format), ..NewRun::of("m") }).await.unwrap();
+        assert_eq!(store.status("r").await.unwrap().format.as_deref(), Some(format));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_run_is_dropped_at_its_end_but_its_reader_reads_it_all() {
+        let store = InMemoryRunStore::new(Duration::from_secs(600), 1 << 20);
+        store.create("r", NewRun { forget_at_end: true, ..NewRun::of("m") }).await.unwrap();
+        let reader = store.subscribe("r", 0).await.unwrap();
+        store.append("r", text("secret")).await.unwrap();
+        store.finish("r", RunStatus::Finished).await.unwrap();
+        assert_eq!(store.status("r").await, Err(RunError::NotFound("r".into())));
+        assert!(matches!(store.subscribe("r", 0).await, Err(RunError::NotFound(_))));
+        assert_eq!(store.used_bytes(), 0);
+        assert_eq!(collect(reader).await.len(), 1, "the attached reader still gets the answer");
     }
 }

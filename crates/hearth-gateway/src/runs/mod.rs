@@ -76,6 +76,28 @@ pub enum RunError {
     Unavailable(String),
 }
 
+/// What a run is opened with, beside its id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NewRun<'a> {
+    /// The model id the caller asked for.
+    pub model: &'a str,
+    /// The ledger record to write should the producer disappear mid-run (a shared store keeps
+    /// it for whichever replica ends the run).
+    pub record: Option<&'a LedgerRecord>,
+    /// How the edge encodes the run's stream (see [`RunInfo::format`]).
+    pub format: Option<&'a str>,
+    /// Drop the run's events as soon as it ends rather than after the store's ttl: its caller
+    /// asked that nothing be kept (`x-hearth-collect-log: false`). The readers already
+    /// attached still read it to its end; it cannot be resumed after that.
+    pub forget_at_end: bool,
+}
+
+impl<'a> NewRun<'a> {
+    pub fn of(model: &'a str) -> Self {
+        NewRun { model, ..NewRun::default() }
+    }
+}
+
 /// A run that another replica produced until that replica stopped; the replica that ended it
 /// writes its ledger record.
 #[derive(Debug, Clone)]
@@ -89,17 +111,9 @@ pub struct OrphanedRun {
 #[async_trait::async_trait]
 pub trait RunStore: Send + Sync {
     /// Opens a run. The returned token is cancelled when someone calls [`RunStore::cancel`];
-    /// the producer watches it. `record` is the ledger record to write should the producer
-    /// disappear mid-run (a shared store keeps it for whichever replica ends the run).
-    async fn create(
-        &self,
-        run_id: &str,
-        model: &str,
-        record: Option<&LedgerRecord>,
-    ) -> Result<CancellationToken, RunError>;
+    /// the producer watches it.
+    async fn create(&self, run_id: &str, run: NewRun<'_>) -> Result<CancellationToken, RunError>;
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError>;
-    /// Records the edge's stream format for the run (see [`RunInfo::format`]).
-    async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError>;
     /// Appends one event and returns its sequence number.
     async fn append(&self, run_id: &str, event: CanonicalEvent) -> Result<u64, RunError>;
     /// Marks the run ended; its TTL starts now.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt;
 use hearth_gateway::ledger::{CallerMetadata, PostgresLedger};
+use hearth_gateway::runs::NewRun;
 use hearth_gateway::{
     Caller, Catalog, Gateway, GatewayConfig, GatewaySettings, LedgerRecord, LedgerSettings,
     LedgerStatus, ModelConfig, RedisRunStore, RunEvent, RunStatus, RunStore, StateSettings,
@@ -66,6 +67,7 @@ pub fn config(upstreams: &[Upstream], state: &StateSettings, ledger_url: &str) -
         ledger: LedgerSettings { postgres_url: Some(ledger_url.to_owned()) },
         limits: Vec::new(),
         api_keys: Vec::new(),
+        logging: Default::default(),
         providers: upstreams
             .iter()
             .map(|u| hearth_gateway::ProviderConfig {
@@ -192,7 +194,7 @@ async fn the_run_of_a_replica_that_stopped_ends_with_one_error_event_and_one_rec
     let a = bare_store(&state).await;
     let metadata = CallerMetadata::from_json(&json!({"team": "red"})).unwrap();
     let left = LedgerRecord::failed_start("run_orphan", "m", metadata, None, Utc::now());
-    a.create("run_orphan", "m", Some(&left)).await.unwrap();
+    a.create("run_orphan", NewRun { record: Some(&left), ..NewRun::of("m") }).await.unwrap();
     let seen = a.subscribe("run_orphan", 0).await.unwrap();
     a.set_route("run_orphan", "p/gpt").await.unwrap();
     for text in ["x", "y", "z"] {
@@ -241,7 +243,7 @@ async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_re
     // A long lease: A renews it only at start, so the test decides when it lapses.
     state.lease_ms = 60_000;
     let (a, b) = (bare_store(&state).await, bare_store(&state).await);
-    let token = a.create("run_live", "m", None).await.unwrap();
+    let token = a.create("run_live", NewRun::of("m")).await.unwrap();
     let mut mine = a.subscribe("run_live", 0).await.unwrap();
     a.append("run_live", CanonicalEvent::TextDelta { text: "x".into() }).await.unwrap();
     let mut seen = vec![mine.next().await.unwrap()];
@@ -280,7 +282,7 @@ async fn a_replica_whose_run_another_ended_stops_it_and_keeps_serving_its_own_re
 async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
     let state = state(&unique("t:"));
     let a = bare_store(&state).await;
-    a.create("run_seen", "m", None).await.unwrap();
+    a.create("run_seen", NewRun::of("m")).await.unwrap();
     let mut mine = a.subscribe("run_seen", 0).await.unwrap();
     for i in 0..199 {
         a.append("run_seen", CanonicalEvent::TextDelta { text: format!("{i} ") }).await.unwrap();
@@ -323,7 +325,7 @@ async fn an_event_reaches_a_local_reader_only_once_redis_holds_it() {
 async fn an_event_that_would_leave_a_gap_in_redis_fails_the_shared_copy_only() {
     let state = state(&unique("t:"));
     let a = bare_store(&state).await;
-    a.create("run_gap", "m", None).await.unwrap();
+    a.create("run_gap", NewRun::of("m")).await.unwrap();
     let mut mine = a.subscribe("run_gap", 0).await.unwrap();
     a.append("run_gap", CanonicalEvent::TextDelta { text: "x".into() }).await.unwrap();
     mine.next().await.unwrap();
@@ -358,7 +360,7 @@ async fn an_event_that_would_leave_a_gap_in_redis_fails_the_shared_copy_only() {
 async fn a_run_is_in_redis_once_its_id_is_out_and_tidy_once_it_ends() {
     let state = state(&unique("t:"));
     let (a, b) = (bare_store(&state).await, bare_store(&state).await);
-    a.create("run_quiet", "m", None).await.unwrap();
+    a.create("run_quiet", NewRun::of("m")).await.unwrap();
     a.published("run_quiet").await;
     let info = b.status("run_quiet").await.expect("published means any replica finds it");
     assert_eq!((info.status, info.num_events), (RunStatus::Running, 0));
@@ -367,12 +369,12 @@ async fn a_run_is_in_redis_once_its_id_is_out_and_tidy_once_it_ends() {
 
     // A run that fails before any change: its creation and end are one entry of the writer's
     // queue, so one batch both creates and ends it.
-    a.create("run_short", "m", None).await.unwrap();
+    a.create("run_short", NewRun::of("m")).await.unwrap();
     a.finish("run_short", RunStatus::Failed).await.unwrap();
     assert_eq!(b.status("run_short").await.unwrap().status, RunStatus::Failed);
 
     // Creation, route, events and end queued back to back.
-    a.create("run_whole", "m", None).await.unwrap();
+    a.create("run_whole", NewRun::of("m")).await.unwrap();
     a.set_route("run_whole", "p/gpt").await.unwrap();
     for text in ["x", "y"] {
         a.append("run_whole", CanonicalEvent::TextDelta { text: text.into() }).await.unwrap();
@@ -400,6 +402,20 @@ async fn a_run_is_in_redis_once_its_id_is_out_and_tidy_once_it_ends() {
     }
     let ttl = pttl(&mut conn, &format!("{prefix}run:run_whole:events")).await;
     assert!(ttl > 0 && ttl <= 60_000, "the events expire with the run ({ttl} ms)");
+
+    // Opened with the edge's format, and to be forgotten at its end: another replica reads the
+    // format from its creation, and its keys go within seconds of its end.
+    let format = "{\"format\":\"run\"}";
+    let new = NewRun { format: Some(format), forget_at_end: true, ..NewRun::of("m") };
+    a.create("run_unkept", new).await.unwrap();
+    a.append("run_unkept", CanonicalEvent::TextDelta { text: "z".into() }).await.unwrap();
+    a.published("run_unkept").await;
+    assert_eq!(b.status("run_unkept").await.unwrap().format.as_deref(), Some(format));
+    a.finish("run_unkept", RunStatus::Finished).await.unwrap();
+    for key in ["run:run_unkept", "run:run_unkept:events"] {
+        let ttl = pttl(&mut conn, &format!("{prefix}{key}")).await;
+        assert!(ttl > 0 && ttl <= 5_000, "{key} goes soon after the end ({ttl} ms)");
+    }
 }
 
 /// How long `key` has left to live in Redis, in ms (negative: no expiry, or no key).

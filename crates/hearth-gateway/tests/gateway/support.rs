@@ -70,6 +70,7 @@ pub async fn harness_with(
         ledger: Default::default(),
         limits: Vec::new(),
         api_keys: Vec::new(),
+        logging: Default::default(),
         providers: upstreams.iter().map(provider_config).collect(),
         models: vec![ModelConfig {
             id: "m".into(),

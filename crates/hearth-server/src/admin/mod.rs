@@ -11,6 +11,7 @@
 //! | `GET /admin/api-keys` | the keys that work now, without secrets |
 //! | `DELETE /admin/api-keys/{id}` | revokes a key |
 //! | `GET /admin/catalog`, `/admin/runs`, `/admin/usage`, `/admin/metrics`; `POST /admin/runs/{id}/cancel` | what the dashboard shows (see [`observe`]) |
+//! | `GET`, `DELETE /admin/runs/{id}/payload` | a run's stored request and answer (see [`payloads`]) |
 //! | `GET /dashboard` | the dashboard (see [`dashboard`]) |
 //!
 //! With an admin token configured, every call needs `Authorization: Bearer <token>` (401
@@ -27,6 +28,7 @@ mod install;
 mod keys;
 mod models;
 mod observe;
+mod payloads;
 mod push;
 pub(crate) mod state;
 
@@ -65,6 +67,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/runs", get(observe::runs))
         .route("/admin/runs/{id}", get(observe::run))
         .route("/admin/runs/{id}/cancel", post(observe::cancel))
+        .route("/admin/runs/{id}/payload", get(payloads::get).delete(payloads::delete))
         .route("/admin/usage", get(observe::usage))
         .route("/admin/metrics", get(observe::metrics))
         .route("/dashboard", get(dashboard::page))

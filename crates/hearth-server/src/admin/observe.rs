@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `GET /admin/catalog` | every model a caller can name (`/v1/models`' fields) with its `state` |
 //! | `GET /admin/runs` | the runs this daemon is producing: model, route, tokens so far, age, metadata |
-//! | `GET /admin/runs/{id}` | one run: live figures while produced here, its buffer's status, its ledger record once ended |
+//! | `GET /admin/runs/{id}` | one run: live figures while produced here, its buffer's status, its ledger record and stored payload (`null` when none) once ended |
 //! | `POST /admin/runs/{id}/cancel` | asks the run's producer to stop (any replica's run) |
 //! | `GET /admin/usage?group_by=…&since=…&until=…&bucket=SECONDS` | `/v1/usage`'s totals, and per time bucket |
 //! | `GET /admin/metrics` | each local model's latency histograms and token counters, as `/metrics` |
@@ -82,12 +82,15 @@ pub(crate) async fn run(
         Err(RunError::NotFound(_)) => None,
         Err(error) => return Err(AdminError::Internal(error.to_string())),
     };
-    let record =
-        gateway.ledger().get(&run_id).await.map_err(|e| AdminError::Internal(e.to_string()))?;
+    let internal = |e: hearth_gateway::ledger::LedgerError| AdminError::Internal(e.to_string());
+    let record = gateway.ledger().get(&run_id).await.map_err(internal)?;
     if live.is_none() && status.is_none() && record.is_none() {
         return Err(AdminError::NotFound(format!("run `{run_id}` not found")));
     }
-    Ok(Json(json!({ "run_id": run_id, "live": live, "status": status, "record": record })))
+    let payload = gateway.payload(&run_id).await.map_err(internal)?;
+    Ok(Json(json!({
+        "run_id": run_id, "live": live, "status": status, "record": record, "payload": payload,
+    })))
 }
 
 pub(crate) async fn cancel(

@@ -3,6 +3,7 @@
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use hearth_gateway::RunOpening;
 use hearth_protocol::wire::anthropic::{self, MessagesRequest};
 use hearth_protocol::CanonicalResponse;
 
@@ -18,13 +19,12 @@ pub(crate) async fn create(
     let wire: MessagesRequest = relay::read_json(request, &state).await?;
     let request = anthropic::to_canonical(wire).map_err(RelayError::from)?;
     let (model, stream) = (request.model.clone(), request.stream);
-    let run = relay::start(&state, caller, request).await?;
-    let message = AnthropicMessage::new(&run.run_id, &model);
-    let whole = {
-        let message = message.clone();
-        move |answer| whole(&message, answer)
-    };
-    Ok(relay::answer(&state, run, StreamFormat::Anthropic(message), stream, whole).await?)
+    let opening = RunOpening::new();
+    let message = AnthropicMessage::new(&opening.run_id, &model);
+    let format = StreamFormat::Anthropic(message.clone());
+    let run = relay::start(&state, caller, request, opening, &format).await?;
+    let whole = move |answer| whole(&message, answer);
+    Ok(relay::answer(&state, run, format, stream, whole).await?)
 }
 
 fn whole(message: &AnthropicMessage, answer: CanonicalResponse) -> Response {

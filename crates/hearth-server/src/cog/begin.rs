@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use axum::http::HeaderMap;
+use hearth_gateway::logging::LogOptions;
 use hearth_gateway::{Caller, LocalModel, PredictorSchema, PythonModel};
 use serde_json::{json, Value};
 
@@ -15,6 +17,7 @@ use super::python;
 use super::python_run::PythonRun;
 use super::registry::{Claim, PredictionEntry};
 use super::run::{AnyRun, Run, Started};
+use crate::relay::{self, RelayError};
 use crate::state::AppState;
 
 /// Where a prediction is registered and what it is called.
@@ -24,6 +27,18 @@ pub(super) struct Claimed<'a> {
     pub id: String,
     /// The model as the caller named it, shown by Replicate's API.
     pub label: Option<String>,
+    /// What the caller asked to be kept of the prediction (its logging headers).
+    pub log: LogOptions,
+}
+
+/// A prediction request's logging headers (`x-hearth-collect-log`, `…-payload`).
+pub(super) fn log_options(headers: &HeaderMap) -> Result<LogOptions, CogError> {
+    relay::log_options(headers).map_err(|err| match err {
+        RelayError::Header { name, message } => {
+            CogError::Invalid(vec![Detail::at(&["header", name], message)])
+        }
+        other => CogError::Internal(other.to_string()),
+    })
 }
 
 /// A prediction that started.
@@ -42,8 +57,8 @@ pub(super) enum Begin {
 }
 
 /// Cog's semantics: a prediction whose client leaves is cancelled.
-fn caller() -> Caller {
-    Caller { cancel_on_disconnect: true, ..crate::auth::keyed_caller() }
+fn caller(log: LogOptions) -> Caller {
+    Caller { cancel_on_disconnect: true, log, ..crate::auth::keyed_caller() }
 }
 
 /// Registers the prediction; `Err` holds the one already registered under its id.
@@ -55,7 +70,8 @@ fn claim(
     let mut prediction = Prediction::new(at.id.clone(), shown);
     prediction.model = at.label.clone();
     let cancel = state.cancel_all().child_token();
-    match state.predictions().claim(at.namespace, prediction, cancel) {
+    let keep = at.log.collect != Some(false);
+    match state.predictions().claim(at.namespace, prediction, cancel, keep) {
         Claim::New(entry) => Ok(entry),
         Claim::Existing(entry) => Err(entry),
     }
@@ -76,7 +92,7 @@ pub(super) async fn native(
         Err(existing) => return Ok(Begin::Existing(existing)),
     };
     let started = Started::now();
-    let run = state.gateway().start_run(canonical, caller()).await.map_err(|err| {
+    let run = state.gateway().start_run(canonical, caller(at.log)).await.map_err(|err| {
         state.predictions().forget(at.namespace, &at.id);
         CogError::from(err)
     })?;
@@ -101,11 +117,12 @@ pub(super) async fn python(
     };
     let started = Started::now();
     let files = state.files();
-    let run =
-        state.gateway().predict(name, &at.id, input, caller(), files).await.map_err(|err| {
+    let run = state.gateway().predict(name, &at.id, input, caller(at.log), files).await.map_err(
+        |err| {
             state.predictions().forget(at.namespace, &at.id);
             python::start_error(err)
-        })?;
+        },
+    )?;
     let (run_id, route) = (run.run_id.clone(), run.route.clone());
     let accepted = entry.snapshot();
     let run = AnyRun::Python(PythonRun::start(entry, run, started, schema.streams));

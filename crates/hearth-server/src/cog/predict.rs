@@ -40,7 +40,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     request: PredictionRequest,
 ) -> Result<Response, CogError> {
-    predict(state, target, Mode::from_headers(&headers), request).await
+    predict(state, target, &headers, request).await
 }
 
 /// Idempotent create: the same id again answers with that prediction instead of a new one.
@@ -56,7 +56,7 @@ pub(crate) async fn create_idempotent(
         return Err(CogError::Invalid(vec![Detail::at(&["body", "id"], msg)]));
     }
     request.id = Some(id);
-    predict(state, target, Mode::from_headers(&headers), request).await
+    predict(state, target, &headers, request).await
 }
 
 pub(crate) async fn cancel(
@@ -75,11 +75,12 @@ pub(crate) async fn cancel(
 async fn predict(
     state: AppState,
     target: CogModel,
-    mode: Mode,
+    headers: &HeaderMap,
     request: PredictionRequest,
 ) -> Result<Response, CogError> {
+    let (mode, log) = (Mode::from_headers(headers), begin::log_options(headers)?);
     let id = request.id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let at = Claimed { namespace: &target.name, id, label: None };
+    let at = Claimed { namespace: &target.name, id, label: None, log };
     let begun = begin::native(&state, at, &target.name, &target.model, request.input).await?;
     Ok(answer(&state, begun, mode, request.webhook).await)
 }

@@ -28,9 +28,6 @@ use super::target::{addressed, Addressed};
 use super::{handlers, predict, predictor_openapi};
 use crate::state::AppState;
 
-/// How a secret input reads in a prediction, as Cog's `Secret` prints.
-const REDACTED: &str = "**********";
-
 /// A Python model addressed by a Cog route.
 type Target = Addressed<PythonModel>;
 
@@ -125,6 +122,7 @@ async fn start(
     request: Request,
 ) -> Result<Response, CogError> {
     let mode = Mode::from_headers(request.headers());
+    let log = begin::log_options(request.headers())?;
     let body = PredictionRequest::from_request(request, &state).await?;
     if let (Some(url_id), Some(body_id)) = (&url_id, &body.id) {
         if url_id != body_id {
@@ -139,20 +137,14 @@ async fn start(
         return Err(CogError::NotStreaming);
     }
     let id = url_id.or(body.id).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let at = Claimed { namespace: &target.name, id, label: None };
+    let at = Claimed { namespace: &target.name, id, label: None, log };
     let begun = begin::python(&state, at, &target.name, &schema, body.input).await?;
     Ok(predict::answer(&state, begun, mode, body.webhook).await)
 }
 
 /// The input as a prediction shows it: secrets replaced, as Cog's `Secret` prints.
 pub(super) fn redact_secrets(schema: &PredictorSchema, input: &Value) -> Value {
-    let mut shown = input.clone();
-    for secret in schema.secret_inputs() {
-        if let Some(value) = shown.get_mut(secret).filter(|v| !v.is_null()) {
-            *value = json!(REDACTED);
-        }
-    }
-    shown
+    schema.redacted(input)
 }
 
 pub(super) fn start_error(err: PredictRunError) -> CogError {

@@ -1,5 +1,7 @@
 //! Every Cog prediction this server knows, so that a repeated `PUT` finds the first one and a
-//! cancel finds the running one. Finished predictions are kept up to a bound, oldest dropped first.
+//! cancel finds the running one. Finished predictions are kept up to a bound, oldest dropped first;
+//! one whose request asked that nothing be kept (`x-hearth-collect-log: false`) is dropped as soon
+//! as it is seen finished, so it cannot be read back once its caller has it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -71,6 +73,8 @@ struct Entries {
     by_key: HashMap<Key, Arc<PredictionEntry>>,
     /// Insertion order, for eviction.
     order: VecDeque<Key>,
+    /// The predictions not to be kept once finished, until they are dropped.
+    unkept: Vec<Key>,
 }
 
 impl Registry {
@@ -83,24 +87,32 @@ impl Registry {
     }
 
     pub(crate) fn get(&self, model: &str, id: &str) -> Option<Arc<PredictionEntry>> {
-        self.lock().by_key.get(&(model.to_owned(), id.to_owned())).cloned()
+        let mut entries = self.lock();
+        entries.drop_finished_unkept();
+        entries.by_key.get(&(model.to_owned(), id.to_owned())).cloned()
     }
 
     /// Registers `prediction` unless one with its id exists for `model`; checking and inserting
     /// under one lock is what makes a repeated `PUT` run the prediction once.
+    /// `keep` false: drop it as soon as it is seen finished.
     pub(crate) fn claim(
         &self,
         model: &str,
         prediction: Prediction,
         cancel: CancellationToken,
+        keep: bool,
     ) -> Claim {
         let key = (model.to_owned(), prediction.id.clone());
         let mut entries = self.lock();
+        entries.drop_finished_unkept();
         if let Some(existing) = entries.by_key.get(&key) {
             return Claim::Existing(existing.clone());
         }
         let entry = Arc::new(PredictionEntry::new(prediction, cancel));
         entries.by_key.insert(key.clone(), entry.clone());
+        if !keep {
+            entries.unkept.push(key.clone());
+        }
         entries.order.push_back(key);
         entries.evict(self.max_retained);
         Claim::New(entry)
@@ -116,6 +128,18 @@ impl Registry {
 }
 
 impl Entries {
+    fn drop_finished_unkept(&mut self) {
+        let Entries { by_key, order, unkept } = self;
+        unkept.retain(|key| match by_key.get(key) {
+            Some(entry) if !entry.is_terminal() => true,
+            _ => {
+                by_key.remove(key);
+                order.retain(|k| k != key);
+                false
+            }
+        });
+    }
+
     /// Drops the oldest finished predictions while there are too many. Running ones are kept
     /// whatever their age: they can still be cancelled.
     fn evict(&mut self, max_retained: usize) {
@@ -142,7 +166,7 @@ mod tests {
 
     fn claim(registry: &Registry, id: &str) -> Arc<PredictionEntry> {
         let prediction = Prediction::new(id.to_owned(), json!({}));
-        match registry.claim("m", prediction, CancellationToken::new()) {
+        match registry.claim("m", prediction, CancellationToken::new(), true) {
             Claim::New(entry) => entry,
             Claim::Existing(_) => panic!("{id} already existed"),
         }
@@ -152,8 +176,12 @@ mod tests {
     fn same_id_is_claimed_once() {
         let registry = Registry::new(8);
         claim(&registry, "a");
-        let again =
-            registry.claim("m", Prediction::new("a".into(), json!({})), CancellationToken::new());
+        let again = registry.claim(
+            "m",
+            Prediction::new("a".into(), json!({})),
+            CancellationToken::new(),
+            true,
+        );
         assert!(matches!(again, Claim::Existing(_)));
         registry.forget("m", "a");
         claim(&registry, "a");
@@ -169,5 +197,19 @@ mod tests {
         assert!(registry.get("m", "running").is_some());
         assert!(registry.get("m", "done").is_none());
         assert!(!running.is_terminal());
+    }
+
+    #[test]
+    fn an_unkept_prediction_is_dropped_once_finished() {
+        let registry = Registry::new(8);
+        let prediction = Prediction::new("secret".into(), json!({}));
+        let Claim::New(entry) = registry.claim("m", prediction, CancellationToken::new(), false)
+        else {
+            panic!("a new id")
+        };
+        assert!(registry.get("m", "secret").is_some(), "readable while it runs");
+        entry.update(|p| p.status = Status::Succeeded);
+        assert!(registry.get("m", "secret").is_none());
+        assert_eq!(entry.snapshot().status, Status::Succeeded, "its holder still has it");
     }
 }

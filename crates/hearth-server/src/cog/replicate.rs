@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, StreamExt};
+use hearth_gateway::logging::LogOptions;
 use serde_json::{json, Value};
 
 use super::begin::{self, Begin, Begun, Claimed};
@@ -101,7 +102,8 @@ async fn start(
     let name = resolve(&state, &reference)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let Begun { run, run_id, route, .. } =
-        start_run(&state, &name, &reference, id, body.input.take()).await?;
+        start_run(&state, &name, &reference, id, begin::log_options(headers)?, body.input.take())
+            .await?;
     let entry = run.entry().clone();
     predict::spawn_async(&state, run, body.webhook);
     if let Some(wait) = wait_time(headers) {
@@ -127,10 +129,11 @@ async fn start_run(
     name: &str,
     reference: &str,
     id: String,
+    log: LogOptions,
     input: Option<Value>,
 ) -> Result<Begun, CogError> {
     let catalog = state.catalog();
-    let at = Claimed { namespace: NAMESPACE, id, label: Some(reference.to_owned()) };
+    let at = Claimed { namespace: NAMESPACE, id, label: Some(reference.to_owned()), log };
     let begun = match (catalog.python(name), catalog.get(name)) {
         (Some(model), _) => {
             let schema = begin::schema_of(model)?;

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use hearth_gateway::RunOpening;
 use hearth_protocol::wire::openai::{self, ChatCompletionRequest};
 use hearth_protocol::CanonicalResponse;
 use serde::Deserialize;
@@ -49,13 +50,15 @@ pub(crate) async fn chat_completions(
     defaults::openai(&mut request);
     let (model, stream) = (request.model.clone(), request.stream);
     let caller = relay::caller(&headers)?;
-    let run = relay::start(&state, caller, request).await?;
-    let chat = OpenAiChat::new(&run.run_id, &model, include_usage);
+    let opening = RunOpening::new();
+    let chat = OpenAiChat::new(&opening.run_id, &model, include_usage);
+    let format = StreamFormat::OpenAiChat(chat.clone());
+    let run = relay::start(&state, caller, request, opening, &format).await?;
     let whole = {
         let chat = chat.clone();
         move |answer| whole(&chat, answer)
     };
-    Ok(relay::answer(&state, run, StreamFormat::OpenAiChat(chat), stream, whole).await?)
+    Ok(relay::answer(&state, run, format, stream, whole).await?)
 }
 
 fn whole(chat: &OpenAiChat, answer: CanonicalResponse) -> Response {

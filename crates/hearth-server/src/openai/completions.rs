@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use hearth_gateway::RunOpening;
 use hearth_protocol::wire::openai;
 use hearth_protocol::{CanonicalRequest, CanonicalResponse, RawPrompt};
 use serde::Deserialize;
@@ -101,14 +102,12 @@ pub(crate) async fn completions(
         ..CanonicalRequest::default()
     };
     let caller = relay::caller(&headers)?;
-    let run = relay::start(&state, caller, request).await?;
-    let format = OpenAiChat::completion(&run.run_id, &common.model, common.include_usage());
-    let whole = {
-        let format = format.clone();
-        move |answer| whole(&format, answer)
-    };
-    let stream = common.is_stream();
-    Ok(relay::answer(&state, run, StreamFormat::OpenAiCompletion(format), stream, whole).await?)
+    let opening = RunOpening::new();
+    let completion = OpenAiChat::completion(&opening.run_id, &common.model, common.include_usage());
+    let format = StreamFormat::OpenAiCompletion(completion.clone());
+    let run = relay::start(&state, caller, request, opening, &format).await?;
+    let whole = move |answer| whole(&completion, answer);
+    Ok(relay::answer(&state, run, format, common.is_stream(), whole).await?)
 }
 
 fn whole(format: &OpenAiChat, answer: CanonicalResponse) -> Response {

@@ -5,6 +5,7 @@ use hearth_gateway::ledger::CallerMetadata;
 use std::time::Duration;
 
 use hearth_gateway::cache::{CacheOptions, CacheStatus, MAX_TTL};
+use hearth_gateway::logging::LogOptions;
 use hearth_gateway::Caller;
 use serde_json::Value;
 
@@ -23,6 +24,7 @@ pub(crate) fn caller(headers: &HeaderMap) -> Result<Caller, RelayError> {
     let keyed = Caller {
         cache: cache_options(headers)?,
         session: session(headers)?,
+        log: log_options(headers)?,
         ..crate::auth::keyed_caller()
     };
     let Some(raw) = headers.get(METADATA) else {
@@ -46,6 +48,22 @@ pub(crate) const SKIP_CACHE: &str = "x-hearth-skip-cache";
 pub(crate) const CACHE_KEY: &str = "x-hearth-cache-key";
 /// `HIT` or `MISS` on answers to requests that used the cache.
 pub(crate) const CACHE_STATUS: HeaderName = HeaderName::from_static("x-hearth-cache-status");
+
+/// `false`: keep nothing of this request beyond its ledger record.
+pub(crate) const COLLECT_LOG: &str = "x-hearth-collect-log";
+/// `true` or `false`: store this request's payloads (or not), whatever `[logging]` says.
+pub(crate) const COLLECT_LOG_PAYLOAD: &str = "x-hearth-collect-log-payload";
+
+/// The logging headers, each refused by name unless it is `true` or `false`.
+pub(crate) fn log_options(headers: &HeaderMap) -> Result<LogOptions, RelayError> {
+    let flag = |name: &'static str| match headers.get(name).map(|v| v.to_str().map(str::trim)) {
+        None => Ok(None),
+        Some(Ok("true")) => Ok(Some(true)),
+        Some(Ok("false")) => Ok(Some(false)),
+        Some(_) => Err(RelayError::Header { name, message: "must be true or false".into() }),
+    };
+    Ok(LogOptions { collect: flag(COLLECT_LOG)?, payload: flag(COLLECT_LOG_PAYLOAD)? })
+}
 
 /// A conversation's id, so a route over several engine replicas keeps it on one.
 pub(crate) const SESSION_AFFINITY: &str = "x-session-affinity";

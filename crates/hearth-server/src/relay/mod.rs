@@ -19,14 +19,14 @@ use axum::extract::Request;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream, StreamExt};
-use hearth_gateway::{Caller, RunEvent, StartedRun, Subscription};
+use hearth_gateway::{Caller, RunEvent, RunOpening, StartedRun, Subscription};
 use hearth_protocol::wire::SseFrame;
 use hearth_protocol::{CanonicalRequest, CanonicalResponse, ResponseAssembler, StreamError};
 use serde::de::DeserializeOwned;
 
 pub(crate) use error::{decorate, error_type, RelayError};
 pub(crate) use format::{AnthropicMessage, Encoder, OpenAiChat, StreamFormat};
-pub(crate) use headers::{caller, set_cache_status, set_run_headers};
+pub(crate) use headers::{caller, log_options, set_cache_status, set_run_headers};
 
 use crate::body::{read_object, typed};
 use crate::state::AppState;
@@ -40,19 +40,23 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
     Ok(typed(serde_json::Value::Object(object))?)
 }
 
-/// Starts a run; returns once a route has committed (its first content event is buffered) or
-/// every route has failed.
+/// Starts the run `opening` names (its answer's ids derive from the run id), its stream encoded
+/// in `format`; returns once a route has committed (its first content event is buffered) or
+/// every route has failed. The format is stored with the run, so that a resume, on any
+/// replica, speaks it.
 pub(crate) async fn start(
     state: &AppState,
     caller: Caller,
     request: CanonicalRequest,
+    opening: RunOpening,
+    format: &StreamFormat,
 ) -> Result<StartedRun, RelayError> {
-    Ok(state.gateway().start_run(request, caller).await?)
+    let opening = RunOpening { format: Some(format.to_stored()), ..opening };
+    Ok(state.gateway().open_run(request, caller, opening).await?)
 }
 
 /// Answers a started run: as SSE in `format`, or, when the caller did not ask for a stream, as
-/// the JSON body `whole` builds from the assembled answer. The format is stored either way,
-/// so the run can be resumed as a stream.
+/// the JSON body `whole` builds from the assembled answer.
 pub(crate) async fn answer(
     state: &AppState,
     run: StartedRun,
@@ -60,11 +64,6 @@ pub(crate) async fn answer(
     stream: bool,
     whole: impl FnOnce(CanonicalResponse) -> Response,
 ) -> Result<Response, RelayError> {
-    // Stored with the run, so a resume speaks this format; a run that already expired (it
-    // cannot have: it was just started) would only lose that.
-    if let Err(err) = state.gateway().set_format(&run.run_id, &format.to_stored()).await {
-        tracing::warn!(run_id = %run.run_id, error = %err, "could not store the run's stream format");
-    }
     let mut response = if stream {
         sse(run.events, format.encoder(), state.config().sse_keep_alive, ResumePoint::default())
             .into_response()

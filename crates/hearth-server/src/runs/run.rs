@@ -10,7 +10,7 @@
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_gateway::Prices;
+use hearth_gateway::{Prices, RunOpening};
 use hearth_protocol::{
     CanonicalRequest, CanonicalResponse, Message, MessageRole, SamplingOptions, ValidationError,
 };
@@ -118,10 +118,11 @@ pub(crate) async fn run(
     // The catalog's prices, as the ledger bills them; unknown when the model has none.
     let prices = state.catalog().resolve(&request.model).map(|m| m.prices).unwrap_or_default();
     let model = request.model.clone();
-    let run = relay::start(&state, caller, request).await?;
+    let format = StreamFormat::Run;
+    let run = relay::start(&state, caller, request, RunOpening::new(), &format).await?;
     let (run_id, route) = (run.run_id.clone(), run.route.clone());
     let whole = move |answer| whole(&run_id, &model, &route, &prices, answer);
-    Ok(relay::answer(&state, run, StreamFormat::Run, stream, whole).await?)
+    Ok(relay::answer(&state, run, format, stream, whole).await?)
 }
 
 fn whole(

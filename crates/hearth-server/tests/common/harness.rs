@@ -59,6 +59,7 @@ pub async fn gateway_app_with(
         ledger: Default::default(),
         limits: Vec::new(),
         api_keys: Vec::new(),
+        logging: Default::default(),
         providers: vec![
             provider("oa", ProviderKind::Openai, fake.openai_url()),
             provider("an", ProviderKind::Anthropic, fake.anthropic_url()),

@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hearth_gateway::ledger::LedgerError;
+use hearth_gateway::logging::PayloadRetention;
 use hearth_gateway::{
-    GroupBy, Ledger, LedgerRecord, LedgerStatus, UsageGroup, UsageQuery, UsageRow,
+    GroupBy, Ledger, LedgerRecord, LedgerStatus, RunPayload, UsageGroup, UsageQuery, UsageRow,
 };
 
 #[derive(Default)]
 pub struct MemoryLedger {
     records: Mutex<Vec<LedgerRecord>>,
+    payloads: Mutex<Vec<RunPayload>>,
 }
 
 #[async_trait::async_trait]
@@ -23,6 +25,40 @@ impl Ledger for MemoryLedger {
 
     async fn get(&self, run_id: &str) -> Result<Option<LedgerRecord>, LedgerError> {
         Ok(self.records.lock().unwrap().iter().find(|r| r.run_id == run_id).cloned())
+    }
+
+    async fn store_payloads(&self, payloads: &[RunPayload]) -> Result<(), LedgerError> {
+        self.payloads.lock().unwrap().extend_from_slice(payloads);
+        Ok(())
+    }
+
+    async fn payload(&self, run_id: &str) -> Result<Option<RunPayload>, LedgerError> {
+        Ok(self.payloads.lock().unwrap().iter().find(|p| p.run_id == run_id).cloned())
+    }
+
+    async fn delete_payload(&self, run_id: &str) -> Result<bool, LedgerError> {
+        let mut payloads = self.payloads.lock().unwrap();
+        let before = payloads.len();
+        payloads.retain(|p| p.run_id != run_id);
+        Ok(payloads.len() < before)
+    }
+
+    async fn prune_payloads(
+        &self,
+        retention: PayloadRetention,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError> {
+        let mut payloads = self.payloads.lock().unwrap();
+        let before = payloads.len();
+        if let Some(age) = retention.max_age {
+            payloads.retain(|p| now - p.stored_at <= chrono::Duration::from_std(age).unwrap());
+        }
+        if let Some(count) = retention.max_count {
+            payloads.sort_by_key(|p| p.stored_at);
+            let excess = payloads.len().saturating_sub(count as usize);
+            payloads.drain(..excess);
+        }
+        Ok((before - payloads.len()) as u64)
     }
 
     async fn usage_rows(

@@ -47,11 +47,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use writer::{Field, Op, Queued};
+use writer::{Creation, Op, Queued};
 
-use super::{InMemoryRunStore, OrphanedRun, RunError, RunInfo, RunStatus, RunStore, Subscription};
+use super::{
+    InMemoryRunStore, NewRun, OrphanedRun, RunError, RunInfo, RunStatus, RunStore, Subscription,
+};
 use crate::config::StateSettings;
-use crate::ledger::LedgerRecord;
 
 /// Where a run's keys live.
 #[derive(Debug, Clone)]
@@ -103,9 +104,10 @@ struct Tracked {
     /// run): it goes on in memory for its local readers, and its Redis copy is closed as
     /// failed at the end.
     detached: bool,
-    /// The run's creation (its model and the ledger record for its orphan), until it is
-    /// queued with the run's first change.
-    creation: Option<(String, String)>,
+    /// The run's creation, until it is queued with the run's first change.
+    creation: Option<Creation>,
+    /// The run's keys go soon after its end (see [`NewRun::forget_at_end`]).
+    forget_at_end: bool,
     /// Becomes true once the run's creation has been written (or given up on), so that its
     /// id can be handed out: any replica then finds it.
     published: watch::Sender<bool>,
@@ -245,7 +247,7 @@ impl Shared {
         let (unsent, answer) = {
             let mut tracked = self.tracked();
             let creation = tracked.get_mut(run_id).and_then(|run| run.creation.take());
-            let creation = creation.map(|(model, record)| Op::Create { model, record });
+            let creation = creation.map(Op::Create);
             let (op, answer) = decide(&mut tracked);
             let queued = Queued { run_id: run_id.into(), creation, op };
             match room {
@@ -268,33 +270,26 @@ impl Shared {
 
 #[async_trait::async_trait]
 impl RunStore for RedisRunStore {
-    async fn create(
-        &self,
-        run_id: &str,
-        model: &str,
-        record: Option<&LedgerRecord>,
-    ) -> Result<CancellationToken, RunError> {
+    async fn create(&self, run_id: &str, new: NewRun<'_>) -> Result<CancellationToken, RunError> {
         let s = &self.shared;
-        let token = s.local.create(run_id, model, None).await?;
-        let record = record.and_then(|r| serde_json::to_string(r).ok()).unwrap_or_default();
-        let creation = Some((model.to_owned(), record));
-        s.tracked().insert(run_id.to_owned(), Tracked { creation, ..Tracked::default() });
+        let token = s.local.create(run_id, new).await?;
+        let creation = Creation {
+            model: new.model.to_owned(),
+            record: new.record.and_then(|r| serde_json::to_string(r).ok()).unwrap_or_default(),
+            format: new.format.unwrap_or_default().to_owned(),
+        };
+        let tracked = Tracked {
+            creation: Some(creation),
+            forget_at_end: new.forget_at_end,
+            ..Tracked::default()
+        };
+        s.tracked().insert(run_id.to_owned(), tracked);
         Ok(token)
     }
 
     async fn set_route(&self, run_id: &str, route: &str) -> Result<(), RunError> {
         self.shared.local.set_route(run_id, route).await?;
-        let op = Op::Field { name: Field::Route, value: route.to_owned() };
-        self.shared.queue(run_id, |_| (Some(op), ())).await;
-        Ok(())
-    }
-
-    async fn set_format(&self, run_id: &str, format: &str) -> Result<(), RunError> {
-        match self.shared.local.set_format(run_id, format).await {
-            Err(RunError::NotFound(_)) => {}
-            other => other?,
-        }
-        let op = Op::Field { name: Field::Format, value: format.to_owned() };
+        let op = Op::Route(route.to_owned());
         self.shared.queue(run_id, |_| (Some(op), ())).await;
         Ok(())
     }
@@ -327,7 +322,8 @@ impl RunStore for RedisRunStore {
             .queue(run_id, |tracked| match tracked.get_mut(run_id) {
                 Some(run) if !run.finishing => {
                     run.finishing = true;
-                    (Some(Op::Finish { status, done }), Ok(true))
+                    let forget = run.forget_at_end;
+                    (Some(Op::Finish { status, forget, done }), Ok(true))
                 }
                 Some(_) => (None, Err(RunError::Ended(run_id.into()))),
                 None => (None, Ok(false)),

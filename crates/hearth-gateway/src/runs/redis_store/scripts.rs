@@ -10,12 +10,12 @@ use redis::Script;
 ///
 /// KEYS: the running hash (run id → owner), then each run's hash and events Stream. ARGV: the
 /// owner replica, now (ms), the ttl of an ended run (ms), the safety expiry (ms); then for each
-/// run the batch's changes to it, gathered by the writer into ten arguments:
+/// run the batch's changes to it, gathered by the writer into eleven arguments:
 /// 1. its id;
 /// 2. `1` to create the run (it then expires after the safety expiry, in case its end never
 ///    reaches Redis), else empty;
 /// 3. the model and 4. the ledger record to write should the producer disappear (creation);
-/// 5. its route and 6. its stream format, each empty when not set by this batch;
+/// 5. its route, empty when not set by this batch, and 6. its stream format (creation);
 /// 7. the sequence number of its first event in the batch (empty with no events; `-1` when the
 ///    batch's events do not follow each other) and 8. how many there are: they are written
 ///    only if the run holds exactly that many events already (an earlier batch that failed
@@ -24,7 +24,8 @@ use redis::Script;
 ///    `0-{n}` for `n` the run's events after it: reading from event `N` on is `XREAD … 0-N`,
 ///    and the reader skips the first entry's events before `N`;
 /// 10. the status it ends with (failed after a gap), empty while it runs on; an ended run
-///     expires after the ttl.
+///     expires after the ttl, or after 11. this many ms when not empty (a run whose caller
+///     asked that nothing be kept).
 ///
 /// Each run's share is written with as few commands as it allows (at most one `XADD` and one
 /// `HSET`), and its arguments are few and fixed: Redis's time per run is mostly the cost of
@@ -45,6 +46,7 @@ local running, owner, now, ttl, safety = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARG
 local function apply(hash, events, a)
     local id, create, route, format = ARGV[a], ARGV[a + 1] == '1', ARGV[a + 4], ARGV[a + 5]
     local first, count, status = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), ARGV[a + 9]
+    local keep = ARGV[a + 10] ~= '' and ARGV[a + 10] or ttl
     local fields, len, cancel, readers = {}, 0, 0, {0, 0}
     if route ~= '' then fields[#fields + 1] = 'route'; fields[#fields + 1] = route end
     if format ~= '' then fields[#fields + 1] = 'format'; fields[#fields + 1] = format end
@@ -96,8 +98,8 @@ local function apply(hash, events, a)
     local ended = {}
     if status ~= '' then
         if not create then redis.call('HDEL', running, id) end
-        redis.call('PEXPIRE', hash, ttl)
-        if len > 0 then redis.call('PEXPIRE', events, ttl) end
+        redis.call('PEXPIRE', hash, keep)
+        if len > 0 then redis.call('PEXPIRE', events, keep) end
         ended = readers
     else
         if create then
@@ -110,7 +112,7 @@ local function apply(hash, events, a)
     return 0, cancel, ended
 end
 
-local out, runs, per_run = {}, (#KEYS - 1) / 2, 10
+local out, runs, per_run = {}, (#KEYS - 1) / 2, 11
 if #ARGV ~= 4 + runs * per_run then
     return redis.error_reply('WRITE: ' .. #ARGV .. ' arguments for ' .. runs .. ' runs')
 end

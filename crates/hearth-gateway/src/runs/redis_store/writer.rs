@@ -1,5 +1,5 @@
 //! The replica's one writer to Redis. Every change to this replica's runs (a run's creation,
-//! its route and format, its events, its end) is queued, and the writer sends whatever has
+//! its route, its events, its end) is queued, and the writer sends whatever has
 //! queued as one script call: a replica makes one Redis round trip per batch, not one per event,
 //! and Redis runs one script for many runs' changes.
 //!
@@ -24,6 +24,9 @@ use crate::runs::{RunError, RunInfo, RunStatus, RunStore};
 pub(super) const QUEUE: usize = 16_384;
 /// Most changes in one batch, so that one script call stays short for Redis.
 const MAX_OPS: usize = 2_048;
+/// How long the keys of a run opened with `forget_at_end` outlive its end: long enough for a
+/// reader on another replica, blocked on the run's Stream, to read the end.
+const FORGOTTEN_RUN_GRACE: Duration = Duration::from_secs(5);
 /// How long a batch may wait for Redis before its runs go on in memory alone.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long Redis is left alone after a batch failed.
@@ -33,15 +36,9 @@ const MAX_IN_FLIGHT: usize = 4;
 
 /// One change to a run.
 pub(super) enum Op {
-    Create {
-        model: String,
-        record: String,
-    },
-    /// Sets a field of the run's hash if the run exists in Redis.
-    Field {
-        name: Field,
-        value: String,
-    },
+    Create(Creation),
+    /// Sets the run's route if the run exists in Redis.
+    Route(String),
     Event {
         seq: u64,
         json: String,
@@ -49,15 +46,20 @@ pub(super) enum Op {
     },
     Finish {
         status: RunStatus,
+        /// Its keys go after [`FORGOTTEN_RUN_GRACE`] rather than the store's ttl.
+        forget: bool,
         done: oneshot::Sender<Result<RunInfo, RunError>>,
     },
 }
 
-/// The fields of a run's hash set after its creation.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Field {
-    Route,
-    Format,
+/// What a run's creation writes.
+#[derive(Debug, Default)]
+pub(super) struct Creation {
+    pub model: String,
+    /// The ledger record to write should the producer disappear, as JSON.
+    pub record: String,
+    /// The edge's stream format; empty when it gave none.
+    pub format: String,
 }
 
 /// One entry of the writer's queue: a change to a run, after the run's creation when that had
@@ -211,6 +213,7 @@ fn goes_to_redis(run: &RunChanges, op: &Op) -> bool {
 }
 
 async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResult<Vec<Reply>> {
+    let grace = FORGOTTEN_RUN_GRACE.as_millis().to_string();
     let mut call = scripts::WRITE.prepare_invoke();
     call.key(shared.keys.running())
         .arg(&shared.replica)
@@ -221,17 +224,18 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
         call.key(shared.keys.run(&run.run_id)).key(shared.keys.events(&run.run_id));
         let share = Share::of(run);
         let first = share.first_argument();
-        let (model, record) = share.create.unwrap_or_default();
+        let creation = share.create.unwrap_or(&NO_CREATION);
         call.arg(&*run.run_id)
             .arg(if share.create.is_some() { "1" } else { "" })
-            .arg(model)
-            .arg(record)
+            .arg(&creation.model)
+            .arg(&creation.record)
             .arg(share.route)
-            .arg(share.format)
+            .arg(&creation.format)
             .arg(first)
             .arg(share.count)
             .arg(share.events)
-            .arg(share.status);
+            .arg(share.status)
+            .arg(if share.forget { grace.as_str() } else { "" });
     }
     let replies: Vec<(i64, i64, Vec<i64>)> = call.invoke_async(&mut shared.conn()).await?;
     Ok(replies
@@ -250,13 +254,15 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
         .collect())
 }
 
+static NO_CREATION: Creation =
+    Creation { model: String::new(), record: String::new(), format: String::new() };
+
 /// A run's changes in one batch, gathered as the `WRITE` script takes them (one argument each).
 #[derive(Default)]
 struct Share<'a> {
-    /// The model and the orphan's ledger record, when the batch creates the run.
-    create: Option<(&'a str, &'a str)>,
+    /// What the run's creation writes, when the batch creates it.
+    create: Option<&'a Creation>,
     route: &'a str,
-    format: &'a str,
     /// The first event's sequence number; `broken` when the others do not follow it.
     first: Option<u64>,
     broken: bool,
@@ -265,6 +271,8 @@ struct Share<'a> {
     events: String,
     /// The status the run ends with; empty while it runs on.
     status: &'static str,
+    /// The run ends here and its keys go soon after.
+    forget: bool,
 }
 
 impl<'a> Share<'a> {
@@ -272,9 +280,8 @@ impl<'a> Share<'a> {
         let mut share = Share::default();
         for op in run.ops.iter().filter(|op| goes_to_redis(run, op)) {
             match op {
-                Op::Create { model, record } => share.create = Some((model, record)),
-                Op::Field { name: Field::Route, value } => share.route = value,
-                Op::Field { name: Field::Format, value } => share.format = value,
+                Op::Create(creation) => share.create = Some(creation),
+                Op::Route(route) => share.route = route,
                 Op::Event { seq, json, .. } => {
                     let first = *share.first.get_or_insert(*seq);
                     share.broken |= *seq != first + share.count as u64;
@@ -283,9 +290,10 @@ impl<'a> Share<'a> {
                     share.count += 1;
                 }
                 // A detached run's copy in Redis may lack events: it ends as failed.
-                Op::Finish { status, .. } => {
+                Op::Finish { status, forget, .. } => {
                     let status = if run.detached { RunStatus::Failed } else { *status };
                     share.status = remote::status_name(status);
+                    share.forget = *forget;
                 }
             }
         }
@@ -351,15 +359,15 @@ pub(super) async fn apply_locally(
     match op {
         // Created locally when queued; now any replica can find it (or Redis failed it and
         // no replica will: there is no point waiting longer).
-        Op::Create { .. } => shared.mark_published(run_id),
-        // Routed and formatted locally when queued.
-        Op::Field { .. } => {}
+        Op::Create(_) => shared.mark_published(run_id),
+        // Routed locally when queued.
+        Op::Route(_) => {}
         Op::Event { event, .. } => {
             if let Err(error) = shared.local.append(run_id, event).await {
                 tracing::warn!(run_id, %error, "could not buffer an event");
             }
         }
-        Op::Finish { status, done } => {
+        Op::Finish { status, done, .. } => {
             let mut info = shared.local.finish(run_id, status).await;
             if let (Ok(info), Some(remote)) = (info.as_mut(), ended) {
                 info.num_subscribers += remote.subscribers as usize;

@@ -10,7 +10,8 @@
 //      catalog, live runs (with cancel), spend & requests (totals table + two SVG charts),
 //      model latency (windows computed from the deltas between successive /admin/metrics polls).
 //   4. Run page (#run/<id>): the run's live row while it runs; once it is not live, its record
-//      from GET /admin/runs/{id} when the daemon has one.
+//      and its stored payload (request and answer, kept only when logging asked for it, with a
+//      button that deletes it), both from GET /admin/runs/{id}.
 //   5. Scheduler and wiring: a 2 s tick for runs and metrics, every 5th tick catalog and usage.
 
 import {
@@ -51,7 +52,7 @@ const state = {
   runsLoaded: false,
   usageSeq: 0,
   metrics: new Map(), // model → { prev, prevT, points: [] }
-  record: { runId: null, body: undefined }, // run page: GET /admin/runs/{id} once the run is not live
+  record: { runId: null, body: undefined, payload: undefined }, // run page: GET /admin/runs/{id} once the run is not live
   tick: 0,
 };
 
@@ -412,12 +413,14 @@ function renderRunLive() {
   const run = state.runs.find((r) => r.run_id === id);
   if (!run) {
     if (state.runsLoaded && state.record.runId !== id) {
-      state.record = { runId: id, body: undefined };
+      state.record = { runId: id, body: undefined, payload: undefined };
       guarded('record', loadRecord);
     }
     box.replaceChildren(...runRecord(state.runsLoaded ? state.record.body : undefined));
+    renderPayload(id, state.runsLoaded ? state.record.payload : undefined);
     return;
   }
+  renderPayload(id, 'running');
   let tbody = box.querySelector('tbody');
   if (!tbody) {
     const head = ['Run', 'Model', 'Route', 'Tokens', 'Age', 'Metadata', ''].map((t) => el('th', { scope: 'col', text: t }));
@@ -427,16 +430,19 @@ function renderRunLive() {
   syncRows(tbody, [run], 'runId', (r) => r.run_id, fillRunRow);
 }
 
-// Not in the base contract: GET /admin/runs/{id} → {"record": {...}} describes a run that ended.
+// GET /admin/runs/{id} → {"record": {...}, "payload": {...}} describes a run that ended.
 async function loadRecord() {
   const id = state.record.runId;
-  let body = null;
+  let run = null;
   try {
-    body = (await api(`/admin/runs/${encodeURIComponent(id)}`))?.record ?? null;
+    run = await api(`/admin/runs/${encodeURIComponent(id)}`);
   } catch (e) {
     if (e.status !== 404) throw e;
   } finally {
-    if (state.record.runId === id) state.record.body = body;
+    if (state.record.runId === id) {
+      state.record.body = run?.record ?? null;
+      state.record.payload = run?.payload ?? null;
+    }
     if (currentRunId() === id) renderRunLive();
   }
 }
@@ -453,13 +459,54 @@ function runRecord(record) {
     el('table', { class: 'record' }, el('tbody', {}, rows))];
 }
 
+// `payload`: the stored one, null for none, undefined while loading, 'running' until the end.
+function renderPayload(id, payload) {
+  const box = $('run-payload');
+  if (box.dataset.shown === id && box.dataset.payload === String(payload?.stored_at ?? payload)) return;
+  box.dataset.shown = id;
+  box.dataset.payload = String(payload?.stored_at ?? payload);
+  if (payload === undefined || payload === 'running') {
+    const text = payload ? 'A payload, when logging keeps one, is stored once the run ends.' : 'Loading…';
+    box.replaceChildren(el('p', { class: 'muted', text }));
+    return;
+  }
+  if (payload === null) {
+    box.replaceChildren(el('p', { class: 'empty', text: 'No payload stored for this run. Payloads are kept only with [logging] payloads = true or x-hearth-collect-log-payload: true.' }));
+    return;
+  }
+  const remove = el('button', { type: 'button', class: 'delete-payload', text: 'Delete payload' });
+  remove.addEventListener('click', () => guarded('payload', () => deletePayload(id, remove)));
+  box.replaceChildren(
+    el('p', { class: 'muted', text: `Stored ${new Date(payload.stored_at).toLocaleString()}` }),
+    el('h3', { text: 'Request' }),
+    el('pre', { class: 'payload-request', text: JSON.stringify(payload.request, null, 2) }),
+    el('h3', { text: 'Response' }),
+    el('pre', { class: 'payload-response', text: JSON.stringify(payload.response, null, 2) }),
+    remove,
+  );
+}
+
+async function deletePayload(id, button) {
+  button.disabled = true;
+  try {
+    await api(`/admin/runs/${encodeURIComponent(id)}/payload`, { method: 'DELETE' });
+  } catch (e) {
+    if (e.status !== 404) {
+      button.disabled = false;
+      throw e;
+    }
+  }
+  if (state.record.runId === id) state.record.payload = null;
+  if (currentRunId() === id) renderPayload(id, null);
+}
+
 function route() {
   const id = currentRunId();
   $('dashboard-view').hidden = id != null;
   $('run-page').hidden = id == null;
   if (id != null) {
     $('run-title').textContent = id;
-    state.record = { runId: null, body: undefined };
+    state.record = { runId: null, body: undefined, payload: undefined };
     renderRunLive();
     return;
   }

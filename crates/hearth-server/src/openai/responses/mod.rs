@@ -19,7 +19,7 @@ use std::convert::Infallible;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, StreamExt};
-use hearth_gateway::{RunEvent, RunStatus, Subscription};
+use hearth_gateway::{RunEvent, RunOpening, RunStatus, Subscription};
 use hearth_protocol::wire::responses::{
     self, ConvertedInput, CreateResponse, ResponseHeader, ResponseObject, StreamEncoder,
 };
@@ -71,7 +71,16 @@ pub(crate) async fn create(
 ) -> Result<Response, OpenAiError> {
     body.parse::<Unsupported>()?.check()?;
     let wire: CreateResponse = body.into_typed()?;
-    let (store, background) = (wire.store.unwrap_or(true), wire.background.unwrap_or(false));
+    let caller = relay::caller(&headers)?;
+    // `x-hearth-collect-log: false` keeps nothing: no stored response either.
+    let collect = caller.log.collect.unwrap_or(true);
+    if !collect && wire.store == Some(true) {
+        return Err(OpenAiError::invalid(
+            "store",
+            "`store: true` keeps the response, and `x-hearth-collect-log: false` asks that nothing be kept",
+        ));
+    }
+    let (store, background) = (wire.store.unwrap_or(collect), wire.background.unwrap_or(false));
     if background && !store {
         return Err(OpenAiError::invalid(
             "background",
@@ -88,17 +97,15 @@ pub(crate) async fn create(
     settings.insert("temperature".into(), json!(request.sampling.temperature));
     settings.insert("top_p".into(), json!(request.sampling.top_p));
     let (model, stream) = (request.model.clone(), request.stream);
-    let run = relay::start(&state, relay::caller(&headers)?, request).await?;
+    let opening = RunOpening::new();
     let header = ResponseHeader {
-        id: response_id(&run.run_id),
+        id: response_id(&opening.run_id),
         created_at: chrono::Utc::now().timestamp(),
         model,
         settings,
     };
     let format = StreamFormat::Responses(header.clone());
-    if let Err(err) = state.gateway().set_format(&run.run_id, &format.to_stored()).await {
-        tracing::warn!(run_id = %run.run_id, error = %err, "could not store the run's stream format");
-    }
+    let run = relay::start(&state, caller, request, opening, &format).await?;
     if store {
         let stored = StoredResponse {
             run_id: run.run_id.clone(),
