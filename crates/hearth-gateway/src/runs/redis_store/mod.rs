@@ -275,7 +275,7 @@ impl RunStore for RedisRunStore {
         let token = s.local.create(run_id, new).await?;
         let creation = Creation {
             model: new.model.to_owned(),
-            record: new.record.and_then(|r| serde_json::to_string(r).ok()).unwrap_or_default(),
+            record: new.record.map(|r| Box::new(r.clone())),
             format: new.format.unwrap_or_default().to_owned(),
         };
         let tracked = Tracked {

@@ -14,7 +14,8 @@ use redis::Script;
 /// 1. its id;
 /// 2. `1` to create the run (it then expires after the safety expiry, in case its end never
 ///    reaches Redis), else empty;
-/// 3. the model and 4. the ledger record to write should the producer disappear (creation);
+/// 3. the model and 4. the ledger record to write should the producer disappear (creation;
+///    empty when the same batch ends the run, which then never needs it);
 /// 5. its route, empty when not set by this batch, and 6. its stream format (creation);
 /// 7. the sequence number of its first event in the batch (empty with no events; `-1` when the
 ///    batch's events do not follow each other) and 8. how many there are: they are written
@@ -53,9 +54,10 @@ local function apply(hash, events, a)
     if create then
         if redis.call('EXISTS', hash) == 1 then return -3, 0, {} end
         for _, v in ipairs({'model', ARGV[a + 2], 'owner', owner, 'status', 'running',
-                'created_ms', now, 'subs', 0, 'delivered', 0, 'record', ARGV[a + 3]}) do
+                'created_ms', now, 'subs', 0, 'delivered', 0}) do
             fields[#fields + 1] = v
         end
+        if ARGV[a + 3] ~= '' then fields[#fields + 1] = 'record'; fields[#fields + 1] = ARGV[a + 3] end
     else
         local held = redis.call('HMGET', hash, 'status', 'owner', 'len', 'cancel', 'subs',
             'delivered')

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
 use super::{now_ms, remote, scripts, Shared, SAFETY_EXPIRY};
+use crate::ledger::LedgerRecord;
 use crate::runs::{RunError, RunInfo, RunStatus, RunStore};
 
 /// Changes queued for the writer; past this, producers wait for it (memory stays bounded).
@@ -56,8 +57,9 @@ pub(super) enum Op {
 #[derive(Debug, Default)]
 pub(super) struct Creation {
     pub model: String,
-    /// The ledger record to write should the producer disappear, as JSON.
-    pub record: String,
+    /// The ledger record to write should the producer disappear. Sent (as JSON) only with a
+    /// creation whose batch does not also end the run: a run that ends there never needs it.
+    pub record: Option<Box<LedgerRecord>>,
     /// The edge's stream format; empty when it gave none.
     pub format: String,
 }
@@ -225,10 +227,16 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
         let share = Share::of(run);
         let first = share.first_argument();
         let creation = share.create.unwrap_or(&NO_CREATION);
+        let record = match &creation.record {
+            Some(record) if share.status.is_empty() => {
+                serde_json::to_string(record).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
         call.arg(&*run.run_id)
             .arg(if share.create.is_some() { "1" } else { "" })
             .arg(&creation.model)
-            .arg(&creation.record)
+            .arg(record)
             .arg(share.route)
             .arg(&creation.format)
             .arg(first)
@@ -255,7 +263,7 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
 }
 
 static NO_CREATION: Creation =
-    Creation { model: String::new(), record: String::new(), format: String::new() };
+    Creation { model: String::new(), record: None, format: String::new() };
 
 /// A run's changes in one batch, gathered as the `WRITE` script takes them (one argument each).
 #[derive(Default)]
