@@ -135,7 +135,7 @@ impl Gateway {
         settings: &GatewaySettings,
     ) -> Result<Gateway, LedgerError> {
         let sqlite = SqliteLedger::open(&settings.ledger_path).await?;
-        let ledger = BatchedLedger::new(Arc::new(sqlite), Default::default());
+        let ledger = BatchedLedger::new(Arc::new(sqlite), LoggingSettings::default().retention());
         let runs = InMemoryRunStore::from_settings(settings);
         Ok(Self::new(catalog, settings, Arc::new(runs), Arc::new(ledger)))
     }

@@ -201,6 +201,13 @@ async fn the_run_of_a_replica_that_stopped_ends_with_one_error_event_and_one_rec
         a.append("run_orphan", CanonicalEvent::TextDelta { text: text.into() }).await.unwrap();
     }
     assert_eq!(text(&seen.take(3).collect::<Vec<_>>().await), "xyz");
+    // And one whose caller asked that nothing be kept: its keys go soon after the sweep ends it.
+    let unkept_record =
+        LedgerRecord::failed_start("run_unkept", "m", Default::default(), None, Utc::now());
+    let unkept = NewRun { record: Some(&unkept_record), forget_at_end: true, ..NewRun::of("m") };
+    a.create("run_unkept", unkept).await.unwrap();
+    a.append("run_unkept", CanonicalEvent::TextDelta { text: "q".into() }).await.unwrap();
+    a.published("run_unkept").await;
     drop(a);
 
     let b = replica(&config).await;
@@ -232,9 +239,12 @@ async fn the_run_of_a_replica_that_stopped_ends_with_one_error_event_and_one_rec
     };
     use hearth_gateway::Ledger;
     let groups = ledger.usage(&all).await.unwrap();
-    assert_eq!(groups.iter().map(|g| g.requests).sum::<u64>(), 1, "{groups:?}");
+    assert_eq!(groups.iter().map(|g| g.requests).sum::<u64>(), 2, "{groups:?}");
     let info = c.status("run_orphan").await.unwrap();
     assert_eq!((info.status, info.num_events), (RunStatus::Failed, 4));
+    let mut conn = redis_connection().await;
+    let ttl = pttl(&mut conn, &format!("{}run:run_unkept", state.key_prefix)).await;
+    assert!(ttl > 0 && ttl <= 5_000, "an unkept orphan's keys go soon after its end ({ttl} ms)");
 }
 
 #[tokio::test]

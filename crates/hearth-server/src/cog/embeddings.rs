@@ -143,6 +143,7 @@ async fn run_prediction(
     url_id: Option<String>,
     request: Request,
 ) -> Result<Response, CogError> {
+    let log = super::begin::log_options(request.headers())?;
     let body = PredictionRequest::from_request(request, &state).await?;
     if let (Some(url_id), Some(body_id)) = (&url_id, &body.id) {
         if url_id != body_id {
@@ -153,7 +154,8 @@ async fn run_prediction(
     let (field, texts) = parse_input(body.input.as_ref())?;
     let inputs: Vec<EmbedInput> = texts.into_iter().map(EmbedInput::Text).collect();
     let created_at = Utc::now();
-    let answer = state.gateway().embed(&target.name, inputs, crate::auth::keyed_caller()).await;
+    let caller = hearth_gateway::Caller { log, ..crate::auth::keyed_caller() };
+    let answer = state.gateway().embed(&target.name, inputs, caller).await;
     let completed_at = Utc::now();
     let (run_id, route, status, output, error, input_tokens) = match answer {
         Ok(run) => {

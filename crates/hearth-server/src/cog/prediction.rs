@@ -72,6 +72,22 @@ impl Prediction {
             metrics: None,
         }
     }
+
+    /// What is kept of a finished prediction whose request asked that nothing be
+    /// (`x-hearth-collect-log: false`): its id, status, times and metrics; never its input,
+    /// output, logs or error text (a predictor's error may quote its input).
+    pub(crate) fn without_content(&self) -> Self {
+        let error = self.error.as_ref().map(|_| {
+            "the prediction failed (its details were not kept: x-hearth-collect-log: false)".into()
+        });
+        Self {
+            input: Value::Object(Default::default()),
+            output: None,
+            logs: String::new(),
+            error,
+            ..self.clone()
+        }
+    }
 }
 
 /// RFC 3339 with microseconds, as Cog writes them.

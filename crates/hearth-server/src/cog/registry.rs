@@ -1,7 +1,9 @@
 //! Every Cog prediction this server knows, so that a repeated `PUT` finds the first one and a
 //! cancel finds the running one. Finished predictions are kept up to a bound, oldest dropped first;
-//! one whose request asked that nothing be kept (`x-hearth-collect-log: false`) is dropped as soon
-//! as it is seen finished, so it cannot be read back once its caller has it.
+//! one whose request asked that nothing be kept (`x-hearth-collect-log: false`) is replaced, as
+//! soon as it is seen finished, by a copy without its content (`Prediction::without_content`):
+//! a repeated `PUT` still finds it, and nothing of its input or output can be read back. Whoever
+//! already holds the entry (the caller being answered) keeps the whole prediction.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -73,7 +75,7 @@ struct Entries {
     by_key: HashMap<Key, Arc<PredictionEntry>>,
     /// Insertion order, for eviction.
     order: VecDeque<Key>,
-    /// The predictions not to be kept once finished, until they are dropped.
+    /// The predictions not to be kept once finished, until their content is dropped.
     unkept: Vec<Key>,
 }
 
@@ -94,7 +96,7 @@ impl Registry {
 
     /// Registers `prediction` unless one with its id exists for `model`; checking and inserting
     /// under one lock is what makes a repeated `PUT` run the prediction once.
-    /// `keep` false: drop it as soon as it is seen finished.
+    /// `keep` false: drop its content as soon as it is seen finished.
     pub(crate) fn claim(
         &self,
         model: &str,
@@ -129,14 +131,17 @@ impl Registry {
 
 impl Entries {
     fn drop_finished_unkept(&mut self) {
-        let Entries { by_key, order, unkept } = self;
+        let Entries { by_key, unkept, .. } = self;
         unkept.retain(|key| match by_key.get(key) {
             Some(entry) if !entry.is_terminal() => true,
-            _ => {
-                by_key.remove(key);
-                order.retain(|k| k != key);
+            Some(entry) => {
+                // A new entry, so that the holders of the old one keep what they are sending.
+                let kept = entry.snapshot().without_content();
+                let kept = Arc::new(PredictionEntry::new(kept, CancellationToken::new()));
+                by_key.insert(key.clone(), kept);
                 false
             }
+            None => false,
         });
     }
 
@@ -200,16 +205,26 @@ mod tests {
     }
 
     #[test]
-    fn an_unkept_prediction_is_dropped_once_finished() {
+    fn an_unkept_prediction_loses_its_content_once_finished_but_keeps_its_id() {
         let registry = Registry::new(8);
-        let prediction = Prediction::new("secret".into(), json!({}));
+        let prediction = Prediction::new("secret".into(), json!({"prompt": "private"}));
         let Claim::New(entry) = registry.claim("m", prediction, CancellationToken::new(), false)
         else {
             panic!("a new id")
         };
-        assert!(registry.get("m", "secret").is_some(), "readable while it runs");
-        entry.update(|p| p.status = Status::Succeeded);
-        assert!(registry.get("m", "secret").is_none());
-        assert_eq!(entry.snapshot().status, Status::Succeeded, "its holder still has it");
+        assert_eq!(registry.get("m", "secret").unwrap().snapshot().input["prompt"], "private");
+        entry.update(|p| {
+            p.status = Status::Succeeded;
+            p.output = Some(json!("also private"));
+        });
+        let kept = registry.get("m", "secret").expect("the id is still known").snapshot();
+        assert_eq!(kept.status, Status::Succeeded);
+        assert!(kept.output.is_none() && kept.input == json!({}), "{kept:?}");
+        let again = Prediction::new("secret".into(), json!({}));
+        assert!(matches!(
+            registry.claim("m", again, CancellationToken::new(), true),
+            Claim::Existing(_)
+        ));
+        assert_eq!(entry.snapshot().output, Some(json!("also private")), "its holder keeps it");
     }
 }

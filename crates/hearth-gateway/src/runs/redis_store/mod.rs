@@ -277,6 +277,7 @@ impl RunStore for RedisRunStore {
             model: new.model.to_owned(),
             record: new.record.map(|r| Box::new(r.clone())),
             format: new.format.unwrap_or_default().to_owned(),
+            forget: new.forget_at_end,
         };
         let tracked = Tracked {
             creation: Some(creation),

@@ -26,7 +26,7 @@ use redis::Script;
 ///    and the reader skips the first entry's events before `N`;
 /// 10. the status it ends with (failed after a gap), empty while it runs on; an ended run
 ///     expires after the ttl, or after 11. this many ms when not empty (a run whose caller
-///     asked that nothing be kept).
+///     asked that nothing be kept; stored as `keep` at creation, for whichever replica ends it).
 ///
 /// Each run's share is written with as few commands as it allows (at most one `XADD` and one
 /// `HSET`), and its arguments are few and fixed: Redis's time per run is mostly the cost of
@@ -58,6 +58,7 @@ local function apply(hash, events, a)
             fields[#fields + 1] = v
         end
         if ARGV[a + 3] ~= '' then fields[#fields + 1] = 'record'; fields[#fields + 1] = ARGV[a + 3] end
+        if ARGV[a + 10] ~= '' then fields[#fields + 1] = 'keep'; fields[#fields + 1] = ARGV[a + 10] end
     else
         local held = redis.call('HMGET', hash, 'status', 'owner', 'len', 'cancel', 'subs',
             'delivered')
@@ -131,8 +132,9 @@ return out",
 /// Ends a run whose producer has disappeared: appends `ARGV[2]` (an error event) after its last
 /// event and marks it failed, only if it is still running, still owned by `ARGV[5]`, and that
 /// owner's lease (`KEYS[4]`) is gone. KEYS: run hash, events stream, running hash, owner lease.
-/// ARGV: run id, error event JSON, finished (ms), ttl (ms), owner. Returns the run's hash when
-/// it ended the run (exactly one replica ever does), else an empty array.
+/// ARGV: run id, error event JSON, finished (ms), ttl (ms), owner. The run's keys expire after
+/// the ttl, or after its own `keep` (a run whose caller asked that nothing be kept). Returns the
+/// run's hash when it ended the run (exactly one replica ever does), else an empty array.
 pub(super) static REAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -146,8 +148,9 @@ local n = redis.call('HINCRBY', KEYS[1], 'len', 1)
 redis.call('XADD', KEYS[2], '0-' .. n, 'e', '[' .. ARGV[2] .. ']')
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_ms', ARGV[3])
 redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local keep = redis.call('HGET', KEYS[1], 'keep') or ARGV[4]
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
 return redis.call('HGETALL', KEYS[1])",
     )
 });

@@ -62,6 +62,8 @@ pub(super) struct Creation {
     pub record: Option<Box<LedgerRecord>>,
     /// The edge's stream format; empty when it gave none.
     pub format: String,
+    /// The run's keys go soon after its end (`NewRun::forget_at_end`), whoever ends it.
+    pub forget: bool,
 }
 
 /// One entry of the writer's queue: a change to a run, after the run's creation when that had
@@ -263,7 +265,7 @@ async fn call_script(shared: &Shared, runs: &[&RunChanges]) -> redis::RedisResul
 }
 
 static NO_CREATION: Creation =
-    Creation { model: String::new(), record: None, format: String::new() };
+    Creation { model: String::new(), record: None, format: String::new(), forget: false };
 
 /// A run's changes in one batch, gathered as the `WRITE` script takes them (one argument each).
 #[derive(Default)]
@@ -279,7 +281,8 @@ struct Share<'a> {
     events: String,
     /// The status the run ends with; empty while it runs on.
     status: &'static str,
-    /// The run ends here and its keys go soon after.
+    /// Its keys go soon after its end: sent with its creation (which stores it for whichever
+    /// replica ends it) and with its end.
     forget: bool,
 }
 
@@ -288,7 +291,10 @@ impl<'a> Share<'a> {
         let mut share = Share::default();
         for op in run.ops.iter().filter(|op| goes_to_redis(run, op)) {
             match op {
-                Op::Create(creation) => share.create = Some(creation),
+                Op::Create(creation) => {
+                    share.create = Some(creation);
+                    share.forget |= creation.forget;
+                }
                 Op::Route(route) => share.route = route,
                 Op::Event { seq, json, .. } => {
                     let first = *share.first.get_or_insert(*seq);
@@ -301,7 +307,7 @@ impl<'a> Share<'a> {
                 Op::Finish { status, forget, .. } => {
                     let status = if run.detached { RunStatus::Failed } else { *status };
                     share.status = remote::status_name(status);
-                    share.forget = *forget;
+                    share.forget |= *forget;
                 }
             }
         }
