@@ -76,12 +76,6 @@ pub(crate) struct Keep {
     pub payload: bool,
 }
 
-impl Default for Keep {
-    fn default() -> Self {
-        Keep { collect: true, payload: false }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! Stored payloads: a run's request and answer, kept beside its ledger record only when
 //! logging asks for it (see `crate::logging`), and deleted by retention or through the admin
-//! API. The SQL is the same for SQLite and PostgreSQL but for its placeholders, which each
-//! ledger passes in.
+//! API. The SQL, and the code that runs it, is the same for SQLite and PostgreSQL but for the
+//! placeholders and the pool type: `payload_queries!` writes it once for both (`sqlite`,
+//! `postgres`); a function generic over sqlx's `Database` needs executor bounds longer than
+//! the queries themselves.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -24,7 +26,7 @@ pub struct RunPayload {
 }
 
 /// The statements, their placeholders written by `placeholder(n)` (1-based).
-pub(super) struct PayloadSql {
+struct PayloadSql {
     pub insert: String,
     pub select: String,
     pub delete: String,
@@ -33,7 +35,7 @@ pub(super) struct PayloadSql {
 }
 
 impl PayloadSql {
-    pub fn new(placeholder: impl Fn(usize) -> String, all_after_offset: &str) -> Self {
+    fn new(placeholder: impl Fn(usize) -> String, all_after_offset: &str) -> Self {
         let p = placeholder;
         PayloadSql {
             insert: format!(
@@ -62,7 +64,7 @@ impl PayloadSql {
 }
 
 /// The values a payload's row binds, in the insert's order.
-pub(super) fn bound(payload: &RunPayload) -> (&str, i64, String, String) {
+fn bound(payload: &RunPayload) -> (&str, i64, String, String) {
     (
         &payload.run_id,
         millis(&payload.stored_at),
@@ -71,7 +73,7 @@ pub(super) fn bound(payload: &RunPayload) -> (&str, i64, String, String) {
     )
 }
 
-pub(super) fn from_row<R: Row>(row: &R) -> Result<RunPayload, LedgerError>
+fn from_row<R: Row>(row: &R) -> Result<RunPayload, LedgerError>
 where
     for<'r> &'r str: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -100,4 +102,80 @@ pub(super) fn limits(
     });
     let count = retention.max_count.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     (cutoff, count)
+}
+
+/// The four payload operations for one database, `$db`, whose placeholders `$placeholder`
+/// writes and whose "every row after OFFSET" needs `$all_after_offset` (SQLite: `LIMIT -1`).
+macro_rules! payload_queries {
+    ($db:ty, $placeholder:expr, $all_after_offset:expr) => {
+        use std::sync::LazyLock;
+
+        use chrono::{DateTime, Utc};
+        use sqlx::Pool;
+
+        use super::{bound, from_row, limits, PayloadSql, RunPayload};
+        use crate::ledger::LedgerError;
+        use crate::logging::PayloadRetention;
+
+        static SQL: LazyLock<PayloadSql> =
+            LazyLock::new(|| PayloadSql::new($placeholder, $all_after_offset));
+
+        pub(crate) async fn store(
+            pool: &Pool<$db>,
+            stored: &[RunPayload],
+        ) -> Result<(), LedgerError> {
+            let mut tx = pool.begin().await?;
+            for payload in stored {
+                let (run_id, at, request, response) = bound(payload);
+                sqlx::query(&SQL.insert)
+                    .bind(run_id)
+                    .bind(at)
+                    .bind(request)
+                    .bind(response)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+
+        pub(crate) async fn read(
+            pool: &Pool<$db>,
+            run_id: &str,
+        ) -> Result<Option<RunPayload>, LedgerError> {
+            let row = sqlx::query(&SQL.select).bind(run_id).fetch_optional(pool).await?;
+            row.map(|row| from_row(&row)).transpose()
+        }
+
+        pub(crate) async fn delete(pool: &Pool<$db>, run_id: &str) -> Result<bool, LedgerError> {
+            let done = sqlx::query(&SQL.delete).bind(run_id).execute(pool).await?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        pub(crate) async fn prune(
+            pool: &Pool<$db>,
+            retention: PayloadRetention,
+            now: DateTime<Utc>,
+        ) -> Result<u64, LedgerError> {
+            let (cutoff, count) = limits(retention, now);
+            let mut deleted = 0;
+            if let Some(cutoff) = cutoff {
+                deleted +=
+                    sqlx::query(&SQL.older_than).bind(cutoff).execute(pool).await?.rows_affected();
+            }
+            if let Some(count) = count {
+                deleted +=
+                    sqlx::query(&SQL.beyond_count).bind(count).execute(pool).await?.rows_affected();
+            }
+            Ok(deleted)
+        }
+    };
+}
+
+pub(super) mod sqlite {
+    payload_queries!(sqlx::Sqlite, |_| "?".to_owned(), "LIMIT -1");
+}
+
+pub(super) mod postgres {
+    payload_queries!(sqlx::Postgres, |n| format!("${n}"), "");
 }

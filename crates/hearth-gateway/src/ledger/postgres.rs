@@ -4,7 +4,6 @@
 //! together apply each once).
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +12,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, QueryBuilder};
 
-use super::payloads::{self, PayloadSql, RunPayload};
+use super::payloads::{self, RunPayload};
 use super::rows::{millis, record_from_row, to_i64, to_nanos, usage_row, usage_sql};
 use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageQuery, UsageRow};
 use crate::logging::PayloadRetention;
@@ -25,9 +24,6 @@ const MIGRATIONS: [(i64, &str, &str); 4] = [
     (3, "cached answers", include_str!("../../migrations/postgres/0003_cached.sql")),
     (4, "run payloads", include_str!("../../migrations/postgres/0004_run_payloads.sql")),
 ];
-
-static PAYLOAD_SQL: LazyLock<PayloadSql> =
-    LazyLock::new(|| PayloadSql::new(|n| format!("${n}"), ""));
 
 /// Records per INSERT: 16 bound values each, far under PostgreSQL's 65,535 per statement.
 const ROWS_PER_STATEMENT: usize = 256;
@@ -112,32 +108,16 @@ impl Ledger for PostgresLedger {
         rows.iter().map(|row| usage_row(row, bucket.is_some())).collect()
     }
 
-    // The four below are SQLite's, word for word but for the pool: sqlx's executor bounds
-    // made one generic version longer than the two.
     async fn store_payloads(&self, stored: &[RunPayload]) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        for payload in stored {
-            let (run_id, at, request, response) = payloads::bound(payload);
-            sqlx::query(&PAYLOAD_SQL.insert)
-                .bind(run_id)
-                .bind(at)
-                .bind(request)
-                .bind(response)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        payloads::postgres::store(&self.pool, stored).await
     }
 
     async fn payload(&self, run_id: &str) -> Result<Option<RunPayload>, LedgerError> {
-        let row = sqlx::query(&PAYLOAD_SQL.select).bind(run_id).fetch_optional(&self.pool).await?;
-        row.map(|row| payloads::from_row(&row)).transpose()
+        payloads::postgres::read(&self.pool, run_id).await
     }
 
     async fn delete_payload(&self, run_id: &str) -> Result<bool, LedgerError> {
-        let done = sqlx::query(&PAYLOAD_SQL.delete).bind(run_id).execute(&self.pool).await?;
-        Ok(done.rows_affected() > 0)
+        payloads::postgres::delete(&self.pool, run_id).await
     }
 
     async fn prune_payloads(
@@ -145,17 +125,7 @@ impl Ledger for PostgresLedger {
         retention: PayloadRetention,
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        let (cutoff, count) = payloads::limits(retention, now);
-        let mut deleted = 0;
-        if let Some(cutoff) = cutoff {
-            let sql = &PAYLOAD_SQL.older_than;
-            deleted += sqlx::query(sql).bind(cutoff).execute(&self.pool).await?.rows_affected();
-        }
-        if let Some(count) = count {
-            let sql = &PAYLOAD_SQL.beyond_count;
-            deleted += sqlx::query(sql).bind(count).execute(&self.pool).await?.rows_affected();
-        }
-        Ok(deleted)
+        payloads::postgres::prune(&self.pool, retention, now).await
     }
 }
 

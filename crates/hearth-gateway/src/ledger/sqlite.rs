@@ -5,7 +5,6 @@
 //! their own, so grouping by a metadata key is an indexed join, not JSON parsing per row.
 
 use std::path::Path;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use super::payloads::{self, PayloadSql, RunPayload};
+use super::payloads::{self, RunPayload};
 use super::rows::{millis, record_from_row, to_i64, to_nanos, usage_row, usage_sql};
 use super::{GroupBy, Ledger, LedgerError, LedgerRecord, UsageQuery, UsageRow};
 use crate::logging::PayloadRetention;
@@ -65,9 +64,6 @@ const SCHEMA: [&str; 7] = [
     )",
     "CREATE INDEX IF NOT EXISTS run_payloads_stored ON run_payloads (stored_at_ms, run_id)",
 ];
-
-static PAYLOAD_SQL: LazyLock<PayloadSql> =
-    LazyLock::new(|| PayloadSql::new(|_| "?".to_owned(), "LIMIT -1"));
 
 /// Records per INSERT: 16 bound values each, well under SQLite's limit of 32,766 per statement
 /// (metadata rows, 3 values and at most 5 per record, stay under it too).
@@ -161,29 +157,15 @@ impl Ledger for SqliteLedger {
     }
 
     async fn store_payloads(&self, stored: &[RunPayload]) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        for payload in stored {
-            let (run_id, at, request, response) = payloads::bound(payload);
-            sqlx::query(&PAYLOAD_SQL.insert)
-                .bind(run_id)
-                .bind(at)
-                .bind(request)
-                .bind(response)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        payloads::sqlite::store(&self.pool, stored).await
     }
 
     async fn payload(&self, run_id: &str) -> Result<Option<RunPayload>, LedgerError> {
-        let row = sqlx::query(&PAYLOAD_SQL.select).bind(run_id).fetch_optional(&self.pool).await?;
-        row.map(|row| payloads::from_row(&row)).transpose()
+        payloads::sqlite::read(&self.pool, run_id).await
     }
 
     async fn delete_payload(&self, run_id: &str) -> Result<bool, LedgerError> {
-        let done = sqlx::query(&PAYLOAD_SQL.delete).bind(run_id).execute(&self.pool).await?;
-        Ok(done.rows_affected() > 0)
+        payloads::sqlite::delete(&self.pool, run_id).await
     }
 
     async fn prune_payloads(
@@ -191,17 +173,7 @@ impl Ledger for SqliteLedger {
         retention: PayloadRetention,
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        let (cutoff, count) = payloads::limits(retention, now);
-        let mut deleted = 0;
-        if let Some(cutoff) = cutoff {
-            let sql = &PAYLOAD_SQL.older_than;
-            deleted += sqlx::query(sql).bind(cutoff).execute(&self.pool).await?.rows_affected();
-        }
-        if let Some(count) = count {
-            let sql = &PAYLOAD_SQL.beyond_count;
-            deleted += sqlx::query(sql).bind(count).execute(&self.pool).await?.rows_affected();
-        }
-        Ok(deleted)
+        payloads::sqlite::prune(&self.pool, retention, now).await
     }
 }
 

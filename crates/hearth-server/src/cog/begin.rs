@@ -111,7 +111,7 @@ pub(super) async fn python(
     input: Option<Value>,
 ) -> Result<Begin, CogError> {
     let input = input_object(input)?;
-    let entry = match claim(state, &at, python::redact_secrets(schema, &input)) {
+    let entry = match claim(state, &at, schema.redacted(&input)) {
         Ok(entry) => entry,
         Err(existing) => return Ok(Begin::Existing(existing)),
     };

@@ -15,10 +15,8 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hearth_gateway::{
-    PredictRunError, PredictorSchema, PythonModel, WorkerStatus, COG_SDK_VERSION,
-};
-use serde_json::{json, Value};
+use hearth_gateway::{PredictRunError, PythonModel, WorkerStatus, COG_SDK_VERSION};
+use serde_json::json;
 
 use super::begin::{self, Claimed};
 use super::error::{CogError, Detail};
@@ -140,11 +138,6 @@ async fn start(
     let at = Claimed { namespace: &target.name, id, label: None, log };
     let begun = begin::python(&state, at, &target.name, &schema, body.input).await?;
     Ok(predict::answer(&state, begun, mode, body.webhook).await)
-}
-
-/// The input as a prediction shows it: secrets replaced, as Cog's `Secret` prints.
-pub(super) fn redact_secrets(schema: &PredictorSchema, input: &Value) -> Value {
-    schema.redacted(input)
 }
 
 pub(super) fn start_error(err: PredictRunError) -> CogError {
